@@ -1,0 +1,177 @@
+#pragma once
+// Interface between the CPU host code (recurrence_cpu.cpp: checks, allocation, threads,
+// weight-gradient GEMMs) and the fused time loops, compiled once per ISA
+// (kernels_isa.h included by kernels_{default,avx2,avx512}.cpp).
+//
+// All arguments are sizes and raw pointers. Matrices are row-major; ld_* is a row
+// stride in elements. A direction's columns of a shared [N, D*X] tensor are passed as
+// the pointer to its first column with the full row stride.
+
+#include <atomic>
+#include <cstdint>
+
+namespace rnnkernels::cpu {
+
+// Rows of a time-major sequence: time t owns rows [offsets[t], offsets[t] + batch_sizes[t])
+// of every [N, ...] tensor; batch_sizes is non-increasing (PackedSequence order), and
+// an unpacked [T, B] sequence has batch_sizes[t] = B, offsets[t] = t*B.
+struct SequenceLayout {
+  int64_t steps = 0;                      // T
+  int64_t batch = 0;                      // B = batch_sizes[0]
+  const int64_t* batch_sizes = nullptr;   // [T]
+  const int64_t* offsets = nullptr;       // [T]
+  bool reverse = false;                   // process t = T-1 .. 0
+
+  // Processing step s (0 .. T-1) -> time index.
+  int64_t time_at(int64_t s) const { return reverse ? steps - 1 - s : s; }
+  // Rows active at processing step s; 0 outside [0, T).
+  int64_t rows_at(int64_t s) const {
+    return (s < 0 || s >= steps) ? 0 : batch_sizes[time_at(s)];
+  }
+  int64_t offset_at(int64_t s) const { return offsets[time_at(s)]; }
+};
+
+// The threads that run one direction's time loop together. The host starts one
+// parallel region; each thread owns a contiguous range of the team's slices and
+// meets the others at a barrier after every step (see Note [time loop threads] in
+// recurrence_cpu.cpp).
+struct Team {
+  std::atomic<int64_t> arrived{0};
+  int64_t size = 1;  // slices
+};
+
+struct SliceRange {
+  int64_t begin = 0;
+  int64_t end = 1;
+};
+
+template <typename S>
+struct LstmForwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;   // H
+  int64_t output = 0;   // P: proj_size, or H without projection
+  const S* x_proj = nullptr;  int64_t ld_x_proj = 0;   // [N, 4H], b_ih included
+  const S* w_hh = nullptr;                             // [4H, P] contiguous
+  const S* b_hh = nullptr;                             // [4H] or null
+  const S* w_hr = nullptr;                             // [P, H] contiguous or null
+  const S* h0 = nullptr;                               // [B, P] contiguous
+  const S* c0 = nullptr;                               // [B, H] contiguous
+  S* out = nullptr;  int64_t ld_out = 0;               // [N, P]
+  S* h_n = nullptr;                                    // [B, P]
+  S* c_n = nullptr;                                    // [B, H]
+  S* workspace = nullptr;                              // [N, 5H]: i, f, g, o, c; or null
+  void* scratch = nullptr;                             // forward_scratch_bytes(args)
+};
+
+template <typename S>
+struct LstmBackwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;
+  int64_t output = 0;
+  const S* grad_out = nullptr;  int64_t ld_grad_out = 0;  // [N, P] or null
+  const S* grad_h_n = nullptr;                            // [B, P] or null
+  const S* grad_c_n = nullptr;                            // [B, H] or null
+  const S* w_hh = nullptr;                                // [4H, P]
+  const S* w_hr = nullptr;                                // [P, H] or null
+  const S* c0 = nullptr;                                  // [B, H]
+  const S* workspace = nullptr;                           // [N, 5H]
+  S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 4H]
+  S* grad_h0 = nullptr;                                   // [B, P]
+  S* grad_c0 = nullptr;                                   // [B, H]
+  S* grad_h = nullptr;                                    // [N, P] dL/dh_t (projection only)
+  void* scratch = nullptr;
+};
+
+template <typename S>
+struct GruForwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;
+  const S* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, 3H]
+  const S* w_hh = nullptr;                            // [3H, H]
+  const S* b_hh = nullptr;                            // [3H] or null
+  const S* h0 = nullptr;                              // [B, H]
+  S* out = nullptr;  int64_t ld_out = 0;              // [N, H]
+  S* h_n = nullptr;                                   // [B, H]
+  S* workspace = nullptr;                             // [N, 4H]: r, z, n, hn; or null
+  void* scratch = nullptr;
+};
+
+template <typename S>
+struct GruBackwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;
+  const S* grad_out = nullptr;  int64_t ld_grad_out = 0;
+  const S* grad_h_n = nullptr;
+  const S* w_hh = nullptr;
+  const S* h0 = nullptr;
+  const S* out = nullptr;  int64_t ld_out = 0;        // forward output: h_t
+  const S* workspace = nullptr;                       // [N, 4H]
+  S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 3H]: r, z, n_x
+  S* grad_hidden_pre = nullptr;                       // [N, 3H]: r, z, n_h (for dW_hh, db_hh)
+  S* grad_h0 = nullptr;
+  void* scratch = nullptr;
+};
+
+template <typename S>
+struct RnnForwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;
+  bool relu = false;
+  const S* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, H]
+  const S* w_hh = nullptr;                            // [H, H]
+  const S* b_hh = nullptr;
+  const S* h0 = nullptr;
+  S* out = nullptr;  int64_t ld_out = 0;
+  S* h_n = nullptr;
+  void* scratch = nullptr;
+};
+
+template <typename S>
+struct RnnBackwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;
+  bool relu = false;
+  const S* grad_out = nullptr;  int64_t ld_grad_out = 0;
+  const S* grad_h_n = nullptr;
+  const S* w_hh = nullptr;
+  const S* out = nullptr;  int64_t ld_out = 0;
+  S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, H]
+  S* grad_h0 = nullptr;
+  void* scratch = nullptr;
+};
+
+// One ISA's kernels for one scalar type. *_scratch returns the bytes the host must
+// allocate for args.scratch; the run functions are called by every thread of the team
+// with the slices it owns.
+template <typename S>
+struct CellKernels {
+  int64_t (*lstm_forward_scratch)(const LstmForwardArgs<S>&, int64_t team_size);
+  void (*lstm_forward)(const LstmForwardArgs<S>&, Team&, SliceRange);
+  int64_t (*lstm_backward_scratch)(const LstmBackwardArgs<S>&, int64_t team_size);
+  void (*lstm_backward)(const LstmBackwardArgs<S>&, Team&, SliceRange);
+  int64_t (*gru_forward_scratch)(const GruForwardArgs<S>&, int64_t team_size);
+  void (*gru_forward)(const GruForwardArgs<S>&, Team&, SliceRange);
+  int64_t (*gru_backward_scratch)(const GruBackwardArgs<S>&, int64_t team_size);
+  void (*gru_backward)(const GruBackwardArgs<S>&, Team&, SliceRange);
+  int64_t (*rnn_forward_scratch)(const RnnForwardArgs<S>&, int64_t team_size);
+  void (*rnn_forward)(const RnnForwardArgs<S>&, Team&, SliceRange);
+  int64_t (*rnn_backward_scratch)(const RnnBackwardArgs<S>&, int64_t team_size);
+  void (*rnn_backward)(const RnnBackwardArgs<S>&, Team&, SliceRange);
+};
+
+struct IsaKernels {
+  const char* name;       // "avx512", "avx2", "default"
+  int vector_bytes;       // SIMD register width used
+  CellKernels<float> f32;
+  CellKernels<double> f64;
+};
+
+// Defined in kernels_{avx512,avx2,default}.cpp; avx512 and avx2 only on x86-64.
+const IsaKernels& isa_kernels_default();
+const IsaKernels& isa_kernels_avx2();
+const IsaKernels& isa_kernels_avx512();
+
+// The variant for this machine, chosen once from at::get_cpu_capability().
+const IsaKernels& active_isa_kernels();
+
+}  // namespace rnnkernels::cpu

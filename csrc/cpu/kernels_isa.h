@@ -1,0 +1,1130 @@
+#pragma once
+// The fused CPU time loops, compiled once per ISA by kernels_{default,avx2,avx512}.cpp,
+// each of which defines CPU_CAPABILITY(_*) and RNNKERNELS_ISA_NAMESPACE first.
+//
+// Note [fused step]
+// Per time step the recurrent product and the gate math run as one pass over register
+// tiles: a tile is MR batch rows times NV vectors of output columns; it starts from the
+// step's input projection (forward) or zero (backward), accumulates h_prev @ W over the
+// whole K dimension from a packed weight panel, and then applies the cell's gate math
+// to the accumulators while they are still in registers, writing h, c and what the
+// backward needs. The gate pre-activations never go to memory.
+//
+// Weight panels (packed once per call, see Note [weight packing] in recurrence_cpu.cpp):
+//   gate panels   [blocks][K][NV][V]: column (q, v) of block b is gate q of unit b*V+v
+//                 (LSTM NV = 4, GRU NV = 3), or unit (b*NV+q)*V+v for single-gate
+//                 matrices (RNN W_hh, LSTM W_hr); built by transposing rows of W.
+//   column panels [blocks][K][NV][V]: column (q, v) of block b is column (b*NV+q)*V+v of
+//                 a [K, cols] matrix; used by the backward, whose product dG @ W reads W
+//                 in its natural layout.
+// Both are zero-padded, so the inner loop has no tails; tails are masked loads and
+// stores of the user-visible tensors in the epilogue. Internal state rows are padded to
+// a multiple of V so their loads and stores are whole vectors.
+//
+// Backward row kinds (Note [backward rows]): walking s = T-1 .. 0, and once more at
+// s = -1, the rows of a step fall in three kinds:
+//   kActive      active at s and s+1: dh = grad_out + (dG_{s+1} @ W) + carried state
+//   kActiveFirst active at s only (a packed sequence that ends at s): no product; the
+//                carried state holds grad_h_n
+//   kInitial     active at s+1 only: dG_{s+1} @ W is the gradient w.r.t. h0 (reverse
+//                direction of a packed sequence, and every row at s = -1)
+// The carried per-row state dh_state holds grad_h_n before a row's last step, GRU's
+// direct term z*dh between steps, and finally grad_h0; dc_state holds grad_c_n, the
+// cell gradient between steps, and finally grad_c0.
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#include "cpu/kernels.h"
+#include "cpu/vec_math.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace rnnkernels::cpu {
+inline namespace RNNKERNELS_ISA_NAMESPACE {
+
+using at::vec::Vectorized;
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVectorRegisters = 32;
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr int kVectorRegisters = 16;
+#else
+constexpr int kVectorRegisters = 8;  // the generic Vectorized spans two SSE registers
+#endif
+
+// Rows per register tile with NV accumulator vectors a row: NV*MR accumulators, NV
+// weight vectors and one broadcast fit the register file.
+template <int NV>
+constexpr int tile_rows() {
+  constexpr int r = (kVectorRegisters - NV - 1) / NV;
+  return r < 1 ? 1 : (r > 8 ? 8 : r);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+// ---------------------------------------------------------------- team
+
+class SliceWorker {
+ public:
+  SliceWorker(Team& team, SliceRange mine) : team_(team), mine_(mine) {}
+
+  // The items [first, second) of n that this thread's slices own.
+  std::pair<int64_t, int64_t> share(int64_t n) const {
+    return {n * mine_.begin / team_.size, n * mine_.end / team_.size};
+  }
+
+  // Every slice of the team has finished the current phase once this returns.
+  void sync() {
+    ++phase_;
+    const int64_t mine = mine_.end - mine_.begin;
+    if (mine == team_.size) return;
+    const int64_t target = phase_ * team_.size;
+    team_.arrived.fetch_add(mine, std::memory_order_acq_rel);
+    int spins = 0;
+    while (team_.arrived.load(std::memory_order_acquire) < target) {
+      if (++spins < (1 << 16)) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  Team& team_;
+  SliceRange mine_;
+  int64_t phase_ = 0;
+};
+
+// Carves 64-byte aligned arrays out of the host's scratch buffer; run with a null base
+// it only measures.
+class ScratchCarver {
+ public:
+  explicit ScratchCarver(void* base) : base_(static_cast<char*>(base)) {
+    if (base_ != nullptr) {
+      const auto addr = reinterpret_cast<uintptr_t>(base_);
+      offset_ = static_cast<int64_t>(round_up(static_cast<int64_t>(addr), 64) - addr);
+    }
+  }
+  template <typename T>
+  T* take(int64_t count) {
+    offset_ = round_up(offset_, 64);
+    T* p = base_ != nullptr ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += count * static_cast<int64_t>(sizeof(T));
+    return p;
+  }
+  int64_t bytes() const { return offset_ + 64; }
+
+ private:
+  char* base_;
+  int64_t offset_ = 0;
+};
+
+// ---------------------------------------------------------------- rows
+
+enum RowKind : int { kActive = 0, kActiveFirst = 1, kInitial = 2 };
+
+struct RowChunk {
+  int64_t row = 0;   // first batch row
+  int64_t rows = 0;  // at most MR
+  int kind = kActive;
+  bool has_prev = false;  // the row was active at step s-1 (else its state starts at h0/c0)
+};
+
+// The rows of one step as segments of one kind, each cut into balanced chunks of at
+// most `max_rows` rows.
+class StepRows {
+ public:
+  explicit StepRows(int64_t max_rows) : max_rows_(max_rows) {}
+
+  void add(int64_t begin, int64_t end, int kind, bool has_prev) {
+    if (end <= begin) return;
+    Segment& g = seg_[count_++];
+    g.begin = begin;
+    g.rows = end - begin;
+    g.chunks = ceil_div(g.rows, max_rows_);
+    g.first_chunk = chunks_;
+    g.kind = kind;
+    g.has_prev = has_prev;
+    chunks_ += g.chunks;
+  }
+
+  // Forward: rows [0, active).
+  void forward(int64_t active) { add(0, active, kActive, true); }
+
+  // Backward step s: see Note [backward rows].
+  void backward(int64_t active, int64_t next_active, int64_t prev_active) {
+    int64_t cuts[5] = {0, active, next_active, prev_active, std::max(active, next_active)};
+    std::sort(cuts, cuts + 5);
+    const int64_t hi = std::max(active, next_active);
+    for (int i = 0; i + 1 < 5; ++i) {
+      const int64_t a = cuts[i], b = std::min(cuts[i + 1], hi);
+      if (a >= b) continue;
+      const bool is_active = a < active, has_next = a < next_active;
+      const int kind = is_active ? (has_next ? kActive : kActiveFirst) : kInitial;
+      add(a, b, kind, a < prev_active);
+    }
+  }
+
+  int64_t chunks() const { return chunks_; }
+
+  RowChunk chunk(int64_t c) const {
+    int i = 0;
+    while (c >= seg_[i].first_chunk + seg_[i].chunks) ++i;
+    const Segment& g = seg_[i];
+    const int64_t k = c - g.first_chunk;
+    const int64_t lo = g.begin + g.rows * k / g.chunks;
+    const int64_t hi = g.begin + g.rows * (k + 1) / g.chunks;
+    return {lo, hi - lo, g.kind, g.has_prev};
+  }
+
+ private:
+  struct Segment {
+    int64_t begin, rows, chunks, first_chunk;
+    int kind;
+    bool has_prev;
+  };
+  int64_t max_rows_;
+  Segment seg_[5];
+  int count_ = 0;
+  int64_t chunks_ = 0;
+};
+
+// Calls f(std::integral_constant<int, rows>) for a runtime rows in [1, MR].
+template <int MR, typename F>
+inline void with_tile_rows(int64_t rows, F&& f) {
+  switch (rows) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: if constexpr (MR >= 2) f(std::integral_constant<int, 2>{}); break;
+    case 3: if constexpr (MR >= 3) f(std::integral_constant<int, 3>{}); break;
+    case 4: if constexpr (MR >= 4) f(std::integral_constant<int, 4>{}); break;
+    case 5: if constexpr (MR >= 5) f(std::integral_constant<int, 5>{}); break;
+    case 6: if constexpr (MR >= 6) f(std::integral_constant<int, 6>{}); break;
+    case 7: if constexpr (MR >= 7) f(std::integral_constant<int, 7>{}); break;
+    case 8: if constexpr (MR >= 8) f(std::integral_constant<int, 8>{}); break;
+    default: break;
+  }
+}
+
+// Number of processing steps during which batch row b is active, and the state buffer
+// (0 or 1) its last step wrote. Step s reads buffer s%2 and writes (s+1)%2.
+template <typename Seq>
+inline int64_t final_state_buffer(const Seq& seq, int64_t b) {
+  // Rows of time t are a prefix; count the times whose batch size exceeds b.
+  int64_t lo = 0, hi = seq.steps;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (seq.batch_sizes[mid] > b) lo = mid + 1; else hi = mid;
+  }
+  const int64_t active_steps = lo;
+  if (active_steps == 0) return 0;
+  const int64_t last = seq.reverse ? seq.steps - 1 : active_steps - 1;
+  return (last + 1) & 1;
+}
+
+// ---------------------------------------------------------------- GEMM tile
+
+// acc[m][q] += sum_k a[m*lda + k] * panel[(k*NV + q)*V .. +V]
+template <typename S, int MR, int NV>
+inline void panel_gemm(int64_t K, const S* a, int64_t lda, const S* panel,
+                       Vectorized<S> (&acc)[MR][NV]) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const S* w = panel;
+  for (int64_t k = 0; k < K; ++k, w += NV * V) {
+    Vec wv[NV];
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) wv[q] = Vec::loadu(w + q * V);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const Vec x(a[m * lda + k]);
+#pragma GCC unroll 8
+      for (int q = 0; q < NV; ++q) acc[m][q] = at::vec::fmadd(x, wv[q], acc[m][q]);
+    }
+  }
+}
+
+template <typename S, int MR, int NV>
+inline void zero_tile(Vectorized<S> (&acc)[MR][NV]) {
+  for (int m = 0; m < MR; ++m)
+    for (int q = 0; q < NV; ++q) acc[m][q] = Vectorized<S>(S(0));
+}
+
+// ---------------------------------------------------------------- packing
+
+// Gate panel block `blk` of W [gates*units, K] (row stride ld_w); see Note [fused step].
+template <typename S, int NV>
+void pack_gate_panel(const S* w, int64_t ld_w, int64_t units, int64_t gates, int64_t K,
+                     int64_t blk, S* panels) {
+  constexpr int V = Vectorized<S>::size();
+  S* panel = panels + blk * K * NV * V;
+  for (int q = 0; q < NV; ++q) {
+    for (int v = 0; v < V; ++v) {
+      const int64_t unit = gates > 1 ? blk * V + v : (blk * NV + q) * V + v;
+      const int64_t row = gates > 1 ? q * units + unit : unit;
+      S* d = panel + q * V + v;
+      if (unit < units) {
+        const S* src = w + row * ld_w;
+        for (int64_t k = 0; k < K; ++k) d[k * NV * V] = src[k];
+      } else {
+        for (int64_t k = 0; k < K; ++k) d[k * NV * V] = S(0);
+      }
+    }
+  }
+}
+
+// Column panel block `blk` of W [K, cols] (row stride ld_w).
+template <typename S, int NV>
+void pack_column_panel(const S* w, int64_t ld_w, int64_t cols, int64_t K, int64_t blk,
+                       S* panels) {
+  constexpr int V = Vectorized<S>::size();
+  constexpr int W = NV * V;
+  S* panel = panels + blk * K * W;
+  const int64_t c0 = blk * W;
+  const int64_t n = std::max<int64_t>(0, std::min<int64_t>(W, cols - c0));
+  for (int64_t k = 0; k < K; ++k) {
+    S* d = panel + k * W;
+    if (n > 0) std::memcpy(d, w + k * ld_w + c0, n * sizeof(S));
+    for (int64_t j = n; j < W; ++j) d[j] = S(0);
+  }
+}
+
+// Copies rows [0, B) of src [B, cols] into dst [B, ld] and zeroes the padding; a null
+// src gives zeros.
+template <typename S>
+void init_state_rows(const S* src, int64_t cols, int64_t ld, int64_t row_begin,
+                     int64_t row_end, S* dst) {
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    S* d = dst + b * ld;
+    if (src != nullptr) {
+      std::memcpy(d, src + b * cols, cols * sizeof(S));
+    } else {
+      std::fill(d, d + cols, S(0));
+    }
+    std::fill(d + cols, d + ld, S(0));
+  }
+}
+
+template <typename S>
+inline Vectorized<S> load_or_zero(const S* p, int64_t n) {
+  return p != nullptr ? Vectorized<S>::loadu(p, n) : Vectorized<S>(S(0));
+}
+
+// ================================================================ LSTM
+
+template <typename S>
+struct LstmForwardScratch {
+  static constexpr int V = Vectorized<S>::size();
+  int64_t gate_blocks, proj_blocks, ld_h, ld_c;
+  S *packed_hh, *packed_hr, *h_state, *c_state, *m;
+
+  LstmForwardScratch(const LstmForwardArgs<S>& a, ScratchCarver& sc) {
+    const int64_t H = a.hidden, P = a.output, B = a.seq.batch;
+    const bool proj = a.w_hr != nullptr;
+    gate_blocks = ceil_div(H, V);
+    proj_blocks = proj ? ceil_div(P, 4 * V) : 0;
+    ld_h = round_up(P, V);
+    ld_c = round_up(H, V);
+    packed_hh = sc.take<S>(gate_blocks * P * 4 * V);
+    packed_hr = sc.take<S>(proj_blocks * H * 4 * V);
+    h_state = sc.take<S>(2 * B * ld_h);
+    c_state = sc.take<S>(2 * B * ld_c);
+    m = sc.take<S>(proj ? B * ld_c : 0);
+  }
+};
+
+template <typename S>
+int64_t lstm_forward_scratch(const LstmForwardArgs<S>& a, int64_t /*team_size*/) {
+  ScratchCarver sc(nullptr);
+  LstmForwardScratch<S> w(a, sc);
+  return sc.bytes();
+}
+
+template <typename S, int MR>
+inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScratch<S>& w,
+                              int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
+                              const S* c_prev, S* h_next, S* c_next) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden, P = a.output;
+  const int64_t u0 = blk * V;
+  const int64_t nu = std::min<int64_t>(V, H - u0);
+  const bool proj = a.w_hr != nullptr;
+  Vec acc[MR][4];
+  for (int q = 0; q < 4; ++q) {
+    const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
+    for (int m = 0; m < MR; ++m)
+      acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) + bias;
+  }
+  panel_gemm<S, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * P * 4 * V, acc);
+  for (int m = 0; m < MR; ++m) {
+    const int64_t r = r0 + m, row = row0 + m;
+    const auto g = math::lstm_activate(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+    const Vec c = math::lstm_cell_state(g, Vec::loadu(c_prev + r * w.ld_c + u0));
+    const Vec h = math::lstm_hidden(g, c);
+    c.store(c_next + r * w.ld_c + u0);
+    if (!proj) {
+      h.store(h_next + r * w.ld_h + u0);
+      h.store(a.out + row * a.ld_out + u0, nu);
+    } else {
+      h.store(w.m + r * w.ld_c + u0);
+    }
+    if (a.workspace != nullptr) {
+      S* ws = a.workspace + row * 5 * H + u0;
+      g.i.store(ws, nu);
+      g.f.store(ws + H, nu);
+      g.g.store(ws + 2 * H, nu);
+      g.o.store(ws + 3 * H, nu);
+      c.store(ws + 4 * H, nu);
+    }
+  }
+}
+
+// h_t = m_t @ W_hr^T for an output block of 4V columns.
+template <typename S, int MR>
+inline void lstm_projection_tile(const LstmForwardArgs<S>& a, const LstmForwardScratch<S>& w,
+                                 int64_t blk, int64_t r0, int64_t row0, S* h_next) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden, P = a.output;
+  Vec acc[MR][4];
+  zero_tile(acc);
+  panel_gemm<S, MR, 4>(H, w.m + r0 * w.ld_c, w.ld_c, w.packed_hr + blk * H * 4 * V, acc);
+  for (int m = 0; m < MR; ++m) {
+    for (int q = 0; q < 4; ++q) {
+      const int64_t p0 = (blk * 4 + q) * V;
+      if (p0 >= P) break;
+      acc[m][q].store(h_next + (r0 + m) * w.ld_h + p0);
+      acc[m][q].store(a.out + (row0 + m) * a.ld_out + p0, std::min<int64_t>(V, P - p0));
+    }
+  }
+}
+
+template <typename S>
+void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
+  constexpr int V = Vectorized<S>::size();
+  constexpr int MR = tile_rows<4>();
+  SliceWorker worker(team, mine);
+  ScratchCarver sc(a.scratch);
+  const LstmForwardScratch<S> w(a, sc);
+  const int64_t H = a.hidden, P = a.output, B = a.seq.batch, T = a.seq.steps;
+  const bool proj = a.w_hr != nullptr;
+
+  {  // pack W_hh (and W_hr^T), load h0 and c0 into both state buffers
+    const int64_t items = w.gate_blocks + w.proj_blocks + 1;
+    const auto [i0, i1] = worker.share(items);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < w.gate_blocks) {
+        pack_gate_panel<S, 4>(a.w_hh, P, H, 4, P, i, w.packed_hh);
+      } else if (i < w.gate_blocks + w.proj_blocks) {
+        pack_gate_panel<S, 4>(a.w_hr, H, P, 1, H, i - w.gate_blocks, w.packed_hr);
+      } else {
+        for (int buf = 0; buf < 2; ++buf) {
+          init_state_rows(a.h0, P, w.ld_h, 0, B, w.h_state + buf * B * w.ld_h);
+          init_state_rows(a.c0, H, w.ld_c, 0, B, w.c_state + buf * B * w.ld_c);
+        }
+      }
+    }
+    worker.sync();
+  }
+
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t row_off = a.seq.offset_at(s);
+    const int cur = s & 1;
+    const S* h_prev = w.h_state + cur * B * w.ld_h;
+    const S* c_prev = w.c_state + cur * B * w.ld_c;
+    S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
+    S* c_next = w.c_state + (1 - cur) * B * w.ld_c;
+    StepRows rows(MR);
+    rows.forward(a.seq.rows_at(s));
+    const int64_t nch = rows.chunks();
+    {
+      const auto [i0, i1] = worker.share(w.gate_blocks * nch);
+      for (int64_t i = i0; i < i1; ++i) {
+        const RowChunk ch = rows.chunk(i % nch);
+        with_tile_rows<MR>(ch.rows, [&](auto mr) {
+          lstm_forward_tile<S, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row,
+                                                    h_prev, c_prev, h_next, c_next);
+        });
+      }
+      worker.sync();
+    }
+    if (proj) {
+      const auto [i0, i1] = worker.share(w.proj_blocks * nch);
+      for (int64_t i = i0; i < i1; ++i) {
+        const RowChunk ch = rows.chunk(i % nch);
+        with_tile_rows<MR>(ch.rows, [&](auto mr) {
+          lstm_projection_tile<S, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row,
+                                                       h_next);
+        });
+      }
+      worker.sync();
+    }
+  }
+
+  const auto [b0, b1] = worker.share(B);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t buf = final_state_buffer(a.seq, b);
+    std::memcpy(a.h_n + b * P, w.h_state + (buf * B + b) * w.ld_h, P * sizeof(S));
+    std::memcpy(a.c_n + b * H, w.c_state + (buf * B + b) * w.ld_c, H * sizeof(S));
+  }
+  (void)V;
+}
+
+template <typename S>
+struct LstmBackwardScratch {
+  static constexpr int V = Vectorized<S>::size();
+  int64_t out_blocks, hidden_blocks, ld_h, ld_c;
+  S *packed_hh, *packed_hr, *dh_state, *dc_state;
+
+  LstmBackwardScratch(const LstmBackwardArgs<S>& a, ScratchCarver& sc) {
+    const int64_t H = a.hidden, P = a.output, B = a.seq.batch;
+    const bool proj = a.w_hr != nullptr;
+    out_blocks = ceil_div(P, 4 * V);
+    hidden_blocks = ceil_div(H, 4 * V);
+    ld_h = round_up(P, 4 * V);
+    ld_c = round_up(H, 4 * V);
+    packed_hh = sc.take<S>(out_blocks * 4 * H * 4 * V);
+    packed_hr = sc.take<S>(proj ? hidden_blocks * P * 4 * V : 0);
+    dh_state = sc.take<S>(B * ld_h);
+    dc_state = sc.take<S>(B * ld_c);
+  }
+};
+
+template <typename S>
+int64_t lstm_backward_scratch(const LstmBackwardArgs<S>& a, int64_t /*team_size*/) {
+  ScratchCarver sc(nullptr);
+  LstmBackwardScratch<S> w(a, sc);
+  return sc.bytes();
+}
+
+// The cell backward for 4V hidden units of a chunk's rows. dh_partial holds the
+// product part of dL/d(o*tanh c); with `add_carried` the carried state and grad_out are
+// added (no projection), otherwise dh_partial is complete (projection: dm).
+template <typename S, int MR>
+inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
+                                    const LstmBackwardScratch<S>& w, int64_t s, int64_t blk,
+                                    const RowChunk& ch, Vectorized<S> (&dh_partial)[MR][4],
+                                    bool add_carried) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden;
+  const int64_t row_off = a.seq.offset_at(s);
+  const int64_t prev_off = ch.has_prev ? a.seq.offset_at(s - 1) : 0;
+  for (int m = 0; m < MR; ++m) {
+    const int64_t r = ch.row + m, row = row_off + r;
+    const S* ws = a.workspace + row * 5 * H;
+    const S* c_prev_src = ch.has_prev ? a.workspace + (prev_off + r) * 5 * H + 4 * H
+                                      : a.c0 + r * H;
+    S* gx = a.grad_x_proj + row * a.ld_grad_x_proj;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t u0 = (blk * 4 + q) * V;
+      if (u0 >= H) break;
+      const int64_t nu = std::min<int64_t>(V, H - u0);
+      Vec dh = dh_partial[m][q];
+      if (add_carried) {
+        S* carried = w.dh_state + r * w.ld_h + u0;
+        dh = dh + Vec::loadu(carried) +
+             load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + u0 : nullptr,
+                          nu);
+        Vec(S(0)).store(carried);
+      }
+      S* dc_ptr = w.dc_state + r * w.ld_c + u0;
+      Vec dc = Vec::loadu(dc_ptr);
+      const math::LstmGates<Vec> g{Vec::loadu(ws + u0, nu), Vec::loadu(ws + H + u0, nu),
+                                   Vec::loadu(ws + 2 * H + u0, nu),
+                                   Vec::loadu(ws + 3 * H + u0, nu)};
+      const Vec c = Vec::loadu(ws + 4 * H + u0, nu);
+      const Vec c_prev = Vec::loadu(c_prev_src + u0, nu);
+      const auto d = math::lstm_cell_backward(dh, dc, g, c, c_prev);
+      d.i.store(gx + u0, nu);
+      d.f.store(gx + H + u0, nu);
+      d.g.store(gx + 2 * H + u0, nu);
+      d.o.store(gx + 3 * H + u0, nu);
+      dc.store(dc_ptr);
+    }
+  }
+}
+
+// Phase A of step s: the product dG_{s+1} @ W_hh for a block of 4V output columns.
+template <typename S, int MR>
+inline void lstm_backward_tile(const LstmBackwardArgs<S>& a, const LstmBackwardScratch<S>& w,
+                               int64_t s, int64_t blk, const RowChunk& ch) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden, P = a.output;
+  const bool proj = a.w_hr != nullptr;
+  Vec acc[MR][4];
+  zero_tile(acc);
+  if (ch.kind != kActiveFirst) {
+    const int64_t next_off = a.seq.offset_at(s + 1);
+    panel_gemm<S, MR, 4>(4 * H, a.grad_x_proj + (next_off + ch.row) * a.ld_grad_x_proj,
+                         a.ld_grad_x_proj, w.packed_hh + blk * 4 * H * 4 * V, acc);
+  }
+  if (ch.kind == kInitial) {
+    for (int m = 0; m < MR; ++m) {
+      S* carried = w.dh_state + (ch.row + m) * w.ld_h + blk * 4 * V;
+      for (int q = 0; q < 4; ++q)
+        (Vec::loadu(carried + q * V) + acc[m][q]).store(carried + q * V);
+    }
+    return;
+  }
+  if (!proj) {
+    lstm_cell_backward_tile<S, MR>(a, w, s, blk, ch, acc, /*add_carried=*/true);
+    return;
+  }
+  // Projection: complete dL/dh_t and keep it for phase B and for dW_hr.
+  const int64_t row_off = a.seq.offset_at(s);
+  for (int m = 0; m < MR; ++m) {
+    const int64_t r = ch.row + m, row = row_off + r;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t p0 = (blk * 4 + q) * V;
+      if (p0 >= P) break;
+      const int64_t np = std::min<int64_t>(V, P - p0);
+      S* carried = w.dh_state + r * w.ld_h + p0;
+      const Vec dh =
+          acc[m][q] + Vec::loadu(carried) +
+          load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + p0 : nullptr,
+                       np);
+      Vec(S(0)).store(carried);
+      dh.store(a.grad_h + row * P + p0, np);
+    }
+  }
+}
+
+// Phase B of step s (projection only): dm = dh_t @ W_hr, then the cell backward.
+template <typename S, int MR>
+inline void lstm_backward_projection_tile(const LstmBackwardArgs<S>& a,
+                                          const LstmBackwardScratch<S>& w, int64_t s,
+                                          int64_t blk, const RowChunk& ch) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t P = a.output;
+  Vec acc[MR][4];
+  zero_tile(acc);
+  const int64_t row_off = a.seq.offset_at(s);
+  panel_gemm<S, MR, 4>(P, a.grad_h + (row_off + ch.row) * P, P,
+                       w.packed_hr + blk * P * 4 * V, acc);
+  lstm_cell_backward_tile<S, MR>(a, w, s, blk, ch, acc, /*add_carried=*/false);
+}
+
+template <typename S>
+void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
+  constexpr int MR = tile_rows<4>();
+  SliceWorker worker(team, mine);
+  ScratchCarver sc(a.scratch);
+  const LstmBackwardScratch<S> w(a, sc);
+  const int64_t H = a.hidden, P = a.output, B = a.seq.batch, T = a.seq.steps;
+  const bool proj = a.w_hr != nullptr;
+  {
+    const int64_t items = w.out_blocks + (proj ? w.hidden_blocks : 0) + 1;
+    const auto [i0, i1] = worker.share(items);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < w.out_blocks) {
+        pack_column_panel<S, 4>(a.w_hh, P, P, 4 * H, i, w.packed_hh);
+      } else if (proj && i < w.out_blocks + w.hidden_blocks) {
+        pack_column_panel<S, 4>(a.w_hr, H, H, P, i - w.out_blocks, w.packed_hr);
+      } else {
+        init_state_rows(a.grad_h_n, P, w.ld_h, 0, B, w.dh_state);
+        init_state_rows(a.grad_c_n, H, w.ld_c, 0, B, w.dc_state);
+      }
+    }
+    worker.sync();
+  }
+
+  for (int64_t s = T - 1; s >= -1; --s) {
+    const int64_t active = a.seq.rows_at(s);
+    StepRows rows(MR);
+    rows.backward(active, a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
+    const int64_t nch = rows.chunks();
+    {
+      const auto [i0, i1] = worker.share(w.out_blocks * nch);
+      for (int64_t i = i0; i < i1; ++i) {
+        const RowChunk ch = rows.chunk(i % nch);
+        with_tile_rows<MR>(ch.rows, [&](auto mr) {
+          lstm_backward_tile<S, decltype(mr)::value>(a, w, s, i / nch, ch);
+        });
+      }
+      worker.sync();
+    }
+    if (proj && s >= 0) {
+      StepRows cell_rows(MR);
+      const int64_t prev_active = a.seq.rows_at(s - 1);
+      cell_rows.add(0, std::min(active, prev_active), kActive, true);
+      cell_rows.add(std::min(active, prev_active), active, kActive, false);
+      const int64_t n = cell_rows.chunks();
+      const auto [i0, i1] = worker.share(w.hidden_blocks * n);
+      for (int64_t i = i0; i < i1; ++i) {
+        const RowChunk ch = cell_rows.chunk(i % n);
+        with_tile_rows<MR>(ch.rows, [&](auto mr) {
+          lstm_backward_projection_tile<S, decltype(mr)::value>(a, w, s, i / n, ch);
+        });
+      }
+      worker.sync();
+    }
+  }
+
+  const auto [b0, b1] = worker.share(B);
+  for (int64_t b = b0; b < b1; ++b) {
+    std::memcpy(a.grad_h0 + b * P, w.dh_state + b * w.ld_h, P * sizeof(S));
+    std::memcpy(a.grad_c0 + b * H, w.dc_state + b * w.ld_c, H * sizeof(S));
+  }
+}
+
+// ================================================================ GRU
+
+template <typename S>
+struct GruForwardScratch {
+  static constexpr int V = Vectorized<S>::size();
+  int64_t gate_blocks, ld_h;
+  S *packed_hh, *h_state;
+
+  GruForwardScratch(const GruForwardArgs<S>& a, ScratchCarver& sc) {
+    const int64_t H = a.hidden, B = a.seq.batch;
+    gate_blocks = ceil_div(H, V);
+    ld_h = round_up(H, V);
+    packed_hh = sc.take<S>(gate_blocks * H * 3 * V);
+    h_state = sc.take<S>(2 * B * ld_h);
+  }
+};
+
+template <typename S>
+int64_t gru_forward_scratch(const GruForwardArgs<S>& a, int64_t) {
+  ScratchCarver sc(nullptr);
+  GruForwardScratch<S> w(a, sc);
+  return sc.bytes();
+}
+
+template <typename S, int MR>
+inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch<S>& w,
+                             int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
+                             S* h_next) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden;
+  const int64_t u0 = blk * V;
+  const int64_t nu = std::min<int64_t>(V, H - u0);
+  Vec acc[MR][3];
+  for (int q = 0; q < 3; ++q) {
+    const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
+    for (int m = 0; m < MR; ++m) acc[m][q] = bias;
+  }
+  panel_gemm<S, MR, 3>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 3 * V, acc);
+  for (int m = 0; m < MR; ++m) {
+    const int64_t r = r0 + m, row = row0 + m;
+    const S* x = a.x_proj + row * a.ld_x_proj + u0;
+    const auto g = math::gru_activate(Vec::loadu(x, nu), Vec::loadu(x + H, nu),
+                                      Vec::loadu(x + 2 * H, nu), acc[m][0], acc[m][1], acc[m][2]);
+    const Vec h = math::gru_hidden(g, Vec::loadu(h_prev + r * w.ld_h + u0));
+    h.store(h_next + r * w.ld_h + u0);
+    h.store(a.out + row * a.ld_out + u0, nu);
+    if (a.workspace != nullptr) {
+      S* ws = a.workspace + row * 4 * H + u0;
+      g.r.store(ws, nu);
+      g.z.store(ws + H, nu);
+      g.n.store(ws + 2 * H, nu);
+      g.hn.store(ws + 3 * H, nu);
+    }
+  }
+}
+
+template <typename S>
+void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
+  constexpr int MR = tile_rows<3>();
+  SliceWorker worker(team, mine);
+  ScratchCarver sc(a.scratch);
+  const GruForwardScratch<S> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  {
+    const auto [i0, i1] = worker.share(w.gate_blocks + 1);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < w.gate_blocks) {
+        pack_gate_panel<S, 3>(a.w_hh, H, H, 3, H, i, w.packed_hh);
+      } else {
+        for (int buf = 0; buf < 2; ++buf)
+          init_state_rows(a.h0, H, w.ld_h, 0, B, w.h_state + buf * B * w.ld_h);
+      }
+    }
+    worker.sync();
+  }
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t row_off = a.seq.offset_at(s);
+    const int cur = s & 1;
+    const S* h_prev = w.h_state + cur * B * w.ld_h;
+    S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
+    StepRows rows(MR);
+    rows.forward(a.seq.rows_at(s));
+    const int64_t nch = rows.chunks();
+    const auto [i0, i1] = worker.share(w.gate_blocks * nch);
+    for (int64_t i = i0; i < i1; ++i) {
+      const RowChunk ch = rows.chunk(i % nch);
+      with_tile_rows<MR>(ch.rows, [&](auto mr) {
+        gru_forward_tile<S, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row, h_prev,
+                                                 h_next);
+      });
+    }
+    worker.sync();
+  }
+  const auto [b0, b1] = worker.share(B);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t buf = final_state_buffer(a.seq, b);
+    std::memcpy(a.h_n + b * H, w.h_state + (buf * B + b) * w.ld_h, H * sizeof(S));
+  }
+}
+
+template <typename S>
+struct GruBackwardScratch {
+  static constexpr int V = Vectorized<S>::size();
+  int64_t blocks, ld_h;
+  S *packed_hh, *dh_state;
+
+  GruBackwardScratch(const GruBackwardArgs<S>& a, ScratchCarver& sc) {
+    const int64_t H = a.hidden, B = a.seq.batch;
+    blocks = ceil_div(H, 4 * V);
+    ld_h = round_up(H, 4 * V);
+    packed_hh = sc.take<S>(blocks * 3 * H * 4 * V);
+    dh_state = sc.take<S>(B * ld_h);
+  }
+};
+
+template <typename S>
+int64_t gru_backward_scratch(const GruBackwardArgs<S>& a, int64_t) {
+  ScratchCarver sc(nullptr);
+  GruBackwardScratch<S> w(a, sc);
+  return sc.bytes();
+}
+
+template <typename S, int MR>
+inline void gru_backward_tile(const GruBackwardArgs<S>& a, const GruBackwardScratch<S>& w,
+                              int64_t s, int64_t blk, const RowChunk& ch) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden;
+  Vec acc[MR][4];
+  zero_tile(acc);
+  if (ch.kind != kActiveFirst) {
+    const int64_t next_off = a.seq.offset_at(s + 1);
+    panel_gemm<S, MR, 4>(3 * H, a.grad_hidden_pre + (next_off + ch.row) * 3 * H, 3 * H,
+                         w.packed_hh + blk * 3 * H * 4 * V, acc);
+  }
+  if (ch.kind == kInitial) {
+    for (int m = 0; m < MR; ++m) {
+      S* carried = w.dh_state + (ch.row + m) * w.ld_h + blk * 4 * V;
+      for (int q = 0; q < 4; ++q)
+        (Vec::loadu(carried + q * V) + acc[m][q]).store(carried + q * V);
+    }
+    return;
+  }
+  const int64_t row_off = a.seq.offset_at(s);
+  const int64_t prev_off = ch.has_prev ? a.seq.offset_at(s - 1) : 0;
+  for (int m = 0; m < MR; ++m) {
+    const int64_t r = ch.row + m, row = row_off + r;
+    const S* ws = a.workspace + row * 4 * H;
+    const S* h_prev_src = ch.has_prev ? a.out + (prev_off + r) * a.ld_out : a.h0 + r * H;
+    S* gx = a.grad_x_proj + row * a.ld_grad_x_proj;
+    S* gh = a.grad_hidden_pre + row * 3 * H;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t u0 = (blk * 4 + q) * V;
+      if (u0 >= H) break;
+      const int64_t nu = std::min<int64_t>(V, H - u0);
+      S* carried = w.dh_state + r * w.ld_h + u0;
+      const Vec dh =
+          acc[m][q] + Vec::loadu(carried) +
+          load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + u0 : nullptr,
+                       nu);
+      const math::GruGates<Vec> g{Vec::loadu(ws + u0, nu), Vec::loadu(ws + H + u0, nu),
+                                  Vec::loadu(ws + 2 * H + u0, nu),
+                                  Vec::loadu(ws + 3 * H + u0, nu)};
+      Vec direct;
+      const auto d = math::gru_cell_backward(dh, g, Vec::loadu(h_prev_src + u0, nu), direct);
+      d.r.store(gx + u0, nu);
+      d.z.store(gx + H + u0, nu);
+      d.n_x.store(gx + 2 * H + u0, nu);
+      d.r.store(gh + u0, nu);
+      d.z.store(gh + H + u0, nu);
+      d.n_h.store(gh + 2 * H + u0, nu);
+      direct.store(carried);
+    }
+  }
+}
+
+template <typename S>
+void gru_backward(const GruBackwardArgs<S>& a, Team& team, SliceRange mine) {
+  constexpr int MR = tile_rows<4>();
+  SliceWorker worker(team, mine);
+  ScratchCarver sc(a.scratch);
+  const GruBackwardScratch<S> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  {
+    const auto [i0, i1] = worker.share(w.blocks + 1);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < w.blocks) {
+        pack_column_panel<S, 4>(a.w_hh, H, H, 3 * H, i, w.packed_hh);
+      } else {
+        init_state_rows(a.grad_h_n, H, w.ld_h, 0, B, w.dh_state);
+      }
+    }
+    worker.sync();
+  }
+  for (int64_t s = T - 1; s >= -1; --s) {
+    StepRows rows(MR);
+    rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
+    const int64_t nch = rows.chunks();
+    const auto [i0, i1] = worker.share(w.blocks * nch);
+    for (int64_t i = i0; i < i1; ++i) {
+      const RowChunk ch = rows.chunk(i % nch);
+      with_tile_rows<MR>(ch.rows, [&](auto mr) {
+        gru_backward_tile<S, decltype(mr)::value>(a, w, s, i / nch, ch);
+      });
+    }
+    worker.sync();
+  }
+  const auto [b0, b1] = worker.share(B);
+  for (int64_t b = b0; b < b1; ++b)
+    std::memcpy(a.grad_h0 + b * H, w.dh_state + b * w.ld_h, H * sizeof(S));
+}
+
+// ================================================================ RNN
+
+template <typename S>
+struct RnnForwardScratch {
+  static constexpr int V = Vectorized<S>::size();
+  int64_t blocks, ld_h;
+  S *packed_hh, *h_state;
+
+  RnnForwardScratch(const RnnForwardArgs<S>& a, ScratchCarver& sc) {
+    const int64_t H = a.hidden, B = a.seq.batch;
+    blocks = ceil_div(H, 4 * V);
+    ld_h = round_up(H, 4 * V);
+    packed_hh = sc.take<S>(blocks * H * 4 * V);
+    h_state = sc.take<S>(2 * B * ld_h);
+  }
+};
+
+template <typename S>
+int64_t rnn_forward_scratch(const RnnForwardArgs<S>& a, int64_t) {
+  ScratchCarver sc(nullptr);
+  RnnForwardScratch<S> w(a, sc);
+  return sc.bytes();
+}
+
+template <typename S, int MR, math::Nonlinearity kAct>
+inline void rnn_forward_tile(const RnnForwardArgs<S>& a, const RnnForwardScratch<S>& w,
+                             int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
+                             S* h_next) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden;
+  Vec acc[MR][4];
+  for (int q = 0; q < 4; ++q) {
+    const int64_t u0 = (blk * 4 + q) * V;
+    const int64_t nu = std::max<int64_t>(0, std::min<int64_t>(V, H - u0));
+    const Vec bias = load_or_zero(a.b_hh != nullptr && nu > 0 ? a.b_hh + u0 : nullptr, nu);
+    for (int m = 0; m < MR; ++m)
+      acc[m][q] = nu > 0 ? Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + u0, nu) + bias
+                         : Vec(S(0));
+  }
+  panel_gemm<S, MR, 4>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 4 * V, acc);
+  for (int m = 0; m < MR; ++m) {
+    for (int q = 0; q < 4; ++q) {
+      const int64_t u0 = (blk * 4 + q) * V;
+      if (u0 >= H) break;
+      const Vec h = math::rnn_activate<kAct>(acc[m][q]);
+      h.store(h_next + (r0 + m) * w.ld_h + u0);
+      h.store(a.out + (row0 + m) * a.ld_out + u0, std::min<int64_t>(V, H - u0));
+    }
+  }
+}
+
+template <typename S, math::Nonlinearity kAct>
+void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
+  constexpr int MR = tile_rows<4>();
+  SliceWorker worker(team, mine);
+  ScratchCarver sc(a.scratch);
+  const RnnForwardScratch<S> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  {
+    const auto [i0, i1] = worker.share(w.blocks + 1);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < w.blocks) {
+        pack_gate_panel<S, 4>(a.w_hh, H, H, 1, H, i, w.packed_hh);
+      } else {
+        for (int buf = 0; buf < 2; ++buf)
+          init_state_rows(a.h0, H, w.ld_h, 0, B, w.h_state + buf * B * w.ld_h);
+      }
+    }
+    worker.sync();
+  }
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t row_off = a.seq.offset_at(s);
+    const int cur = s & 1;
+    const S* h_prev = w.h_state + cur * B * w.ld_h;
+    S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
+    StepRows rows(MR);
+    rows.forward(a.seq.rows_at(s));
+    const int64_t nch = rows.chunks();
+    const auto [i0, i1] = worker.share(w.blocks * nch);
+    for (int64_t i = i0; i < i1; ++i) {
+      const RowChunk ch = rows.chunk(i % nch);
+      with_tile_rows<MR>(ch.rows, [&](auto mr) {
+        rnn_forward_tile<S, decltype(mr)::value, kAct>(a, w, i / nch, ch.row, row_off + ch.row,
+                                                       h_prev, h_next);
+      });
+    }
+    worker.sync();
+  }
+  const auto [b0, b1] = worker.share(B);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t buf = final_state_buffer(a.seq, b);
+    std::memcpy(a.h_n + b * H, w.h_state + (buf * B + b) * w.ld_h, H * sizeof(S));
+  }
+}
+
+template <typename S>
+void rnn_forward(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
+  if (a.relu) {
+    rnn_forward_impl<S, math::Nonlinearity::kRelu>(a, team, mine);
+  } else {
+    rnn_forward_impl<S, math::Nonlinearity::kTanh>(a, team, mine);
+  }
+}
+
+template <typename S>
+struct RnnBackwardScratch {
+  static constexpr int V = Vectorized<S>::size();
+  int64_t blocks, ld_h;
+  S *packed_hh, *dh_state;
+
+  RnnBackwardScratch(const RnnBackwardArgs<S>& a, ScratchCarver& sc) {
+    const int64_t H = a.hidden, B = a.seq.batch;
+    blocks = ceil_div(H, 4 * V);
+    ld_h = round_up(H, 4 * V);
+    packed_hh = sc.take<S>(blocks * H * 4 * V);
+    dh_state = sc.take<S>(B * ld_h);
+  }
+};
+
+template <typename S>
+int64_t rnn_backward_scratch(const RnnBackwardArgs<S>& a, int64_t) {
+  ScratchCarver sc(nullptr);
+  RnnBackwardScratch<S> w(a, sc);
+  return sc.bytes();
+}
+
+template <typename S, int MR, math::Nonlinearity kAct>
+inline void rnn_backward_tile(const RnnBackwardArgs<S>& a, const RnnBackwardScratch<S>& w,
+                              int64_t s, int64_t blk, const RowChunk& ch) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const int64_t H = a.hidden;
+  Vec acc[MR][4];
+  zero_tile(acc);
+  if (ch.kind != kActiveFirst) {
+    const int64_t next_off = a.seq.offset_at(s + 1);
+    panel_gemm<S, MR, 4>(H, a.grad_x_proj + (next_off + ch.row) * a.ld_grad_x_proj,
+                         a.ld_grad_x_proj, w.packed_hh + blk * H * 4 * V, acc);
+  }
+  if (ch.kind == kInitial) {
+    for (int m = 0; m < MR; ++m) {
+      S* carried = w.dh_state + (ch.row + m) * w.ld_h + blk * 4 * V;
+      for (int q = 0; q < 4; ++q)
+        (Vec::loadu(carried + q * V) + acc[m][q]).store(carried + q * V);
+    }
+    return;
+  }
+  const int64_t row_off = a.seq.offset_at(s);
+  for (int m = 0; m < MR; ++m) {
+    const int64_t r = ch.row + m, row = row_off + r;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t u0 = (blk * 4 + q) * V;
+      if (u0 >= H) break;
+      const int64_t nu = std::min<int64_t>(V, H - u0);
+      S* carried = w.dh_state + r * w.ld_h + u0;
+      const Vec dh =
+          acc[m][q] + Vec::loadu(carried) +
+          load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + u0 : nullptr,
+                       nu);
+      Vec(S(0)).store(carried);
+      const Vec h = Vec::loadu(a.out + row * a.ld_out + u0, nu);
+      math::rnn_activate_backward<kAct>(dh, h).store(
+          a.grad_x_proj + row * a.ld_grad_x_proj + u0, nu);
+    }
+  }
+}
+
+template <typename S, math::Nonlinearity kAct>
+void rnn_backward_impl(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine) {
+  constexpr int MR = tile_rows<4>();
+  SliceWorker worker(team, mine);
+  ScratchCarver sc(a.scratch);
+  const RnnBackwardScratch<S> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  {
+    const auto [i0, i1] = worker.share(w.blocks + 1);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i < w.blocks) {
+        pack_column_panel<S, 4>(a.w_hh, H, H, H, i, w.packed_hh);
+      } else {
+        init_state_rows(a.grad_h_n, H, w.ld_h, 0, B, w.dh_state);
+      }
+    }
+    worker.sync();
+  }
+  for (int64_t s = T - 1; s >= -1; --s) {
+    StepRows rows(MR);
+    rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
+    const int64_t nch = rows.chunks();
+    const auto [i0, i1] = worker.share(w.blocks * nch);
+    for (int64_t i = i0; i < i1; ++i) {
+      const RowChunk ch = rows.chunk(i % nch);
+      with_tile_rows<MR>(ch.rows, [&](auto mr) {
+        rnn_backward_tile<S, decltype(mr)::value, kAct>(a, w, s, i / nch, ch);
+      });
+    }
+    worker.sync();
+  }
+  const auto [b0, b1] = worker.share(B);
+  for (int64_t b = b0; b < b1; ++b)
+    std::memcpy(a.grad_h0 + b * H, w.dh_state + b * w.ld_h, H * sizeof(S));
+}
+
+template <typename S>
+void rnn_backward(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine) {
+  if (a.relu) {
+    rnn_backward_impl<S, math::Nonlinearity::kRelu>(a, team, mine);
+  } else {
+    rnn_backward_impl<S, math::Nonlinearity::kTanh>(a, team, mine);
+  }
+}
+
+// ---------------------------------------------------------------- table
+
+template <typename S>
+constexpr CellKernels<S> make_cell_kernels() {
+  return CellKernels<S>{
+      &lstm_forward_scratch<S>, &lstm_forward<S>, &lstm_backward_scratch<S>, &lstm_backward<S>,
+      &gru_forward_scratch<S>,  &gru_forward<S>,  &gru_backward_scratch<S>,  &gru_backward<S>,
+      &rnn_forward_scratch<S>,  &rnn_forward<S>,  &rnn_backward_scratch<S>,  &rnn_backward<S>,
+  };
+}
+
+inline IsaKernels make_isa_kernels(const char* name) {
+  return IsaKernels{name, static_cast<int>(sizeof(Vectorized<float>)),
+                    make_cell_kernels<float>(), make_cell_kernels<double>()};
+}
+
+}  // namespace RNNKERNELS_ISA_NAMESPACE
+}  // namespace rnnkernels::cpu

@@ -1,0 +1,731 @@
+// CPU implementations of the rnnkernels recurrence ops: argument checks, output
+// allocation, the thread plan for the fused time loops (kernels_isa.h), and the weight
+// gradients as GEMMs after the reverse sweep.
+//
+// Note [weight packing]
+// The time loops read W_hh (and W_hr) from panels packed at the start of every call.
+// Packing costs about as much as one or two time steps, and caching the panels by
+// tensor version would be unsafe: writes through `param.data` do not bump the version
+// counter, and weight changes between calls must always be seen.
+//
+// Note [time loop threads]
+// One at::parallel_for region runs the whole sequence. Each direction gets a team of
+// slices; a slice is a share of every step's register tiles, and the team meets at a
+// spin barrier after every step (kernels_isa.h, SliceWorker). A thread that is handed
+// several slices (fewer OpenMP threads than asked for, or a nested region) runs them
+// together, so the barrier can never wait for a thread that does not exist. Small steps
+// run on one slice: a barrier costs about a microsecond, more than a tiny step's work.
+// Bidirectional layers run their two directions side by side.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cctype>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace rnnkernels::cpu {
+namespace {
+
+enum class Cell { kLstm, kGru, kRnn };
+
+constexpr int64_t gate_count(Cell cell) {
+  return cell == Cell::kLstm ? 4 : (cell == Cell::kGru ? 3 : 1);
+}
+
+
+// ---------------------------------------------------------------- sequence layout
+
+// Owns the per-step batch sizes and row offsets of one call.
+struct Sequence {
+  std::vector<int64_t> batch_sizes;
+  std::vector<int64_t> offsets;
+  int64_t batch = 0;
+  int64_t rows = 0;
+
+  SequenceLayout layout(bool reverse) const {
+    SequenceLayout s;
+    s.steps = static_cast<int64_t>(batch_sizes.size());
+    s.batch = batch;
+    s.batch_sizes = batch_sizes.data();
+    s.offsets = offsets.data();
+    s.reverse = reverse;
+    return s;
+  }
+  bool uniform() const {
+    return std::all_of(batch_sizes.begin(), batch_sizes.end(),
+                       [&](int64_t b) { return b == batch; });
+  }
+};
+
+Sequence make_sequence(const char* op, int64_t rows, int64_t batch,
+                       const std::optional<at::Tensor>& batch_sizes) {
+  Sequence seq;
+  seq.batch = batch;
+  seq.rows = rows;
+  if (batch_sizes.has_value() && batch_sizes->defined()) {
+    const at::Tensor& bs = *batch_sizes;
+    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, op,
+                ": batch_sizes must be a 1-D int64 CPU tensor (PackedSequence.batch_sizes), got ",
+                bs.dim(), "-D ", bs.scalar_type(), " on ", bs.device());
+    const at::Tensor bsc = bs.contiguous();
+    const int64_t* p = bsc.data_ptr<int64_t>();
+    const int64_t steps = bsc.numel();
+    seq.batch_sizes.assign(p, p + steps);
+    seq.offsets.resize(steps);
+    int64_t total = 0;
+    for (const auto t : c10::irange(steps)) {
+      const int64_t b = seq.batch_sizes[t];
+      TORCH_CHECK(b >= 1 && b <= batch, op, ": batch_sizes[", t, "] = ", b,
+                  " must be in [1, ", batch, "] (the batch size of h0)");
+      TORCH_CHECK(t == 0 || b <= seq.batch_sizes[t - 1], op,
+                  ": batch_sizes must be non-increasing, got batch_sizes[", t - 1,
+                  "] = ", seq.batch_sizes[t - 1], " and batch_sizes[", t, "] = ", b);
+      seq.offsets[t] = total;
+      total += b;
+    }
+    TORCH_CHECK(steps == 0 || seq.batch_sizes[0] == batch, op, ": batch_sizes[0] = ",
+                steps == 0 ? 0 : seq.batch_sizes[0], " must equal the batch size of h0 (",
+                batch, ")");
+    TORCH_CHECK(total == rows, op, ": batch_sizes sum to ", total, " but x_proj has ", rows,
+                " rows");
+  } else {
+    TORCH_CHECK(batch > 0 || rows == 0, op, ": h0 has batch size 0 but x_proj has ", rows,
+                " rows");
+    const int64_t steps = batch > 0 ? rows / batch : 0;
+    TORCH_CHECK(steps * batch == rows, op, ": x_proj has ", rows,
+                " rows, not a multiple of the batch size ", batch);
+    seq.batch_sizes.assign(steps, batch);
+    seq.offsets.resize(steps);
+    for (const auto t : c10::irange(steps)) seq.offsets[t] = t * batch;
+  }
+  return seq;
+}
+
+// ---------------------------------------------------------------- checks
+
+void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
+              " but x_proj is on ", ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but x_proj has dtype ", ref.scalar_type());
+}
+
+void check_shape(const char* op, const std::string& name, const at::Tensor& t,
+                 at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected,
+              ", got ", t.sizes());
+}
+
+// The shapes every op of a cell agrees on.
+struct Dims {
+  int64_t directions = 1;  // D
+  int64_t gates = 1;       // G
+  int64_t hidden = 0;      // H
+  int64_t output = 0;      // P
+  int64_t batch = 0;       // B
+  int64_t rows = 0;        // N
+};
+
+Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, at::TensorList w_hh,
+                   at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0) {
+  Dims d;
+  d.gates = gate_count(cell);
+  d.directions = static_cast<int64_t>(w_hh.size());
+  TORCH_CHECK(d.directions == 1 || d.directions == 2, op,
+              ": w_hh must hold one weight per direction (1 or 2), got ", d.directions);
+  TORCH_CHECK(w_hh[0].dim() == 2 && w_hh[0].size(0) % d.gates == 0 && w_hh[0].size(0) > 0, op,
+              ": w_hh[0] must be [", d.gates, "*hidden_size, output_size], got ",
+              w_hh[0].sizes());
+  d.hidden = w_hh[0].size(0) / d.gates;
+  d.output = w_hh[0].size(1);
+  TORCH_CHECK(b_hh.empty() || static_cast<int64_t>(b_hh.size()) == d.directions, op,
+              ": b_hh must be empty or hold one bias per direction, got ", b_hh.size());
+  TORCH_CHECK(w_hr.empty() || static_cast<int64_t>(w_hr.size()) == d.directions, op,
+              ": w_hr must be empty or hold one weight per direction, got ", w_hr.size());
+  if (w_hr.empty()) {
+    TORCH_CHECK(d.output == d.hidden, op, ": w_hh[0] is ", w_hh[0].sizes(),
+                "; without w_hr its second dimension must equal hidden_size ", d.hidden);
+  }
+  for (const auto i : c10::irange(d.directions)) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    check_same(op, "w_hh", w_hh[i], ref);
+    check_shape(op, "w_hh" + idx, w_hh[i], {d.gates * d.hidden, d.output});
+    if (!b_hh.empty()) {
+      check_same(op, "b_hh", b_hh[i], ref);
+      check_shape(op, "b_hh" + idx, b_hh[i], {d.gates * d.hidden});
+    }
+    if (!w_hr.empty()) {
+      check_same(op, "w_hr", w_hr[i], ref);
+      check_shape(op, "w_hr" + idx, w_hr[i], {d.output, d.hidden});
+    }
+  }
+  check_same(op, "h0", h0, ref);
+  TORCH_CHECK(h0.dim() == 3, op, ": expected h0 of shape [directions, batch, ", d.output,
+              "], got ", h0.sizes());
+  d.batch = h0.size(1);
+  check_shape(op, "h0", h0, {d.directions, d.batch, d.output});
+  return d;
+}
+
+void check_x_proj(const char* op, const Dims& d, const at::Tensor& x_proj) {
+  TORCH_CHECK(x_proj.device().is_cpu(), op, ": the CPU kernel got x_proj on ", x_proj.device());
+  TORCH_CHECK(x_proj.scalar_type() == at::kFloat || x_proj.scalar_type() == at::kDouble, op,
+              ": CPU kernels support float32 and float64, got ", x_proj.scalar_type());
+  TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
+              ": expected x_proj of shape [rows, ", d.directions * d.gates * d.hidden,
+              "] (directions * gates * hidden_size), got ", x_proj.sizes());
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.contiguous());
+  return out;
+}
+
+template <typename S>
+const S* ptr_or_null(const std::vector<at::Tensor>& ts, int64_t i) {
+  return ts.empty() ? nullptr : ts[i].data_ptr<S>();
+}
+
+template <typename S>
+const S* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->data_ptr<S>() : nullptr;
+}
+
+std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
+  if (t.has_value() && t->defined()) return t->contiguous();
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------- thread plan
+
+// Below this many multiply-adds per step a direction runs on one slice.
+constexpr int64_t kMinStepFlopsPerSlice = 1 << 18;
+
+int64_t slices_for(int64_t step_flops, int64_t threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(threads, step_flops / kMinStepFlopsPerSlice));
+}
+
+// Runs `run(direction, team, slices)` for every direction over one parallel region.
+template <typename Run>
+void run_directions(int64_t directions, int64_t step_flops, Run&& run) {
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  std::vector<int64_t> first(directions + 1, 0);
+  auto teams = std::make_unique<Team[]>(directions);
+  for (const auto d : c10::irange(directions)) {
+    const int64_t share = threads / directions + (d < threads % directions ? 1 : 0);
+    teams[d].size = slices_for(step_flops, std::max<int64_t>(1, share));
+    first[d + 1] = first[d] + teams[d].size;
+  }
+  auto body = [&](int64_t begin, int64_t end) {
+    for (const auto d : c10::irange(directions)) {
+      const int64_t lo = std::max(begin, first[d]), hi = std::min(end, first[d + 1]);
+      if (lo < hi) run(d, teams[d], SliceRange{lo - first[d], hi - first[d]});
+    }
+  };
+  const int64_t total = first[directions];
+  if (total == 1) {
+    body(0, 1);
+  } else {
+    at::parallel_for(0, total, 1, body);
+  }
+}
+
+template <typename S>
+const CellKernels<S>& cell_kernels();
+template <>
+const CellKernels<float>& cell_kernels<float>() { return active_isa_kernels().f32; }
+template <>
+const CellKernels<double>& cell_kernels<double>() { return active_isa_kernels().f64; }
+
+at::Tensor scratch_bytes(int64_t bytes, const at::Tensor& like) {
+  return at::empty({bytes}, like.options().dtype(at::kByte));
+}
+
+// ---------------------------------------------------------------- h_prev rows
+
+// Hidden state entering every row of one direction: [N, P]. Row (t, b) holds h0[b] at the
+// row's first step, else the output of the step before it in processing order.
+template <typename S>
+at::Tensor previous_hidden(const Sequence& seq, bool reverse, const at::Tensor& out_dir,
+                           const at::Tensor& h0_dir) {
+  const int64_t P = h0_dir.size(1);
+  at::Tensor prev = at::empty({seq.rows, P}, h0_dir.options());
+  const SequenceLayout lay = seq.layout(reverse);
+  const S* out = out_dir.data_ptr<S>();
+  const int64_t ld_out = out_dir.stride(0);
+  const S* h0 = h0_dir.data_ptr<S>();
+  S* dst = prev.data_ptr<S>();
+  at::parallel_for(0, lay.steps, 16, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t off = lay.offset_at(s);
+      const int64_t prev_rows = lay.rows_at(s - 1);
+      const int64_t prev_off = s > 0 ? lay.offset_at(s - 1) : 0;
+      for (int64_t b = 0; b < lay.rows_at(s); ++b) {
+        const S* src = b < prev_rows ? out + (prev_off + b) * ld_out : h0 + b * P;
+        std::copy(src, src + P, dst + (off + b) * P);
+      }
+    }
+  });
+  return prev;
+}
+
+// grad_w [G*H, P] = dG^T @ h_prev over all rows of one direction.
+template <typename S>
+void recurrent_weight_grad(const Sequence& seq, bool reverse, const at::Tensor& grad_pre,
+                           const at::Tensor& out_dir, const at::Tensor& h0_dir,
+                           at::Tensor& grad_w) {
+  const int64_t N = seq.rows, B = seq.batch;
+  if (N == 0) {
+    grad_w.zero_();
+    return;
+  }
+  if (seq.uniform()) {
+    // Unpacked: h_prev is the output shifted by one step, and h0 for the first step.
+    const at::Tensor first = reverse ? grad_pre.narrow(0, N - B, B) : grad_pre.narrow(0, 0, B);
+    at::mm_out(grad_w, first.t(), h0_dir);
+    if (N > B) {
+      const at::Tensor g = reverse ? grad_pre.narrow(0, 0, N - B) : grad_pre.narrow(0, B, N - B);
+      const at::Tensor h = reverse ? out_dir.narrow(0, B, N - B) : out_dir.narrow(0, 0, N - B);
+      grad_w.addmm_(g.t(), h);
+    }
+    return;
+  }
+  at::mm_out(grad_w, grad_pre.t(), previous_hidden<S>(seq, reverse, out_dir, h0_dir));
+}
+
+// ---------------------------------------------------------------- forward ops
+
+// Arguments common to every forward op, checked and made contiguous.
+struct ForwardInputs {
+  Dims d;
+  Sequence seq;
+  at::Tensor x_proj, h0;
+  std::vector<at::Tensor> w_hh, b_hh, w_hr;
+};
+
+ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_proj,
+                              at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+                              const at::Tensor& h0,
+                              const std::optional<at::Tensor>& batch_sizes) {
+  ForwardInputs in;
+  in.d = check_weights(op, cell, x_proj, w_hh, b_hh, w_hr, h0);
+  check_x_proj(op, in.d, x_proj);
+  in.d.rows = x_proj.size(0);
+  in.seq = make_sequence(op, in.d.rows, in.d.batch, batch_sizes);
+  in.x_proj = x_proj.contiguous();
+  in.h0 = h0.contiguous();
+  in.w_hh = contiguous_all(w_hh);
+  in.b_hh = contiguous_all(b_hh);
+  in.w_hr = contiguous_all(w_hr);
+  return in;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+    const at::Tensor& h0, const at::Tensor& c0_in,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  constexpr const char* op = "rnnkernels::lstm_forward";
+  const ForwardInputs in =
+      prepare_forward(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0, batch_sizes);
+  const Dims& d = in.d;
+  check_same(op, "c0", c0_in, x_proj);
+  check_shape(op, "c0", c0_in, {d.directions, d.batch, d.hidden});
+  const at::Tensor c0 = c0_in.contiguous();
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
+  const auto opts = in.x_proj.options();
+  at::Tensor out = at::empty({N, D * P}, opts);
+  at::Tensor h_n = at::empty({D, B, P}, opts);
+  at::Tensor c_n = at::empty({D, B, H}, opts);
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 5 * H}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_lstm_forward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<LstmForwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.output = P;
+      a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * 4 * H;
+      a.ld_x_proj = D * 4 * H;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.b_hh = ptr_or_null<scalar_t>(in.b_hh, i);
+      a.w_hr = ptr_or_null<scalar_t>(in.w_hr, i);
+      a.h0 = in.h0.data_ptr<scalar_t>() + i * B * P;
+      a.c0 = c0.data_ptr<scalar_t>() + i * B * H;
+      a.out = out.data_ptr<scalar_t>() + i * P;
+      a.ld_out = D * P;
+      a.h_n = h_n.data_ptr<scalar_t>() + i * B * P;
+      a.c_n = c_n.data_ptr<scalar_t>() + i * B * H;
+      a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * 5 * H : nullptr;
+      scratch[i] = scratch_bytes(kern.lstm_forward_scratch(a, 1), in.x_proj);
+      a.scratch = scratch[i].data_ptr();
+    }
+    const int64_t step_flops = B * 4 * H * P + (in.w_hr.empty() ? 0 : B * H * P);
+    run_directions(D, step_flops, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.lstm_forward(args[i], team, mine);
+    });
+  });
+  return {out, h_n, c_n, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  constexpr const char* op = "rnnkernels::gru_forward";
+  const ForwardInputs in = prepare_forward(op, Cell::kGru, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = in.x_proj.options();
+  at::Tensor out = at::empty({N, D * H}, opts);
+  at::Tensor h_n = at::empty({D, B, H}, opts);
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 4 * H}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_gru_forward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<GruForwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * 3 * H;
+      a.ld_x_proj = D * 3 * H;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.b_hh = ptr_or_null<scalar_t>(in.b_hh, i);
+      a.h0 = in.h0.data_ptr<scalar_t>() + i * B * H;
+      a.out = out.data_ptr<scalar_t>() + i * H;
+      a.ld_out = D * H;
+      a.h_n = h_n.data_ptr<scalar_t>() + i * B * H;
+      a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * 4 * H : nullptr;
+      scratch[i] = scratch_bytes(kern.gru_forward_scratch(a, 1), in.x_proj);
+      a.scratch = scratch[i].data_ptr();
+    }
+    run_directions(D, B * 3 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.gru_forward(args[i], team, mine);
+    });
+  });
+  return {out, h_n, ws};
+}
+
+bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
+  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", op,
+              ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");
+  return nonlinearity == "relu";
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
+    bool need_workspace) {
+  constexpr const char* op = "rnnkernels::rnn_forward";
+  const bool relu = parse_nonlinearity(op, nonlinearity);
+  const ForwardInputs in = prepare_forward(op, Cell::kRnn, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = in.x_proj.options();
+  at::Tensor out = at::empty({N, D * H}, opts);
+  at::Tensor h_n = at::empty({D, B, H}, opts);
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 0}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_rnn_forward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<RnnForwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.relu = relu;
+      a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * H;
+      a.ld_x_proj = D * H;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.b_hh = ptr_or_null<scalar_t>(in.b_hh, i);
+      a.h0 = in.h0.data_ptr<scalar_t>() + i * B * H;
+      a.out = out.data_ptr<scalar_t>() + i * H;
+      a.ld_out = D * H;
+      a.h_n = h_n.data_ptr<scalar_t>() + i * B * H;
+      scratch[i] = scratch_bytes(kern.rnn_forward_scratch(a, 1), in.x_proj);
+      a.scratch = scratch[i].data_ptr();
+    }
+    run_directions(D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.rnn_forward(args[i], team, mine);
+    });
+  });
+  return {out, h_n, ws};
+}
+
+// ---------------------------------------------------------------- backward ops
+
+// Arguments common to every backward op, checked and made contiguous.
+struct BackwardInputs {
+  Dims d;
+  Sequence seq;
+  at::Tensor h0, out, ws;
+  std::optional<at::Tensor> grad_out, grad_h_n;
+  std::vector<at::Tensor> w_hh, b_hh, w_hr;
+};
+
+BackwardInputs prepare_backward(const char* op, Cell cell,
+                                const std::optional<at::Tensor>& grad_out,
+                                const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                                at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
+                                const at::Tensor& out, const at::Tensor& ws,
+                                const std::optional<at::Tensor>& batch_sizes,
+                                int64_t ws_per_hidden) {
+  BackwardInputs in;
+  TORCH_CHECK(out.device().is_cpu(), op, ": the CPU kernel got output on ", out.device());
+  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
+              ": CPU kernels support float32 and float64, got ", out.scalar_type());
+  in.d = check_weights(op, cell, out, w_hh, b_hh, w_hr, h0);
+  const Dims& d = in.d;
+  TORCH_CHECK(out.dim() == 2 && out.size(1) == d.directions * d.output, op,
+              ": expected output of shape [rows, ", d.directions * d.output, "], got ",
+              out.sizes());
+  in.d.rows = out.size(0);
+  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
+  check_same(op, "workspace", ws, out);
+  check_shape(op, "workspace", ws, {d.directions, in.d.rows, ws_per_hidden * d.hidden});
+  if (grad_out.has_value() && grad_out->defined()) {
+    check_same(op, "grad_output", *grad_out, out);
+    check_shape(op, "grad_output", *grad_out, out.sizes());
+  }
+  if (grad_h_n.has_value() && grad_h_n->defined()) {
+    check_same(op, "grad_h_n", *grad_h_n, out);
+    check_shape(op, "grad_h_n", *grad_h_n, h0.sizes());
+  }
+  in.h0 = h0.contiguous();
+  in.out = out.contiguous();
+  in.ws = ws.contiguous();
+  in.grad_out = contiguous_opt(grad_out);
+  in.grad_h_n = contiguous_opt(grad_h_n);
+  in.w_hh = contiguous_all(w_hh);
+  in.b_hh = contiguous_all(b_hh);
+  in.w_hr = contiguous_all(w_hr);
+  return in;
+}
+
+// Weight and bias gradients of one direction from the pre-activation gradients.
+template <typename S>
+void recurrent_param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
+                           std::vector<at::Tensor>& grad_w_hh,
+                           std::vector<at::Tensor>& grad_b_hh) {
+  const int64_t P = in.d.output;
+  const at::Tensor out_dir = in.out.narrow(1, dir * P, P);
+  recurrent_weight_grad<S>(in.seq, dir == 1, grad_pre, out_dir, in.h0[dir], grad_w_hh[dir]);
+  if (!grad_b_hh.empty()) at::sum_out(grad_b_hh[dir], grad_pre, {0});
+}
+
+std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(at::empty_like(t));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>>
+lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
+                  const std::optional<at::Tensor>& grad_h_n,
+                  const std::optional<at::Tensor>& grad_c_n_in, at::TensorList w_hh,
+                  at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
+                  const at::Tensor& c0_in, const at::Tensor& out, const at::Tensor& ws,
+                  const std::optional<at::Tensor>& batch_sizes) {
+  constexpr const char* op = "rnnkernels::lstm_backward";
+  const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
+                                             w_hr, h0, out, ws, batch_sizes, 5);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
+  check_same(op, "c0", c0_in, out);
+  check_shape(op, "c0", c0_in, {D, B, H});
+  if (grad_c_n_in.has_value() && grad_c_n_in->defined()) {
+    check_same(op, "grad_c_n", *grad_c_n_in, out);
+    check_shape(op, "grad_c_n", *grad_c_n_in, {D, B, H});
+  }
+  const at::Tensor c0 = c0_in.contiguous();
+  const std::optional<at::Tensor> grad_c_n = contiguous_opt(grad_c_n_in);
+  const bool proj = !in.w_hr.empty();
+  const auto opts = out.options();
+  at::Tensor grad_x_proj = at::empty({N, D * 4 * H}, opts);
+  at::Tensor grad_h0 = at::empty({D, B, P}, opts);
+  at::Tensor grad_c0 = at::empty({D, B, H}, opts);
+  at::Tensor grad_h = at::empty({D, proj ? N : 0, P}, opts);
+  std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh),
+                          grad_w_hr = empty_like_all(in.w_hr);
+
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_lstm_backward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<LstmBackwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.output = P;
+      a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * P : nullptr;
+      a.ld_grad_out = D * P;
+      a.grad_h_n = in.grad_h_n ? in.grad_h_n->data_ptr<scalar_t>() + i * B * P : nullptr;
+      a.grad_c_n = grad_c_n ? grad_c_n->data_ptr<scalar_t>() + i * B * H : nullptr;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.w_hr = ptr_or_null<scalar_t>(in.w_hr, i);
+      a.c0 = c0.data_ptr<scalar_t>() + i * B * H;
+      a.workspace = in.ws.data_ptr<scalar_t>() + i * N * 5 * H;
+      a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * 4 * H;
+      a.ld_grad_x_proj = D * 4 * H;
+      a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * P;
+      a.grad_c0 = grad_c0.data_ptr<scalar_t>() + i * B * H;
+      a.grad_h = proj ? grad_h.data_ptr<scalar_t>() + i * N * P : nullptr;
+      scratch[i] = scratch_bytes(kern.lstm_backward_scratch(a, 1), out);
+      a.scratch = scratch[i].data_ptr();
+    }
+    const int64_t step_flops = B * 4 * H * P + (proj ? B * H * P : 0);
+    run_directions(D, step_flops, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.lstm_backward(args[i], team, mine);
+    });
+    for (const auto i : c10::irange(D)) {
+      const at::Tensor grad_pre = grad_x_proj.narrow(1, i * 4 * H, 4 * H);
+      recurrent_param_grads<scalar_t>(in, i, grad_pre, grad_w_hh, grad_b_hh);
+      if (proj) {
+        // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t.
+        const at::Tensor ws_dir = in.ws[i];
+        const at::Tensor m = ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H));
+        at::mm_out(grad_w_hr[i], grad_h[i].t(), m);
+      }
+    }
+  });
+  return {grad_x_proj, grad_h0, grad_c0, grad_w_hh, grad_b_hh, grad_w_hr};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
+                 const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                 at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
+                 const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
+  constexpr const char* op = "rnnkernels::gru_backward";
+  const BackwardInputs in = prepare_backward(op, Cell::kGru, grad_out, grad_h_n, w_hh, b_hh, {},
+                                             h0, out, ws, batch_sizes, 4);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = out.options();
+  at::Tensor grad_x_proj = at::empty({N, D * 3 * H}, opts);
+  at::Tensor grad_hidden_pre = at::empty({D, N, 3 * H}, opts);
+  at::Tensor grad_h0 = at::empty({D, B, H}, opts);
+  std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
+
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_gru_backward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<GruBackwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * H : nullptr;
+      a.ld_grad_out = D * H;
+      a.grad_h_n = in.grad_h_n ? in.grad_h_n->data_ptr<scalar_t>() + i * B * H : nullptr;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.h0 = in.h0.data_ptr<scalar_t>() + i * B * H;
+      a.out = in.out.data_ptr<scalar_t>() + i * H;
+      a.ld_out = D * H;
+      a.workspace = in.ws.data_ptr<scalar_t>() + i * N * 4 * H;
+      a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * 3 * H;
+      a.ld_grad_x_proj = D * 3 * H;
+      a.grad_hidden_pre = grad_hidden_pre.data_ptr<scalar_t>() + i * N * 3 * H;
+      a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * H;
+      scratch[i] = scratch_bytes(kern.gru_backward_scratch(a, 1), out);
+      a.scratch = scratch[i].data_ptr();
+    }
+    run_directions(D, B * 3 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.gru_backward(args[i], team, mine);
+    });
+    for (const auto i : c10::irange(D))
+      recurrent_param_grads<scalar_t>(in, i, grad_hidden_pre[i], grad_w_hh, grad_b_hh);
+  });
+  return {grad_x_proj, grad_h0, grad_w_hh, grad_b_hh};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
+                 const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                 at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
+                 const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
+                 c10::string_view nonlinearity) {
+  constexpr const char* op = "rnnkernels::rnn_backward";
+  const bool relu = parse_nonlinearity(op, nonlinearity);
+  const BackwardInputs in = prepare_backward(op, Cell::kRnn, grad_out, grad_h_n, w_hh, b_hh, {},
+                                             h0, out, ws, batch_sizes, 0);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = out.options();
+  at::Tensor grad_x_proj = at::empty({N, D * H}, opts);
+  at::Tensor grad_h0 = at::empty({D, B, H}, opts);
+  std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
+
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_rnn_backward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<RnnBackwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.relu = relu;
+      a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * H : nullptr;
+      a.ld_grad_out = D * H;
+      a.grad_h_n = in.grad_h_n ? in.grad_h_n->data_ptr<scalar_t>() + i * B * H : nullptr;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.out = in.out.data_ptr<scalar_t>() + i * H;
+      a.ld_out = D * H;
+      a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * H;
+      a.ld_grad_x_proj = D * H;
+      a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * H;
+      scratch[i] = scratch_bytes(kern.rnn_backward_scratch(a, 1), out);
+      a.scratch = scratch[i].data_ptr();
+    }
+    run_directions(D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.rnn_backward(args[i], team, mine);
+    });
+    for (const auto i : c10::irange(D))
+      recurrent_param_grads<scalar_t>(in, i, grad_x_proj.narrow(1, i * H, H), grad_w_hh,
+                                      grad_b_hh);
+  });
+  return {grad_x_proj, grad_h0, grad_w_hh, grad_b_hh};
+}
+
+}  // namespace
+
+const IsaKernels& active_isa_kernels() {
+  static const IsaKernels& kernels = []() -> const IsaKernels& {
+    std::string cap = at::get_cpu_capability();  // "AVX512", "AVX2", "DEFAULT", ...
+    std::transform(cap.begin(), cap.end(), cap.begin(),
+                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+#if defined(__x86_64__) || defined(_M_X64)
+    if (cap == "avx512") return isa_kernels_avx512();
+    if (cap == "avx2") return isa_kernels_avx2();
+#endif
+    return isa_kernels_default();
+  }();
+  return kernels;
+}
+
+TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward_cpu);
+  m.impl("lstm_backward", &lstm_backward_cpu);
+  m.impl("gru_forward", &gru_forward_cpu);
+  m.impl("gru_backward", &gru_backward_cpu);
+  m.impl("rnn_forward", &rnn_forward_cpu);
+  m.impl("rnn_backward", &rnn_backward_cpu);
+}
+
+}  // namespace rnnkernels::cpu

@@ -1,0 +1,52 @@
+// The extension module rnnkernels._C and every op schema of the rnnkernels namespace.
+//
+// One recurrence op per cell and pass. It runs one layer, both directions when two
+// weight lists are given, over the whole sequence; the input projection of all steps
+// (x @ W_ih^T + b_ih) is computed by the caller as one GEMM. Shapes, with D directions,
+// G gates (LSTM 4, GRU 3, RNN 1), hidden size H, output size P (proj_size or H), batch B
+// and N rows (T*B, time-major, or sum(batch_sizes) for packed input):
+//   x_proj [N, D*G*H], w_hh[d] [G*H, P], b_hh[d] [G*H], w_hr[d] [P, H] (LSTM only)
+//   h0 [D, B, P], c0 [D, B, H] -> output [N, D*P], h_n [D, B, P], c_n [D, B, H]
+//   workspace [D, N, S]: what the backward needs (LSTM: i, f, g, o, c -> S = 5H;
+//   GRU: r, z, n, W_hn h + b_hn -> S = 4H; RNN: nothing, S = 0), empty when
+//   need_workspace is false.
+// The backward op returns the gradients of x_proj, h0 (c0) and the recurrent weights;
+// autograd derives those of the input, W_ih and b_ih from grad_x_proj.
+
+#include <torch/extension.h>
+
+#include "rnnkernels/build_info.h"
+
+TORCH_LIBRARY(rnnkernels, m) {
+  m.def(
+      "lstm_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor[] w_hr, Tensor h0, "
+      "Tensor c0, Tensor? batch_sizes, bool need_workspace) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def(
+      "lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor[] w_hh, "
+      "Tensor[] b_hh, Tensor[] w_hr, Tensor h0, Tensor c0, Tensor output, Tensor workspace, "
+      "Tensor? batch_sizes) -> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_c0, "
+      "Tensor[] grad_w_hh, Tensor[] grad_b_hh, Tensor[] grad_w_hr)");
+  m.def(
+      "gru_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor h0, Tensor? batch_sizes, "
+      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor[] w_hh, Tensor[] b_hh, "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes) "
+      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor[] grad_w_hh, Tensor[] grad_b_hh)");
+  m.def(
+      "rnn_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor h0, Tensor? batch_sizes, "
+      "str nonlinearity, bool need_workspace) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor[] w_hh, Tensor[] b_hh, "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes, str nonlinearity) "
+      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor[] grad_w_hh, Tensor[] grad_b_hh)");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnkernels: fused RNN, LSTM and GRU kernels (ops live in torch.ops.rnnkernels)";
+  m.def("build_info", &rnnkernels::build_info_dict,
+        "Which backends, CPU ISAs and dtypes this build contains, and what it was built with.");
+  m.def("cpu_capability", &rnnkernels::active_cpu_capability,
+        "The CPU kernel variant chosen at run time (honours ATEN_CPU_CAPABILITY).");
+}

@@ -1,0 +1,182 @@
+"""Builds rnnkernels._C: the CPU kernels always, the CUDA kernels when torch has CUDA and
+nvcc is found.
+
+    pip install --no-build-isolation .        (or -e . for development)
+
+Environment:
+    MAX_JOBS                     parallel compile jobs (default: from cores and free memory)
+    TORCH_CUDA_ARCH_LIST         CUDA architectures (default "8.0;9.0")
+    RNNKERNELS_SKIP_CUDA_BUILD=1 build the CPU part only
+    FORCE_CUDA=1                 build the CUDA part even if torch reports no CUDA device
+                                 support detectable here (needs nvcc and a CUDA torch)
+    RNNKERNELS_ISAS              comma list of CPU kernel variants (default: all for this arch)
+"""
+
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+
+
+def _load_source_hash():
+    spec = importlib.util.spec_from_file_location("_rk_source_hash", ROOT / "rnnkernels" / "_source_hash.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_hash(CSRC)
+
+
+def _default_max_jobs():
+    cores = os.cpu_count() or 1
+    try:
+        with open("/proc/meminfo") as f:
+            meminfo = dict(line.split(":", 1) for line in f)
+        free_gb = int(meminfo["MemAvailable"].split()[0]) / 2**20
+        return max(1, min(cores, int(free_gb // 3)))  # nvcc can take ~3 GB a job
+    except (OSError, KeyError, ValueError):
+        return cores
+
+
+os.environ.setdefault("MAX_JOBS", str(_default_max_jobs()))
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+    include_paths,
+)
+
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+# Per-ISA flags for csrc/cpu/kernels_<isa>.cpp, as ATen builds its native/cpu kernels.
+ISA_FLAGS = {
+    "default": ["-DCPU_CAPABILITY=DEFAULT"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+}
+
+
+def _isas():
+    wanted = os.environ.get("RNNKERNELS_ISAS")
+    isas = ["default", "avx2", "avx512"] if IS_X86 else ["default"]
+    if wanted:
+        isas = [i for i in isas if i in wanted.split(",")] or ["default"]
+    return isas
+
+
+def _nvcc_path():
+    if CUDA_HOME is not None:
+        nvcc = Path(CUDA_HOME) / "bin" / "nvcc"
+        if nvcc.exists():
+            return str(nvcc)
+    return shutil.which("nvcc")
+
+
+def _nvcc_version(nvcc):
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    if match is None:
+        raise RuntimeError(f"cannot read the CUDA version from `{nvcc} --version`:\n{out}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _want_cuda():
+    if os.environ.get("RNNKERNELS_SKIP_CUDA_BUILD", "0") == "1":
+        return False, "RNNKERNELS_SKIP_CUDA_BUILD=1"
+    force = os.environ.get("FORCE_CUDA", "0") == "1"
+    if torch.version.cuda is None:
+        if force:
+            raise RuntimeError("FORCE_CUDA=1 but this torch has no CUDA (torch.version.cuda is None); "
+                               "install a CUDA build of torch or unset FORCE_CUDA")
+        return False, "torch was built without CUDA"
+    nvcc = _nvcc_path()
+    if nvcc is None:
+        if force:
+            raise RuntimeError("FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+        return False, "nvcc not found"
+    major, minor = _nvcc_version(nvcc)
+    torch_major = int(torch.version.cuda.split(".")[0])
+    if major != torch_major:
+        raise RuntimeError(
+            f"nvcc at {nvcc} is CUDA {major}.{minor} but torch {torch.__version__} was built with "
+            f"CUDA {torch.version.cuda}; the major versions must match. Point CUDA_HOME at a CUDA "
+            f"{torch_major}.x toolkit, or set RNNKERNELS_SKIP_CUDA_BUILD=1 for a CPU-only build.")
+    return True, f"nvcc {major}.{minor}"
+
+
+WITH_CUDA, CUDA_REASON = _want_cuda()
+if WITH_CUDA:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+CXX_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden", f"-DRNNKERNELS_SOURCE_HASH=\"{_load_source_hash()}\""]
+NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
+              f"-DRNNKERNELS_SOURCE_HASH=\"{_load_source_hash()}\""]
+
+
+class BuildExt(BuildExtension):
+    """BuildExtension plus the per-ISA kernel objects, which need their own flags."""
+
+    def build_extension(self, ext):
+        ext.extra_objects = list(ext.extra_objects or []) + self._compile_isa_kernels(ext)
+        super().build_extension(ext)
+
+    def _compile_isa_kernels(self, ext):
+        out_dir = Path(self.build_temp).resolve() / "isa_kernels"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cxx = os.environ.get("CXX") or shutil.which("c++") or "g++"
+        abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+        includes = [str(CSRC), str(CSRC / "include")] + include_paths() + [sysconfig.get_paths()["include"]]
+        common = ["-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden", "-DNDEBUG", abi,
+                  "-Wno-unused-variable", "-Wno-unknown-pragmas"] + [f"-I{p}" for p in includes]
+        lines = ["ninja_required_version = 1.3", f"cxx = {cxx}", "",
+                 "rule compile",
+                 "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out",
+                 "  depfile = $out.d", "  deps = gcc", ""]
+        objects = []
+        for isa in _isas():
+            src = CSRC / "cpu" / f"kernels_{isa}.cpp"
+            obj = out_dir / f"kernels_{isa}.o"
+            flags = " ".join(common + ISA_FLAGS[isa]).replace("$", "$$")
+            lines += [f"build {obj}: compile {src}", f"  cflags = {flags}", ""]
+            objects.append(str(obj))
+        (out_dir / "build.ninja").write_text("\n".join(lines))
+        subprocess.run(["ninja", "-C", str(out_dir), "-j", os.environ["MAX_JOBS"]], check=True)
+        return objects
+
+
+def _extension():
+    sources = [str(p.relative_to(ROOT)) for p in [CSRC / "rnnkernels.cpp", CSRC / "build_info.cpp"]
+               + sorted((CSRC / "cpu").glob("recurrence*.cpp"))]
+    include_dirs = [str(CSRC), str(CSRC / "include")]
+    if WITH_CUDA:
+        sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cpp"))
+                    + sorted((CSRC / "cuda").glob("*.cu"))]
+        return CUDAExtension(
+            "rnnkernels._C", sources, include_dirs=include_dirs,
+            define_macros=[("RNNKERNELS_WITH_CUDA", None)],
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+            extra_link_args=["-fopenmp"])
+    return CppExtension("rnnkernels._C", sources, include_dirs=include_dirs,
+                        extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"])
+
+
+print(f"rnnkernels: CPU kernels for {', '.join(_isas())}; CUDA: {'yes' if WITH_CUDA else 'no'} "
+      f"({CUDA_REASON}); MAX_JOBS={os.environ['MAX_JOBS']}", file=sys.stderr)
+
+setup(
+    packages=find_packages(include=["rnnkernels", "rnnkernels.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
+)
