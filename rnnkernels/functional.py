@@ -1,0 +1,223 @@
+"""Functional forms of the recurrent layers and cells, running the rnnkernels ops.
+
+The layer functions take the arguments of ``torch._VF.lstm`` / ``gru`` / ``rnn_tanh``:
+``params`` is the module's ``_flat_weights`` list (per layer and direction: w_ih, w_hh,
+[b_ih, b_hh], [w_hr]), ``hx`` has shape [num_layers * directions, batch, size], and
+``input`` is time-major [T, B, I] (or batch-major with ``batch_first``), or the data of
+a PackedSequence [N, I] with its ``batch_sizes``.
+
+Per layer: one GEMM projects the input of all steps for both directions (bias b_ih
+included), then one op runs the recurrence over the whole sequence. Inputs the kernels
+do not cover (a device without rnnkernels kernels, a dtype other than float32/float64
+on CPU) run torch's own implementation, so results never depend on what was built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, _VF
+
+from . import ops
+from ._ext import _C
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def _cuda_dtypes():
+    info = _C.build_info().get("cuda")
+    if not info:
+        return ()
+    names = info.get("dtypes", ())
+    return tuple(getattr(torch, n) for n in names)
+
+
+_CUDA_DTYPES = _cuda_dtypes()
+
+
+def kernels_support(x: Tensor) -> bool:
+    """Whether rnnkernels has kernels for tensors like x (device and dtype)."""
+    if x.device.type == "cpu":
+        return x.dtype in _CPU_DTYPES
+    if x.device.type == "cuda":
+        return x.dtype in _CUDA_DTYPES
+    return False
+
+
+def _needs_grad(*tensors) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def _layer_params(params, has_biases, num_layers, directions):
+    """Splits _flat_weights into per-layer lists of per-direction (w_ih, w_hh, b_ih, b_hh, w_hr)."""
+    per = len(params) // (num_layers * directions)
+    expected = (2 + 2 * int(has_biases), 3 + 2 * int(has_biases))
+    if per not in expected or per * num_layers * directions != len(params):
+        raise RuntimeError(
+            f"rnnkernels: expected {expected[0]} or {expected[1]} parameters per layer and "
+            f"direction ({num_layers} layers x {directions} directions), got {len(params)} in all")
+    has_proj = per == expected[1]
+    layers = []
+    for layer in range(num_layers):
+        dirs = []
+        for d in range(directions):
+            p = params[(layer * directions + d) * per:(layer * directions + d + 1) * per]
+            w_ih, w_hh = p[0], p[1]
+            b_ih, b_hh = (p[2], p[3]) if has_biases else (None, None)
+            w_hr = p[-1] if has_proj else None
+            dirs.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+        layers.append(dirs)
+    return layers, has_proj
+
+
+def _input_projection(x2d: Tensor, dirs) -> Tensor:
+    """x2d [N, I] -> [N, D*G*H] = x @ [W_ih_0; W_ih_1]^T + [b_ih_0; b_ih_1]."""
+    if len(dirs) == 1:
+        w_ih, b_ih = dirs[0][0], dirs[0][2]
+    else:
+        w_ih = torch.cat([d[0] for d in dirs], 0)
+        b_ih = torch.cat([d[2] for d in dirs], 0) if dirs[0][2] is not None else None
+    if b_ih is None:
+        return torch.mm(x2d, w_ih.t())
+    return torch.addmm(b_ih, x2d, w_ih.t())
+
+
+def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, train,
+                bidirectional, batch_first, batch_sizes, nonlinearity="tanh"):
+    directions = 2 if bidirectional else 1
+    layers, _ = _layer_params(params, has_biases, num_layers, directions)
+    if batch_sizes is None:
+        seq = input.transpose(0, 1) if batch_first else input
+        steps, batch = seq.shape[0], seq.shape[1]
+        x = seq.reshape(steps * batch, seq.shape[2])
+    else:
+        x = input
+    need_workspace = _needs_grad(input, hx, cx, *params)
+    h_n, c_n = [], []
+    for layer, dirs in enumerate(layers):
+        x_proj = _input_projection(x, dirs)
+        w_hh = [d[1] for d in dirs]
+        b_hh = [d[3] for d in dirs] if has_biases else []
+        h0 = hx[layer * directions:(layer + 1) * directions]
+        if cell == "lstm":
+            w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
+            c0 = cx[layer * directions:(layer + 1) * directions]
+            out, h_last, c_last, _ = ops.lstm_forward(
+                x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace)
+            c_n.append(c_last)
+        elif cell == "gru":
+            out, h_last, _ = ops.gru_forward(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace)
+        else:
+            out, h_last, _ = ops.rnn_forward(
+                x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace)
+        h_n.append(h_last)
+        if dropout > 0 and train and layer < num_layers - 1:
+            out = F.dropout(out, dropout, training=True)
+        x = out
+    if batch_sizes is None:
+        output = x.view(steps, batch, x.shape[1])
+        if batch_first:
+            output = output.transpose(0, 1)
+    else:
+        output = x
+    h_n = h_n[0] if len(h_n) == 1 else torch.cat(h_n, 0)
+    if cell == "lstm":
+        c_n = c_n[0] if len(c_n) == 1 else torch.cat(c_n, 0)
+        return output, h_n, c_n
+    return output, h_n
+
+
+def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_biases: bool,
+         num_layers: int, dropout: float, train: bool, bidirectional: bool,
+         batch_first: bool = False, batch_sizes: Tensor | None = None):
+    """Multi-layer LSTM. Returns (output, h_n, c_n) like torch._VF.lstm."""
+    if not kernels_support(input):
+        if batch_sizes is None:
+            return _VF.lstm(input, hx, params, has_biases, num_layers, dropout, train,
+                            bidirectional, batch_first)
+        return _VF.lstm(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                        bidirectional)
+    return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
+                       train, bidirectional, batch_first, batch_sizes)
+
+
+def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
+        dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
+        batch_sizes: Tensor | None = None):
+    """Multi-layer GRU. Returns (output, h_n) like torch._VF.gru."""
+    if not kernels_support(input):
+        if batch_sizes is None:
+            return _VF.gru(input, hx, params, has_biases, num_layers, dropout, train,
+                           bidirectional, batch_first)
+        return _VF.gru(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                       bidirectional)
+    return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout, train,
+                       bidirectional, batch_first, batch_sizes)
+
+
+def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
+        dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
+        batch_sizes: Tensor | None = None, nonlinearity: str = "tanh"):
+    """Multi-layer Elman RNN (tanh or relu). Returns (output, h_n) like torch._VF.rnn_tanh."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    if not kernels_support(input):
+        impl = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
+        if batch_sizes is None:
+            return impl(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                        batch_first)
+        return impl(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                    bidirectional)
+    return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout, train,
+                       bidirectional, batch_first, batch_sizes, nonlinearity)
+
+
+# ---------------------------------------------------------------- cells
+
+
+def _cell_projection(input: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
+    if b_ih is None:
+        return torch.mm(input, w_ih.t())
+    return torch.addmm(b_ih, input, w_ih.t())
+
+
+def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None):
+    """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
+    h, c = hx
+    if not kernels_support(input):
+        return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    x_proj = _cell_projection(input, w_ih, b_ih)
+    need_workspace = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    _, h_n, c_n, _ = ops.lstm_forward(x_proj, [w_hh], [b_hh] if b_hh is not None else [], [],
+                                      h.unsqueeze(0), c.unsqueeze(0), None, need_workspace)
+    return h_n[0], c_n[0]
+
+
+def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None) -> Tensor:
+    """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
+    if not kernels_support(input):
+        return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    x_proj = _cell_projection(input, w_ih, b_ih)
+    need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
+    _, h_n, _ = ops.gru_forward(x_proj, [w_hh], [b_hh] if b_hh is not None else [],
+                                hx.unsqueeze(0), None, need_workspace)
+    return h_n[0]
+
+
+def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None, nonlinearity: str = "tanh") -> Tensor:
+    """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+    if not kernels_support(input):
+        impl = _VF.rnn_tanh_cell if nonlinearity == "tanh" else _VF.rnn_relu_cell
+        return impl(input, hx, w_ih, w_hh, b_ih, b_hh)
+    x_proj = _cell_projection(input, w_ih, b_ih)
+    need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
+    _, h_n, _ = ops.rnn_forward(x_proj, [w_hh], [b_hh] if b_hh is not None else [],
+                                hx.unsqueeze(0), None, nonlinearity, need_workspace)
+    return h_n[0]

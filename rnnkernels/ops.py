@@ -1,0 +1,199 @@
+"""Fake (meta) kernels and autograd for the torch.ops.rnnkernels recurrence ops.
+
+The schemas live in csrc/rnnkernels.cpp. Each forward op runs one layer (one or two
+directions) over the whole sequence; its backward op returns the gradients of the
+projected input, the initial state and the recurrent weights, and autograd carries
+grad_x_proj back through the caller's input projection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._ext import _C  # noqa: F401  (registers the schemas and kernels)
+
+_ops = torch.ops.rnnkernels
+
+# Workspace floats per hidden unit and row, as the kernels store them.
+WORKSPACE_PER_HIDDEN = {"lstm": 5, "gru": 4, "rnn": 0}
+
+
+def _gates_hidden(w_hh: list[Tensor], gates: int) -> int:
+    return w_hh[0].shape[0] // gates
+
+
+# ---------------------------------------------------------------- fakes
+
+
+@torch.library.register_fake("rnnkernels::lstm_forward")
+def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace):
+    n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
+    h, p = _gates_hidden(w_hh, 4), h0.shape[2]
+    return (
+        x_proj.new_empty((n, d * p)),
+        x_proj.new_empty((d, b, p)),
+        x_proj.new_empty((d, b, h)),
+        x_proj.new_empty((d, n if need_workspace else 0, 5 * h)),
+    )
+
+
+@torch.library.register_fake("rnnkernels::lstm_backward")
+def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, output,
+                        workspace, batch_sizes):
+    n, d = output.shape[0], len(w_hh)
+    h = _gates_hidden(w_hh, 4)
+    return (
+        output.new_empty((n, d * 4 * h)),
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        torch.empty_like(c0, memory_format=torch.contiguous_format),
+        [torch.empty_like(w, memory_format=torch.contiguous_format) for w in w_hh],
+        [torch.empty_like(b, memory_format=torch.contiguous_format) for b in b_hh],
+        [torch.empty_like(w, memory_format=torch.contiguous_format) for w in w_hr],
+    )
+
+
+@torch.library.register_fake("rnnkernels::gru_forward")
+def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace):
+    n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
+    h = _gates_hidden(w_hh, 3)
+    return (
+        x_proj.new_empty((n, d * h)),
+        x_proj.new_empty((d, b, h)),
+        x_proj.new_empty((d, n if need_workspace else 0, 4 * h)),
+    )
+
+
+@torch.library.register_fake("rnnkernels::gru_backward")
+def _gru_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace, batch_sizes):
+    n, d = output.shape[0], len(w_hh)
+    h = _gates_hidden(w_hh, 3)
+    return (
+        output.new_empty((n, d * 3 * h)),
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        [torch.empty_like(w, memory_format=torch.contiguous_format) for w in w_hh],
+        [torch.empty_like(b, memory_format=torch.contiguous_format) for b in b_hh],
+    )
+
+
+@torch.library.register_fake("rnnkernels::rnn_forward")
+def _rnn_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace):
+    n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
+    h = _gates_hidden(w_hh, 1)
+    return (
+        x_proj.new_empty((n, d * h)),
+        x_proj.new_empty((d, b, h)),
+        x_proj.new_empty((d, n if need_workspace else 0, 0)),
+    )
+
+
+@torch.library.register_fake("rnnkernels::rnn_backward")
+def _rnn_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace, batch_sizes,
+                       nonlinearity):
+    n, d = output.shape[0], len(w_hh)
+    h = _gates_hidden(w_hh, 1)
+    return (
+        output.new_empty((n, d * h)),
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        [torch.empty_like(w, memory_format=torch.contiguous_format) for w in w_hh],
+        [torch.empty_like(b, memory_format=torch.contiguous_format) for b in b_hh],
+    )
+
+
+# ---------------------------------------------------------------- autograd
+
+
+def _check_workspace(op: str, workspace: Tensor, output: Tensor) -> None:
+    if workspace.shape[1] != output.shape[0]:
+        raise RuntimeError(
+            f"rnnkernels::{op} was called with need_workspace=False, so its backward cannot run; "
+            "call it with need_workspace=True when gradients are needed"
+        )
+
+
+def _split_list(saved: tuple, sizes: list[int]) -> list[list[Tensor]]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(list(saved[i:i + n]))
+        i += n
+    return out
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace = inputs
+    out, h_n, c_n, workspace = output
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(workspace)
+    ctx.sizes = [len(w_hh), len(b_hh), len(w_hr)]
+    ctx.packed = batch_sizes is not None
+    extra = [batch_sizes] if batch_sizes is not None else []
+    ctx.save_for_backward(h0, c0, out, workspace, *w_hh, *b_hh, *w_hr, *extra)
+
+
+def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_workspace):
+    h0, c0, out, workspace, *rest = ctx.saved_tensors
+    w_hh, b_hh, w_hr = _split_list(rest, ctx.sizes)
+    batch_sizes = rest[-1] if ctx.packed else None
+    _check_workspace("lstm_forward", workspace, out)
+    gx, gh0, gc0, gw_hh, gb_hh, gw_hr = _ops.lstm_backward(
+        grad_out, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, out, workspace, batch_sizes)
+    return gx, list(gw_hh), list(gb_hh), list(gw_hr), gh0, gc0, None, None
+
+
+def _gru_setup_context(ctx, inputs, output):
+    x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace = inputs
+    out, h_n, workspace = output
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(workspace)
+    ctx.sizes = [len(w_hh), len(b_hh)]
+    ctx.packed = batch_sizes is not None
+    extra = [batch_sizes] if batch_sizes is not None else []
+    ctx.save_for_backward(h0, out, workspace, *w_hh, *b_hh, *extra)
+
+
+def _gru_backward(ctx, grad_out, grad_h_n, _grad_workspace):
+    h0, out, workspace, *rest = ctx.saved_tensors
+    w_hh, b_hh = _split_list(rest, ctx.sizes)
+    batch_sizes = rest[-1] if ctx.packed else None
+    _check_workspace("gru_forward", workspace, out)
+    gx, gh0, gw_hh, gb_hh = _ops.gru_backward(
+        grad_out, grad_h_n, w_hh, b_hh, h0, out, workspace, batch_sizes)
+    return gx, list(gw_hh), list(gb_hh), gh0, None, None
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace = inputs
+    out, h_n, workspace = output
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(workspace)
+    ctx.sizes = [len(w_hh), len(b_hh)]
+    ctx.packed = batch_sizes is not None
+    ctx.nonlinearity = nonlinearity
+    extra = [batch_sizes] if batch_sizes is not None else []
+    ctx.save_for_backward(h0, out, workspace, *w_hh, *b_hh, *extra)
+
+
+def _rnn_backward(ctx, grad_out, grad_h_n, _grad_workspace):
+    h0, out, workspace, *rest = ctx.saved_tensors
+    w_hh, b_hh = _split_list(rest, ctx.sizes)
+    batch_sizes = rest[-1] if ctx.packed else None
+    _check_workspace("rnn_forward", workspace, out)
+    gx, gh0, gw_hh, gb_hh = _ops.rnn_backward(
+        grad_out, grad_h_n, w_hh, b_hh, h0, out, workspace, batch_sizes, ctx.nonlinearity)
+    return gx, list(gw_hh), list(gb_hh), gh0, None, None, None
+
+
+torch.library.register_autograd(
+    "rnnkernels::lstm_forward", _lstm_backward, setup_context=_lstm_setup_context)
+torch.library.register_autograd(
+    "rnnkernels::gru_forward", _gru_backward, setup_context=_gru_setup_context)
+torch.library.register_autograd(
+    "rnnkernels::rnn_forward", _rnn_backward, setup_context=_rnn_setup_context)
+
+
+lstm_forward = _ops.lstm_forward
+lstm_backward = _ops.lstm_backward
+gru_forward = _ops.gru_forward
+gru_backward = _ops.gru_backward
+rnn_forward = _ops.rnn_forward
+rnn_backward = _ops.rnn_backward
