@@ -5,13 +5,22 @@ AVX2, portable) and CUDA kernels:
 
     import rnnkernels
     lstm = rnnkernels.LSTM(input_size, hidden_size, num_layers=2, batch_first=True)
+
+Swapping torch.nn.LSTM for rnnkernels.LSTM changes nothing but speed: same constructor,
+parameters, state_dict, forward signature, outputs and exceptions.
 """
 
 from ._ext import _C
+from . import ops  # noqa: F401  (fake kernels and autograd for torch.ops.rnnkernels)
+from . import functional  # noqa: F401
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "ops",
+           "build_info"]
+
 
 def build_info():
-    """Which backends, CPU ISAs and dtypes this build contains."""
+    """Which backends, CPU ISAs and dtypes this build contains, and the active CPU kernels."""
     return _C.build_info()
