@@ -14,6 +14,8 @@ on CPU) run torch's own implementation, so results never depend on what was buil
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, _VF
@@ -84,6 +86,31 @@ def _input_projection(x2d: Tensor, dirs) -> Tensor:
     return torch.addmm(b_ih, x2d, w_ih.t())
 
 
+def _layer_range(cell: str, layer: int):
+    """A profiler range per layer ("rnnkernels.lstm.layer0"), only while a profiler runs."""
+    if torch.autograd._profiler_enabled():
+        return torch.profiler.record_function(f"rnnkernels.{cell}.layer{layer}")
+    return contextlib.nullcontext()
+
+
+def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, need_workspace):
+    """One layer, both directions: the input projection GEMM, then the recurrence op."""
+    x_proj = _input_projection(x, dirs)
+    w_hh = [d[1] for d in dirs]
+    b_hh = [d[3] for d in dirs] if has_biases else []
+    if cell == "lstm":
+        w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
+        out, h_n, c_n, _ = ops.lstm_forward(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
+                                            need_workspace)
+        return out, h_n, c_n
+    if cell == "gru":
+        out, h_n, _ = ops.gru_forward(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace)
+    else:
+        out, h_n, _ = ops.rnn_forward(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity,
+                                      need_workspace)
+    return out, h_n, None
+
+
 def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, train,
                 bidirectional, batch_first, batch_sizes, nonlinearity="tanh"):
     directions = 2 if bidirectional else 1
@@ -97,25 +124,15 @@ def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, tr
     need_workspace = _needs_grad(input, hx, cx, *params)
     h_n, c_n = [], []
     for layer, dirs in enumerate(layers):
-        x_proj = _input_projection(x, dirs)
-        w_hh = [d[1] for d in dirs]
-        b_hh = [d[3] for d in dirs] if has_biases else []
-        h0 = hx[layer * directions:(layer + 1) * directions]
-        if cell == "lstm":
-            w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
-            c0 = cx[layer * directions:(layer + 1) * directions]
-            out, h_last, c_last, _ = ops.lstm_forward(
-                x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace)
-            c_n.append(c_last)
-        elif cell == "gru":
-            out, h_last, _ = ops.gru_forward(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace)
-        else:
-            out, h_last, _ = ops.rnn_forward(
-                x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace)
+        layer_hx = hx[layer * directions:(layer + 1) * directions]
+        layer_cx = cx[layer * directions:(layer + 1) * directions] if cell == "lstm" else None
+        with _layer_range(cell, layer):
+            x, h_last, c_last = _run_layer(cell, x, dirs, has_biases, layer_hx, layer_cx,
+                                           batch_sizes, nonlinearity, need_workspace)
         h_n.append(h_last)
+        c_n.append(c_last)
         if dropout > 0 and train and layer < num_layers - 1:
-            out = F.dropout(out, dropout, training=True)
-        x = out
+            x = F.dropout(x, dropout, training=True)
     if batch_sizes is None:
         output = x.view(steps, batch, x.shape[1])
         if batch_first:

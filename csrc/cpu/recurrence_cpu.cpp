@@ -20,6 +20,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
+#include <ATen/ThreadLocalState.h>
+#include <ATen/record_function.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
@@ -209,28 +211,51 @@ std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
 
 // ---------------------------------------------------------------- thread plan
 
-// Below this many multiply-adds per step a direction runs on one slice.
-constexpr int64_t kMinStepFlopsPerSlice = 1 << 18;
+// A slice gets at least this many multiply-adds per step; smaller steps use fewer
+// slices. At 2^17 (about 1.5 us of one core) the barrier's cost is small beside the work,
+// and a B=1, H=256 LSTM step (whose 1 MB W_hh does not fit one core's L2) runs on two.
+constexpr int64_t kMinStepMacsPerSlice = 1 << 17;
 
-int64_t slices_for(int64_t step_flops, int64_t threads) {
-  return std::max<int64_t>(1, std::min<int64_t>(threads, step_flops / kMinStepFlopsPerSlice));
+int64_t slices_for(int64_t step_macs, int64_t threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(threads, step_macs / kMinStepMacsPerSlice));
 }
+
+// Profiler ranges per direction, e.g. "rnnkernels::lstm_forward (reverse)".
+struct DirectionNames {
+  std::string forward, reverse;
+  explicit DirectionNames(const char* op)
+      : forward(std::string(op) + " (forward direction)"),
+        reverse(std::string(op) + " (reverse direction)") {}
+  const std::string& operator[](int64_t d) const { return d == 0 ? forward : reverse; }
+};
 
 // Runs `run(direction, team, slices)` for every direction over one parallel region.
 template <typename Run>
-void run_directions(int64_t directions, int64_t step_flops, Run&& run) {
+void run_directions(const char* op, int64_t directions, int64_t step_macs, Run&& run) {
+  const bool profiling = at::hasCallbacks() && at::isRecordFunctionEnabled();
+  const DirectionNames names(op);
+  // Worker threads of the region see the profiler only through the caller's state.
+  const std::optional<at::ThreadLocalState> caller_state =
+      profiling ? std::make_optional<at::ThreadLocalState>() : std::nullopt;
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   std::vector<int64_t> first(directions + 1, 0);
   auto teams = std::make_unique<Team[]>(directions);
   for (const auto d : c10::irange(directions)) {
     const int64_t share = threads / directions + (d < threads % directions ? 1 : 0);
-    teams[d].size = slices_for(step_flops, std::max<int64_t>(1, share));
+    teams[d].size = slices_for(step_macs, std::max<int64_t>(1, share));
     first[d + 1] = first[d] + teams[d].size;
   }
   auto body = [&](int64_t begin, int64_t end) {
     for (const auto d : c10::irange(directions)) {
       const int64_t lo = std::max(begin, first[d]), hi = std::min(end, first[d + 1]);
-      if (lo < hi) run(d, teams[d], SliceRange{lo - first[d], hi - first[d]});
+      if (lo >= hi) continue;
+      if (profiling) {
+        at::ThreadLocalStateGuard state_guard(*caller_state);
+        RECORD_FUNCTION(names[d], std::vector<c10::IValue>());
+        run(d, teams[d], SliceRange{lo - first[d], hi - first[d]});
+      } else {
+        run(d, teams[d], SliceRange{lo - first[d], hi - first[d]});
+      }
     }
   };
   const int64_t total = first[directions];
@@ -373,8 +398,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
       scratch[i] = scratch_bytes(kern.lstm_forward_scratch(a, 1), in.x_proj);
       a.scratch = scratch[i].data_ptr();
     }
-    const int64_t step_flops = B * 4 * H * P + (in.w_hr.empty() ? 0 : B * H * P);
-    run_directions(D, step_flops, [&](int64_t i, Team& team, SliceRange mine) {
+    const int64_t step_macs = B * 4 * H * P + (in.w_hr.empty() ? 0 : B * H * P);
+    run_directions(op, D, step_macs, [&](int64_t i, Team& team, SliceRange mine) {
       kern.lstm_forward(args[i], team, mine);
     });
   });
@@ -413,7 +438,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
       scratch[i] = scratch_bytes(kern.gru_forward_scratch(a, 1), in.x_proj);
       a.scratch = scratch[i].data_ptr();
     }
-    run_directions(D, B * 3 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+    run_directions(op, D, B * 3 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.gru_forward(args[i], team, mine);
     });
   });
@@ -460,7 +485,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
       scratch[i] = scratch_bytes(kern.rnn_forward_scratch(a, 1), in.x_proj);
       a.scratch = scratch[i].data_ptr();
     }
-    run_directions(D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+    run_directions(op, D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.rnn_forward(args[i], team, mine);
     });
   });
@@ -589,8 +614,8 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
       scratch[i] = scratch_bytes(kern.lstm_backward_scratch(a, 1), out);
       a.scratch = scratch[i].data_ptr();
     }
-    const int64_t step_flops = B * 4 * H * P + (proj ? B * H * P : 0);
-    run_directions(D, step_flops, [&](int64_t i, Team& team, SliceRange mine) {
+    const int64_t step_macs = B * 4 * H * P + (proj ? B * H * P : 0);
+    run_directions(op, D, step_macs, [&](int64_t i, Team& team, SliceRange mine) {
       kern.lstm_backward(args[i], team, mine);
     });
     for (const auto i : c10::irange(D)) {
@@ -646,7 +671,7 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
       scratch[i] = scratch_bytes(kern.gru_backward_scratch(a, 1), out);
       a.scratch = scratch[i].data_ptr();
     }
-    run_directions(D, B * 3 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+    run_directions(op, D, B * 3 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.gru_backward(args[i], team, mine);
     });
     for (const auto i : c10::irange(D))
@@ -693,7 +718,7 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
       scratch[i] = scratch_bytes(kern.rnn_backward_scratch(a, 1), out);
       a.scratch = scratch[i].data_ptr();
     }
-    run_directions(D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+    run_directions(op, D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.rnn_backward(args[i], team, mine);
     });
     for (const auto i : c10::irange(D))
