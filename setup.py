@@ -157,7 +157,8 @@ class BuildExt(BuildExtension):
 
 
 def _extension():
-    sources = [str(p.relative_to(ROOT)) for p in [CSRC / "rnnkernels.cpp", CSRC / "build_info.cpp"]
+    # Host sources: every csrc/*.cpp and csrc/cpu/recurrence*.cpp (CMakeLists.txt globs the same).
+    sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))
                + sorted((CSRC / "cpu").glob("recurrence*.cpp"))]
     include_dirs = [str(CSRC), str(CSRC / "include")]
     if WITH_CUDA:

@@ -1,9 +1,10 @@
-"""Fake (meta) kernels and autograd for the torch.ops.rnnkernels recurrence ops.
+"""Fake (meta) kernels of the torch.ops.rnnkernels recurrence ops.
 
-The schemas live in csrc/rnnkernels.cpp. Each forward op runs one layer (one or two
-directions) over the whole sequence; its backward op returns the gradients of the
-projected input, the initial state and the recurrent weights, and autograd carries
-grad_x_proj back through the caller's input projection.
+The schemas live in csrc/rnnkernels.cpp, the autograd Functions in csrc/autograd.cpp.
+Each forward op runs one layer (one or two directions) over the whole sequence; its
+backward op returns the gradients of the projected input, the initial state and the
+recurrent weights, and autograd carries grad_x_proj back through the caller's input
+projection.
 """
 
 from __future__ import annotations
@@ -100,96 +101,8 @@ def _rnn_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace,
     )
 
 
-# ---------------------------------------------------------------- autograd
-
-
-def _check_workspace(op: str, workspace: Tensor, output: Tensor) -> None:
-    if workspace.shape[1] != output.shape[0]:
-        raise RuntimeError(
-            f"rnnkernels::{op} was called with need_workspace=False, so its backward cannot run; "
-            "call it with need_workspace=True when gradients are needed"
-        )
-
-
-def _split_list(saved: tuple, sizes: list[int]) -> list[list[Tensor]]:
-    out, i = [], 0
-    for n in sizes:
-        out.append(list(saved[i:i + n]))
-        i += n
-    return out
-
-
-def _lstm_setup_context(ctx, inputs, output):
-    x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace = inputs
-    out, h_n, c_n, workspace = output
-    ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(workspace)
-    ctx.sizes = [len(w_hh), len(b_hh), len(w_hr)]
-    ctx.packed = batch_sizes is not None
-    extra = [batch_sizes] if batch_sizes is not None else []
-    ctx.save_for_backward(h0, c0, out, workspace, *w_hh, *b_hh, *w_hr, *extra)
-
-
-def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_workspace):
-    h0, c0, out, workspace, *rest = ctx.saved_tensors
-    w_hh, b_hh, w_hr = _split_list(rest, ctx.sizes)
-    batch_sizes = rest[-1] if ctx.packed else None
-    _check_workspace("lstm_forward", workspace, out)
-    gx, gh0, gc0, gw_hh, gb_hh, gw_hr = _ops.lstm_backward(
-        grad_out, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, out, workspace, batch_sizes)
-    return gx, list(gw_hh), list(gb_hh), list(gw_hr), gh0, gc0, None, None
-
-
-def _gru_setup_context(ctx, inputs, output):
-    x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace = inputs
-    out, h_n, workspace = output
-    ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(workspace)
-    ctx.sizes = [len(w_hh), len(b_hh)]
-    ctx.packed = batch_sizes is not None
-    extra = [batch_sizes] if batch_sizes is not None else []
-    ctx.save_for_backward(h0, out, workspace, *w_hh, *b_hh, *extra)
-
-
-def _gru_backward(ctx, grad_out, grad_h_n, _grad_workspace):
-    h0, out, workspace, *rest = ctx.saved_tensors
-    w_hh, b_hh = _split_list(rest, ctx.sizes)
-    batch_sizes = rest[-1] if ctx.packed else None
-    _check_workspace("gru_forward", workspace, out)
-    gx, gh0, gw_hh, gb_hh = _ops.gru_backward(
-        grad_out, grad_h_n, w_hh, b_hh, h0, out, workspace, batch_sizes)
-    return gx, list(gw_hh), list(gb_hh), gh0, None, None
-
-
-def _rnn_setup_context(ctx, inputs, output):
-    x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace = inputs
-    out, h_n, workspace = output
-    ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(workspace)
-    ctx.sizes = [len(w_hh), len(b_hh)]
-    ctx.packed = batch_sizes is not None
-    ctx.nonlinearity = nonlinearity
-    extra = [batch_sizes] if batch_sizes is not None else []
-    ctx.save_for_backward(h0, out, workspace, *w_hh, *b_hh, *extra)
-
-
-def _rnn_backward(ctx, grad_out, grad_h_n, _grad_workspace):
-    h0, out, workspace, *rest = ctx.saved_tensors
-    w_hh, b_hh = _split_list(rest, ctx.sizes)
-    batch_sizes = rest[-1] if ctx.packed else None
-    _check_workspace("rnn_forward", workspace, out)
-    gx, gh0, gw_hh, gb_hh = _ops.rnn_backward(
-        grad_out, grad_h_n, w_hh, b_hh, h0, out, workspace, batch_sizes, ctx.nonlinearity)
-    return gx, list(gw_hh), list(gb_hh), gh0, None, None, None
-
-
-torch.library.register_autograd(
-    "rnnkernels::lstm_forward", _lstm_backward, setup_context=_lstm_setup_context)
-torch.library.register_autograd(
-    "rnnkernels::gru_forward", _gru_backward, setup_context=_gru_setup_context)
-torch.library.register_autograd(
-    "rnnkernels::rnn_forward", _rnn_backward, setup_context=_rnn_setup_context)
-
+# Autograd: C++ autograd Functions registered at the Autograd key (csrc/autograd.cpp,
+# see Note [autograd in C++] there).
 
 lstm_forward = _ops.lstm_forward
 lstm_backward = _ops.lstm_backward

@@ -1,0 +1,267 @@
+// Autograd for the forward recurrence ops, as C++ autograd Functions registered at the
+// Autograd dispatch key (one for every backend).
+//
+// Note [autograd in C++]
+// torch.library.register_autograd would do the same from Python, but its wrapper
+// (pytree handling of the Tensor[] arguments, defaults, redispatch) cost about 150 us a
+// layer per training step, more than a small layer's whole recurrence. Here the
+// overhead is a few microseconds. torch.compile and opcheck see an ordinary op with an
+// Autograd kernel: AOTAutograd runs this Function on fake tensors, reaching the
+// forward and backward ops' fake kernels (rnnkernels/ops.py).
+//
+// Each forward op saves its inputs' weights, h0 (c0), its output and workspace; the
+// backward op returns the gradients of x_proj, h0 (c0) and the recurrent weights. The
+// backward ops have no derivative: double backward raises.
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace rnnkernels {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using TensorVec = std::vector<at::Tensor>;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
+  return t.defined() ? std::make_optional(t) : std::nullopt;
+}
+
+// The saved tensors of one forward call, in the order save() stored them.
+struct SavedLists {
+  std::vector<at::Tensor> all;
+  size_t next = 0;
+  at::Tensor take() { return all[next++]; }
+  TensorVec take(int64_t n) {
+    TensorVec out(all.begin() + next, all.begin() + next + n);
+    next += n;
+    return out;
+  }
+};
+
+void append(variable_list& dst, at::TensorList ts) { dst.insert(dst.end(), ts.begin(), ts.end()); }
+
+void check_workspace(const char* op, const at::Tensor& workspace, const at::Tensor& output) {
+  TORCH_CHECK(workspace.size(1) == output.size(0), op,
+              " ran with need_workspace=False, so its backward cannot run; call it with "
+              "need_workspace=True when gradients are needed");
+}
+
+// ---------------------------------------------------------------- LSTM
+
+using LstmForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+    const at::Tensor&, const std::optional<at::Tensor>&, bool);
+using LstmBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, TensorVec, TensorVec, TensorVec>(
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, at::TensorList, at::TensorList, at::TensorList,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&);
+
+class LstmFunction : public torch::autograd::Function<LstmFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_proj,
+                               at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+                               const at::Tensor& h0, const at::Tensor& c0,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               bool need_workspace) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<LstmForwardSig>("rnnkernels::lstm_forward");
+    auto [out, h_n, c_n, ws] = op.call(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+    variable_list saved{h0, c0, out, ws};
+    append(saved, w_hh);
+    append(saved, b_hh);
+    append(saved, w_hr);
+    const bool packed = batch_sizes.has_value() && batch_sizes->defined();
+    if (packed) saved.push_back(*batch_sizes);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_hh.size()),
+                                                    static_cast<int64_t>(b_hh.size()),
+                                                    static_cast<int64_t>(w_hr.size()), packed};
+    ctx->mark_non_differentiable({ws});
+    ctx->set_materialize_grads(false);
+    return {out, h_n, c_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    SavedLists s{ctx->get_saved_variables()};
+    const at::Tensor h0 = s.take(), c0 = s.take(), out = s.take(), ws = s.take();
+    const TensorVec w_hh = s.take(sizes[0]), b_hh = s.take(sizes[1]), w_hr = s.take(sizes[2]);
+    const std::optional<at::Tensor> batch_sizes =
+        sizes[3] ? std::make_optional(s.take()) : std::nullopt;
+    check_workspace("rnnkernels::lstm_forward", ws, out);
+    static const auto op = find_op<LstmBackwardSig>("rnnkernels::lstm_backward");
+    auto [gx, gh0, gc0, gw_hh, gb_hh, gw_hr] =
+        op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), defined_or_none(grads[2]),
+                w_hh, b_hh, w_hr, h0, c0, out, ws, batch_sizes);
+    // One slot per forward argument, list arguments flattened.
+    variable_list result{gx};
+    append(result, gw_hh);
+    append(result, gb_hh);
+    append(result, gw_hr);
+    result.insert(result.end(), {gh0, gc0, at::Tensor(), at::Tensor()});
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autograd(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
+    bool need_workspace) {
+  auto r = LstmFunction::apply(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+  return {r[0], r[1], r[2], r[3]};
+}
+
+// ---------------------------------------------------------------- GRU and RNN
+
+// GRU and RNN share the argument layout (x_proj, w_hh[], b_hh[], h0, batch_sizes, ...);
+// RNN adds its nonlinearity.
+using GruForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, const at::Tensor&,
+    const std::optional<at::Tensor>&, bool);
+using GruBackwardSig = std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec>(
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::TensorList,
+    at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&);
+using RnnForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, const at::Tensor&,
+    const std::optional<at::Tensor>&, c10::string_view, bool);
+using RnnBackwardSig = std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec>(
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::TensorList,
+    at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, c10::string_view);
+
+void save_single_state(AutogradContext* ctx, const at::Tensor& h0, const at::Tensor& out,
+                       const at::Tensor& ws, at::TensorList w_hh, at::TensorList b_hh,
+                       const std::optional<at::Tensor>& batch_sizes) {
+  variable_list saved{h0, out, ws};
+  append(saved, w_hh);
+  append(saved, b_hh);
+  const bool packed = batch_sizes.has_value() && batch_sizes->defined();
+  if (packed) saved.push_back(*batch_sizes);
+  ctx->save_for_backward(saved);
+  ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_hh.size()),
+                                                  static_cast<int64_t>(b_hh.size()), packed};
+  ctx->mark_non_differentiable({ws});
+  ctx->set_materialize_grads(false);
+}
+
+struct SingleStateSaved {
+  at::Tensor h0, out, ws;
+  TensorVec w_hh, b_hh;
+  std::optional<at::Tensor> batch_sizes;
+};
+
+SingleStateSaved load_single_state(AutogradContext* ctx) {
+  const auto sizes = ctx->saved_data["sizes"].toIntVector();
+  SavedLists s{ctx->get_saved_variables()};
+  SingleStateSaved r;
+  r.h0 = s.take();
+  r.out = s.take();
+  r.ws = s.take();
+  r.w_hh = s.take(sizes[0]);
+  r.b_hh = s.take(sizes[1]);
+  if (sizes[2]) r.batch_sizes = s.take();
+  return r;
+}
+
+variable_list single_state_grads(const at::Tensor& gx, const TensorVec& gw_hh,
+                                 const TensorVec& gb_hh, const at::Tensor& gh0,
+                                 int64_t trailing_args) {
+  variable_list result{gx};
+  append(result, gw_hh);
+  append(result, gb_hh);
+  result.push_back(gh0);
+  for (int64_t i = 0; i < trailing_args; ++i) result.emplace_back();
+  return result;
+}
+
+class GruFunction : public torch::autograd::Function<GruFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_proj,
+                               at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               bool need_workspace) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<GruForwardSig>("rnnkernels::gru_forward");
+    auto [out, h_n, ws] = op.call(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace);
+    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes);
+    return {out, h_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const SingleStateSaved s = load_single_state(ctx);
+    check_workspace("rnnkernels::gru_forward", s.ws, s.out);
+    static const auto op = find_op<GruBackwardSig>("rnnkernels::gru_backward");
+    auto [gx, gh0, gw_hh, gb_hh] = op.call(defined_or_none(grads[0]), defined_or_none(grads[1]),
+                                           s.w_hh, s.b_hh, s.h0, s.out, s.ws, s.batch_sizes);
+    return single_state_grads(gx, gw_hh, gb_hh, gh0, /*batch_sizes, need_workspace*/ 2);
+  }
+};
+
+class RnnFunction : public torch::autograd::Function<RnnFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_proj,
+                               at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               c10::string_view nonlinearity, bool need_workspace) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<RnnForwardSig>("rnnkernels::rnn_forward");
+    auto [out, h_n, ws] =
+        op.call(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace);
+    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes);
+    ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
+    return {out, h_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const SingleStateSaved s = load_single_state(ctx);
+    check_workspace("rnnkernels::rnn_forward", s.ws, s.out);
+    const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
+    static const auto op = find_op<RnnBackwardSig>("rnnkernels::rnn_backward");
+    auto [gx, gh0, gw_hh, gb_hh] =
+        op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), s.w_hh, s.b_hh, s.h0,
+                s.out, s.ws, s.batch_sizes, nonlinearity);
+    return single_state_grads(gx, gw_hh, gb_hh, gh0,
+                              /*batch_sizes, nonlinearity, need_workspace*/ 3);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_autograd(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  auto r = GruFunction::apply(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace);
+  return {r[0], r[1], r[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autograd(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
+    bool need_workspace) {
+  auto r = RnnFunction::apply(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity,
+                              need_workspace);
+  return {r[0], r[1], r[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnkernels, Autograd, m) {
+  m.impl("lstm_forward", &lstm_forward_autograd);
+  m.impl("gru_forward", &gru_forward_autograd);
+  m.impl("rnn_forward", &rnn_forward_autograd);
+}
+
+}  // namespace rnnkernels
