@@ -60,6 +60,9 @@ struct LstmForwardArgs {
   S* h_n = nullptr;                                    // [B, P]
   S* c_n = nullptr;                                    // [B, H]
   S* workspace = nullptr;                              // [N, 5H]: i, f, g, o, c; or null
+  // Single-step calls (T = 1, no projection): h0 @ W_hh^T + b_hh computed by the host,
+  // [B, 4H]; the kernel then packs nothing and runs only the gate math.
+  const S* h_pre = nullptr;
   void* scratch = nullptr;                             // forward_scratch_bytes(args)
 };
 
@@ -79,6 +82,8 @@ struct LstmBackwardArgs {
   S* grad_h0 = nullptr;                                   // [B, P]
   S* grad_c0 = nullptr;                                   // [B, H]
   S* grad_h = nullptr;                                    // [N, P] dL/dh_t (projection only)
+  // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
+  bool skip_initial_product = false;
   void* scratch = nullptr;
 };
 
@@ -93,6 +98,7 @@ struct GruForwardArgs {
   S* out = nullptr;  int64_t ld_out = 0;              // [N, H]
   S* h_n = nullptr;                                   // [B, H]
   S* workspace = nullptr;                             // [N, 4H]: r, z, n, hn; or null
+  const S* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, 3H] from the host
   void* scratch = nullptr;
 };
 
@@ -109,6 +115,8 @@ struct GruBackwardArgs {
   S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 3H]: r, z, n_x
   S* grad_hidden_pre = nullptr;                       // [N, 3H]: r, z, n_h (for dW_hh, db_hh)
   S* grad_h0 = nullptr;
+  // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
+  bool skip_initial_product = false;
   void* scratch = nullptr;
 };
 
@@ -123,6 +131,7 @@ struct RnnForwardArgs {
   const S* h0 = nullptr;
   S* out = nullptr;  int64_t ld_out = 0;
   S* h_n = nullptr;
+  const S* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, H] from the host
   void* scratch = nullptr;
 };
 
@@ -137,6 +146,8 @@ struct RnnBackwardArgs {
   const S* out = nullptr;  int64_t ld_out = 0;
   S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, H]
   S* grad_h0 = nullptr;
+  // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
+  bool skip_initial_product = false;
   void* scratch = nullptr;
 };
 

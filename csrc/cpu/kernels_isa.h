@@ -364,12 +364,19 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
   const int64_t nu = std::min<int64_t>(V, H - u0);
   const bool proj = a.w_hr != nullptr;
   Vec acc[MR][4];
-  for (int q = 0; q < 4; ++q) {
-    const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
-    for (int m = 0; m < MR; ++m)
-      acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) + bias;
+  if (a.h_pre != nullptr) {  // single step: the recurrent product came from the host
+    for (int q = 0; q < 4; ++q)
+      for (int m = 0; m < MR; ++m)
+        acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) +
+                    Vec::loadu(a.h_pre + (r0 + m) * 4 * H + q * H + u0, nu);
+  } else {
+    for (int q = 0; q < 4; ++q) {
+      const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
+      for (int m = 0; m < MR; ++m)
+        acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) + bias;
+    }
+    panel_gemm<S, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * P * 4 * V, acc);
   }
-  panel_gemm<S, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * P * 4 * V, acc);
   for (int m = 0; m < MR; ++m) {
     const int64_t r = r0 + m, row = row0 + m;
     const auto g = math::lstm_activate(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
@@ -424,13 +431,14 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
   const bool proj = a.w_hr != nullptr;
 
   {  // pack W_hh (and W_hr^T), load h0 and c0 into both state buffers
-    const int64_t items = w.gate_blocks + w.proj_blocks + 1;
+    const int64_t gate_blocks = a.h_pre != nullptr ? 0 : w.gate_blocks;
+    const int64_t items = gate_blocks + w.proj_blocks + 1;
     const auto [i0, i1] = worker.share(items);
     for (int64_t i = i0; i < i1; ++i) {
-      if (i < w.gate_blocks) {
+      if (i < gate_blocks) {
         pack_gate_panel<S, 4>(a.w_hh, P, H, 4, P, i, w.packed_hh);
-      } else if (i < w.gate_blocks + w.proj_blocks) {
-        pack_gate_panel<S, 4>(a.w_hr, H, P, 1, H, i - w.gate_blocks, w.packed_hr);
+      } else if (i < gate_blocks + w.proj_blocks) {
+        pack_gate_panel<S, 4>(a.w_hr, H, P, 1, H, i - gate_blocks, w.packed_hr);
       } else {
         for (int buf = 0; buf < 2; ++buf) {
           init_state_rows(a.h0, P, w.ld_h, 0, B, w.h_state + buf * B * w.ld_h);
@@ -630,13 +638,14 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
   const int64_t H = a.hidden, P = a.output, B = a.seq.batch, T = a.seq.steps;
   const bool proj = a.w_hr != nullptr;
   {
-    const int64_t items = w.out_blocks + (proj ? w.hidden_blocks : 0) + 1;
+    const int64_t out_blocks = a.skip_initial_product ? 0 : w.out_blocks;
+    const int64_t items = out_blocks + (proj ? w.hidden_blocks : 0) + 1;
     const auto [i0, i1] = worker.share(items);
     for (int64_t i = i0; i < i1; ++i) {
-      if (i < w.out_blocks) {
+      if (i < out_blocks) {
         pack_column_panel<S, 4>(a.w_hh, P, P, 4 * H, i, w.packed_hh);
-      } else if (proj && i < w.out_blocks + w.hidden_blocks) {
-        pack_column_panel<S, 4>(a.w_hr, H, H, P, i - w.out_blocks, w.packed_hr);
+      } else if (proj && i < out_blocks + w.hidden_blocks) {
+        pack_column_panel<S, 4>(a.w_hr, H, H, P, i - out_blocks, w.packed_hr);
       } else {
         init_state_rows(a.grad_h_n, P, w.ld_h, 0, B, w.dh_state);
         init_state_rows(a.grad_c_n, H, w.ld_c, 0, B, w.dc_state);
@@ -645,7 +654,8 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
     worker.sync();
   }
 
-  for (int64_t s = T - 1; s >= -1; --s) {
+  const int64_t last_step = a.skip_initial_product ? 0 : -1;
+  for (int64_t s = T - 1; s >= last_step; --s) {
     const int64_t active = a.seq.rows_at(s);
     StepRows rows(MR);
     rows.backward(active, a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
@@ -718,11 +728,17 @@ inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch
   const int64_t u0 = blk * V;
   const int64_t nu = std::min<int64_t>(V, H - u0);
   Vec acc[MR][3];
-  for (int q = 0; q < 3; ++q) {
-    const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
-    for (int m = 0; m < MR; ++m) acc[m][q] = bias;
+  if (a.h_pre != nullptr) {  // single step: the recurrent product came from the host
+    for (int q = 0; q < 3; ++q)
+      for (int m = 0; m < MR; ++m)
+        acc[m][q] = Vec::loadu(a.h_pre + (r0 + m) * 3 * H + q * H + u0, nu);
+  } else {
+    for (int q = 0; q < 3; ++q) {
+      const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
+      for (int m = 0; m < MR; ++m) acc[m][q] = bias;
+    }
+    panel_gemm<S, MR, 3>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 3 * V, acc);
   }
-  panel_gemm<S, MR, 3>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 3 * V, acc);
   for (int m = 0; m < MR; ++m) {
     const int64_t r = r0 + m, row = row0 + m;
     const S* x = a.x_proj + row * a.ld_x_proj + u0;
@@ -749,9 +765,10 @@ void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
   const GruForwardScratch<S> w(a, sc);
   const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
   {
-    const auto [i0, i1] = worker.share(w.gate_blocks + 1);
+    const int64_t gate_blocks = a.h_pre != nullptr ? 0 : w.gate_blocks;
+    const auto [i0, i1] = worker.share(gate_blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
-      if (i < w.gate_blocks) {
+      if (i < gate_blocks) {
         pack_gate_panel<S, 3>(a.w_hh, H, H, 3, H, i, w.packed_hh);
       } else {
         for (int buf = 0; buf < 2; ++buf)
@@ -869,9 +886,10 @@ void gru_backward(const GruBackwardArgs<S>& a, Team& team, SliceRange mine) {
   const GruBackwardScratch<S> w(a, sc);
   const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
   {
-    const auto [i0, i1] = worker.share(w.blocks + 1);
+    const int64_t blocks = a.skip_initial_product ? 0 : w.blocks;
+    const auto [i0, i1] = worker.share(blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
-      if (i < w.blocks) {
+      if (i < blocks) {
         pack_column_panel<S, 4>(a.w_hh, H, H, 3 * H, i, w.packed_hh);
       } else {
         init_state_rows(a.grad_h_n, H, w.ld_h, 0, B, w.dh_state);
@@ -879,7 +897,8 @@ void gru_backward(const GruBackwardArgs<S>& a, Team& team, SliceRange mine) {
     }
     worker.sync();
   }
-  for (int64_t s = T - 1; s >= -1; --s) {
+  const int64_t last_step = a.skip_initial_product ? 0 : -1;
+  for (int64_t s = T - 1; s >= last_step; --s) {
     StepRows rows(MR);
     rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
     const int64_t nch = rows.chunks();
@@ -932,12 +951,20 @@ inline void rnn_forward_tile(const RnnForwardArgs<S>& a, const RnnForwardScratch
   for (int q = 0; q < 4; ++q) {
     const int64_t u0 = (blk * 4 + q) * V;
     const int64_t nu = std::max<int64_t>(0, std::min<int64_t>(V, H - u0));
-    const Vec bias = load_or_zero(a.b_hh != nullptr && nu > 0 ? a.b_hh + u0 : nullptr, nu);
-    for (int m = 0; m < MR; ++m)
-      acc[m][q] = nu > 0 ? Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + u0, nu) + bias
-                         : Vec(S(0));
+    // Single step: the host's h0 @ W_hh^T + b_hh replaces the bias and the product.
+    const Vec bias = load_or_zero(a.b_hh != nullptr && nu > 0 && a.h_pre == nullptr
+                                      ? a.b_hh + u0 : nullptr, nu);
+    for (int m = 0; m < MR; ++m) {
+      if (nu <= 0) {
+        acc[m][q] = Vec(S(0));
+        continue;
+      }
+      acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + u0, nu) +
+                  (a.h_pre != nullptr ? Vec::loadu(a.h_pre + (r0 + m) * H + u0, nu) : bias);
+    }
   }
-  panel_gemm<S, MR, 4>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 4 * V, acc);
+  if (a.h_pre == nullptr)
+    panel_gemm<S, MR, 4>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 4 * V, acc);
   for (int m = 0; m < MR; ++m) {
     for (int q = 0; q < 4; ++q) {
       const int64_t u0 = (blk * 4 + q) * V;
@@ -957,9 +984,10 @@ void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
   const RnnForwardScratch<S> w(a, sc);
   const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
   {
-    const auto [i0, i1] = worker.share(w.blocks + 1);
+    const int64_t blocks = a.h_pre != nullptr ? 0 : w.blocks;
+    const auto [i0, i1] = worker.share(blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
-      if (i < w.blocks) {
+      if (i < blocks) {
         pack_gate_panel<S, 4>(a.w_hh, H, H, 1, H, i, w.packed_hh);
       } else {
         for (int buf = 0; buf < 2; ++buf)
@@ -1073,9 +1101,10 @@ void rnn_backward_impl(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine)
   const RnnBackwardScratch<S> w(a, sc);
   const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
   {
-    const auto [i0, i1] = worker.share(w.blocks + 1);
+    const int64_t blocks = a.skip_initial_product ? 0 : w.blocks;
+    const auto [i0, i1] = worker.share(blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
-      if (i < w.blocks) {
+      if (i < blocks) {
         pack_column_panel<S, 4>(a.w_hh, H, H, H, i, w.packed_hh);
       } else {
         init_state_rows(a.grad_h_n, H, w.ld_h, 0, B, w.dh_state);
@@ -1083,7 +1112,8 @@ void rnn_backward_impl(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine)
     }
     worker.sync();
   }
-  for (int64_t s = T - 1; s >= -1; --s) {
+  const int64_t last_step = a.skip_initial_product ? 0 : -1;
+  for (int64_t s = T - 1; s >= last_step; --s) {
     StepRows rows(MR);
     rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
     const int64_t nch = rows.chunks();

@@ -277,6 +277,21 @@ at::Tensor scratch_bytes(int64_t bytes, const at::Tensor& like) {
   return at::empty({bytes}, like.options().dtype(at::kByte));
 }
 
+// Note [single step]
+// With one time step (cells, step-by-step decoding) packing W_hh would cost as much as
+// the step's product itself. The host then computes h0 @ W_hh^T + b_hh with one GEMM
+// and the kernel runs only the gate math; the backward adds dG @ W_hh to grad_h0 the
+// same way. Not used with a projection (its second product needs packed W_hr).
+bool is_single_step(const Sequence& seq, bool has_projection) {
+  return seq.batch_sizes.size() == 1 && !has_projection;
+}
+
+// h0[d] @ W_hh[d]^T + b_hh[d]: [B, G*H].
+at::Tensor recurrent_product(const at::Tensor& h0_dir, const at::Tensor& w_hh,
+                             const std::vector<at::Tensor>& b_hh, int64_t dir) {
+  return b_hh.empty() ? at::mm(h0_dir, w_hh.t()) : at::addmm(b_hh[dir], h0_dir, w_hh.t());
+}
+
 // ---------------------------------------------------------------- h_prev rows
 
 // Hidden state entering every row of one direction: [N, P]. Row (t, b) holds h0[b] at the
@@ -377,9 +392,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_lstm_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<LstmForwardArgs<scalar_t>> args(D);
-    std::vector<at::Tensor> scratch(D);
+    std::vector<at::Tensor> scratch(D), h_pre(D);
+    const bool single_step = is_single_step(in.seq, !in.w_hr.empty());
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
+      if (single_step) {
+        h_pre[i] = recurrent_product(in.h0[i], in.w_hh[i], in.b_hh, i);
+        a.h_pre = h_pre[i].data_ptr<scalar_t>();
+      }
       a.seq = in.seq.layout(i == 1);
       a.hidden = H;
       a.output = P;
@@ -421,9 +441,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_gru_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<GruForwardArgs<scalar_t>> args(D);
-    std::vector<at::Tensor> scratch(D);
+    std::vector<at::Tensor> scratch(D), h_pre(D);
+    const bool single_step = is_single_step(in.seq, false);
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
+      if (single_step) {
+        h_pre[i] = recurrent_product(in.h0[i], in.w_hh[i], in.b_hh, i);
+        a.h_pre = h_pre[i].data_ptr<scalar_t>();
+      }
       a.seq = in.seq.layout(i == 1);
       a.hidden = H;
       a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * 3 * H;
@@ -468,9 +493,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_rnn_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<RnnForwardArgs<scalar_t>> args(D);
-    std::vector<at::Tensor> scratch(D);
+    std::vector<at::Tensor> scratch(D), h_pre(D);
+    const bool single_step = is_single_step(in.seq, false);
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
+      if (single_step) {
+        h_pre[i] = recurrent_product(in.h0[i], in.w_hh[i], in.b_hh, i);
+        a.h_pre = h_pre[i].data_ptr<scalar_t>();
+      }
       a.seq = in.seq.layout(i == 1);
       a.hidden = H;
       a.relu = relu;
@@ -593,8 +623,10 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<LstmBackwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D);
+    const bool single_step = is_single_step(in.seq, proj);
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
+      a.skip_initial_product = single_step;
       a.seq = in.seq.layout(i == 1);
       a.hidden = H;
       a.output = P;
@@ -620,6 +652,7 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
     });
     for (const auto i : c10::irange(D)) {
       const at::Tensor grad_pre = grad_x_proj.narrow(1, i * 4 * H, 4 * H);
+      if (single_step) grad_h0[i].addmm_(grad_pre, in.w_hh[i]);
       recurrent_param_grads<scalar_t>(in, i, grad_pre, grad_w_hh, grad_b_hh);
       if (proj) {
         // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t.
@@ -652,8 +685,10 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<GruBackwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D);
+    const bool single_step = is_single_step(in.seq, false);
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
+      a.skip_initial_product = single_step;
       a.seq = in.seq.layout(i == 1);
       a.hidden = H;
       a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * H : nullptr;
@@ -674,8 +709,10 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
     run_directions(op, D, B * 3 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.gru_backward(args[i], team, mine);
     });
-    for (const auto i : c10::irange(D))
+    for (const auto i : c10::irange(D)) {
+      if (single_step) grad_h0[i].addmm_(grad_hidden_pre[i], in.w_hh[i]);
       recurrent_param_grads<scalar_t>(in, i, grad_hidden_pre[i], grad_w_hh, grad_b_hh);
+    }
   });
   return {grad_x_proj, grad_h0, grad_w_hh, grad_b_hh};
 }
@@ -701,8 +738,10 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<RnnBackwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D);
+    const bool single_step = is_single_step(in.seq, false);
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
+      a.skip_initial_product = single_step;
       a.seq = in.seq.layout(i == 1);
       a.hidden = H;
       a.relu = relu;
@@ -721,9 +760,11 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
     run_directions(op, D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.rnn_backward(args[i], team, mine);
     });
-    for (const auto i : c10::irange(D))
-      recurrent_param_grads<scalar_t>(in, i, grad_x_proj.narrow(1, i * H, H), grad_w_hh,
-                                      grad_b_hh);
+    for (const auto i : c10::irange(D)) {
+      const at::Tensor grad_pre = grad_x_proj.narrow(1, i * H, H);
+      if (single_step) grad_h0[i].addmm_(grad_pre, in.w_hh[i]);
+      recurrent_param_grads<scalar_t>(in, i, grad_pre, grad_w_hh, grad_b_hh);
+    }
   });
   return {grad_x_proj, grad_h0, grad_w_hh, grad_b_hh};
 }
