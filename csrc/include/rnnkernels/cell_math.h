@@ -37,6 +37,7 @@ struct Elementwise;
 template <>
 struct Elementwise<float> {
   static RNNK_FN float exp(float x) { return ::expf(x); }
+  static RNNK_FN float reciprocal(float x) { return 1.f / x; }
   static RNNK_FN float tanh(float x) { return ::tanhf(x); }
   // NaN propagates, as in torch.relu.
   static RNNK_FN float relu(float x) { return (x > 0.f || x != x) ? x : 0.f; }
@@ -47,6 +48,7 @@ struct Elementwise<float> {
 template <>
 struct Elementwise<double> {
   static RNNK_FN double exp(double x) { return ::exp(x); }
+  static RNNK_FN double reciprocal(double x) { return 1.0 / x; }
   static RNNK_FN double tanh(double x) { return ::tanh(x); }
   static RNNK_FN double relu(double x) { return (x > 0.0 || x != x) ? x : 0.0; }
   static RNNK_FN double relu_grad(double grad, double y) { return y > 0.0 ? grad : 0.0; }
@@ -54,7 +56,7 @@ struct Elementwise<double> {
 
 template <typename T>
 RNNK_FN T sigmoid(T x) {
-  return T(1) / (T(1) + Elementwise<T>::exp(T(0) - x));
+  return Elementwise<T>::reciprocal(T(1) + Elementwise<T>::exp(T(0) - x));
 }
 
 template <typename T>
