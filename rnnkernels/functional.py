@@ -87,8 +87,11 @@ def _input_projection(x2d: Tensor, dirs) -> Tensor:
 
 
 def _layer_range(cell: str, layer: int):
-    """A profiler range per layer ("rnnkernels.lstm.layer0"), only while a profiler runs."""
-    if torch.autograd._profiler_enabled():
+    """A profiler range per layer ("rnnkernels.lstm.layer0"), only while a profiler runs.
+
+    Under torch.compile the check is skipped: dynamo cannot trace _profiler_enabled().
+    """
+    if not torch.compiler.is_compiling() and torch.autograd._profiler_enabled():
         return torch.profiler.record_function(f"rnnkernels.{cell}.layer{layer}")
     return contextlib.nullcontext()
 
