@@ -622,3 +622,29 @@ def test_dropout_with_one_layer_does_nothing(kind):
     x = dense_input(ours)
     assert ours.training
     assert_same_outputs(ours(x), theirs(x))
+
+
+# ---------------------------------------------------------------- strided weights and states
+
+
+@pytest.mark.parametrize("kind", LAYERS + CELLS)
+def test_non_contiguous_weights_states_and_input(kind):
+    # Weights assigned as strided views, an expanded (stride 0) state and input: torch.nn
+    # accepts all of them, ours must read them through their strides, not their storage.
+    ours, theirs = pair(kind, dict(num_layers=2) if kind in LAYERS else {})
+    name = _recurrent_weight_name(ours)
+    rows = getattr(ours, name).shape[0]
+    strided = rand(getattr(ours, name).shape[1], 2 * rows)[:, ::2].t()
+    bias_name = "bias_hh" if kind in CELLS else "bias_hh_l1"
+    strided_bias = rand(2 * getattr(ours, bias_name).shape[0])[::2]
+    for module in (ours, theirs):
+        setattr(module, name, nn.Parameter(strided))
+        setattr(module, bias_name, nn.Parameter(strided_bias))
+    assert not getattr(ours, name).is_contiguous()
+
+    hx = states(ours, batch=1)
+    hx = tuple(h.expand(*h.shape[:-2], B, h.shape[-1]) for h in hx) if isinstance(hx, tuple) \
+        else hx.expand(*hx.shape[:-2], B, hx.shape[-1])
+    x = dense_input(ours)
+    x = x[..., :1].expand(x.shape)            # stride 0 along the features
+    _forward_backward_both(ours, theirs, x, hx)
