@@ -135,8 +135,37 @@ def _check_packed_sequence(data, batch_sizes, sorted_indices, unsorted_indices) 
                 f"{unsorted_indices.tolist()}")
 
 
-class _RecurrentForward:
+class _ConstructorMessages:
+    """Construction is torch.nn's own; only its error messages gain the arguments given.
+
+    torch.nn's constructor messages name the rule but not always the value that broke it
+    ("input_size must be greater than zero", a negative-dimension error from torch.empty
+    for the cells). The same exception type is re-raised with the arguments appended, so
+    what is accepted and what is rejected, and as what, stays exactly torch.nn's.
+    """
+
+    _positional_names: tuple[str, ...] = ()
+
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except (TypeError, ValueError, RuntimeError) as error:
+            if type(error) not in (TypeError, ValueError, RuntimeError):
+                raise
+            given = dict(zip(self._positional_names, args))
+            given.update(kwargs)
+            described = ", ".join(f"{name}={value!r}" for name, value in given.items())
+            raise type(error)(f"{error} (got {described})") from error
+
+
+_LAYER_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                    "bidirectional", "proj_size", "device", "dtype")
+
+
+class _RecurrentForward(_ConstructorMessages):
     """forward() shared by RNN, LSTM and GRU (mixed in before the torch.nn class)."""
+
+    _positional_names = _LAYER_ARGUMENTS
 
     def _kernel_forward(self, input, hx, batch_sizes):
         raise NotImplementedError
@@ -152,9 +181,15 @@ class _RecurrentForward:
 
     def _run(self, input, hx, is_lstm: bool):
         self._update_flat_weights()
+        name = type(self).__name__
+        # torch.nn's constructor lets these through and its forward rejects them (TypeError
+        # from _VF's argument parser).
+        if not isinstance(self.bidirectional, bool):
+            raise TypeError(f"{name}: bidirectional must be a bool, got {self.bidirectional!r}")
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int):
+            raise TypeError(f"{name}: num_layers must be an int, got {self.num_layers!r}")
         directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if getattr(self, "proj_size", 0) > 0 else self.hidden_size
-        name = type(self).__name__
         orig_input = input
         is_batched, batch_dim = True, 0 if self.batch_first else 1
         sorted_indices = unsorted_indices = None
@@ -237,6 +272,8 @@ class _RecurrentForward:
 
 class RNN(_RecurrentForward, nn.RNN):
     __doc__ = "rnnkernels drop-in for torch.nn.RNN.\n\n" + (nn.RNN.__doc__ or "")
+    # torch.nn.RNN reads its 4th positional argument as nonlinearity.
+    _positional_names = _LAYER_ARGUMENTS[:3] + ("nonlinearity",) + _LAYER_ARGUMENTS[3:]
 
     def _kernel_forward(self, input, hx, batch_sizes):
         return RF.rnn(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
@@ -274,9 +311,11 @@ class LSTM(_RecurrentForward, nn.LSTM):
 # ---------------------------------------------------------------- cells
 
 
-class _CellForward:
+class _CellForward(_ConstructorMessages):
     """Argument handling shared by the cells: torch.nn's checks, plus the ones its C++
     makes (input_size, batch and hidden sizes, dtype, device)."""
+
+    _positional_names = ("input_size", "hidden_size", "bias", "device", "dtype")
 
     def _cell_inputs(self, input, hx, is_lstm: bool):
         name = type(self).__name__
@@ -349,6 +388,7 @@ class _CellForward:
 
 class RNNCell(_CellForward, nn.RNNCell):
     __doc__ = "rnnkernels drop-in for torch.nn.RNNCell.\n\n" + (nn.RNNCell.__doc__ or "")
+    _positional_names = ("input_size", "hidden_size", "bias", "nonlinearity", "device", "dtype")
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: D102
         if self.nonlinearity not in ("tanh", "relu"):
