@@ -17,7 +17,43 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as RF
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "NotATensorError",
+           "DtypeMismatchError", "StateRankError", "LSTMStateError", "InvalidPackedSequenceError"]
+
+
+# Note [exception types]
+# torch.nn raises different exception types for one mistake depending on where its check
+# happens to sit: its Python code (ValueError, RuntimeError), Python itself (AttributeError
+# from `hx.dim()` on a list, IndexError from `hx[1]` on a 1-tuple), ATen's argument parser
+# (TypeError) or a kernel (RuntimeError, IndexError). We check every argument up front, with
+# one message that names the expected and the actual value, and raise a class that derives
+# from every type torch.nn raises for that mistake on any path, so that an `except` clause
+# written against torch.nn still catches ours (numpy's AxisError(ValueError, IndexError) is
+# the same idea). tests/test_bad_input.py compares against torch.nn live.
+
+
+class NotATensorError(TypeError, AttributeError):
+    """An argument that must be a Tensor is not one (torch.nn: AttributeError or TypeError)."""
+
+
+class DtypeMismatchError(ValueError, RuntimeError):
+    """Input, state and weights disagree in dtype (torch.nn: ValueError from check_input on
+    most paths, RuntimeError from the kernels for packed LSTM input, the cells and states)."""
+
+
+class StateRankError(RuntimeError, IndexError):
+    """A state's rank does not go with the input's (torch.nn: RuntimeError, or IndexError
+    where its kernel indexes a dimension the state does not have)."""
+
+
+class LSTMStateError(RuntimeError, TypeError, IndexError):
+    """LSTM state is not a pair (h_0, c_0) (torch.nn: RuntimeError for a 3-tuple, IndexError
+    for a 1-tuple, TypeError for a single tensor it cannot unpack)."""
+
+
+class InvalidPackedSequenceError(RuntimeError, ValueError, TypeError, IndexError):
+    """A PackedSequence breaks its invariants (torch.nn: RuntimeError from its kernels, TypeError,
+    ValueError or IndexError from reading batch_sizes, or no error and a wrong answer)."""
 
 
 def _describe(x) -> str:
@@ -26,73 +62,155 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
-def _check_state_tensor(name: str, value, input: Tensor) -> None:
+def _check_state_tensor(name: str, value, input: Tensor, promote: bool = False) -> Tensor:
+    """Returns value, cast to input's dtype when promote and torch.nn would promote it.
+
+    torch.nn's LSTM and LSTMCell accept a cell state c_0 of any dtype that type promotion
+    with the input's dtype turns into the input's dtype (bool, integers, lower-precision
+    floats): c_0 only enters `f * c_0`, so the result equals running on c_0.to(input.dtype).
+    """
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {_describe(value)}")
+        raise NotATensorError(f"{name} must be a Tensor, got {_describe(value)}")
     if value.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
-        raise RuntimeError(
-            f"{name} must have the same dtype as the input: expected {input.dtype}, got {value.dtype}")
+        if promote and torch.promote_types(value.dtype, input.dtype) == input.dtype:
+            value = value.to(input.dtype)
+        else:
+            raise DtypeMismatchError(
+                f"{name} must have the same dtype as the input: expected {input.dtype}, "
+                f"got {value.dtype}")
     if value.device != input.device:
         raise RuntimeError(
-            f"{name} must be on the same device as the input: expected {input.device}, got {value.device}")
+            f"{name} must be on the same device as the input: expected {input.device}, got "
+            f"{value.device}")
+    return value
 
 
-def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
-    """The checks torch's C++ RNN code makes on a PackedSequence, made before any work."""
+def _check_packed_sequence(data, batch_sizes, sorted_indices, unsorted_indices) -> None:
+    """Checks the invariants of a PackedSequence before any work: torch.nn checks some of them
+    deep in its kernels, and silently computes wrong results (or crashes) on the others."""
+    if not isinstance(data, Tensor):
+        raise NotATensorError(f"PackedSequence.data must be a Tensor, got {_describe(data)}")
     if not isinstance(batch_sizes, Tensor) or batch_sizes.dim() != 1:
-        raise RuntimeError(f"PackedSequence.batch_sizes must be a 1-D tensor, got {_describe(batch_sizes)}")
+        raise InvalidPackedSequenceError(
+            f"PackedSequence.batch_sizes must be a 1-D tensor, got {_describe(batch_sizes)}")
     if batch_sizes.device.type != "cpu" or batch_sizes.dtype != torch.int64:
-        raise RuntimeError(
+        raise InvalidPackedSequenceError(
             "PackedSequence.batch_sizes must be a CPU int64 tensor, got "
             f"{batch_sizes.dtype} on {batch_sizes.device}")
     if batch_sizes.numel() == 0:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    if bool((batch_sizes <= 0).any()):
-        raise RuntimeError(f"PackedSequence.batch_sizes must be positive, got {batch_sizes.tolist()}")
-    if batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
-        raise RuntimeError(
-            f"PackedSequence.batch_sizes must be non-increasing, got {batch_sizes.tolist()}")
-    total = int(batch_sizes.sum())
-    if total != data.size(0):
-        raise RuntimeError(
-            f"PackedSequence.batch_sizes sum to {total} but its data has {data.size(0)} rows")
+        raise InvalidPackedSequenceError(
+            "Expected sequence length to be larger than 0 in RNN: PackedSequence.batch_sizes "
+            "is empty")
+    sizes = batch_sizes.tolist()
+    if min(sizes) <= 0:
+        raise InvalidPackedSequenceError(
+            f"PackedSequence.batch_sizes must be positive, got {sizes}")
+    if any(later > earlier for earlier, later in zip(sizes, sizes[1:])):
+        raise InvalidPackedSequenceError(
+            f"PackedSequence.batch_sizes must be non-increasing, got {sizes}")
+    if data.dim() >= 1 and sum(sizes) != data.size(0):
+        raise InvalidPackedSequenceError(
+            f"PackedSequence.batch_sizes sum to {sum(sizes)} but its data has {data.size(0)} "
+            "rows")
+    batch = sizes[0]
+    for name, indices in (("sorted_indices", sorted_indices),
+                          ("unsorted_indices", unsorted_indices)):
+        if indices is None:
+            continue
+        if (not isinstance(indices, Tensor) or indices.dim() != 1 or indices.numel() != batch
+                or indices.dtype not in (torch.int64, torch.int32)):
+            raise InvalidPackedSequenceError(
+                f"PackedSequence.{name} must be a 1-D integer tensor of {batch} indices "
+                f"(batch_sizes[0]), got {_describe(indices)}")
+    if (sorted_indices is not None and unsorted_indices is not None
+            and sorted_indices.device.type == "cpu" and unsorted_indices.device.type == "cpu"):
+        # On a GPU this check would cost a host sync per call; there only lengths are checked.
+        unsorted = unsorted_indices.long()
+        in_range = bool(((unsorted >= 0) & (unsorted < batch)).all())
+        if not in_range or not torch.equal(sorted_indices.long()[unsorted],
+                                           torch.arange(batch)):
+            raise InvalidPackedSequenceError(
+                "PackedSequence.sorted_indices and unsorted_indices must be inverse "
+                f"permutations of range({batch}), got {sorted_indices.tolist()} and "
+                f"{unsorted_indices.tolist()}")
 
 
-class _RecurrentForward:
+class _ConstructorMessages:
+    """Construction is torch.nn's own; only its error messages gain the arguments given.
+
+    torch.nn's constructor messages name the rule but not always the value that broke it
+    ("input_size must be greater than zero", a negative-dimension error from torch.empty
+    for the cells). The same exception type is re-raised with the arguments appended, so
+    what is accepted and what is rejected, and as what, stays exactly torch.nn's.
+    """
+
+    _positional_names: tuple[str, ...] = ()
+
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except (TypeError, ValueError, RuntimeError) as error:
+            if type(error) not in (TypeError, ValueError, RuntimeError):
+                raise
+            given = dict(zip(self._positional_names, args))
+            given.update(kwargs)
+            described = ", ".join(f"{name}={value!r}" for name, value in given.items())
+            raise type(error)(f"{error} (got {described})") from error
+
+
+_LAYER_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                    "bidirectional", "proj_size", "device", "dtype")
+
+
+class _RecurrentForward(_ConstructorMessages):
     """forward() shared by RNN, LSTM and GRU (mixed in before the torch.nn class)."""
 
-    def _kernel_forward(self, input, hx):
+    _positional_names = _LAYER_ARGUMENTS
+
+    def _kernel_forward(self, input, hx, batch_sizes):
         raise NotImplementedError
+
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        weight_dtype = self._flat_weights[0].dtype
+        if input.dtype != weight_dtype and not torch._C._is_any_autocast_enabled():
+            raise DtypeMismatchError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
+                f"Convert input: input.to({weight_dtype}), or convert model: "
+                f"model.to({input.dtype})")
+        super().check_input(input, batch_sizes)
 
     def _run(self, input, hx, is_lstm: bool):
         self._update_flat_weights()
+        name = type(self).__name__
+        # torch.nn's constructor lets these through and its forward rejects them (TypeError
+        # from _VF's argument parser).
+        if not isinstance(self.bidirectional, bool):
+            raise TypeError(f"{name}: bidirectional must be a bool, got {self.bidirectional!r}")
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int):
+            raise TypeError(f"{name}: num_layers must be an int, got {self.num_layers!r}")
         directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if getattr(self, "proj_size", 0) > 0 else self.hidden_size
-        name = type(self).__name__
         orig_input = input
         is_batched, batch_dim = True, 0 if self.batch_first else 1
         sorted_indices = unsorted_indices = None
 
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            _check_packed_sequence(input, batch_sizes, sorted_indices, unsorted_indices)
             self.check_input(input, batch_sizes)
-            _check_batch_sizes(input, batch_sizes)
             max_batch = int(batch_sizes[0])
             if hx is not None:
                 hx = self._check_hx_structure(hx, is_lstm, input, expected_dim=3)
-                if sorted_indices is not None:
-                    if sorted_indices.numel() != max_batch:
-                        raise RuntimeError(
-                            f"PackedSequence.sorted_indices has {sorted_indices.numel()} entries "
-                            f"but the batch has {max_batch} sequences")
-                    hx = self._check_and_permute(hx, input, batch_sizes, sorted_indices, is_lstm)
-                else:
-                    self.check_forward_args(input, hx, batch_sizes)
+                # torch.nn permutes first and never checks a packed LSTM's state: a larger
+                # batch is silently cut by index_select, fewer c_0 layers crash torch 2.13.
+                self.check_forward_args(input, hx, batch_sizes)
+                hx = self.permute_hidden(hx, sorted_indices)
         else:
             batch_sizes = None
             if not isinstance(input, Tensor):
-                raise TypeError(f"{name}: expected input to be a Tensor or PackedSequence, got "
-                                f"{_describe(input)}")
+                raise NotATensorError(
+                    f"{name}: expected input to be a Tensor or PackedSequence, got "
+                    f"{_describe(input)}")
             if input.dim() not in (2, 3):
                 raise ValueError(
                     f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
@@ -132,35 +250,30 @@ class _RecurrentForward:
 
     def _check_hx_structure(self, hx, is_lstm: bool, input: Tensor, expected_dim: int):
         name = type(self).__name__
+        kind = "batched 3-D" if expected_dim == 3 else "unbatched 2-D"
         if is_lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise RuntimeError(
+                raise LSTMStateError(
                     f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}"
                     + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-            _check_state_tensor("hx[0] (h_0)", hx[0], input)
-            _check_state_tensor("hx[1] (c_0)", hx[1], input)
-            if hx[0].dim() != expected_dim or hx[1].dim() != expected_dim:
-                kind = "batched 3-D" if expected_dim == 3 else "unbatched 2-D"
-                raise RuntimeError(
+            h0 = _check_state_tensor("hx[0] (h_0)", hx[0], input)
+            c0 = _check_state_tensor("hx[1] (c_0)", hx[1], input, promote=True)
+            if h0.dim() != expected_dim or c0.dim() != expected_dim:
+                raise StateRankError(
                     f"For {kind} input, hx and cx should also be {expected_dim}-D but got "
-                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-            return tuple(hx)
-        _check_state_tensor("hx", hx, input)
+                    f"({h0.dim()}-D, {c0.dim()}-D) tensors")
+            return (h0, c0)
+        hx = _check_state_tensor("hx", hx, input)
         if hx.dim() != expected_dim:
-            kind = "batched 3-D" if expected_dim == 3 else "unbatched 2-D"
-            raise RuntimeError(
+            raise StateRankError(
                 f"For {kind} input, hx should also be {expected_dim}-D but got {hx.dim()}-D tensor")
         return hx
-
-    def _check_and_permute(self, hx, input, batch_sizes, sorted_indices, is_lstm):
-        # torch.nn permutes first and lets C++ check sizes; checking the user's shapes first
-        # gives the same errors without index_select failing on them.
-        self.check_forward_args(input, hx, batch_sizes)
-        return self.permute_hidden(hx, sorted_indices)
 
 
 class RNN(_RecurrentForward, nn.RNN):
     __doc__ = "rnnkernels drop-in for torch.nn.RNN.\n\n" + (nn.RNN.__doc__ or "")
+    # torch.nn.RNN reads its 4th positional argument as nonlinearity.
+    _positional_names = _LAYER_ARGUMENTS[:3] + ("nonlinearity",) + _LAYER_ARGUMENTS[3:]
 
     def _kernel_forward(self, input, hx, batch_sizes):
         return RF.rnn(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
@@ -198,51 +311,51 @@ class LSTM(_RecurrentForward, nn.LSTM):
 # ---------------------------------------------------------------- cells
 
 
-class _CellForward:
+class _CellForward(_ConstructorMessages):
     """Argument handling shared by the cells: torch.nn's checks, plus the ones its C++
     makes (input_size, batch and hidden sizes, dtype, device)."""
+
+    _positional_names = ("input_size", "hidden_size", "bias", "device", "dtype")
 
     def _cell_inputs(self, input, hx, is_lstm: bool):
         name = type(self).__name__
         if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: expected input to be a Tensor, got {_describe(input)}")
+            raise NotATensorError(f"{name}: expected input to be a Tensor, got {_describe(input)}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         states = None
         if hx is not None:
             if is_lstm:
                 if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise RuntimeError(
-                        f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}")
-                states = list(hx)
-                for idx, value in enumerate(states):
-                    if not isinstance(value, Tensor):
-                        raise TypeError(f"{name}: hx[{idx}] must be a Tensor, got {_describe(value)}")
-                    if value.dim() not in (1, 2):
-                        raise ValueError(
-                            f"{name}: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+                    raise LSTMStateError(
+                        f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got "
+                        f"{_describe(hx)}"
+                        + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+                states, labels = list(hx), ["hx[0]", "hx[1]"]
             else:
-                if not isinstance(hx, Tensor):
-                    raise TypeError(f"{name}: hx must be a Tensor, got {_describe(hx)}")
-                if hx.dim() not in (1, 2):
+                states, labels = [hx], ["hidden"]
+            for label, value in zip(labels, states):
+                if not isinstance(value, Tensor):
+                    raise NotATensorError(f"{name}: {label} must be a Tensor, got "
+                                          f"{_describe(value)}")
+                if value.dim() not in (1, 2):
                     raise ValueError(
-                        f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-                states = [hx]
-        is_batched = input.dim() == 2
-        if states is not None:
-            for idx, value in enumerate(states):
+                        f"{name}: Expected {label} to be 1D or 2D, got {value.dim()}D instead")
+            # torch.nn unsqueezes a state of the wrong rank and lets its kernel see a 3-D or
+            # 1-D state: an error, a wrong answer (RNNCell) or, with hidden_size 1, a crash.
+            for label, value in zip(labels, states):
                 if value.dim() != input.dim():
-                    label = f"hx[{idx}]" if is_lstm else "hx"
-                    raise RuntimeError(
-                        f"{name}: {label} must be {input.dim()}-D like the input "
-                        f"({'batched' if is_batched else 'unbatched'}), got {value.dim()}-D "
-                        f"shape {tuple(value.shape)}")
+                    kind = "batched 2-D" if input.dim() == 2 else "unbatched 1-D"
+                    raise StateRankError(
+                        f"{name}: for {kind} input, {label} should also be {input.dim()}-D but "
+                        f"got {value.dim()}-D tensor of shape {tuple(value.shape)}")
+        is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
             if states is not None:
                 states = [s.unsqueeze(0) for s in states]
         if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
-            raise RuntimeError(
+            raise DtypeMismatchError(
                 f"{name}: expected input of dtype {self.weight_ih.dtype} (the weights' dtype), "
                 f"got {input.dtype}")
         if input.device != self.weight_ih.device:
@@ -256,9 +369,11 @@ class _CellForward:
             zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
                                 device=input.device)
             states = [zeros, zeros] if is_lstm else [zeros]
+        checked = []
         for idx, value in enumerate(states):
             label = f"hidden{idx}"
-            _check_state_tensor(f"{name} {label}", value, input)
+            # c_0 (idx 1) may be promoted like torch.nn does: see _check_state_tensor.
+            value = _check_state_tensor(f"{name} {label}", value, input, promote=idx == 1)
             if value.size(0) != input.size(0):
                 raise RuntimeError(
                     f"Input batch size {input.size(0)} doesn't match {label} batch size "
@@ -267,11 +382,13 @@ class _CellForward:
                 raise RuntimeError(
                     f"{label} has inconsistent hidden_size: got {value.size(1)}, expected "
                     f"{self.hidden_size}")
-        return input, states, is_batched
+            checked.append(value)
+        return input, checked, is_batched
 
 
 class RNNCell(_CellForward, nn.RNNCell):
     __doc__ = "rnnkernels drop-in for torch.nn.RNNCell.\n\n" + (nn.RNNCell.__doc__ or "")
+    _positional_names = ("input_size", "hidden_size", "bias", "nonlinearity", "device", "dtype")
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: D102
         if self.nonlinearity not in ("tanh", "relu"):
