@@ -7,8 +7,7 @@ classes so that isinstance holds for users, and so inherit the refusal: with the
 config a compiled model runs our forward eagerly around the graph (still correct), and
 fullgraph=True fails. With allow_rnn=True the dense path is meant to compile as one graph:
 our argument checks are plain Python on shapes, and the recurrence ops have fake kernels
-and registered autograd (today a profiler query in functional.py breaks it; see
-profiler_query_breaks_graph below). The packed path breaks the graph where it reads batch_sizes
+and registered autograd. The packed path breaks the graph where it reads batch_sizes
 (and checks sorted_indices) on the host, as torch.nn's own code does.
 
 Compilation is slow (inductor compiles C++), so the cases are few and tiny.
@@ -24,16 +23,6 @@ import rnnkernels
 
 I, H, B, T = 5, 7, 3, 4
 F64 = torch.float64
-
-
-# rnnkernels/functional.py (_layer_range, commit 31dec78) asks
-# torch.autograd._profiler_enabled() on every layer; dynamo cannot trace that call ("torch.*
-# op returned non-Tensor") and breaks the graph there, so fullgraph=True fails. Checking
-# torch.compiler.is_compiling() first fixes it (all tests here pass with that one change);
-# functional.py is not this file's to edit. Strict: remove the mark once it is fixed.
-profiler_query_breaks_graph = pytest.mark.xfail(
-    strict=True, raises=torch._dynamo.exc.Unsupported,
-    reason="functional._layer_range calls torch.autograd._profiler_enabled() while tracing")
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +59,6 @@ def _assert_compiled_matches_eager(module, compiled, *args):
     torch.testing.assert_close(compiled_grads, eager_grads)
 
 
-@profiler_query_breaks_graph
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 def test_fullgraph_dense_matches_eager(kind, backend):
@@ -123,7 +111,6 @@ def test_packed_compiles_and_matches_eager():
         _assert_compiled_matches_eager(module, compiled, packed)
 
 
-@profiler_query_breaks_graph
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_fullgraph_graph_holds_the_rnnkernels_ops(kind):
     graphs = []
