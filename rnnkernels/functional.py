@@ -23,7 +23,7 @@ from torch import Tensor, _VF
 from . import ops
 from ._ext import _C
 
-_CPU_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _cuda_dtypes():

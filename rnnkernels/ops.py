@@ -24,6 +24,11 @@ def _gates_hidden(w_hh: list[Tensor], gates: int) -> int:
     return w_hh[0].shape[0] // gates
 
 
+def _workspace_dtype(x_proj: Tensor) -> torch.dtype:
+    """float32 for bfloat16/float16 calls (cell state and saved gates stay in float32)."""
+    return torch.float32 if x_proj.dtype in (torch.bfloat16, torch.float16) else x_proj.dtype
+
+
 # ---------------------------------------------------------------- fakes
 
 
@@ -35,7 +40,7 @@ def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_works
         x_proj.new_empty((n, d * p)),
         x_proj.new_empty((d, b, p)),
         x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, 5 * h)),
+        x_proj.new_empty((d, n if need_workspace else 0, 5 * h), dtype=_workspace_dtype(x_proj)),
     )
 
 
@@ -61,7 +66,7 @@ def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace):
     return (
         x_proj.new_empty((n, d * h)),
         x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, 4 * h)),
+        x_proj.new_empty((d, n if need_workspace else 0, 4 * h), dtype=_workspace_dtype(x_proj)),
     )
 
 
@@ -84,7 +89,7 @@ def _rnn_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_wo
     return (
         x_proj.new_empty((n, d * h)),
         x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, 0)),
+        x_proj.new_empty((d, n if need_workspace else 0, 0), dtype=_workspace_dtype(x_proj)),
     )
 
 

@@ -181,7 +181,8 @@ Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, at::TensorL
 void check_x_proj(const char* op, const Dims& d, const at::Tensor& x_proj) {
   TORCH_CHECK(x_proj.device().is_cpu(), op, ": the CPU kernel got x_proj on ", x_proj.device());
   TORCH_CHECK(x_proj.scalar_type() == at::kFloat || x_proj.scalar_type() == at::kDouble, op,
-              ": CPU kernels support float32 and float64, got ", x_proj.scalar_type());
+              ": CPU kernels support float32, float64, bfloat16 and float16, got ",
+              x_proj.scalar_type());
   TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
               ": expected x_proj of shape [rows, ", d.directions * d.gates * d.hidden,
               "] (directions * gates * hidden_size), got ", x_proj.sizes());
@@ -543,7 +544,8 @@ BackwardInputs prepare_backward(const char* op, Cell cell,
   BackwardInputs in;
   TORCH_CHECK(out.device().is_cpu(), op, ": the CPU kernel got output on ", out.device());
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
-              ": CPU kernels support float32 and float64, got ", out.scalar_type());
+              ": CPU kernels support float32, float64, bfloat16 and float16, got ",
+              out.scalar_type());
   in.d = check_weights(op, cell, out, w_hh, b_hh, w_hr, h0);
   const Dims& d = in.d;
   TORCH_CHECK(out.dim() == 2 && out.size(1) == d.directions * d.output, op,
@@ -769,6 +771,153 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
   return {grad_x_proj, grad_h0, grad_w_hh, grad_b_hh};
 }
 
+// ---------------------------------------------------------------- reduced precision
+
+// Note [reduced precision on CPU]
+// bfloat16 and float16 run the float32 kernels: the op widens its inputs, accumulates,
+// keeps the cell state and the workspace in float32, and rounds output, h_n, c_n and
+// the gradients back to the input dtype. The caller's input projection and the
+// autograd GEMMs stay in the reduced dtype, as in torch.nn. Widening costs one pass
+// over x_proj and the weights, small beside the recurrence.
+bool is_reduced_float(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+at::Tensor widen(const at::Tensor& t) { return t.to(at::kFloat); }
+
+std::vector<at::Tensor> widen(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(widen(t));
+  return out;
+}
+
+std::optional<at::Tensor> widen(const std::optional<at::Tensor>& t) {
+  if (t.has_value() && t->defined()) return widen(*t);
+  return t;
+}
+
+std::vector<at::Tensor> narrow_to(std::vector<at::Tensor> ts, at::ScalarType dtype) {
+  for (auto& t : ts) t = t.to(dtype);
+  return ts;
+}
+
+void check_optional_same(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                         const at::Tensor& ref) {
+  if (t.has_value() && t->defined()) check_same(op, name, *t, ref);
+}
+
+void check_float32_workspace(const char* op, const at::Tensor& ws) {
+  TORCH_CHECK(ws.scalar_type() == at::kFloat, op,
+              ": the workspace of a bfloat16/float16 call is float32, got ", ws.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_entry(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
+    bool need_workspace) {
+  const auto dtype = x_proj.scalar_type();
+  if (!is_reduced_float(dtype))
+    return lstm_forward_cpu(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+  constexpr const char* op = "rnnkernels::lstm_forward";
+  check_weights(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0);
+  check_same(op, "c0", c0, x_proj);
+  auto [out, h_n, c_n, ws] = lstm_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh),
+                                              widen(w_hr), widen(h0), widen(c0), batch_sizes,
+                                              need_workspace);
+  return {out.to(dtype), h_n.to(dtype), c_n.to(dtype), ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_entry(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  const auto dtype = x_proj.scalar_type();
+  if (!is_reduced_float(dtype))
+    return gru_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace);
+  check_weights("rnnkernels::gru_forward", Cell::kGru, x_proj, w_hh, b_hh, {}, h0);
+  auto [out, h_n, ws] = gru_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh), widen(h0),
+                                        batch_sizes, need_workspace);
+  return {out.to(dtype), h_n.to(dtype), ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_entry(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
+    bool need_workspace) {
+  const auto dtype = x_proj.scalar_type();
+  if (!is_reduced_float(dtype))
+    return rnn_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace);
+  check_weights("rnnkernels::rnn_forward", Cell::kRnn, x_proj, w_hh, b_hh, {}, h0);
+  auto [out, h_n, ws] = rnn_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh), widen(h0),
+                                        batch_sizes, nonlinearity, need_workspace);
+  return {out.to(dtype), h_n.to(dtype), ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>>
+lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
+                    const std::optional<at::Tensor>& grad_h_n,
+                    const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
+                    at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
+                    const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
+                    const std::optional<at::Tensor>& batch_sizes) {
+  const auto dtype = out.scalar_type();
+  if (!is_reduced_float(dtype))
+    return lstm_backward_cpu(grad_out, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, out, ws,
+                             batch_sizes);
+  constexpr const char* op = "rnnkernels::lstm_backward";
+  check_weights(op, Cell::kLstm, out, w_hh, b_hh, w_hr, h0);
+  check_same(op, "c0", c0, out);
+  check_optional_same(op, "grad_output", grad_out, out);
+  check_optional_same(op, "grad_h_n", grad_h_n, out);
+  check_optional_same(op, "grad_c_n", grad_c_n, out);
+  check_float32_workspace(op, ws);
+  auto [gx, gh0, gc0, gw_hh, gb_hh, gw_hr] =
+      lstm_backward_cpu(widen(grad_out), widen(grad_h_n), widen(grad_c_n), widen(w_hh),
+                        widen(b_hh), widen(w_hr), widen(h0), widen(c0), widen(out), ws,
+                        batch_sizes);
+  return {gx.to(dtype), gh0.to(dtype), gc0.to(dtype), narrow_to(gw_hh, dtype),
+          narrow_to(gb_hh, dtype), narrow_to(gw_hr, dtype)};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+gru_backward_entry(const std::optional<at::Tensor>& grad_out,
+                   const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                   at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
+                   const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
+  const auto dtype = out.scalar_type();
+  if (!is_reduced_float(dtype))
+    return gru_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes);
+  constexpr const char* op = "rnnkernels::gru_backward";
+  check_weights(op, Cell::kGru, out, w_hh, b_hh, {}, h0);
+  check_optional_same(op, "grad_output", grad_out, out);
+  check_optional_same(op, "grad_h_n", grad_h_n, out);
+  check_float32_workspace(op, ws);
+  auto [gx, gh0, gw_hh, gb_hh] = gru_backward_cpu(widen(grad_out), widen(grad_h_n), widen(w_hh),
+                                                  widen(b_hh), widen(h0), widen(out), ws,
+                                                  batch_sizes);
+  return {gx.to(dtype), gh0.to(dtype), narrow_to(gw_hh, dtype), narrow_to(gb_hh, dtype)};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+rnn_backward_entry(const std::optional<at::Tensor>& grad_out,
+                   const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                   at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
+                   const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
+                   c10::string_view nonlinearity) {
+  const auto dtype = out.scalar_type();
+  if (!is_reduced_float(dtype))
+    return rnn_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes,
+                            nonlinearity);
+  constexpr const char* op = "rnnkernels::rnn_backward";
+  check_weights(op, Cell::kRnn, out, w_hh, b_hh, {}, h0);
+  check_optional_same(op, "grad_output", grad_out, out);
+  check_optional_same(op, "grad_h_n", grad_h_n, out);
+  check_float32_workspace(op, ws);
+  auto [gx, gh0, gw_hh, gb_hh] = rnn_backward_cpu(widen(grad_out), widen(grad_h_n), widen(w_hh),
+                                                  widen(b_hh), widen(h0), widen(out), ws,
+                                                  batch_sizes, nonlinearity);
+  return {gx.to(dtype), gh0.to(dtype), narrow_to(gw_hh, dtype), narrow_to(gb_hh, dtype)};
+}
+
 }  // namespace
 
 const IsaKernels& active_isa_kernels() {
@@ -786,12 +935,12 @@ const IsaKernels& active_isa_kernels() {
 }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
-  m.impl("lstm_forward", &lstm_forward_cpu);
-  m.impl("lstm_backward", &lstm_backward_cpu);
-  m.impl("gru_forward", &gru_forward_cpu);
-  m.impl("gru_backward", &gru_backward_cpu);
-  m.impl("rnn_forward", &rnn_forward_cpu);
-  m.impl("rnn_backward", &rnn_backward_cpu);
+  m.impl("lstm_forward", &lstm_forward_entry);
+  m.impl("lstm_backward", &lstm_backward_entry);
+  m.impl("gru_forward", &gru_forward_entry);
+  m.impl("gru_backward", &gru_backward_entry);
+  m.impl("rnn_forward", &rnn_forward_entry);
+  m.impl("rnn_backward", &rnn_backward_entry);
 }
 
 }  // namespace rnnkernels::cpu
