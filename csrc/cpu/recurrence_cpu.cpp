@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -213,12 +214,17 @@ std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
 // ---------------------------------------------------------------- thread plan
 
 // A slice gets at least this many multiply-adds per step; smaller steps use fewer
-// slices. At 2^17 (about 1.5 us of one core) the barrier's cost is small beside the work,
-// and a B=1, H=256 LSTM step (whose 1 MB W_hh does not fit one core's L2) runs on two.
-constexpr int64_t kMinStepMacsPerSlice = 1 << 17;
+// slices. RNNKERNELS_SLICE_MACS overrides it (read once; for tuning on a new machine).
+int64_t min_step_macs_per_slice() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("RNNKERNELS_SLICE_MACS");
+    return env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 17;
+  }();
+  return value;
+}
 
 int64_t slices_for(int64_t step_macs, int64_t threads) {
-  return std::max<int64_t>(1, std::min<int64_t>(threads, step_macs / kMinStepMacsPerSlice));
+  return std::max<int64_t>(1, std::min<int64_t>(threads, step_macs / min_step_macs_per_slice()));
 }
 
 // Profiler ranges per direction, e.g. "rnnkernels::lstm_forward (reverse)".
