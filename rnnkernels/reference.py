@@ -1,0 +1,203 @@
+"""Pure-PyTorch reference of rnnkernels.functional: the executable specification.
+
+Same functions and arguments as rnnkernels.functional (``lstm``, ``gru``, ``rnn`` with
+torch._VF's signatures, and the cells), written one time step at a time from the
+equations in the torch.nn documentation. Clarity over speed: every step is a handful of
+plain tensor ops, so autograd differentiates it and any dtype or device works.
+
+Equations (x the step input, h the hidden state, c the LSTM cell state):
+  RNN   h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh),  act = tanh or relu
+  LSTM  i, f, g, o = chunks of x W_ih^T + b_ih + h W_hh^T + b_hh
+        c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+        h' = sigmoid(o) * tanh(c'),  then h' = h' W_hr^T when proj_size > 0
+  GRU   r, z, n_x = chunks of x W_ih^T + b_ih;  r_h, z_h, n_h = chunks of h W_hh^T + b_hh
+        r = sigmoid(r + r_h), z = sigmoid(z + z_h), n = tanh(n_x + r * n_h)
+        h' = (1 - z) * n + z * h
+
+Sequences are handled as rows, the layout of a PackedSequence: ``x`` [N, I] with
+``batch_sizes`` [T], step t owning rows offsets[t] : offsets[t] + batch_sizes[t]. A dense
+[T, B, I] input is the special case N = T*B, batch_sizes = [B] * T. At every step the
+first batch_sizes[t] sequences are active; the others keep their state, which is how a
+finished sequence's h_n is its last state (forward) and how a sequence that has not
+started yet enters with h0 (reverse direction).
+
+Between layers (not after the last) the layer output [N, D*P] goes through
+``F.dropout(p, training=True)`` when ``train`` and ``dropout > 0``: the same call on the
+same-shaped tensor as rnnkernels.functional, so with one seed both draw the same mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
+
+
+# ---------------------------------------------------------------- cells
+
+
+def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None, nonlinearity: str = "tanh") -> Tensor:
+    """One Elman RNN step: input [B, I], hx [B, H] -> h' [B, H]."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
+    pre = F.linear(input, w_ih, b_ih) + F.linear(hx, w_hh, b_hh)
+    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
+
+
+def _lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None):
+    """input [B, I], h [B, P], c [B, H] -> (h' [B, P], c' [B, H])."""
+    gates = F.linear(input, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=1)
+    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_next = torch.sigmoid(o) * torch.tanh(c_next)
+    if w_hr is not None:
+        h_next = F.linear(h_next, w_hr, None)
+    return h_next, c_next
+
+
+def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None):
+    """One LSTM step: input [B, I], hx = (h [B, H], c [B, H]) -> (h', c')."""
+    h, c = hx
+    return _lstm_step(input, h, c, w_ih, w_hh, b_ih, b_hh, None)
+
+
+def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None) -> Tensor:
+    """One GRU step: input [B, I], hx [B, H] -> h' [B, H]."""
+    r_x, z_x, n_x = F.linear(input, w_ih, b_ih).chunk(3, dim=1)
+    r_h, z_h, n_h = F.linear(hx, w_hh, b_hh).chunk(3, dim=1)
+    r = torch.sigmoid(r_x + r_h)
+    z = torch.sigmoid(z_x + z_h)
+    n = torch.tanh(n_x + r * n_h)
+    return (1 - z) * n + z * hx
+
+
+# ---------------------------------------------------------------- sequences
+
+
+def _split_params(params, has_biases: bool, num_layers: int, directions: int):
+    """_flat_weights -> [layer][direction] dicts with w_ih, w_hh, b_ih, b_hh, w_hr."""
+    per = len(params) // (num_layers * directions)
+    if per * num_layers * directions != len(params) or per not in (2 + 2 * has_biases,
+                                                                    3 + 2 * has_biases):
+        raise RuntimeError(f"reference: {len(params)} parameters do not fit {num_layers} layers "
+                           f"x {directions} directions (bias={has_biases})")
+    layers = []
+    for layer in range(num_layers):
+        dirs = []
+        for d in range(directions):
+            p = list(params[(layer * directions + d) * per:(layer * directions + d + 1) * per])
+            dirs.append(dict(
+                w_ih=p[0], w_hh=p[1],
+                b_ih=p[2] if has_biases else None,
+                b_hh=p[3] if has_biases else None,
+                w_hr=p[-1] if per == 3 + 2 * has_biases else None,
+            ))
+        layers.append(dirs)
+    return layers
+
+
+def _run_direction(step, x: Tensor, batch_sizes: list[int], states: list[Tensor], reverse: bool):
+    """Runs `step(x_rows, *state_rows) -> new state_rows` over all steps of one direction.
+
+    x [N, I] in rows layout; states: the initial states, each [B, size]. Returns the
+    output rows [N, P] (the first state after every step) and the final states.
+    """
+    offsets = [0]
+    for b in batch_sizes[:-1]:
+        offsets.append(offsets[-1] + b)
+    order = reversed(range(len(batch_sizes))) if reverse else range(len(batch_sizes))
+    outputs = [None] * len(batch_sizes)
+    for t in order:
+        active = batch_sizes[t]
+        x_t = x[offsets[t]:offsets[t] + active]
+        new = step(x_t, *[s[:active] for s in states])
+        # Sequences beyond `active` are finished (forward) or not started (reverse).
+        states = [torch.cat([n, s[active:]], 0) for n, s in zip(new, states)]
+        outputs[t] = new[0]
+    return torch.cat(outputs, 0), states
+
+
+def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
+                has_biases: bool, num_layers: int, dropout: float, train: bool,
+                bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None,
+                nonlinearity: str = "tanh"):
+    directions = 2 if bidirectional else 1
+    layers = _split_params(params, has_biases, num_layers, directions)
+    if batch_sizes is None:
+        seq = input.transpose(0, 1) if batch_first else input  # [T, B, I]
+        steps, batch = seq.shape[0], seq.shape[1]
+        x = seq.reshape(steps * batch, seq.shape[2])
+        sizes = [batch] * steps
+    else:
+        x = input
+        sizes = [int(b) for b in batch_sizes]
+
+    h_n, c_n = [], []
+    for layer, dirs in enumerate(layers):
+        outputs = []
+        for d, w in enumerate(dirs):
+            k = layer * directions + d
+            if cell == "lstm":
+                def step(x_t, h, c, w=w):
+                    return _lstm_step(x_t, h, c, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
+                                      w["w_hr"])
+                states = [h0[k], c0[k]]
+            elif cell == "gru":
+                def step(x_t, h, w=w):
+                    return (gru_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"]),)
+                states = [h0[k]]
+            else:
+                def step(x_t, h, w=w):
+                    return (rnn_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
+                                     nonlinearity),)
+                states = [h0[k]]
+            out, final = _run_direction(step, x, sizes, states, reverse=d == 1)
+            outputs.append(out)
+            h_n.append(final[0])
+            if cell == "lstm":
+                c_n.append(final[1])
+        x = torch.cat(outputs, 1)  # [N, D*P]
+        if dropout > 0 and train and layer < num_layers - 1:
+            x = F.dropout(x, dropout, training=True)
+
+    if batch_sizes is None:
+        output = x.view(steps, batch, x.shape[1])
+        if batch_first:
+            output = output.transpose(0, 1)
+    else:
+        output = x
+    if cell == "lstm":
+        return output, torch.stack(h_n, 0), torch.stack(c_n, 0)
+    return output, torch.stack(h_n, 0)
+
+
+def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params, has_biases: bool, num_layers: int,
+         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
+         batch_sizes: Tensor | None = None):
+    """Multi-layer LSTM. hx = (h0 [L*D, B, P], c0 [L*D, B, H]). Returns (output, h_n, c_n)."""
+    return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
+                       train, bidirectional, batch_first, batch_sizes)
+
+
+def gru(input: Tensor, hx: Tensor, params, has_biases: bool, num_layers: int, dropout: float,
+        train: bool, bidirectional: bool, batch_first: bool = False,
+        batch_sizes: Tensor | None = None):
+    """Multi-layer GRU. hx [L*D, B, H]. Returns (output, h_n)."""
+    return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout, train,
+                       bidirectional, batch_first, batch_sizes)
+
+
+def rnn(input: Tensor, hx: Tensor, params, has_biases: bool, num_layers: int, dropout: float,
+        train: bool, bidirectional: bool, batch_first: bool = False,
+        batch_sizes: Tensor | None = None, nonlinearity: str = "tanh"):
+    """Multi-layer Elman RNN (tanh or relu). hx [L*D, B, H]. Returns (output, h_n)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout, train,
+                       bidirectional, batch_first, batch_sizes, nonlinearity)
