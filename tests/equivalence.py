@@ -71,7 +71,7 @@ def single_thread():
 
 def _module(namespace, kind: str, **options) -> nn.Module:
     class_name, kind_options = {**SEQUENCE_KINDS, **CELL_KINDS}[kind]
-    return getattr(namespace, class_name)(**kind_options, **options)
+    return getattr(namespace, class_name)(**{**kind_options, **options})
 
 
 def torch_module(kind: str, dtype: torch.dtype, **options) -> nn.Module:

@@ -1,0 +1,48 @@
+"""A compact but real subset of the equivalence checks, run by test_isa_paths.py in a
+child process per CPU kernel variant (ATEN_CPU_CAPABILITY=default|avx2|avx512).
+
+Not collected by a plain `pytest tests` (the name does not match test_*.py); run it
+through test_isa_paths.py, which sets RNNKERNELS_EXPECTED_ISA to the forced variant.
+Sizes are odd so every vector width has a tail: H=17 and I=33 (16+1, 32+1), H=65 with
+B=128 so each cell's step is big enough for a two-thread team, proj_size 5.
+"""
+
+import os
+
+import pytest
+import torch
+
+import rnnkernels
+from equivalence import (CELL_KINDS, SEQUENCE_KINDS, CellCase, SequenceCase, check_cell_case,
+                         check_sequence_case)
+
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+
+
+def test_the_forced_kernel_variant_is_active():
+    expected = os.environ.get("RNNKERNELS_EXPECTED_ISA")
+    assert expected, "run this file through tests/test_isa_paths.py"
+    assert rnnkernels._C.cpu_capability() == expected
+    assert rnnkernels.build_info()["cpu_capability"] == expected
+
+
+SEQUENCE_CASES = {
+    "packed_bi_2layers": dict(num_layers=2, bidirectional=True, layout="packed_unsorted",
+                              given_hx=True),
+    "nobias_batch_first": dict(bias=False, layout="batch_first"),
+    "B128_H65": dict(batch=128, hidden_size=65, steps=6, given_hx=True),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(SEQUENCE_CASES))
+@pytest.mark.parametrize("kind", list(SEQUENCE_KINDS))
+def test_sequence_matches_torch(kind, case, dtype):
+    check_sequence_case(SequenceCase(kind, **SEQUENCE_CASES[case]), dtype,
+                        relative_to_torch_fp32=case == "B128_H65")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", list(CELL_KINDS))
+def test_cell_matches_torch(kind, dtype):
+    check_cell_case(CellCase(kind, batch=5), dtype)
