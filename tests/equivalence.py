@@ -10,10 +10,13 @@ defaults against the float64 golden, float32 results its float32 defaults
 float32 result already exceeds those defaults, are judged against torch.nn's float32
 error on the same case instead; see ``assert_matches``.
 
-The golden torch.nn modules run on one thread (``single_thread``): their per-step ops
-are too small to gain from threads, and on a busy machine two-thread OpenMP regions
-made them ten times slower. Ours runs with torch's default thread count, so the
-kernels' threaded paths are what gets tested.
+Threads: the golden torch.nn modules always run on one thread (their per-step ops are
+too small to gain from threads). Ours runs with `ours_threads` threads: None keeps
+torch's default (two on the CI machine), which is what the threaded tests use (the two
+directions of a bidirectional layer side by side, two-thread teams for big steps). The
+large option matrices pass 1: on a shared, oversubscribed machine every two-thread
+OpenMP region waits a scheduler tick (about 4 ms) for its second thread, which made a
+small case 25 times slower (0.45 s instead of 0.018 s) without testing anything more.
 """
 
 from __future__ import annotations
@@ -60,13 +63,19 @@ def tolerance(dtype: torch.dtype) -> dict:
 
 
 @contextlib.contextmanager
-def single_thread():
+def threads(count: int | None):
+    """Runs the block with torch.set_num_threads(count); None leaves the setting alone."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if count is not None:
+        torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def single_thread():
+    return threads(1)
 
 
 def _module(namespace, kind: str, **options) -> nn.Module:
@@ -270,11 +279,13 @@ def assert_packed_metadata_equal(ours: PackedSequence, golden: PackedSequence) -
 
 
 def check_sequence_case(case: SequenceCase, dtype: torch.dtype, train: bool = False,
-                        relative_to_torch_fp32: bool = False) -> None:
+                        relative_to_torch_fp32: bool = False,
+                        ours_threads: int | None = None) -> None:
     """Ours in `dtype` against the float64 torch.nn golden: results and all gradients.
 
     With `train` both modules are in training mode and every forward runs after the
-    same torch.manual_seed, so dropout must draw identical masks.
+    same torch.manual_seed, so dropout must draw identical masks. Ours runs with
+    `ours_threads` threads (None: torch's default).
     """
     ours, golden = case.build(dtype)
     ours.train(train)
@@ -285,8 +296,9 @@ def check_sequence_case(case: SequenceCase, dtype: torch.dtype, train: bool = Fa
         want, want_leaves, want_packed = run_sequence(golden, case, inputs, torch.float64, seed)
         upstream = random_upstream(want)
         want_grads = gradients(want, want_leaves, upstream)
-    got, got_leaves, got_packed = run_sequence(ours, case, inputs, dtype, seed)
-    got_grads = gradients(got, got_leaves, upstream)
+    with threads(ours_threads):
+        got, got_leaves, got_packed = run_sequence(ours, case, inputs, dtype, seed)
+        got_grads = gradients(got, got_leaves, upstream)
 
     torch_fp32 = {}
     if relative_to_torch_fp32 and dtype == torch.float32:
@@ -357,15 +369,16 @@ def run_cell(module: nn.Module, case: CellCase, inputs: dict, dtype: torch.dtype
     return results, leaves
 
 
-def check_cell_case(case: CellCase, dtype: torch.dtype) -> None:
+def check_cell_case(case: CellCase, dtype: torch.dtype, ours_threads: int | None = None) -> None:
     ours, golden = case.build(dtype)
     inputs = case.make_inputs()
     with single_thread():
         want, want_leaves = run_cell(golden, case, inputs, torch.float64)
         upstream = random_upstream(want)
         want_grads = gradients(want, want_leaves, upstream)
-    got, got_leaves = run_cell(ours, case, inputs, dtype)
-    got_grads = gradients(got, got_leaves, upstream)
+    with threads(ours_threads):
+        got, got_leaves = run_cell(ours, case, inputs, dtype)
+        got_grads = gradients(got, got_leaves, upstream)
     context = f"{case} {dtype}: "
     assert list(got) == list(want) and list(got_grads) == list(want_grads)
     for name in want:

@@ -5,6 +5,9 @@ Every test builds a golden float64 torch.nn module, loads its state_dict into ou
 (float32 or float64), feeds both the same random inputs and random upstream gradients,
 and compares with the rules of tests/equivalence.py (assert_close defaults of our dtype;
 for the large float32 cases, at most torch.nn's own float32 error plus the defaults).
+
+The option matrices run our kernels on one thread (ONE_THREAD; see tests/equivalence.py
+for why); the threaded paths get their own tests below, at torch's default thread count.
 """
 
 import pytest
@@ -14,6 +17,7 @@ from equivalence import (CELL_KINDS, LAYOUTS, SEQUENCE_KINDS, CellCase, Sequence
                          build_pair, check_cell_case, check_sequence_case)
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+ONE_THREAD = 1
 
 
 # ---------------------------------------------------------------- the option matrix
@@ -32,7 +36,7 @@ DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id=
 def test_kernel_options_match_torch(kind, bias, num_layers, bidirectional, layout, dtype):
     case = SequenceCase(kind, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
                         layout=layout, given_hx=True)
-    check_sequence_case(case, dtype)
+    check_sequence_case(case, dtype, ours_threads=ONE_THREAD)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -43,7 +47,7 @@ def test_kernel_options_match_torch(kind, bias, num_layers, bidirectional, layou
 def test_input_layouts_match_torch(kind, layout, bidirectional, given_hx, dtype):
     case = SequenceCase(kind, num_layers=2, bidirectional=bidirectional, layout=layout,
                         given_hx=given_hx)
-    check_sequence_case(case, dtype)
+    check_sequence_case(case, dtype, ours_threads=ONE_THREAD)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -52,7 +56,8 @@ def test_input_layouts_match_torch(kind, layout, bidirectional, given_hx, dtype)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("kind", list(CELL_KINDS))
 def test_cell_matches_torch(kind, bias, unbatched, given_hx, dtype):
-    check_cell_case(CellCase(kind, bias=bias, unbatched=unbatched, given_hx=given_hx), dtype)
+    check_cell_case(CellCase(kind, bias=bias, unbatched=unbatched, given_hx=given_hx), dtype,
+                    ours_threads=ONE_THREAD)
 
 
 # ---------------------------------------------------------------- sizes
@@ -65,19 +70,30 @@ EDGE_SIZES = {
     "B1_packed_bi": dict(batch=1, steps=7, bidirectional=True, layout="packed_sorted"),
 }
 
-# Big batches (B=128 with H=65 gives every cell enough work per step for a two-thread
-# team, see Note [time loop threads]) and long sequences. float32 is judged against
-# torch.nn's own float32 error here (equivalence.assert_matches).
+# At torch's default thread count: the directions of a bidirectional layer run side by
+# side, and B=128 with H=65 gives every cell enough work per step for a two-thread team
+# (Note [time loop threads]).
+THREADED_CASES = {
+    "bi_2layers_packed": dict(num_layers=2, bidirectional=True, layout="packed_unsorted",
+                              given_hx=True),
+    "bi_nobias": dict(bidirectional=True, bias=False, layout="batch_first"),
+    "team_B128_H65": dict(batch=128, hidden_size=65, steps=4, bias=False, given_hx=True),
+}
+
+# Big batches and long sequences, also at the default thread count. float32 is judged
+# against torch.nn's own float32 error here (equivalence.assert_matches).
 LARGE_SIZES = {
     "B64_2layers_bi": dict(batch=64, steps=12, num_layers=2, bidirectional=True,
                            given_hx=True),
     "B128_H65": dict(batch=128, steps=10, hidden_size=65, given_hx=True),
     "B128_H65_packed": dict(batch=128, steps=10, hidden_size=65, layout="packed_unsorted"),
 }
-LONG_SIZES = {
-    "T500_2layers_bi": dict(steps=500, batch=3, num_layers=2, bidirectional=True,
-                            given_hx=True),
-    "T500_packed_bi": dict(steps=500, batch=5, bidirectional=True, layout="packed_unsorted"),
+# (size, dtype): float32 where accumulation error matters most, float64 on packed rows.
+LONG_CASES = {
+    "T500_2layers_bi-f32": (dict(steps=500, batch=3, num_layers=2, bidirectional=True,
+                                 given_hx=True), torch.float32),
+    "T500_packed_bi-f64": (dict(steps=500, batch=5, bidirectional=True,
+                                layout="packed_unsorted"), torch.float64),
 }
 
 
@@ -85,7 +101,15 @@ LONG_SIZES = {
 @pytest.mark.parametrize("size", list(EDGE_SIZES))
 @pytest.mark.parametrize("kind", list(SEQUENCE_KINDS))
 def test_edge_sizes_match_torch(kind, size, dtype):
-    check_sequence_case(SequenceCase(kind, **EDGE_SIZES[size]), dtype)
+    check_sequence_case(SequenceCase(kind, **EDGE_SIZES[size]), dtype, ours_threads=ONE_THREAD)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(THREADED_CASES))
+@pytest.mark.parametrize("kind", list(SEQUENCE_KINDS))
+def test_threaded_paths_match_torch(kind, case, dtype):
+    check_sequence_case(SequenceCase(kind, **THREADED_CASES[case]), dtype,
+                        relative_to_torch_fp32=case.startswith("team"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -97,12 +121,11 @@ def test_large_batches_match_torch(kind, size, dtype):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("size", list(LONG_SIZES))
+@pytest.mark.parametrize("case", list(LONG_CASES))
 @pytest.mark.parametrize("kind", list(SEQUENCE_KINDS))
-def test_long_sequences_match_torch(kind, size, dtype):
-    check_sequence_case(SequenceCase(kind, **LONG_SIZES[size]), dtype,
-                        relative_to_torch_fp32=True)
+def test_long_sequences_match_torch(kind, case):
+    size, dtype = LONG_CASES[case]
+    check_sequence_case(SequenceCase(kind, **size), dtype, relative_to_torch_fp32=True)
 
 
 CELL_SIZES = {
@@ -134,7 +157,7 @@ def test_dropout_matches_torch_with_same_seed(kind, num_layers, bidirectional, l
     mask with F.dropout on the layer output, as torch's own RNN code does)."""
     case = SequenceCase(kind, num_layers=num_layers, bidirectional=bidirectional,
                         layout=layout, dropout=0.5, given_hx=True)
-    check_sequence_case(case, dtype, train=True)
+    check_sequence_case(case, dtype, train=True, ours_threads=ONE_THREAD)
 
 
 @pytest.mark.filterwarnings("ignore:dropout option adds dropout after all but last")
@@ -161,4 +184,4 @@ def test_dropout_acts_in_training_mode_only(kind):
 @pytest.mark.parametrize("kind", list(SEQUENCE_KINDS))
 def test_eval_mode_ignores_dropout(kind):
     case = SequenceCase(kind, num_layers=2, bidirectional=True, dropout=0.5, given_hx=True)
-    check_sequence_case(case, torch.float64, train=False)
+    check_sequence_case(case, torch.float64, train=False, ours_threads=ONE_THREAD)

@@ -48,4 +48,5 @@ def test_equivalence_subset_on_kernel_variant(isa, best_cpu_capability):
     summary = report.strip().splitlines()[-1] if report.strip() else ""
     assert child.returncode == 0, f"{isa}: the subset failed:\n{report[-6000:]}"
     # Everything passed: nothing skipped, deselected or expected to fail.
-    assert re.fullmatch(r"\d+ passed(, \d+ warnings?)? in .*", summary), f"{isa}: {summary}\n{report[-3000:]}"
+    assert re.fullmatch(r"\d+ passed(, \d+ warnings?)? in .*", summary), \
+        f"{isa}: {summary}\n{report[-3000:]}"
