@@ -22,7 +22,6 @@ small case 25 times slower (0.45 s instead of 0.018 s) without testing anything 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -116,9 +115,6 @@ class SequenceCase:
     def __post_init__(self):
         assert self.layout in LAYOUTS, self.layout
         assert self.kind in SEQUENCE_KINDS, self.kind
-
-    def replace(self, **changes) -> "SequenceCase":
-        return dataclasses.replace(self, **changes)
 
     @property
     def packed(self) -> bool:
@@ -246,8 +242,8 @@ def assert_matches(name: str, actual: Tensor, expected: Tensor, dtype: torch.dty
 
     Rule for large float32 cases (`torch_fp32` given: torch.nn's own float32 result on the
     same case). Float32 accumulation error grows with sequence length and batch, and there
-    torch.nn itself exceeds the float32 defaults (error ratios up to about 2.5 measured at
-    B=64 or T=500). With the error ratio r(x) = max |x - golden| / (atol + rtol |golden|)
+    torch.nn itself exceeds the float32 defaults (error ratios, defined next, up to 2.6
+    measured at B=64 and 128 and at T=500). With the error ratio r(x) = max |x - golden| / (atol + rtol |golden|)
     at the float32 default atol/rtol (r <= 1 is the plain rule), ours must satisfy
         r(ours) <= 1 + 2 r(torch.nn float32),
     i.e. the defaults' tolerance plus twice torch.nn's own error. The "1" (rather than a
