@@ -13,12 +13,13 @@ parameters, state_dict, forward signature, outputs and exceptions.
 from ._ext import _C
 from . import ops  # noqa: F401  (fake kernels and autograd for torch.ops.rnnkernels)
 from . import functional  # noqa: F401
+from . import reference  # noqa: F401  (pure-PyTorch reference of the functional API)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "ops",
-           "build_info"]
+           "reference", "build_info"]
 
 
 def build_info():
