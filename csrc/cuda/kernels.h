@@ -1,0 +1,286 @@
+#pragma once
+// Interface between the CUDA host code (recurrence_cuda.cpp: checks, allocation, the
+// GEMMs through ATen, the time loop) and the pointwise kernels (*_kernels.cuh, instantiated
+// once per storage type in kernels_{f32,f64,f16,bf16}.cu). No torch headers: sizes, raw
+// pointers and a stream, so the .cu files compile fast and anywhere nvcc runs.
+//
+// Type parameters:
+//   S  storage type of the user-visible tensors (x_proj, weights, h, output, gradients):
+//      float, double, float16_t, bfloat16_t
+//   G  type of the GEMM results the kernels read (gates, recurrent gradient products):
+//      acc_t<S> when ATen can write a 16-bit product in fp32 (mm.dtype_out), else S
+//   acc_t<S>  math, cell state and workspace type: float for the 16-bit types, else S
+//
+// Matrices are row-major; ld_* is a row stride in elements. Every launcher returns
+// cudaGetLastError() after its launch (cudaSuccess when there is nothing to do) and is
+// enqueued on the given stream only. Sizes and offsets are 64-bit throughout.
+//
+// Both directions of a bidirectional layer run in one launch: dir[0] and dir[1] hold each
+// direction's rows and pointers for the step, and gridDim.y = directions.
+//
+// Note [cuda step rows]
+// Rows of a time step are the prefix [0, rows) of the batch (PackedSequence order), so a
+// state buffer [B, X] holds every row's latest state: a row that is not active keeps its
+// value. At processing step s of a direction (t = s forward, T-1-s reverse):
+//   forward   rows [0, rows_s) read the state, run the cell and write the state back;
+//             the state buffers start as h0 (and c0), so a row that becomes active late
+//             (reverse direction of a packed sequence) starts from its initial state, and
+//             a row that ends early (forward direction) keeps its final state: the state
+//             buffer is h_n (c_n) at the end.
+//   backward  walks s = T-1 .. -1 (see Note [backward rows] in cpu/kernels_isa.h). With
+//             `rec` = dG_{s+1} @ W_hh over the rows of step s+1 and a carried
+//             dh_carry [B, P] that starts as grad_h_n:
+//               r < rows_s:                dh = grad_out + dh_carry + (r < next_rows ? rec : 0),
+//                                          then the cell backward; dh_carry becomes the part
+//                                          of dL/dh_prev that does not pass through W_hh
+//                                          (GRU: z*dh; LSTM, RNN: 0)
+//               rows_s <= r < next_rows:   the row starts at s+1, so rec is dL/dh0:
+//                                          dh_carry += rec
+//             After s = -1 (rows_{-1} = 0) dh_carry is grad_h0; dc_carry (grad_c_n at the
+//             start) is grad_c0.
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace rnnkernels::cuda {
+
+// 16-bit storage types, bit-compatible with at::Half / __half and at::BFloat16 /
+// __nv_bfloat16; the kernels convert them with the cuda_fp16.h / cuda_bf16.h intrinsics.
+struct alignas(2) float16_t {
+  uint16_t bits;
+};
+struct alignas(2) bfloat16_t {
+  uint16_t bits;
+};
+
+template <typename S>
+struct AccumulateType {
+  using type = S;
+};
+template <>
+struct AccumulateType<float16_t> {
+  using type = float;
+};
+template <>
+struct AccumulateType<bfloat16_t> {
+  using type = float;
+};
+template <typename S>
+using acc_t = typename AccumulateType<S>::type;
+
+constexpr int kMaxDirections = 2;
+
+// ================================================================ forward steps
+
+// LSTM, one step. Gate order i, f, g, o (PyTorch's); workspace row: i, f, g, o, c.
+template <typename S, typename G>
+struct LstmForwardStep {
+  int64_t hidden = 0;      // H
+  int64_t directions = 1;  // D, gridDim.y
+  int64_t ld_x_proj = 0;   // D*4H
+  int64_t ld_out = 0;      // D*P
+  struct Dir {
+    int64_t rows = 0;                    // active rows of this step
+    const G* gates = nullptr;            // [rows, 4H] h_prev @ W_hh^T, row stride 4H
+    const S* x_proj = nullptr;           // [rows, 4H] row stride ld_x_proj (b_ih included)
+    const S* b_hh = nullptr;             // [4H] or null
+    acc_t<S>* c = nullptr;               // [B, H] cell state, rows [0, rows) updated in place
+    S* h = nullptr;                      // [B, H] hidden state (no projection), else null
+    S* out = nullptr;                    // [rows, H] row stride ld_out (no projection), else null
+    S* m = nullptr;                      // [B, H] o*tanh(c) for the projection, else null
+    acc_t<S>* workspace = nullptr;       // [rows, 5H] contiguous, or null
+  } dir[kMaxDirections];
+};
+
+// GRU, one step. Gate order r, z, n; workspace row: r, z, n, W_hn h + b_hn.
+template <typename S, typename G>
+struct GruForwardStep {
+  int64_t hidden = 0;
+  int64_t directions = 1;
+  int64_t ld_x_proj = 0;  // D*3H
+  int64_t ld_out = 0;     // D*H
+  struct Dir {
+    int64_t rows = 0;
+    const G* gates = nullptr;       // [rows, 3H] h_prev @ W_hh^T, row stride 3H
+    const S* x_proj = nullptr;      // [rows, 3H] row stride ld_x_proj
+    const S* b_hh = nullptr;        // [3H] or null
+    S* h = nullptr;                 // [B, H] hidden state, rows [0, rows) updated in place
+    S* out = nullptr;               // [rows, H] row stride ld_out
+    acc_t<S>* workspace = nullptr;  // [rows, 4H] contiguous, or null
+  } dir[kMaxDirections];
+};
+
+// Elman RNN, one step (tanh or relu).
+template <typename S, typename G>
+struct RnnForwardStep {
+  int64_t hidden = 0;
+  int64_t directions = 1;
+  int64_t ld_x_proj = 0;  // D*H
+  int64_t ld_out = 0;     // D*H
+  bool relu = false;
+  struct Dir {
+    int64_t rows = 0;
+    const G* gates = nullptr;   // [rows, H] h_prev @ W_hh^T, row stride H
+    const S* x_proj = nullptr;  // [rows, H] row stride ld_x_proj
+    const S* b_hh = nullptr;    // [H] or null
+    S* h = nullptr;             // [B, H] hidden state
+    S* out = nullptr;           // [rows, H] row stride ld_out
+  } dir[kMaxDirections];
+};
+
+// LSTM with projection, after the host's product h = m @ W_hr^T: copies the product into
+// the hidden state and the output rows, rounded to S.
+template <typename S, typename G>
+struct StoreHidden {
+  int64_t output = 0;  // P
+  int64_t directions = 1;
+  int64_t ld_out = 0;  // D*P
+  struct Dir {
+    int64_t rows = 0;
+    const G* product = nullptr;  // [rows, P] row stride P
+    S* h = nullptr;              // [B, P] hidden state
+    S* out = nullptr;            // [rows, P] row stride ld_out
+  } dir[kMaxDirections];
+};
+
+// ================================================================ backward steps
+
+// LSTM cell backward at step s (Note [cuda step rows]). Without projection the kernel
+// assembles dh itself (rows [0, max(rows, next_rows)) of the direction); with projection
+// `dh_complete` already holds dL/dm for rows [0, rows) (StepGradH and the host's product
+// dh @ W_hr ran first) and only the active rows are visited.
+template <typename S, typename G>
+struct LstmBackwardStep {
+  int64_t hidden = 0;
+  int64_t directions = 1;
+  int64_t ld_grad_out = 0;     // D*H
+  int64_t ld_grad_x_proj = 0;  // D*4H
+  bool projection = false;
+  struct Dir {
+    int64_t rows = 0;       // active at s
+    int64_t next_rows = 0;  // active at s+1 (rows with a `rec` row)
+    int64_t prev_rows = 0;  // active at s-1 (rows whose c_prev is in prev_workspace)
+    const G* rec = nullptr;                     // [next_rows, H] dG_{s+1} @ W_hh, or null
+    const S* grad_out = nullptr;                // [rows, H] row stride ld_grad_out, or null
+    acc_t<S>* dh_carry = nullptr;               // [B, H] (no projection)
+    const G* dh_complete = nullptr;             // [rows, H] dL/dm, row stride H (projection)
+    acc_t<S>* dc_carry = nullptr;               // [B, H]
+    const acc_t<S>* workspace = nullptr;        // [rows, 5H] rows of step s
+    const acc_t<S>* prev_workspace = nullptr;   // [prev_rows, 5H] rows of step s-1, or null
+    const S* c0 = nullptr;                      // [B, H]
+    S* grad_x_proj = nullptr;                   // [rows, 4H] row stride ld_grad_x_proj
+    S* grad_rec = nullptr;                      // [B, 4H]: dG of step s for the next product
+  } dir[kMaxDirections];
+};
+
+// LSTM with projection: assembles dL/dh_t (P wide) for step s, as the first half of the
+// no-projection LstmBackwardStep does for H-wide rows.
+template <typename S, typename G>
+struct StepGradH {
+  int64_t output = 0;  // P
+  int64_t directions = 1;
+  int64_t ld_grad_out = 0;  // D*P
+  struct Dir {
+    int64_t rows = 0;
+    int64_t next_rows = 0;
+    const G* rec = nullptr;         // [next_rows, P], or null
+    const S* grad_out = nullptr;    // [rows, P] row stride ld_grad_out, or null
+    acc_t<S>* dh_carry = nullptr;   // [B, P]
+    S* grad_h = nullptr;            // [rows, P] contiguous: the rows of step s (for dW_hr)
+    S* grad_h_step = nullptr;       // [B, P]: the same rows, for the product dh @ W_hr
+  } dir[kMaxDirections];
+};
+
+template <typename S, typename G>
+struct GruBackwardStep {
+  int64_t hidden = 0;
+  int64_t directions = 1;
+  int64_t ld_grad_out = 0;     // D*H
+  int64_t ld_grad_x_proj = 0;  // D*3H
+  int64_t ld_out = 0;          // D*H
+  struct Dir {
+    int64_t rows = 0;
+    int64_t next_rows = 0;
+    int64_t prev_rows = 0;                 // active at s-1 (h_prev is in prev_out)
+    const G* rec = nullptr;                // [next_rows, H], or null
+    const S* grad_out = nullptr;           // [rows, H] row stride ld_grad_out, or null
+    acc_t<S>* dh_carry = nullptr;          // [B, H]
+    const acc_t<S>* workspace = nullptr;   // [rows, 4H] rows of step s
+    const S* prev_out = nullptr;           // [prev_rows, H] output rows of step s-1, row stride ld_out, or null
+    const S* h0 = nullptr;                 // [B, H]
+    S* grad_x_proj = nullptr;              // [rows, 3H] row stride ld_grad_x_proj: r, z, n_x
+    S* grad_hidden = nullptr;              // [rows, 3H] contiguous: r, z, n_h (for dW_hh, db_hh)
+    S* grad_rec = nullptr;                 // [B, 3H]: the same, for the next product
+  } dir[kMaxDirections];
+};
+
+template <typename S, typename G>
+struct RnnBackwardStep {
+  int64_t hidden = 0;
+  int64_t directions = 1;
+  int64_t ld_grad_out = 0;     // D*H
+  int64_t ld_grad_x_proj = 0;  // D*H
+  int64_t ld_out = 0;          // D*H
+  bool relu = false;
+  struct Dir {
+    int64_t rows = 0;
+    int64_t next_rows = 0;
+    const G* rec = nullptr;        // [next_rows, H], or null
+    const S* grad_out = nullptr;   // [rows, H] row stride ld_grad_out, or null
+    acc_t<S>* dh_carry = nullptr;  // [B, H]
+    const S* out = nullptr;        // [rows, H] output rows of step s (the activation), row stride ld_out
+    S* grad_x_proj = nullptr;      // [rows, H] row stride ld_grad_x_proj
+    S* grad_rec = nullptr;         // [B, H]
+  } dir[kMaxDirections];
+};
+
+// ================================================================ weight gradients
+
+// The hidden state entering every row of one direction, for dW_hh = dG^T @ h_prev:
+// prev[row] = out[row of the previous processing step] when the row was active there,
+// else h0[b]. Rows of time t are [offsets[t], offsets[t] + batch_sizes[t]).
+template <typename S>
+struct PreviousHidden {
+  int64_t rows = 0;    // N
+  int64_t steps = 0;   // T
+  int64_t batch = 0;   // B
+  int64_t output = 0;  // P
+  bool reverse = false;
+  const int64_t* batch_sizes = nullptr;  // device [T], or null for a dense [T, B] sequence
+  const int64_t* offsets = nullptr;      // device [T], or null for a dense sequence
+  const S* out = nullptr;                // [N, P] row stride ld_out
+  int64_t ld_out = 0;
+  const S* h0 = nullptr;                 // [B, P]
+  S* prev = nullptr;                     // [N, P] contiguous
+};
+
+// ================================================================ launchers
+
+template <typename S, typename G>
+cudaError_t lstm_forward_step(const LstmForwardStep<S, G>& p, cudaStream_t stream);
+template <typename S, typename G>
+cudaError_t gru_forward_step(const GruForwardStep<S, G>& p, cudaStream_t stream);
+template <typename S, typename G>
+cudaError_t rnn_forward_step(const RnnForwardStep<S, G>& p, cudaStream_t stream);
+template <typename S, typename G>
+cudaError_t store_hidden(const StoreHidden<S, G>& p, cudaStream_t stream);
+
+template <typename S, typename G>
+cudaError_t lstm_backward_step(const LstmBackwardStep<S, G>& p, cudaStream_t stream);
+template <typename S, typename G>
+cudaError_t step_grad_h(const StepGradH<S, G>& p, cudaStream_t stream);
+template <typename S, typename G>
+cudaError_t gru_backward_step(const GruBackwardStep<S, G>& p, cudaStream_t stream);
+template <typename S, typename G>
+cudaError_t rnn_backward_step(const RnnBackwardStep<S, G>& p, cudaStream_t stream);
+
+template <typename S>
+cudaError_t previous_hidden(const PreviousHidden<S>& p, cudaStream_t stream);
+
+// The architectures the kernels were compiled for (nvcc's __CUDA_ARCH_LIST__, e.g.
+// "800,900"), and the CUDA version of the headers (CUDART_VERSION, e.g. 13000).
+const char* compiled_arch_list();
+int compiled_cuda_version();
+
+}  // namespace rnnkernels::cuda

@@ -1,0 +1,1155 @@
+// CUDA implementations of the rnnkernels recurrence ops: argument checks, allocation, the
+// time loop on the current stream, and the weight gradients as GEMMs after the reverse
+// sweep; TORCH_LIBRARY_IMPL(rnnkernels, CUDA). The pointwise kernels sit behind
+// cuda/kernels.h (sizes, raw pointers, a stream); this file holds all the torch glue and
+// includes no cuBLAS header (GEMMs go through ATen), so it compiles against a CPU wheel's
+// headers too (tests/test_cuda_compile.py).
+//
+// Note [cuda engine]
+// Per layer call, for every time step: ONE recurrent GEMM for both directions
+// (h_state[D, rows] @ W_hh^T through at::mm / at::bmm, so cuBLAS on the current stream)
+// into a gates buffer, then ONE fused pointwise kernel for both directions (gates + x_proj
+// + b_hh, the activations, the cell update, the output row and what BPTT needs). The
+// backward mirrors it: one GEMM dG_{s+1} @ W_hh, one pointwise kernel. The LSTM projection
+// adds one GEMM and one small kernel per step. dW_hh (dW_hr) is one GEMM per direction
+// after the sweep, db_hh a column sum (at::sum: a reduction, no atomics). Nothing is
+// created per call besides tensors from the caching allocator: no streams, events or
+// handles; the device is set with a CUDAGuard. When the two directions of a packed
+// sequence have different row counts at a step, the batched GEMM runs over the larger
+// count; the extra rows read valid state and their results are never used.
+// A CUDA-graph capture of the loop (and a persistent-kernel engine for small batches) can
+// replace run_*_loop without touching the checks, allocation or the kernels' contract.
+//
+// Note [cuda precision]
+// float16 / bfloat16: the math is fp32 (cell_math.h's float instantiation), the cell
+// state and the workspace are fp32 (workspace dtype rule: float32 when x_proj is 16-bit,
+// else x_proj's dtype; rnnkernels/ops.py's fakes follow it), and the GEMM results are
+// written in fp32 through mm.dtype_out / bmm.dtype_out when this torch supports them
+// (probed once; RNNKERNELS_CUDA_LOWP_PRODUCTS=input forces products in the input dtype).
+// The hidden state h, the outputs and the gradients are in the input dtype: h is the next
+// step's GEMM operand, as in torch.nn. dW and db accumulate in fp32 inside cuBLAS / the
+// reduction and are rounded once.
+//
+// Note [cuda tf32]
+// Our float32 GEMMs are ATen matmuls, so they follow torch.backends.cuda.matmul.allow_tf32
+// (torch.backends.cuda.matmul.fp32_precision), whose default is off: by default we compute
+// in full fp32. nn.LSTM on cuDNN follows torch.backends.cudnn.allow_tf32 instead (default
+// on). We do not flip the matmul flag to mirror the cuDNN one: it is process-wide (a race
+// with other threads' matmuls), and torch >= 2.9 rejects reading the legacy flag after the
+// new fp32_precision API was used. Users who want TF32 speed set the matmul flag; tests
+// compare float32 with both flags off.
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/irange.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cuda/kernels.h"
+
+namespace rnnkernels::cuda {
+namespace {
+
+static_assert(sizeof(at::Half) == sizeof(float16_t) && alignof(at::Half) == alignof(float16_t));
+static_assert(sizeof(at::BFloat16) == sizeof(bfloat16_t) &&
+              alignof(at::BFloat16) == alignof(bfloat16_t));
+
+enum class Cell { kLstm, kGru, kRnn };
+
+constexpr int64_t gate_count(Cell cell) {
+  return cell == Cell::kLstm ? 4 : (cell == Cell::kGru ? 3 : 1);
+}
+
+// ---------------------------------------------------------------- types
+
+template <typename T>
+constexpr at::ScalarType scalar_type_of();
+template <>
+constexpr at::ScalarType scalar_type_of<float>() { return at::kFloat; }
+template <>
+constexpr at::ScalarType scalar_type_of<double>() { return at::kDouble; }
+template <>
+constexpr at::ScalarType scalar_type_of<float16_t>() { return at::kHalf; }
+template <>
+constexpr at::ScalarType scalar_type_of<bfloat16_t>() { return at::kBFloat16; }
+template <>
+constexpr at::ScalarType scalar_type_of<int64_t>() { return at::kLong; }
+
+bool is_16bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// Workspace dtype rule (Note [cuda precision]).
+at::ScalarType workspace_dtype(at::ScalarType t) { return is_16bit(t) ? at::kFloat : t; }
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  TORCH_INTERNAL_ASSERT(t.scalar_type() == scalar_type_of<T>(), "rnnkernels: expected ",
+                        scalar_type_of<T>(), ", got ", t.scalar_type());
+  return static_cast<T*>(t.data_ptr());
+}
+
+template <typename T>
+T* ptr_or_null(const std::vector<at::Tensor>& ts, int64_t i) {
+  return ts.empty() ? nullptr : ptr<T>(ts[i]);
+}
+
+template <typename S_, typename G_>
+struct Types {
+  using S = S_;
+  using G = G_;
+};
+
+// Whether ATen can write the product of two 16-bit matrices in fp32 (mm.dtype_out,
+// bmm.dtype_out); probed once per dtype.
+bool probe_products_in_float(const at::Tensor& like) {
+  try {
+    const at::Tensor a = at::ones({2, 3, 4}, like.options());
+    const at::Tensor b = at::ones({2, 4, 5}, like.options());
+    const at::Tensor m = at::mm(a[0], b[0], at::kFloat);
+    const at::Tensor bm = at::bmm(a, b, at::kFloat);
+    return m.scalar_type() == at::kFloat && bm.scalar_type() == at::kFloat;
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
+
+bool products_in_float(const at::Tensor& like) {
+  const char* env = std::getenv("RNNKERNELS_CUDA_LOWP_PRODUCTS");
+  if (env != nullptr && std::strcmp(env, "input") == 0) return false;
+  if (like.scalar_type() == at::kHalf) {
+    static const bool half_ok = probe_products_in_float(like);
+    return half_ok;
+  }
+  static const bool bfloat16_ok = probe_products_in_float(like);
+  return bfloat16_ok;
+}
+
+// Calls f(Types<S, G>{}) for the storage type of `like` and the GEMM-result type.
+template <typename F>
+void dispatch_types(const char* op, const at::Tensor& like, F&& f) {
+  switch (like.scalar_type()) {
+    case at::kFloat:
+      f(Types<float, float>{});
+      break;
+    case at::kDouble:
+      f(Types<double, double>{});
+      break;
+    case at::kHalf:
+      if (products_in_float(like)) {
+        f(Types<float16_t, float>{});
+      } else {
+        f(Types<float16_t, float16_t>{});
+      }
+      break;
+    case at::kBFloat16:
+      if (products_in_float(like)) {
+        f(Types<bfloat16_t, float>{});
+      } else {
+        f(Types<bfloat16_t, bfloat16_t>{});
+      }
+      break;
+    default:
+      TORCH_CHECK(false, op, ": CUDA kernels support float32, float64, float16 and bfloat16, got ",
+                  like.scalar_type());
+  }
+}
+
+// ---------------------------------------------------------------- sequence layout
+
+// Per-step batch sizes and row offsets of one call (see Note [cuda step rows] in kernels.h).
+struct Sequence {
+  std::vector<int64_t> batch_sizes;
+  std::vector<int64_t> offsets;
+  int64_t batch = 0;
+  int64_t rows = 0;
+
+  int64_t steps() const { return static_cast<int64_t>(batch_sizes.size()); }
+  int64_t time_at(int64_t s, bool reverse) const { return reverse ? steps() - 1 - s : s; }
+  // Rows active at processing step s of a direction; 0 outside [0, T).
+  int64_t rows_at(int64_t s, bool reverse) const {
+    return (s < 0 || s >= steps()) ? 0 : batch_sizes[time_at(s, reverse)];
+  }
+  // First row of processing step s; only for s in [0, T).
+  int64_t offset_at(int64_t s, bool reverse) const { return offsets[time_at(s, reverse)]; }
+  bool uniform() const {
+    return std::all_of(batch_sizes.begin(), batch_sizes.end(),
+                       [&](int64_t b) { return b == batch; });
+  }
+};
+
+Sequence make_sequence(const char* op, int64_t rows, int64_t batch,
+                       const std::optional<at::Tensor>& batch_sizes) {
+  Sequence seq;
+  seq.batch = batch;
+  seq.rows = rows;
+  if (batch_sizes.has_value() && batch_sizes->defined()) {
+    const at::Tensor& bs = *batch_sizes;
+    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, op,
+                ": batch_sizes must be a 1-D int64 CPU tensor (PackedSequence.batch_sizes), got ",
+                bs.dim(), "-D ", bs.scalar_type(), " on ", bs.device());
+    const at::Tensor bsc = bs.contiguous();
+    const int64_t* p = bsc.data_ptr<int64_t>();
+    const int64_t steps = bsc.numel();
+    seq.batch_sizes.assign(p, p + steps);
+    seq.offsets.resize(steps);
+    int64_t total = 0;
+    for (const auto t : c10::irange(steps)) {
+      const int64_t b = seq.batch_sizes[t];
+      TORCH_CHECK(b >= 1 && b <= batch, op, ": batch_sizes[", t, "] = ", b,
+                  " must be in [1, ", batch, "] (the batch size of h0)");
+      TORCH_CHECK(t == 0 || b <= seq.batch_sizes[t - 1], op,
+                  ": batch_sizes must be non-increasing, got batch_sizes[", t - 1,
+                  "] = ", seq.batch_sizes[t - 1], " and batch_sizes[", t, "] = ", b);
+      seq.offsets[t] = total;
+      total += b;
+    }
+    TORCH_CHECK(steps == 0 || seq.batch_sizes[0] == batch, op, ": batch_sizes[0] = ",
+                steps == 0 ? 0 : seq.batch_sizes[0], " must equal the batch size of h0 (",
+                batch, ")");
+    TORCH_CHECK(total == rows, op, ": batch_sizes sum to ", total, " but x_proj has ", rows,
+                " rows");
+  } else {
+    TORCH_CHECK(batch > 0 || rows == 0, op, ": h0 has batch size 0 but x_proj has ", rows,
+                " rows");
+    const int64_t steps = batch > 0 ? rows / batch : 0;
+    TORCH_CHECK(steps * batch == rows, op, ": x_proj has ", rows,
+                " rows, not a multiple of the batch size ", batch);
+    seq.batch_sizes.assign(steps, batch);
+    seq.offsets.resize(steps);
+    for (const auto t : c10::irange(steps)) seq.offsets[t] = t * batch;
+  }
+  return seq;
+}
+
+// [2, T] int64 on the device: batch_sizes and offsets, for the previous-hidden gather of a
+// packed sequence. Copied from pinned memory on the current stream; the caching host
+// allocator keeps the pinned block until the copy has run.
+at::Tensor upload_steps(const Sequence& seq, const at::Device& device) {
+  const int64_t T = seq.steps();
+  at::Tensor host =
+      at::empty({2, T}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* p = host.data_ptr<int64_t>();
+  std::copy(seq.batch_sizes.begin(), seq.batch_sizes.end(), p);
+  std::copy(seq.offsets.begin(), seq.offsets.end(), p + T);
+  return host.to(device, at::kLong, /*non_blocking=*/true);
+}
+
+// ---------------------------------------------------------------- checks
+
+void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+                const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
+              ref_name, " is on ", ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type());
+}
+
+void check_shape(const char* op, const std::string& name, const at::Tensor& t,
+                 at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected,
+              ", got ", t.sizes());
+}
+
+void check_dtype(const char* op, const at::Tensor& t, const char* name) {
+  const at::ScalarType st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              op, ": CUDA kernels support float32, float64, float16 and bfloat16, got ", name,
+              " of dtype ", st);
+}
+
+// The shapes every op of a cell agrees on.
+struct Dims {
+  int64_t directions = 1;  // D
+  int64_t gates = 1;       // G
+  int64_t hidden = 0;      // H
+  int64_t output = 0;      // P
+  int64_t batch = 0;       // B
+  int64_t rows = 0;        // N
+};
+
+Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, const char* ref_name,
+                   at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+                   const at::Tensor& h0) {
+  Dims d;
+  d.gates = gate_count(cell);
+  d.directions = static_cast<int64_t>(w_hh.size());
+  TORCH_CHECK(d.directions == 1 || d.directions == 2, op,
+              ": w_hh must hold one weight per direction (1 or 2), got ", d.directions);
+  TORCH_CHECK(w_hh[0].dim() == 2 && w_hh[0].size(0) % d.gates == 0 && w_hh[0].size(0) > 0, op,
+              ": w_hh[0] must be [", d.gates, "*hidden_size, output_size], got ",
+              w_hh[0].sizes());
+  d.hidden = w_hh[0].size(0) / d.gates;
+  d.output = w_hh[0].size(1);
+  TORCH_CHECK(b_hh.empty() || static_cast<int64_t>(b_hh.size()) == d.directions, op,
+              ": b_hh must be empty or hold one bias per direction, got ", b_hh.size());
+  TORCH_CHECK(w_hr.empty() || static_cast<int64_t>(w_hr.size()) == d.directions, op,
+              ": w_hr must be empty or hold one weight per direction, got ", w_hr.size());
+  if (w_hr.empty()) {
+    TORCH_CHECK(d.output == d.hidden, op, ": w_hh[0] is ", w_hh[0].sizes(),
+                "; without w_hr its second dimension must equal hidden_size ", d.hidden);
+  }
+  for (const auto i : c10::irange(d.directions)) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    check_same(op, "w_hh", w_hh[i], ref, ref_name);
+    check_shape(op, "w_hh" + idx, w_hh[i], {d.gates * d.hidden, d.output});
+    if (!b_hh.empty()) {
+      check_same(op, "b_hh", b_hh[i], ref, ref_name);
+      check_shape(op, "b_hh" + idx, b_hh[i], {d.gates * d.hidden});
+    }
+    if (!w_hr.empty()) {
+      check_same(op, "w_hr", w_hr[i], ref, ref_name);
+      check_shape(op, "w_hr" + idx, w_hr[i], {d.output, d.hidden});
+    }
+  }
+  check_same(op, "h0", h0, ref, ref_name);
+  TORCH_CHECK(h0.dim() == 3, op, ": expected h0 of shape [directions, batch, ", d.output,
+              "], got ", h0.sizes());
+  d.batch = h0.size(1);
+  check_shape(op, "h0", h0, {d.directions, d.batch, d.output});
+  return d;
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.contiguous());
+  return out;
+}
+
+std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
+  if (t.has_value() && t->defined()) return t->contiguous();
+  return std::nullopt;
+}
+
+std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(at::empty_like(t, at::MemoryFormat::Contiguous));
+  return out;
+}
+
+// [D, rows, cols] stack of per-direction matrices; a view for one direction.
+at::Tensor stack_directions(const std::vector<at::Tensor>& ts) {
+  return ts.size() == 1 ? ts[0].unsqueeze(0) : at::stack(ts);
+}
+
+// A fresh contiguous tensor of `sizes` and `dtype` holding src (converted), or zeros.
+at::Tensor copy_or_zeros(const std::optional<at::Tensor>& src, at::IntArrayRef sizes,
+                         const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (src.has_value() && src->defined()) {
+    t.copy_(*src);
+  } else {
+    t.zero_();
+  }
+  return t;
+}
+
+at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// ---------------------------------------------------------------- per-step GEMM
+
+// out = a @ b for 2-D or batched 3-D operands; out may be fp32 for 16-bit a and b.
+void product_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const bool widen = out.scalar_type() != a.scalar_type();
+  if (a.dim() == 2) {
+    if (widen) {
+      at::mm_out(out, a, b, out.scalar_type());
+    } else {
+      at::mm_out(out, a, b);
+    }
+  } else if (widen) {
+    at::bmm_out(out, a, b, out.scalar_type());
+  } else {
+    at::bmm_out(out, a, b);
+  }
+}
+
+// The recurrent product of one step for every direction d:
+//   result[d, :rows] = lhs[d, :rows] @ rhs[d]
+// lhs: [D, B, K] state buffer, rhs: [D, K, X] (any strides), result: a flat buffer of
+// D*B*X elements whose prefix holds the contiguous [D, rows, X] after run(rows). One
+// direction runs as a 2-D mm, two as one bmm. The views are rebuilt only when the row
+// count changes (never for a dense sequence).
+class StepProduct {
+ public:
+  StepProduct() = default;
+  StepProduct(at::Tensor lhs, at::Tensor rhs, at::Tensor result)
+      : lhs_(std::move(lhs)), rhs_(std::move(rhs)), result_(std::move(result)) {}
+
+  void run(int64_t rows) {
+    if (rows <= 0) return;
+    if (rows != rows_) {
+      rows_ = rows;
+      const int64_t D = lhs_.size(0), X = rhs_.size(2);
+      if (D == 1) {
+        lhs_rows_ = lhs_[0].narrow(0, 0, rows);
+        rhs_view_ = rhs_[0];
+        out_rows_ = result_.narrow(0, 0, rows * X).view({rows, X});
+      } else {
+        lhs_rows_ = lhs_.narrow(1, 0, rows);
+        rhs_view_ = rhs_;
+        out_rows_ = result_.narrow(0, 0, D * rows * X).view({D, rows, X});
+      }
+    }
+    product_out(out_rows_, lhs_rows_, rhs_view_);
+  }
+
+ private:
+  at::Tensor lhs_, rhs_, result_;
+  at::Tensor lhs_rows_, rhs_view_, out_rows_;
+  int64_t rows_ = -1;
+};
+
+// Row counts and offsets of every direction at one processing step.
+struct StepRows {
+  int64_t rows[kMaxDirections] = {0, 0};
+  int64_t offset[kMaxDirections] = {0, 0};
+  int64_t max_rows = 0;
+
+  StepRows(const Sequence& seq, int64_t directions, int64_t s) {
+    for (int64_t d = 0; d < directions; ++d) {
+      rows[d] = seq.rows_at(s, d == 1);
+      offset[d] = rows[d] > 0 ? seq.offset_at(s, d == 1) : 0;
+      max_rows = std::max(max_rows, rows[d]);
+    }
+  }
+};
+
+// ---------------------------------------------------------------- forward
+
+// Arguments common to every forward op, checked and made contiguous.
+struct ForwardInputs {
+  Dims d;
+  Sequence seq;
+  at::Tensor x_proj, h0;
+  std::vector<at::Tensor> w_hh, b_hh, w_hr;
+};
+
+ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_proj,
+                              at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+                              const at::Tensor& h0,
+                              const std::optional<at::Tensor>& batch_sizes) {
+  ForwardInputs in;
+  TORCH_CHECK(x_proj.is_cuda(), op, ": the CUDA kernel got x_proj on ", x_proj.device());
+  check_dtype(op, x_proj, "x_proj");
+  in.d = check_weights(op, cell, x_proj, "x_proj", w_hh, b_hh, w_hr, h0);
+  const Dims& d = in.d;
+  TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
+              ": expected x_proj of shape [rows, ", d.directions * d.gates * d.hidden,
+              "] (directions * gates * hidden_size), got ", x_proj.sizes());
+  in.d.rows = x_proj.size(0);
+  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
+  in.x_proj = x_proj.contiguous();
+  in.h0 = h0.contiguous();
+  in.w_hh = contiguous_all(w_hh);
+  in.b_hh = contiguous_all(b_hh);
+  in.w_hr = contiguous_all(w_hr);
+  return in;
+}
+
+// out [N, D*P], h_state [D, B, P] (starts as h0, ends as h_n), c_state [D, B, H] (A),
+// ws [D, N, 5H] (A) or empty.
+template <typename S, typename G>
+void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
+                      const at::Tensor& c_state, const at::Tensor& ws, bool need_workspace) {
+  using A = acc_t<S>;
+  const Dims& dm = in.d;
+  const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, P = dm.output, B = dm.batch;
+  const int64_t T = in.seq.steps();
+  const bool proj = !in.w_hr.empty();
+  const cudaStream_t stream = current_stream();
+  const auto s_opts = in.x_proj.options();
+  const auto g_opts = s_opts.dtype(scalar_type_of<G>());
+
+  const at::Tensor gates = at::empty({D * B * 4 * H}, g_opts);
+  StepProduct gate_product(h_state, stack_directions(in.w_hh).transpose(1, 2), gates);
+  at::Tensor m, projected;
+  StepProduct projection;
+  if (proj) {
+    m = at::zeros({D, B, H}, s_opts);
+    projected = at::empty({D * B * P}, g_opts);
+    projection = StepProduct(m, stack_directions(in.w_hr).transpose(1, 2), projected);
+  }
+
+  const S* x_proj = ptr<S>(in.x_proj);
+  S* out_p = ptr<S>(out);
+  S* h_p = ptr<S>(h_state);
+  A* c_p = ptr<A>(c_state);
+  A* ws_p = need_workspace ? ptr<A>(ws) : nullptr;
+  const G* gates_p = ptr<G>(gates);
+
+  LstmForwardStep<S, G> step;
+  step.hidden = H;
+  step.directions = D;
+  step.ld_x_proj = D * 4 * H;
+  step.ld_out = D * P;
+  StoreHidden<S, G> store;
+  store.output = P;
+  store.directions = D;
+  store.ld_out = D * P;
+  for (int64_t s = 0; s < T; ++s) {
+    const StepRows sr(in.seq, D, s);
+    const int64_t M = sr.max_rows;
+    gate_product.run(M);
+    for (int64_t d = 0; d < D; ++d) {
+      auto& q = step.dir[d];
+      q.rows = sr.rows[d];
+      q.gates = gates_p + d * M * 4 * H;
+      q.x_proj = x_proj + sr.offset[d] * D * 4 * H + d * 4 * H;
+      q.b_hh = ptr_or_null<S>(in.b_hh, d);
+      q.c = c_p + d * B * H;
+      if (proj) {
+        q.m = ptr<S>(m) + d * B * H;
+      } else {
+        q.h = h_p + d * B * P;
+        q.out = out_p + sr.offset[d] * D * P + d * P;
+      }
+      q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * 5 * H : nullptr;
+    }
+    C10_CUDA_CHECK(lstm_forward_step(step, stream));
+    if (proj) {
+      projection.run(M);
+      for (int64_t d = 0; d < D; ++d) {
+        auto& q = store.dir[d];
+        q.rows = sr.rows[d];
+        q.product = ptr<G>(projected) + d * M * P;
+        q.h = h_p + d * B * P;
+        q.out = out_p + sr.offset[d] * D * P + d * P;
+      }
+      C10_CUDA_CHECK(store_hidden(store, stream));
+    }
+  }
+}
+
+template <typename S, typename G>
+void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
+                     const at::Tensor& ws, bool need_workspace) {
+  using A = acc_t<S>;
+  const Dims& dm = in.d;
+  const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
+  const int64_t T = in.seq.steps();
+  const cudaStream_t stream = current_stream();
+  const auto g_opts = in.x_proj.options().dtype(scalar_type_of<G>());
+
+  const at::Tensor gates = at::empty({D * B * 3 * H}, g_opts);
+  StepProduct gate_product(h_state, stack_directions(in.w_hh).transpose(1, 2), gates);
+  const S* x_proj = ptr<S>(in.x_proj);
+  S* out_p = ptr<S>(out);
+  S* h_p = ptr<S>(h_state);
+  A* ws_p = need_workspace ? ptr<A>(ws) : nullptr;
+  const G* gates_p = ptr<G>(gates);
+
+  GruForwardStep<S, G> step;
+  step.hidden = H;
+  step.directions = D;
+  step.ld_x_proj = D * 3 * H;
+  step.ld_out = D * H;
+  for (int64_t s = 0; s < T; ++s) {
+    const StepRows sr(in.seq, D, s);
+    const int64_t M = sr.max_rows;
+    gate_product.run(M);
+    for (int64_t d = 0; d < D; ++d) {
+      auto& q = step.dir[d];
+      q.rows = sr.rows[d];
+      q.gates = gates_p + d * M * 3 * H;
+      q.x_proj = x_proj + sr.offset[d] * D * 3 * H + d * 3 * H;
+      q.b_hh = ptr_or_null<S>(in.b_hh, d);
+      q.h = h_p + d * B * H;
+      q.out = out_p + sr.offset[d] * D * H + d * H;
+      q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * 4 * H : nullptr;
+    }
+    C10_CUDA_CHECK(gru_forward_step(step, stream));
+  }
+}
+
+template <typename S, typename G>
+void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
+                     const at::Tensor& h_state) {
+  const Dims& dm = in.d;
+  const int64_t D = dm.directions, H = dm.hidden, B = dm.batch;
+  const int64_t T = in.seq.steps();
+  const cudaStream_t stream = current_stream();
+  const auto g_opts = in.x_proj.options().dtype(scalar_type_of<G>());
+
+  const at::Tensor gates = at::empty({D * B * H}, g_opts);
+  StepProduct gate_product(h_state, stack_directions(in.w_hh).transpose(1, 2), gates);
+  const S* x_proj = ptr<S>(in.x_proj);
+  S* out_p = ptr<S>(out);
+  S* h_p = ptr<S>(h_state);
+  const G* gates_p = ptr<G>(gates);
+
+  RnnForwardStep<S, G> step;
+  step.hidden = H;
+  step.directions = D;
+  step.ld_x_proj = D * H;
+  step.ld_out = D * H;
+  step.relu = relu;
+  for (int64_t s = 0; s < T; ++s) {
+    const StepRows sr(in.seq, D, s);
+    const int64_t M = sr.max_rows;
+    gate_product.run(M);
+    for (int64_t d = 0; d < D; ++d) {
+      auto& q = step.dir[d];
+      q.rows = sr.rows[d];
+      q.gates = gates_p + d * M * H;
+      q.x_proj = x_proj + sr.offset[d] * D * H + d * H;
+      q.b_hh = ptr_or_null<S>(in.b_hh, d);
+      q.h = h_p + d * B * H;
+      q.out = out_p + sr.offset[d] * D * H + d * H;
+    }
+    C10_CUDA_CHECK(rnn_forward_step(step, stream));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
+    bool need_workspace) {
+  constexpr const char* op = "rnnkernels::lstm_forward";
+  const c10::cuda::CUDAGuard guard(x_proj.device());
+  const ForwardInputs in =
+      prepare_forward(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0, batch_sizes);
+  const Dims& d = in.d;
+  check_same(op, "c0", c0, x_proj, "x_proj");
+  check_shape(op, "c0", c0, {d.directions, d.batch, d.hidden});
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
+  const auto opts = in.x_proj.options();
+  const auto acc_opts = opts.dtype(workspace_dtype(x_proj.scalar_type()));
+  at::Tensor out = at::empty({N, D * P}, opts);
+  at::Tensor h_n = copy_or_zeros(in.h0, {D, B, P}, opts);
+  at::Tensor c_state = copy_or_zeros(c0, {D, B, H}, acc_opts);
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 5 * H}, acc_opts);
+  dispatch_types(op, in.x_proj, [&](auto types) {
+    using T = decltype(types);
+    run_lstm_forward<typename T::S, typename T::G>(in, out, h_n, c_state, ws, need_workspace);
+  });
+  return {out, h_n, to_dtype(c_state, x_proj.scalar_type()), ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  constexpr const char* op = "rnnkernels::gru_forward";
+  const c10::cuda::CUDAGuard guard(x_proj.device());
+  const ForwardInputs in = prepare_forward(op, Cell::kGru, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = in.x_proj.options();
+  const auto acc_opts = opts.dtype(workspace_dtype(x_proj.scalar_type()));
+  at::Tensor out = at::empty({N, D * H}, opts);
+  at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 4 * H}, acc_opts);
+  dispatch_types(op, in.x_proj, [&](auto types) {
+    using T = decltype(types);
+    run_gru_forward<typename T::S, typename T::G>(in, out, h_n, ws, need_workspace);
+  });
+  return {out, h_n, ws};
+}
+
+bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
+  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", op,
+              ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");
+  return nonlinearity == "relu";
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
+    bool need_workspace) {
+  constexpr const char* op = "rnnkernels::rnn_forward";
+  const bool relu = parse_nonlinearity(op, nonlinearity);
+  const c10::cuda::CUDAGuard guard(x_proj.device());
+  const ForwardInputs in = prepare_forward(op, Cell::kRnn, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = in.x_proj.options();
+  at::Tensor out = at::empty({N, D * H}, opts);
+  at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
+  at::Tensor ws =
+      at::empty({D, need_workspace ? N : 0, 0}, opts.dtype(workspace_dtype(x_proj.scalar_type())));
+  dispatch_types(op, in.x_proj, [&](auto types) {
+    using T = decltype(types);
+    run_rnn_forward<typename T::S, typename T::G>(in, relu, out, h_n);
+  });
+  return {out, h_n, ws};
+}
+
+// ---------------------------------------------------------------- backward
+
+// Arguments common to every backward op, checked and made contiguous.
+struct BackwardInputs {
+  Dims d;
+  Sequence seq;
+  at::Tensor h0, out, ws;
+  std::optional<at::Tensor> grad_out, grad_h_n;
+  std::vector<at::Tensor> w_hh, b_hh, w_hr;
+};
+
+BackwardInputs prepare_backward(const char* op, Cell cell,
+                                const std::optional<at::Tensor>& grad_out,
+                                const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                                at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
+                                const at::Tensor& out, const at::Tensor& ws,
+                                const std::optional<at::Tensor>& batch_sizes,
+                                int64_t ws_per_hidden) {
+  BackwardInputs in;
+  TORCH_CHECK(out.is_cuda(), op, ": the CUDA kernel got output on ", out.device());
+  check_dtype(op, out, "output");
+  in.d = check_weights(op, cell, out, "output", w_hh, b_hh, w_hr, h0);
+  const Dims& d = in.d;
+  TORCH_CHECK(out.dim() == 2 && out.size(1) == d.directions * d.output, op,
+              ": expected output of shape [rows, ", d.directions * d.output, "], got ",
+              out.sizes());
+  in.d.rows = out.size(0);
+  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
+  TORCH_CHECK(ws.device() == out.device(), op, ": workspace is on ", ws.device(),
+              " but output is on ", out.device());
+  const at::ScalarType ws_dtype = workspace_dtype(out.scalar_type());
+  TORCH_CHECK(ws.scalar_type() == ws_dtype, op, ": workspace has dtype ", ws.scalar_type(),
+              " but output of dtype ", out.scalar_type(), " needs a ", ws_dtype,
+              " workspace (float32 for float16/bfloat16, else the output's dtype)");
+  check_shape(op, "workspace", ws, {d.directions, in.d.rows, ws_per_hidden * d.hidden});
+  if (grad_out.has_value() && grad_out->defined()) {
+    check_same(op, "grad_output", *grad_out, out, "output");
+    check_shape(op, "grad_output", *grad_out, out.sizes());
+  }
+  if (grad_h_n.has_value() && grad_h_n->defined()) {
+    check_same(op, "grad_h_n", *grad_h_n, out, "output");
+    check_shape(op, "grad_h_n", *grad_h_n, h0.sizes());
+  }
+  in.h0 = h0.contiguous();
+  in.out = out.contiguous();
+  in.ws = ws.contiguous();
+  in.grad_out = contiguous_opt(grad_out);
+  in.grad_h_n = contiguous_opt(grad_h_n);
+  in.w_hh = contiguous_all(w_hh);
+  in.b_hh = contiguous_all(b_hh);
+  in.w_hr = contiguous_all(w_hr);
+  return in;
+}
+
+// Processing step s of every direction in the backward sweep: rows at s, s+1 and s-1.
+struct BackwardStepRows {
+  int64_t rows[kMaxDirections] = {0, 0}, next[kMaxDirections] = {0, 0},
+          prev[kMaxDirections] = {0, 0};
+  int64_t offset[kMaxDirections] = {0, 0}, prev_offset[kMaxDirections] = {0, 0};
+  int64_t max_rows = 0, max_next = 0;
+
+  BackwardStepRows(const Sequence& seq, int64_t directions, int64_t s) {
+    for (int64_t d = 0; d < directions; ++d) {
+      const bool reverse = d == 1;
+      rows[d] = seq.rows_at(s, reverse);
+      next[d] = seq.rows_at(s + 1, reverse);
+      prev[d] = seq.rows_at(s - 1, reverse);
+      offset[d] = rows[d] > 0 ? seq.offset_at(s, reverse) : 0;
+      prev_offset[d] = prev[d] > 0 ? seq.offset_at(s - 1, reverse) : 0;
+      max_rows = std::max(max_rows, rows[d]);
+      max_next = std::max(max_next, next[d]);
+    }
+  }
+};
+
+// grad_w [G*H, P] = grad_pre^T @ h_prev over all rows of direction `dir`; grad_pre [N, G*H]
+// (any row stride).
+template <typename S>
+void recurrent_weight_grad(const BackwardInputs& in, const at::Tensor& steps_on_device,
+                           int64_t dir, const at::Tensor& grad_pre, at::Tensor& grad_w) {
+  const Dims& d = in.d;
+  const int64_t N = d.rows, P = d.output, B = d.batch;
+  if (N == 0) {
+    grad_w.zero_();
+    return;
+  }
+  const at::Tensor prev = at::empty({N, P}, in.out.options());
+  PreviousHidden<S> p;
+  p.rows = N;
+  p.steps = in.seq.steps();
+  p.batch = B;
+  p.output = P;
+  p.reverse = dir == 1;
+  if (steps_on_device.defined()) {
+    p.batch_sizes = ptr<int64_t>(steps_on_device);
+    p.offsets = p.batch_sizes + p.steps;
+  }
+  p.out = ptr<S>(in.out) + dir * P;
+  p.ld_out = d.directions * P;
+  p.h0 = ptr<S>(in.h0) + dir * B * P;
+  p.prev = ptr<S>(prev);
+  C10_CUDA_CHECK(previous_hidden(p, current_stream()));
+  at::mm_out(grad_w, grad_pre.t(), prev);
+}
+
+template <typename S>
+void param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
+                 const at::Tensor& steps_on_device, std::vector<at::Tensor>& grad_w_hh,
+                 std::vector<at::Tensor>& grad_b_hh) {
+  recurrent_weight_grad<S>(in, steps_on_device, dir, grad_pre, grad_w_hh[dir]);
+  if (!grad_b_hh.empty()) at::sum_out(grad_b_hh[dir], grad_pre, {0});
+}
+
+// The device copy of batch_sizes and offsets the previous-hidden gather needs for a
+// packed sequence; undefined for a dense one.
+at::Tensor steps_for_gather(const BackwardInputs& in) {
+  if (in.seq.uniform() || in.seq.steps() == 0) return at::Tensor();
+  return upload_steps(in.seq, in.out.device());
+}
+
+// dh_carry [D, B, P] (A): grad_h_n in, grad_h0 out; dc_carry [D, B, H] (A): grad_c_n in,
+// grad_c0 out; grad_h [D, N, P] with projection.
+template <typename S, typename G>
+void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
+                       const at::Tensor& dh_carry, const at::Tensor& dc_carry,
+                       const at::Tensor& grad_x_proj, const at::Tensor& grad_h) {
+  using A = acc_t<S>;
+  const Dims& dm = in.d;
+  const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, P = dm.output, B = dm.batch;
+  const int64_t T = in.seq.steps();
+  const bool proj = !in.w_hr.empty();
+  const cudaStream_t stream = current_stream();
+  const auto s_opts = in.out.options();
+  const auto g_opts = s_opts.dtype(scalar_type_of<G>());
+
+  const at::Tensor grad_rec = at::zeros({D, B, 4 * H}, s_opts);
+  const at::Tensor rec = at::empty({D * B * P}, g_opts);
+  StepProduct rec_product(grad_rec, stack_directions(in.w_hh), rec);
+  at::Tensor grad_h_step, dm_buf;
+  StepProduct dm_product;
+  if (proj) {
+    grad_h_step = at::zeros({D, B, P}, s_opts);
+    dm_buf = at::empty({D * B * H}, g_opts);
+    dm_product = StepProduct(grad_h_step, stack_directions(in.w_hr), dm_buf);
+  }
+  const S* grad_out = in.grad_out ? ptr<S>(*in.grad_out) : nullptr;
+  A* dh_p = ptr<A>(dh_carry);
+  A* dc_p = ptr<A>(dc_carry);
+  const A* ws_p = ptr<A>(in.ws);
+  const S* c0_p = ptr<S>(c0);
+  S* gx_p = ptr<S>(grad_x_proj);
+  S* grad_rec_p = ptr<S>(grad_rec);
+  const G* rec_p = ptr<G>(rec);
+
+  LstmBackwardStep<S, G> cell;
+  cell.hidden = H;
+  cell.directions = D;
+  cell.ld_grad_out = D * P;
+  cell.ld_grad_x_proj = D * 4 * H;
+  cell.projection = proj;
+  StepGradH<S, G> dh_step;
+  dh_step.output = P;
+  dh_step.directions = D;
+  dh_step.ld_grad_out = D * P;
+  for (int64_t s = T - 1; s >= -1; --s) {
+    const BackwardStepRows sr(in.seq, D, s);
+    rec_product.run(sr.max_next);
+    auto rec_of = [&](int64_t d) -> const G* {
+      return sr.next[d] > 0 ? rec_p + d * sr.max_next * P : nullptr;
+    };
+    auto grad_out_of = [&](int64_t d) -> const S* {
+      return grad_out != nullptr && sr.rows[d] > 0 ? grad_out + sr.offset[d] * D * P + d * P
+                                                   : nullptr;
+    };
+    if (proj) {
+      for (int64_t d = 0; d < D; ++d) {
+        auto& q = dh_step.dir[d];
+        q.rows = sr.rows[d];
+        q.next_rows = sr.next[d];
+        q.rec = rec_of(d);
+        q.grad_out = grad_out_of(d);
+        q.dh_carry = dh_p + d * B * P;
+        q.grad_h = ptr<S>(grad_h) + (d * N + sr.offset[d]) * P;
+        q.grad_h_step = ptr<S>(grad_h_step) + d * B * P;
+      }
+      C10_CUDA_CHECK(step_grad_h(dh_step, stream));
+      dm_product.run(sr.max_rows);
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      auto& q = cell.dir[d];
+      q.rows = sr.rows[d];
+      q.next_rows = sr.next[d];
+      q.prev_rows = sr.prev[d];
+      q.rec = proj ? nullptr : rec_of(d);
+      q.grad_out = proj ? nullptr : grad_out_of(d);
+      q.dh_carry = proj ? nullptr : dh_p + d * B * H;
+      q.dh_complete = proj && sr.rows[d] > 0 ? ptr<G>(dm_buf) + d * sr.max_rows * H : nullptr;
+      q.dc_carry = dc_p + d * B * H;
+      q.workspace = ws_p + (d * N + sr.offset[d]) * 5 * H;
+      q.prev_workspace = sr.prev[d] > 0 ? ws_p + (d * N + sr.prev_offset[d]) * 5 * H : nullptr;
+      q.c0 = c0_p + d * B * H;
+      q.grad_x_proj = gx_p + sr.offset[d] * D * 4 * H + d * 4 * H;
+      q.grad_rec = grad_rec_p + d * B * 4 * H;
+    }
+    C10_CUDA_CHECK(lstm_backward_step(cell, stream));
+  }
+}
+
+template <typename S, typename G>
+void run_gru_backward(const BackwardInputs& in, const at::Tensor& dh_carry,
+                      const at::Tensor& grad_x_proj, const at::Tensor& grad_hidden) {
+  using A = acc_t<S>;
+  const Dims& dm = in.d;
+  const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
+  const int64_t T = in.seq.steps();
+  const cudaStream_t stream = current_stream();
+  const auto s_opts = in.out.options();
+
+  const at::Tensor grad_rec = at::zeros({D, B, 3 * H}, s_opts);
+  const at::Tensor rec = at::empty({D * B * H}, s_opts.dtype(scalar_type_of<G>()));
+  StepProduct rec_product(grad_rec, stack_directions(in.w_hh), rec);
+  const S* grad_out = in.grad_out ? ptr<S>(*in.grad_out) : nullptr;
+  const S* out_p = ptr<S>(in.out);
+  const S* h0_p = ptr<S>(in.h0);
+  A* dh_p = ptr<A>(dh_carry);
+  const A* ws_p = ptr<A>(in.ws);
+  S* gx_p = ptr<S>(grad_x_proj);
+  S* gh_p = ptr<S>(grad_hidden);
+  S* grad_rec_p = ptr<S>(grad_rec);
+  const G* rec_p = ptr<G>(rec);
+
+  GruBackwardStep<S, G> step;
+  step.hidden = H;
+  step.directions = D;
+  step.ld_grad_out = D * H;
+  step.ld_grad_x_proj = D * 3 * H;
+  step.ld_out = D * H;
+  for (int64_t s = T - 1; s >= -1; --s) {
+    const BackwardStepRows sr(in.seq, D, s);
+    rec_product.run(sr.max_next);
+    for (int64_t d = 0; d < D; ++d) {
+      auto& q = step.dir[d];
+      q.rows = sr.rows[d];
+      q.next_rows = sr.next[d];
+      q.prev_rows = sr.prev[d];
+      q.rec = sr.next[d] > 0 ? rec_p + d * sr.max_next * H : nullptr;
+      q.grad_out = grad_out != nullptr && sr.rows[d] > 0
+                       ? grad_out + sr.offset[d] * D * H + d * H
+                       : nullptr;
+      q.dh_carry = dh_p + d * B * H;
+      q.workspace = ws_p + (d * N + sr.offset[d]) * 4 * H;
+      q.prev_out = sr.prev[d] > 0 ? out_p + sr.prev_offset[d] * D * H + d * H : nullptr;
+      q.h0 = h0_p + d * B * H;
+      q.grad_x_proj = gx_p + sr.offset[d] * D * 3 * H + d * 3 * H;
+      q.grad_hidden = gh_p + (d * N + sr.offset[d]) * 3 * H;
+      q.grad_rec = grad_rec_p + d * B * 3 * H;
+    }
+    C10_CUDA_CHECK(gru_backward_step(step, stream));
+  }
+}
+
+template <typename S, typename G>
+void run_rnn_backward(const BackwardInputs& in, bool relu, const at::Tensor& dh_carry,
+                      const at::Tensor& grad_x_proj) {
+  using A = acc_t<S>;
+  const Dims& dm = in.d;
+  const int64_t D = dm.directions, H = dm.hidden, B = dm.batch;
+  const int64_t T = in.seq.steps();
+  const cudaStream_t stream = current_stream();
+  const auto s_opts = in.out.options();
+
+  const at::Tensor grad_rec = at::zeros({D, B, H}, s_opts);
+  const at::Tensor rec = at::empty({D * B * H}, s_opts.dtype(scalar_type_of<G>()));
+  StepProduct rec_product(grad_rec, stack_directions(in.w_hh), rec);
+  const S* grad_out = in.grad_out ? ptr<S>(*in.grad_out) : nullptr;
+  const S* out_p = ptr<S>(in.out);
+  A* dh_p = ptr<A>(dh_carry);
+  S* gx_p = ptr<S>(grad_x_proj);
+  S* grad_rec_p = ptr<S>(grad_rec);
+  const G* rec_p = ptr<G>(rec);
+
+  RnnBackwardStep<S, G> step;
+  step.hidden = H;
+  step.directions = D;
+  step.ld_grad_out = D * H;
+  step.ld_grad_x_proj = D * H;
+  step.ld_out = D * H;
+  step.relu = relu;
+  for (int64_t s = T - 1; s >= -1; --s) {
+    const BackwardStepRows sr(in.seq, D, s);
+    rec_product.run(sr.max_next);
+    for (int64_t d = 0; d < D; ++d) {
+      auto& q = step.dir[d];
+      q.rows = sr.rows[d];
+      q.next_rows = sr.next[d];
+      q.rec = sr.next[d] > 0 ? rec_p + d * sr.max_next * H : nullptr;
+      q.grad_out = grad_out != nullptr && sr.rows[d] > 0
+                       ? grad_out + sr.offset[d] * D * H + d * H
+                       : nullptr;
+      q.dh_carry = dh_p + d * B * H;
+      q.out = out_p + sr.offset[d] * D * H + d * H;
+      q.grad_x_proj = gx_p + sr.offset[d] * D * H + d * H;
+      q.grad_rec = grad_rec_p + d * B * H;
+    }
+    C10_CUDA_CHECK(rnn_backward_step(step, stream));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>>
+lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
+                   const std::optional<at::Tensor>& grad_h_n,
+                   const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
+                   at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
+                   const at::Tensor& c0_in, const at::Tensor& out, const at::Tensor& ws,
+                   const std::optional<at::Tensor>& batch_sizes) {
+  constexpr const char* op = "rnnkernels::lstm_backward";
+  const c10::cuda::CUDAGuard guard(out.device());
+  const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
+                                             w_hr, h0, out, ws, batch_sizes, 5);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
+  check_same(op, "c0", c0_in, out, "output");
+  check_shape(op, "c0", c0_in, {D, B, H});
+  if (grad_c_n.has_value() && grad_c_n->defined()) {
+    check_same(op, "grad_c_n", *grad_c_n, out, "output");
+    check_shape(op, "grad_c_n", *grad_c_n, {D, B, H});
+  }
+  const at::Tensor c0 = c0_in.contiguous();
+  const bool proj = !in.w_hr.empty();
+  const auto opts = out.options();
+  const auto acc_opts = opts.dtype(workspace_dtype(out.scalar_type()));
+  at::Tensor grad_x_proj = at::empty({N, D * 4 * H}, opts);
+  at::Tensor dh_carry = copy_or_zeros(in.grad_h_n, {D, B, P}, acc_opts);
+  at::Tensor dc_carry = copy_or_zeros(grad_c_n, {D, B, H}, acc_opts);
+  at::Tensor grad_h = at::empty({D, proj ? N : 0, P}, opts);
+  std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh),
+                          grad_w_hr = empty_like_all(in.w_hr);
+  dispatch_types(op, out, [&](auto types) {
+    using T = decltype(types);
+    using S = typename T::S;
+    run_lstm_backward<S, typename T::G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h);
+    const at::Tensor steps_on_device = steps_for_gather(in);
+    for (int64_t i = 0; i < D; ++i) {
+      param_grads<S>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), steps_on_device,
+                     grad_w_hh, grad_b_hh);
+      if (proj) {
+        // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t.
+        const at::Tensor ws_dir = in.ws[i];
+        const at::Tensor m =
+            (ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H)))
+                .to(out.scalar_type());
+        at::mm_out(grad_w_hr[i], grad_h[i].t(), m);
+      }
+    }
+  });
+  return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), to_dtype(dc_carry, out.scalar_type()),
+          grad_w_hh, grad_b_hh, grad_w_hr};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
+                  const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                  at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
+                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
+  constexpr const char* op = "rnnkernels::gru_backward";
+  const c10::cuda::CUDAGuard guard(out.device());
+  const BackwardInputs in = prepare_backward(op, Cell::kGru, grad_out, grad_h_n, w_hh, b_hh, {},
+                                             h0, out, ws, batch_sizes, 4);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = out.options();
+  const auto acc_opts = opts.dtype(workspace_dtype(out.scalar_type()));
+  at::Tensor grad_x_proj = at::empty({N, D * 3 * H}, opts);
+  at::Tensor grad_hidden = at::empty({D, N, 3 * H}, opts);
+  at::Tensor dh_carry = copy_or_zeros(in.grad_h_n, {D, B, H}, acc_opts);
+  std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
+  dispatch_types(op, out, [&](auto types) {
+    using T = decltype(types);
+    using S = typename T::S;
+    run_gru_backward<S, typename T::G>(in, dh_carry, grad_x_proj, grad_hidden);
+    const at::Tensor steps_on_device = steps_for_gather(in);
+    for (int64_t i = 0; i < D; ++i)
+      param_grads<S>(in, i, grad_hidden[i], steps_on_device, grad_w_hh, grad_b_hh);
+  });
+  return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
+                  const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
+                  at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
+                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
+                  c10::string_view nonlinearity) {
+  constexpr const char* op = "rnnkernels::rnn_backward";
+  const bool relu = parse_nonlinearity(op, nonlinearity);
+  const c10::cuda::CUDAGuard guard(out.device());
+  const BackwardInputs in = prepare_backward(op, Cell::kRnn, grad_out, grad_h_n, w_hh, b_hh, {},
+                                             h0, out, ws, batch_sizes, 0);
+  const Dims& d = in.d;
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const auto opts = out.options();
+  const auto acc_opts = opts.dtype(workspace_dtype(out.scalar_type()));
+  at::Tensor grad_x_proj = at::empty({N, D * H}, opts);
+  at::Tensor dh_carry = copy_or_zeros(in.grad_h_n, {D, B, H}, acc_opts);
+  std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
+  dispatch_types(op, out, [&](auto types) {
+    using T = decltype(types);
+    using S = typename T::S;
+    run_rnn_backward<S, typename T::G>(in, relu, dh_carry, grad_x_proj);
+    const at::Tensor steps_on_device = steps_for_gather(in);
+    for (int64_t i = 0; i < D; ++i)
+      param_grads<S>(in, i, grad_x_proj.narrow(1, i * H, H), steps_on_device, grad_w_hh,
+                     grad_b_hh);
+  });
+  return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
+}
+
+// "800,900" -> ["sm_80", "sm_90"]
+pybind11::list arch_names(const std::string& list) {
+  pybind11::list names;
+  size_t begin = 0;
+  while (begin < list.size()) {
+    size_t end = list.find(',', begin);
+    if (end == std::string::npos) end = list.size();
+    const std::string item = list.substr(begin, end - begin);
+    char* rest = nullptr;
+    const long value = std::strtol(item.c_str(), &rest, 10);
+    if (!item.empty() && rest != nullptr && *rest == '\0' && value > 0) {
+      names.append("sm_" + std::to_string(value / 10));
+    } else if (!item.empty()) {
+      names.append(item);
+    }
+    begin = end + 1;
+  }
+  return names;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnkernels, CUDA, m) {
+  m.impl("lstm_forward", &lstm_forward_cuda);
+  m.impl("lstm_backward", &lstm_backward_cuda);
+  m.impl("gru_forward", &gru_forward_cuda);
+  m.impl("gru_backward", &gru_backward_cuda);
+  m.impl("rnn_forward", &rnn_forward_cuda);
+  m.impl("rnn_backward", &rnn_backward_cuda);
+}
+
+}  // namespace rnnkernels::cuda
+
+namespace rnnkernels {
+
+// Declared in build_info.cpp: what the CUDA part contains.
+pybind11::dict cuda_build_info() {
+  pybind11::dict info;
+  pybind11::list dtypes;
+  for (const char* name : {"float32", "float64", "float16", "bfloat16"}) dtypes.append(name);
+  info["dtypes"] = dtypes;
+  info["arch_list"] = cuda::arch_names(cuda::compiled_arch_list());
+  const int version = cuda::compiled_cuda_version();
+  info["cuda_version"] = std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10);
+  info["engine"] = "per-step GEMM (ATen/cuBLAS) + fused pointwise kernel";
+  return info;
+}
+
+}  // namespace rnnkernels
