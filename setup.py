@@ -85,10 +85,15 @@ def _nvcc_path():
 
 
 def _nvcc_version(nvcc):
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    """(major, minor) of `nvcc --version`, or None when nvcc does not run or says no release."""
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
     match = re.search(r"release (\d+)\.(\d+)", out)
     if match is None:
-        raise RuntimeError(f"cannot read the CUDA version from `{nvcc} --version`:\n{out}")
+        return None
     return int(match.group(1)), int(match.group(2))
 
 
@@ -106,7 +111,12 @@ def _want_cuda():
         if force:
             raise RuntimeError("FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
         return False, "nvcc not found"
-    major, minor = _nvcc_version(nvcc)
+    version = _nvcc_version(nvcc)
+    if version is None:
+        if force:
+            raise RuntimeError(f"FORCE_CUDA=1 but `{nvcc} --version` failed or printed no release")
+        return False, f"`{nvcc} --version` failed or printed no release"
+    major, minor = version
     torch_major = int(torch.version.cuda.split(".")[0])
     if major != torch_major:
         raise RuntimeError(
@@ -121,6 +131,8 @@ if WITH_CUDA:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
 CXX_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden", f"-DRNNKERNELS_SOURCE_HASH=\"{_load_source_hash()}\""]
+# No flag here may contain the substring "arch": torch's _get_cuda_arch_flags would then drop
+# the -gencode flags it derives from TORCH_CUDA_ARCH_LIST.
 NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
               f"-DRNNKERNELS_SOURCE_HASH=\"{_load_source_hash()}\""]
 
@@ -173,8 +185,9 @@ def _extension():
                         extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"])
 
 
+_cuda_archs = f", TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}" if WITH_CUDA else ""
 print(f"rnnkernels: CPU kernels for {', '.join(_isas())}; CUDA: {'yes' if WITH_CUDA else 'no'} "
-      f"({CUDA_REASON}); MAX_JOBS={os.environ['MAX_JOBS']}", file=sys.stderr)
+      f"({CUDA_REASON}{_cuda_archs}); MAX_JOBS={os.environ['MAX_JOBS']}", file=sys.stderr)
 
 setup(
     packages=find_packages(include=["rnnkernels", "rnnkernels.*"]),

@@ -1,0 +1,558 @@
+"""The CUDA backend on a GPU: equivalence, precision, gradients, op registration.
+
+References, for the same weights and inputs (16-bit runs give the reference exactly the
+rounded values they use, so only computation error is measured):
+  * float64 torch.nn on the CPU (the golden reference);
+  * torch.nn on CUDA (cuDNN) in the same dtype.
+float32 runs with TF32 off for both cuBLAS and cuDNN (Note [cuda tf32] in
+csrc/cuda/recurrence_cuda.cpp) and must agree within assert_close's float32 defaults;
+float64 within its float64 defaults; float16 / bfloat16 must have a relative error (norm
+of the difference over the norm of the reference) at most twice torch.nn's own error in
+that dtype, for every output and every gradient.
+
+Everything skips, with the reason, without a CUDA device. On a machine with one, a build
+without the CUDA kernels fails test_cuda_kernels_are_built instead of letting the modules
+silently fall back to torch's implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkernels
+from rnnkernels import functional as RF
+from rnnkernels import ops
+
+HAS_CUDA = torch.cuda.is_available()
+CUDA_INFO = rnnkernels.build_info().get("cuda") if HAS_CUDA else None
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+]
+needs_kernels = pytest.mark.skipif(
+    not CUDA_INFO, reason="rnnkernels was built without its CUDA kernels (see test_cuda_kernels_are_built)")
+
+DEVICE = "cuda"
+T, B, I, H = 7, 5, 33, 17
+LENGTHS = [7, 3, 5, 1, 7]  # unsorted: PackedSequence with enforce_sorted=False
+
+
+def test_cuda_kernels_are_built():
+    assert CUDA_INFO, ("torch sees a GPU but rnnkernels._C has no CUDA kernels: rebuild on a "
+                       "machine with nvcc (python setup.py build_ext --inplace)")
+    assert set(CUDA_INFO["dtypes"]) == {"float32", "float64", "float16", "bfloat16"}
+    major, minor = torch.cuda.get_device_capability()
+    assert f"sm_{major}{minor}" in CUDA_INFO["arch_list"], CUDA_INFO
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """float32 in full precision for cuBLAS (our GEMMs) and cuDNN (torch.nn)."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def poison_allocator():
+    """Fills blocks of both pools of the caching allocator (small: requests up to 1 MB,
+    large: the rest) with all-ones bytes, a NaN in every floating-point format, and frees
+    them, so that an output element a kernel fails to write shows up as NaN."""
+    blocks = [torch.full(((1 << 20) // 4 - 128,), -1, dtype=torch.int32, device=DEVICE)
+              for _ in range(64)]
+    blocks.append(torch.full((1 << 26,), -1, dtype=torch.int32, device=DEVICE))
+    torch.cuda.synchronize()
+    del blocks
+
+
+CASES = {
+    "lstm": ("LSTM", dict()),
+    "lstm_2l_bi": ("LSTM", dict(num_layers=2, bidirectional=True)),
+    "lstm_proj_2l_bi": ("LSTM", dict(proj_size=5, num_layers=2, bidirectional=True)),
+    "lstm_proj": ("LSTM", dict(proj_size=7)),
+    "lstm_nobias_bf": ("LSTM", dict(bias=False, batch_first=True)),
+    "gru": ("GRU", dict()),
+    "gru_2l_bi_bf": ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True)),
+    "gru_nobias": ("GRU", dict(bias=False)),
+    "rnn_tanh_2l_bi": ("RNN", dict(num_layers=2, bidirectional=True)),
+    "rnn_relu": ("RNN", dict(nonlinearity="relu")),
+    "rnn_relu_bi_nobias": ("RNN", dict(nonlinearity="relu", bidirectional=True, bias=False)),
+}
+INPUT_KINDS = ["dense", "packed", "unbatched"]
+
+
+def make_modules(name, dtype, seed=0):
+    """(ours on CUDA in dtype, torch.nn on CUDA in dtype, float64 torch.nn on CPU), with the
+    same (dtype-rounded) weights."""
+    cls, kwargs = CASES[name]
+    kwargs = dict(input_size=I, hidden_size=H, **kwargs)
+    torch.manual_seed(seed)
+    init = getattr(torch.nn, cls)(**kwargs)
+    ours = getattr(rnnkernels, cls)(**kwargs).to(DEVICE, dtype)
+    ours.load_state_dict(init.state_dict())
+    rounded = {k: v.detach().double().cpu() for k, v in ours.state_dict().items()}
+    reference = getattr(torch.nn, cls)(**kwargs).double()
+    reference.load_state_dict(rounded)
+    cudnn = getattr(torch.nn, cls)(**kwargs).to(DEVICE, dtype)
+    cudnn.load_state_dict(ours.state_dict())
+    return ours, cudnn, reference
+
+
+def make_inputs(module, kind, dtype, seed=1):
+    """Inputs and initial state in dtype on CUDA, and random upstream gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    directions = 2 if module.bidirectional else 1
+    layers = module.num_layers
+    out_size = module.proj_size if getattr(module, "proj_size", 0) > 0 else module.hidden_size
+    is_lstm = isinstance(module, torch.nn.LSTM)
+    batch_first = module.batch_first
+    if kind == "unbatched":
+        x = torch.randn(T, I, generator=gen)
+        h0 = torch.randn(layers * directions, out_size, generator=gen)
+        c0 = torch.randn(layers * directions, H, generator=gen) if is_lstm else None
+    else:
+        x = torch.randn(B, T, I, generator=gen) if batch_first else torch.randn(T, B, I, generator=gen)
+        h0 = torch.randn(layers * directions, B, out_size, generator=gen)
+        c0 = torch.randn(layers * directions, B, H, generator=gen) if is_lstm else None
+    as_dtype = lambda t: None if t is None else t.to(DEVICE, dtype)  # noqa: E731
+    return dict(kind=kind, dtype=dtype, x=as_dtype(x), h0=as_dtype(h0), c0=as_dtype(c0), seed=seed)
+
+
+def run(module, inputs, device, dtype):
+    """Forward + backward with fixed upstream gradients. Returns {name: float64 CPU tensor}
+    for the outputs and the gradients of the input, the initial state and every parameter."""
+    kind = inputs["kind"]
+    x = inputs["x"].detach().to(device, dtype).requires_grad_(True)
+    h0 = inputs["h0"].detach().to(device, dtype).requires_grad_(True)
+    c0 = inputs["c0"]
+    if c0 is not None:
+        c0 = c0.detach().to(device, dtype).requires_grad_(True)
+    hx = (h0, c0) if c0 is not None else h0
+    module.zero_grad(set_to_none=True)
+    if kind == "packed":
+        lengths = torch.tensor(LENGTHS)
+        packed = pack_padded_sequence(x, lengths, batch_first=module.batch_first,
+                                      enforce_sorted=False)
+        out, state = module(packed, hx)
+        out_data = out.data
+    else:
+        out, state = module(x, hx)
+        out_data = out
+    h_n, c_n = state if c0 is not None else (state, None)
+    # Upstream gradients rounded to the inputs' dtype, so every run sees the same values.
+    gen = torch.Generator().manual_seed(inputs["seed"] + 100)
+    upstream = lambda t: torch.randn(t.shape, generator=gen).to(inputs["dtype"]).to(device, dtype)  # noqa: E731
+    loss = (out_data * upstream(out_data)).sum() + (h_n * upstream(h_n)).sum()
+    if c_n is not None:
+        loss = loss + (c_n * upstream(c_n)).sum()
+    loss.backward()
+    result = {"output": out_data, "h_n": h_n, "grad_x": x.grad, "grad_h0": h0.grad}
+    if c0 is not None:
+        result.update(c_n=c_n, grad_c0=c0.grad)
+    for name, p in module.named_parameters():
+        result["grad_" + name] = p.grad
+    if kind == "packed":
+        padded, _ = pad_packed_sequence(out, batch_first=module.batch_first)
+        result["output_padded"] = padded
+    return {k: v.detach().double().cpu() for k, v in result.items()}
+
+
+def rel_err(value, reference):
+    return ((value - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+
+
+def assert_all_close(ours, reference, what, **tol):
+    assert ours.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key], **tol,
+                                   msg=lambda m, key=key: f"{what}: {key}: {m}")
+
+
+FP32_TOL = dict(rtol=1.3e-6, atol=1e-5)  # assert_close's float32 defaults
+FP64_TOL = dict(rtol=1e-7, atol=1e-7)
+
+
+def _kernels_run(module, inputs):
+    x = inputs["x"]
+    assert RF.kernels_support(x), f"rnnkernels would fall back to torch for {x.dtype} on {x.device}"
+
+
+# ---------------------------------------------------------------- equivalence
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_float32_matches_float64_reference_and_cudnn(name, kind):
+    ours, cudnn, reference = make_modules(name, torch.float32)
+    inputs = make_inputs(ours, kind, torch.float32)
+    _kernels_run(ours, inputs)
+    with no_tf32():
+        got = run(ours, inputs, DEVICE, torch.float32)
+        by_cudnn = run(cudnn, inputs, DEVICE, torch.float32)
+    expected = run(reference, inputs, "cpu", torch.float64)
+    assert_all_close(got, expected, "vs float64 torch.nn", **FP32_TOL)
+    assert_all_close(got, by_cudnn, "vs cuDNN float32", **FP32_TOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_float64_matches_float64_reference(name, kind):
+    ours, _, reference = make_modules(name, torch.float64)
+    inputs = make_inputs(ours, kind, torch.float64)
+    _kernels_run(ours, inputs)
+    got = run(ours, inputs, DEVICE, torch.float64)
+    expected = run(reference, inputs, "cpu", torch.float64)
+    assert_all_close(got, expected, "vs float64 torch.nn", **FP64_TOL)
+
+
+def _check_low_precision(name, kind, dtype):
+    ours, cudnn, reference = make_modules(name, dtype)
+    inputs = make_inputs(ours, kind, dtype)
+    _kernels_run(ours, inputs)
+    got = run(ours, inputs, DEVICE, dtype)
+    by_cudnn = run(cudnn, inputs, DEVICE, dtype)
+    expected = run(reference, inputs, "cpu", torch.float64)
+    failures = []
+    for key in expected:
+        ours_err, nn_err = rel_err(got[key], expected[key]), rel_err(by_cudnn[key], expected[key])
+        if not ours_err <= 2 * nn_err:
+            failures.append(f"{key}: rnnkernels {ours_err:.3e} > 2 x torch.nn {nn_err:.3e}")
+    assert not failures, f"{name}/{kind}/{dtype}:\n" + "\n".join(failures)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_low_precision_error_at_most_twice_torch_nn(name, kind, dtype):
+    _check_low_precision(name, kind, dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["lstm_proj_2l_bi", "gru_2l_bi_bf", "rnn_tanh_2l_bi"])
+def test_low_precision_with_products_in_input_dtype(monkeypatch, name, dtype):
+    # The fallback for a torch without mm.dtype_out: GEMM results rounded to the input dtype.
+    monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", "input")
+    _check_low_precision(name, "packed", dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_output_dtypes_and_workspace_rule(dtype):
+    ws_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    assert ops.workspace_dtype(dtype) == ws_dtype
+    x_proj = torch.randn(6, 8, device=DEVICE, dtype=dtype)
+    w_hh = [torch.randn(8, 2, device=DEVICE, dtype=dtype)]
+    h0 = torch.randn(1, 3, 2, device=DEVICE, dtype=dtype)
+    c0 = torch.randn(1, 3, 2, device=DEVICE, dtype=dtype)
+    out, h_n, c_n, ws = torch.ops.rnnkernels.lstm_forward(x_proj, w_hh, [], [], h0, c0, None, True)
+    assert (out.dtype, h_n.dtype, c_n.dtype, ws.dtype) == (dtype, dtype, dtype, ws_dtype)
+    assert ws.shape == (1, 6, 10)
+    x_proj = torch.randn(6, 6, device=DEVICE, dtype=dtype)
+    out, h_n, ws = torch.ops.rnnkernels.gru_forward(
+        x_proj, [torch.randn(6, 2, device=DEVICE, dtype=dtype)], [], h0, None, True)
+    assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
+
+
+# ---------------------------------------------------------------- cells
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cells_match_float64_reference(cls):
+    torch.manual_seed(3)
+    init = getattr(torch.nn, cls)(I, H)
+    ours = getattr(rnnkernels, cls)(I, H).to(DEVICE)
+    ours.load_state_dict(init.state_dict())
+    reference = getattr(torch.nn, cls)(I, H).double()
+    reference.load_state_dict(init.state_dict())
+    x = torch.randn(B, I)
+    h = torch.randn(B, H)
+    state = (h, torch.randn(B, H)) if cls == "LSTMCell" else h
+    to = lambda t, dev, dt: t.to(dev, dt).requires_grad_(True)  # noqa: E731
+    results = []
+    for module, dev, dt in ((ours, DEVICE, torch.float32), (reference, "cpu", torch.float64)):
+        xi = to(x, dev, dt)
+        si = tuple(to(s, dev, dt) for s in state) if isinstance(state, tuple) else to(state, dev, dt)
+        with no_tf32():
+            out = module(xi, si)
+        outs = out if isinstance(out, tuple) else (out,)
+        sum(o.sum() * (k + 1) for k, o in enumerate(outs)).backward()
+        grads = [xi.grad] + ([s.grad for s in si] if isinstance(si, tuple) else [si.grad])
+        grads += [p.grad for p in module.parameters()]
+        results.append([t.detach().double().cpu() for t in list(outs) + grads])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, **FP32_TOL)
+
+
+# ---------------------------------------------------------------- dropout
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_dropout_one_zeroes_the_inputs_of_upper_layers(cls):
+    # p = 1 makes dropout deterministic (the second layer sees zeros), so the result can be
+    # compared with float64 torch.nn in training mode.
+    torch.manual_seed(4)
+    kwargs = dict(input_size=I, hidden_size=H, num_layers=2, dropout=1.0)
+    init = getattr(torch.nn, cls)(**kwargs)
+    ours = getattr(rnnkernels, cls)(**kwargs).to(DEVICE).train()
+    ours.load_state_dict(init.state_dict())
+    reference = getattr(torch.nn, cls)(**kwargs).double().train()
+    reference.load_state_dict(init.state_dict())
+    x = torch.randn(T, B, I)
+    with no_tf32():
+        got, _ = ours(x.to(DEVICE))
+    expected, _ = reference(x.double())
+    torch.testing.assert_close(got.double().cpu(), expected, **FP32_TOL)
+
+
+@needs_kernels
+def test_dropout_between_layers_is_random_and_seeded():
+    kwargs = dict(input_size=I, hidden_size=H, num_layers=3, dropout=0.5)
+    model = rnnkernels.LSTM(**kwargs).to(DEVICE).train()
+    x = torch.randn(T, B, I, device=DEVICE)
+    torch.manual_seed(5)
+    a, _ = model(x)
+    torch.manual_seed(5)
+    b, _ = model(x)
+    torch.manual_seed(6)
+    c, _ = model(x)
+    model.eval()
+    d, _ = model(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c) and not torch.equal(a, d)
+    assert torch.isfinite(a).all()
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def _gradcheck_case(cell, directions, packed, proj=False, relu=False):
+    gen = torch.Generator().manual_seed(7)
+    dev, dt = DEVICE, torch.float64
+    steps, batch, hidden = 4, 3, 3
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    out_size = 2 if proj else hidden
+    batch_sizes = torch.tensor([3, 3, 2, 1]) if packed else None
+    rows = int(batch_sizes.sum()) if packed else steps * batch
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt).to(dev).requires_grad_(True)  # noqa: E731
+    x_proj = rnd(rows, directions * gates * hidden)
+    w_hh = [rnd(gates * hidden, out_size) for _ in range(directions)]
+    b_hh = [rnd(gates * hidden) for _ in range(directions)]
+    h0 = rnd(directions, batch, out_size)
+    if cell == "lstm":
+        w_hr = [rnd(out_size, hidden) for _ in range(directions)] if proj else []
+        c0 = rnd(directions, batch, hidden)
+        n = len(w_hh)
+
+        def f(x_proj, h0, c0, *weights):
+            w, b, r = list(weights[:n]), list(weights[n:2 * n]), list(weights[2 * n:])
+            out, h_n, c_n, _ = ops.lstm_forward(x_proj, w, b, r, h0, c0, batch_sizes, True)
+            return out, h_n, c_n
+
+        return f, (x_proj, h0, c0, *w_hh, *b_hh, *w_hr)
+    n = len(w_hh)
+
+    def g(x_proj, h0, *weights):
+        w, b = list(weights[:n]), list(weights[n:])
+        if cell == "gru":
+            out, h_n, _ = ops.gru_forward(x_proj, w, b, h0, batch_sizes, True)
+        else:
+            out, h_n, _ = ops.rnn_forward(x_proj, w, b, h0, batch_sizes,
+                                          "relu" if relu else "tanh", True)
+        return out, h_n
+
+    return g, (x_proj, h0, *w_hh, *b_hh)
+
+
+GRADCHECK_CASES = [
+    dict(cell="lstm", directions=1, packed=False),
+    dict(cell="lstm", directions=2, packed=True),
+    dict(cell="lstm", directions=2, packed=True, proj=True),
+    dict(cell="gru", directions=1, packed=False),
+    dict(cell="gru", directions=2, packed=True),
+    dict(cell="rnn", directions=2, packed=True),
+    dict(cell="rnn", directions=2, packed=False, relu=True),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_gradcheck_float64(case):
+    f, inputs = _gradcheck_case(**case)
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def _detached(*items):
+    # The backward ops have no autograd of their own: opcheck calls them on plain tensors.
+    return [[t.detach() for t in i] if isinstance(i, list) else i.detach() for i in items]
+
+
+def _op_samples(dtype):
+    """(op, args) for every op, forward and backward, on CUDA in dtype."""
+    samples = []
+    for case in GRADCHECK_CASES:
+        f, inputs = _gradcheck_case(**case)
+        inputs = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
+        cell = case["cell"]
+        d = case["directions"]
+        batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
+        if cell == "lstm":
+            x_proj, h0, c0, *weights = inputs
+            w, b, r = weights[:d], weights[d:2 * d], weights[2 * d:]
+            args = (x_proj, w, b, r, h0, c0, batch_sizes, True)
+            samples.append((torch.ops.rnnkernels.lstm_forward.default, args))
+            with torch.no_grad():
+                out, h_n, c_n, ws = torch.ops.rnnkernels.lstm_forward(*args)
+            grads = [torch.randn_like(t) for t in (out, h_n, c_n)]
+            w, b, r, h0, c0 = _detached(w, b, r, h0, c0)
+            samples.append((torch.ops.rnnkernels.lstm_backward.default,
+                            (*grads, w, b, r, h0, c0, out, ws, batch_sizes)))
+        else:
+            x_proj, h0, *weights = inputs
+            w, b = weights[:d], weights[d:]
+            if cell == "gru":
+                args = (x_proj, w, b, h0, batch_sizes, True)
+                op, bwd, extra = (torch.ops.rnnkernels.gru_forward.default,
+                                  torch.ops.rnnkernels.gru_backward.default, ())
+            else:
+                nl = "relu" if case.get("relu") else "tanh"
+                args = (x_proj, w, b, h0, batch_sizes, nl, True)
+                op, bwd, extra = (torch.ops.rnnkernels.rnn_forward.default,
+                                  torch.ops.rnnkernels.rnn_backward.default, (nl,))
+            samples.append((op, args))
+            with torch.no_grad():
+                out, h_n, ws = op(*args)
+            grads = [torch.randn_like(t) for t in (out, h_n)]
+            w, b, h0 = _detached(w, b, h0)
+            samples.append((bwd, (*grads, w, b, h0, out, ws, batch_sizes, *extra)))
+    return samples
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    for op, args in _op_samples(dtype):
+        torch.library.opcheck(op, args)
+
+
+@needs_kernels
+def test_every_output_element_is_written():
+    # Outputs come from the caching allocator; poisoned with NaN first, any element a
+    # kernel misses stays NaN.
+    for name in ("lstm_proj_2l_bi", "gru_2l_bi_bf", "rnn_tanh_2l_bi"):
+        for dtype in (torch.float32, torch.bfloat16):
+            ours, _, _ = make_modules(name, dtype)
+            inputs = make_inputs(ours, "packed", dtype)
+            poison_allocator()
+            got = run(ours, inputs, DEVICE, dtype)
+            for key, value in got.items():
+                if key == "output_padded":
+                    continue  # padding is pad_packed_sequence's
+                assert torch.isfinite(value).all(), f"{name} {dtype}: {key} has non-finite elements"
+
+
+# ---------------------------------------------------------------- streams, devices, flags
+
+
+@needs_kernels
+def test_runs_on_the_current_stream():
+    ours, _, reference = make_modules("lstm_2l_bi", torch.float32)
+    inputs = make_inputs(ours, "packed", torch.float32)
+    expected = run(reference, inputs, "cpu", torch.float64)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the inputs were made on the default stream
+    with no_tf32(), torch.cuda.stream(stream):
+        # Work queued ahead on this stream must be ordered before our kernels.
+        torch.cuda._sleep(1_000_000)
+        got = run(ours, inputs, DEVICE, torch.float32)
+    assert_all_close(got, expected, "on a side stream", **FP32_TOL)
+
+
+@needs_kernels
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_runs_on_a_device_that_is_not_current():
+    ours, _, reference = make_modules("gru_2l_bi_bf", torch.float32)
+    ours = ours.to("cuda:1")
+    inputs = make_inputs(ours, "dense", torch.float32)
+    expected = run(reference, inputs, "cpu", torch.float64)
+    with no_tf32(), torch.cuda.device(0):
+        got = run(ours, inputs, "cuda:1", torch.float32)
+    assert_all_close(got, expected, "on cuda:1", **FP32_TOL)
+
+
+@needs_kernels
+def test_matmul_tf32_flag_governs_float32():
+    # Note [cuda tf32]: our float32 GEMMs follow torch.backends.cuda.matmul.allow_tf32.
+    torch.manual_seed(8)
+    kwargs = dict(input_size=256, hidden_size=256)
+    init = torch.nn.LSTM(**kwargs)
+    ours = rnnkernels.LSTM(**kwargs).to(DEVICE)
+    ours.load_state_dict(init.state_dict())
+    reference = torch.nn.LSTM(**kwargs).double()
+    reference.load_state_dict(init.state_dict())
+    x = torch.randn(20, 64, 256)
+    expected, _ = reference(x.double())
+    errors = {}
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for allow in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            with torch.no_grad():
+                got, _ = ours(x.to(DEVICE))
+            errors[allow] = rel_err(got.double().cpu(), expected)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert errors[False] < 1e-5, errors          # full float32
+    assert errors[True] < 1e-2, errors           # TF32 keeps 10 mantissa bits
+    assert errors[True] > 10 * errors[False], errors  # and the flag was honoured
+
+
+# ---------------------------------------------------------------- size
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_offsets_beyond_32_bits():
+    # N * H = 4200 * 512 * 1024 > 2**31 elements: the x_proj / output row offsets and the
+    # previous-hidden gather of the weight gradient index past 32 bits. Compared with cuDNN
+    # in float32 (TF32 off) by relative norm error; the weight gradients sum 2.1M rows.
+    steps, batch, hidden, inputs = 4200, 512, 1024, 16
+    assert steps * batch * hidden > 2**31
+    torch.manual_seed(9)
+    ours = rnnkernels.RNN(inputs, hidden).to(DEVICE)
+    cudnn = torch.nn.RNN(inputs, hidden).to(DEVICE)
+    cudnn.load_state_dict(ours.state_dict())
+    x = torch.randn(steps, batch, inputs, device=DEVICE)
+    results = []
+    with no_tf32():
+        for module in (ours, cudnn):
+            xi = x.clone().requires_grad_(True)
+            out, h_n = module(xi)
+            ends = torch.cat([out[:2], out[-2:]]).detach().clone()
+            out.sum().backward()
+            results.append({"output_ends": ends, "h_n": h_n.detach(), "grad_x": xi.grad,
+                            **{n: p.grad.clone() for n, p in module.named_parameters()}})
+            module.zero_grad(set_to_none=True)
+            del out, xi, h_n
+            torch.cuda.empty_cache()
+    got, expected = results
+    for key in expected:
+        err = rel_err(got[key].double(), expected[key].double())
+        assert err < 1e-4, f"{key}: relative error {err:.3e} against cuDNN"
