@@ -252,6 +252,33 @@ def test_low_precision_with_products_in_input_dtype(monkeypatch, name, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["lstm_proj_2l_bi", "gru_2l_bi_bf", "rnn_relu"])
+def test_autocast_like_torch_nn(name, dtype):
+    # Note [cuda autocast]: float32 modules under torch.autocast run in the autocast dtype,
+    # as cuDNN does for torch.nn; outputs in that dtype, errors at most 2x torch.nn's.
+    ours, cudnn, reference = make_modules(name, torch.float32)
+    inputs = make_inputs(ours, "packed", torch.float32)
+    results = {}
+    for key, module, device, dt in (("ours", ours, DEVICE, torch.float32),
+                                    ("nn", cudnn, DEVICE, torch.float32),
+                                    ("ref", reference, "cpu", torch.float64)):
+        context = torch.autocast("cuda", dtype=dtype) if device == DEVICE else contextlib.nullcontext()
+        with context:
+            if device == DEVICE:
+                out, _ = module(inputs["x"])
+                assert out.dtype == dtype, f"{key}: output dtype {out.dtype} under autocast"
+            results[key] = run(module, inputs, device, dt)
+    failures = []
+    for key in results["ref"]:
+        ours_err = rel_err(results["ours"][key], results["ref"][key])
+        nn_err = rel_err(results["nn"][key], results["ref"][key])
+        if not ours_err <= 2 * nn_err:
+            failures.append(f"{key}: rnnkernels {ours_err:.3e} > 2 x torch.nn {nn_err:.3e}")
+    assert not failures, f"{name}/autocast {dtype}:\n" + "\n".join(failures)
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_output_dtypes_and_workspace_rule(dtype):
     ws_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

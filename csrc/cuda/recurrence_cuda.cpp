@@ -38,8 +38,19 @@
 // with other threads' matmuls), and torch >= 2.9 rejects reading the legacy flag after the
 // new fp32_precision API was used. Users who want TF32 speed set the matmul flag; tests
 // compare float32 with both flags off.
+//
+// Note [cuda autocast]
+// Under torch.autocast("cuda"), torch.nn's recurrent modules run cuDNN in the autocast
+// dtype: _cudnn_rnn is a lower-precision autocast op, so every floating input is cast.
+// The forward ops get the same AutocastCUDA kernels: x_proj (already in the autocast dtype
+// when the caller's input projection ran under autocast), the weights, biases and initial
+// states are cast with at::autocast::cached_cast (differentiable, and cached for leaf
+// weights like every autocast cast), then the op is redispatched below autocast, where
+// autograd and the CUDA kernel run in that dtype. float64 stays float64, as in autocast.
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -108,14 +119,18 @@ struct Types {
 };
 
 // Whether ATen can write the product of two 16-bit matrices in fp32 (mm.dtype_out,
-// bmm.dtype_out); probed once per dtype.
+// bmm.dtype_out, torch >= 2.8); probed once per dtype, with the operand layouts of
+// StepProduct: the first rows of a state buffer times a transposed weight.
 bool probe_products_in_float(const at::Tensor& like) {
   try {
-    const at::Tensor a = at::ones({2, 3, 4}, like.options());
-    const at::Tensor b = at::ones({2, 4, 5}, like.options());
-    const at::Tensor m = at::mm(a[0], b[0], at::kFloat);
-    const at::Tensor bm = at::bmm(a, b, at::kFloat);
-    return m.scalar_type() == at::kFloat && bm.scalar_type() == at::kFloat;
+    const at::Tensor state = at::ones({2, 4, 3}, like.options());
+    const at::Tensor weight = at::ones({2, 5, 3}, like.options()).transpose(1, 2);
+    at::Tensor out = at::empty({2 * 2 * 5}, like.options().dtype(at::kFloat));
+    at::Tensor out2 = out.narrow(0, 0, 2 * 5).view({2, 5});
+    at::Tensor out3 = out.view({2, 2, 5});
+    at::mm_out(out2, state[0].narrow(0, 0, 2), weight[0], at::kFloat);
+    at::bmm_out(out3, state.narrow(1, 0, 2), weight, at::kFloat);
+    return true;  // no value check: that would synchronize (the tests compare results)
   } catch (const c10::Error&) {
     return false;
   }
@@ -1104,6 +1119,51 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
   return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
 }
 
+// ---------------------------------------------------------------- autocast
+
+// Note [cuda autocast]. Each forward op, cast and redispatched below AutocastCUDA.
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> forward_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+at::ScalarType autocast_dtype() { return at::autocast::get_autocast_dtype(at::kCUDA); }
+
+template <typename T>
+auto cast_for_autocast(const T& arg) {
+  return at::autocast::cached_cast(autocast_dtype(), arg, c10::DeviceType::CUDA);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autocast(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
+    bool need_workspace) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = forward_op<decltype(lstm_forward_cuda)>("rnnkernels::lstm_forward");
+  return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
+                 cast_for_autocast(w_hr), cast_for_autocast(h0), cast_for_autocast(c0),
+                 batch_sizes, need_workspace);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_autocast(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = forward_op<decltype(gru_forward_cuda)>("rnnkernels::gru_forward");
+  return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
+                 cast_for_autocast(h0), batch_sizes, need_workspace);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autocast(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
+    bool need_workspace) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  static const auto op = forward_op<decltype(rnn_forward_cuda)>("rnnkernels::rnn_forward");
+  return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
+                 cast_for_autocast(h0), batch_sizes, nonlinearity, need_workspace);
+}
+
 // "800,900" -> ["sm_80", "sm_90"]
 pybind11::list arch_names(const std::string& list) {
   pybind11::list names;
@@ -1133,6 +1193,12 @@ TORCH_LIBRARY_IMPL(rnnkernels, CUDA, m) {
   m.impl("gru_backward", &gru_backward_cuda);
   m.impl("rnn_forward", &rnn_forward_cuda);
   m.impl("rnn_backward", &rnn_backward_cuda);
+}
+
+TORCH_LIBRARY_IMPL(rnnkernels, AutocastCUDA, m) {
+  m.impl("lstm_forward", &lstm_forward_autocast);
+  m.impl("gru_forward", &gru_forward_autocast);
+  m.impl("rnn_forward", &rnn_forward_autocast);
 }
 
 }  // namespace rnnkernels::cuda
