@@ -10,9 +10,9 @@ float64 within its float64 defaults; float16 / bfloat16 must have a relative err
 of the difference over the norm of the reference) at most twice torch.nn's own error in
 that dtype, for every output and every gradient.
 
-Everything skips, with the reason, without a CUDA device. On a machine with one, a build
-without the CUDA kernels fails test_cuda_kernels_are_built instead of letting the modules
-silently fall back to torch's implementation.
+Everything but the fake-kernel check skips, with the reason, without a CUDA device. On a
+machine with one, a build without the CUDA kernels fails test_cuda_kernels_are_built
+instead of letting the modules silently fall back to torch's implementation.
 """
 
 from __future__ import annotations
@@ -31,18 +31,24 @@ from rnnkernels import ops
 HAS_CUDA = torch.cuda.is_available()
 CUDA_INFO = rnnkernels.build_info().get("cuda") if HAS_CUDA else None
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)"),
-]
-needs_kernels = pytest.mark.skipif(
-    not CUDA_INFO, reason="rnnkernels was built without its CUDA kernels (see test_cuda_kernels_are_built)")
+_NO_GPU = "needs a CUDA device (torch.cuda.is_available() is False)"
+requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason=_NO_GPU)
+
+
+def needs_kernels(test):
+    """A GPU test of our CUDA kernels: skipped without a GPU, or (test_cuda_kernels_are_built
+    failing instead) when the build lacks the CUDA kernels."""
+    reason = _NO_GPU if not HAS_CUDA else "rnnkernels was built without its CUDA kernels"
+    return pytest.mark.gpu(pytest.mark.skipif(not CUDA_INFO, reason=reason)(test))
+
 
 DEVICE = "cuda"
 T, B, I, H = 7, 5, 33, 17
 LENGTHS = [7, 3, 5, 1, 7]  # unsorted: PackedSequence with enforce_sorted=False
 
 
+@pytest.mark.gpu
+@requires_gpu
 def test_cuda_kernels_are_built():
     assert CUDA_INFO, ("torch sees a GPU but rnnkernels._C has no CUDA kernels: rebuild on a "
                        "machine with nvcc (python setup.py build_ext --inplace)")
@@ -57,13 +63,13 @@ def test_cuda_kernels_are_built():
 @contextlib.contextmanager
 def no_tf32():
     """float32 in full precision for cuBLAS (our GEMMs) and cuDNN (torch.nn)."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            yield
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def poison_allocator():
@@ -296,6 +302,29 @@ def test_output_dtypes_and_workspace_rule(dtype):
     assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_fake_kernels_follow_the_workspace_dtype_rule(dtype):
+    # No GPU needed: the fake kernels (rnnkernels/ops.py) are what torch.compile traces.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ws_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    with FakeTensorMode():
+        h0 = torch.empty(1, 3, 2, dtype=dtype)
+        out = torch.ops.rnnkernels.lstm_forward(torch.empty(6, 8, dtype=dtype),
+                                                [torch.empty(8, 2, dtype=dtype)], [], [], h0,
+                                                torch.empty(1, 3, 2, dtype=dtype), None, True)
+        assert [t.dtype for t in out] == [dtype, dtype, dtype, ws_dtype]
+        assert out[3].shape == (1, 6, 10)
+        out = torch.ops.rnnkernels.gru_forward(torch.empty(6, 6, dtype=dtype),
+                                               [torch.empty(6, 2, dtype=dtype)], [], h0, None, True)
+        assert [t.dtype for t in out] == [dtype, dtype, ws_dtype]
+        out = torch.ops.rnnkernels.rnn_forward(torch.empty(6, 2, dtype=dtype),
+                                               [torch.empty(2, 2, dtype=dtype)], [], h0, None,
+                                               "tanh", False)
+        assert [t.dtype for t in out] == [dtype, dtype, ws_dtype]
+        assert out[2].shape == (1, 0, 0)
+
+
 # ---------------------------------------------------------------- cells
 
 
@@ -505,10 +534,13 @@ def test_runs_on_the_current_stream():
     expected = run(reference, inputs, "cpu", torch.float64)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())  # the inputs were made on the default stream
+    poison_allocator()
     with no_tf32(), torch.cuda.stream(stream):
-        # Work queued ahead on this stream must be ordered before our kernels.
-        torch.cuda._sleep(1_000_000)
-        got = run(ours, inputs, DEVICE, torch.float32)
+        # The inputs are rewritten on this stream behind a delay: kernels that ran on any
+        # other stream would read them before they exist (poisoned memory: NaN).
+        torch.cuda._sleep(50_000_000)
+        late = {k: (v * 1 if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        got = run(ours, late, DEVICE, torch.float32)
     assert_all_close(got, expected, "on a side stream", **FP32_TOL)
 
 
