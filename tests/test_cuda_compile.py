@@ -1,13 +1,22 @@
-"""CI compile check of the CUDA sources, without a GPU, and the CUDA switches of setup.py.
+"""The CUDA backend checked without a GPU: compilation, a CPU emulation run, setup.py.
 
-Every csrc/cuda/*.cu is compiled to an object file with this machine's nvcc for sm_90,
-and the host glue csrc/cuda/recurrence_cuda.cpp is syntax-checked with g++ against the
-installed torch headers, so a CUDA compile error fails CI even where no GPU (and no CUDA
-build of torch) exists. A CPU wheel of torch ships the ATen/c10 CUDA headers but not the
-generated c10/cuda/impl/cuda_cmake_macros.h; tests/ci_include holds a one-line stand-in.
-The .cu files include no torch header at all (kernels.h: sizes, raw pointers, a stream).
+1. Compile check: every csrc/cuda/*.cu is compiled to an object file with this machine's
+   nvcc for sm_90, and the host glue csrc/cuda/recurrence_cuda.cpp is syntax-checked with
+   g++ against the installed torch headers, so a CUDA compile error fails CI even where no
+   GPU (and no CUDA build of torch) exists. A CPU wheel of torch ships the ATen/c10 CUDA
+   headers but not the generated c10/cuda/impl/cuda_cmake_macros.h; tests/ci_include holds
+   a one-line stand-in. The .cu files include no torch header (kernels.h: sizes, raw
+   pointers, a stream). Skipped, with the reason, when nvcc is not installed.
+2. CPU emulation: recurrence_cuda.cpp and the kernel templates compiled by g++ with the
+   stand-ins of tests/ci_include/emulation (CUDA runtime, fp16/bf16 conversions, a launch
+   that runs every thread of a grid in turn, at most 2 blocks so every grid-stride loop
+   iterates), registered as torch.ops.rnnkernels_cuda_emulation.*: the very time loops,
+   row bookkeeping and kernel bodies of the CUDA ops, checked against the CPU ops in
+   float64 and against float64 in float16/bfloat16. Needs only a C++ compiler.
+3. setup.py's CUDA switches (FORCE_CUDA, RNNKERNELS_SKIP_CUDA_BUILD, nvcc missing or of
+   another CUDA major, TORCH_CUDA_ARCH_LIST), with torch's CUDA version faked.
 
-Skipped, with the reason, when nvcc is not installed. The files compile in parallel.
+The compile jobs and the emulation build run in parallel.
 """
 
 from __future__ import annotations
@@ -46,7 +55,8 @@ def _nvcc() -> str | None:
 
 
 NVCC = _nvcc()
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (no CUDA toolkit on this machine)")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (no CUDA toolkit on this machine)")
+EMULATION_DIR = CI_INCLUDE / "emulation"
 
 
 def _nvcc_release() -> tuple[int, int]:
@@ -94,21 +104,71 @@ CU_SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 HOST_SOURCES = sorted(CUDA_DIR.glob("*.cpp"))
 
 
+def _schemas_inc() -> str:
+    """The m.def(...) calls of TORCH_LIBRARY(rnnkernels, m) in csrc/rnnkernels.cpp."""
+    source = (CSRC / "rnnkernels.cpp").read_text()
+    block = source[source.index("TORCH_LIBRARY(rnnkernels, m)"):]
+    block = block[:block.index("\n}\n")]
+    defs = re.findall(r'm\.def\(\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\);', block)
+    assert len(defs) == 6, defs
+    return "".join(f"m.def({d.strip()});\n" for d in defs)
+
+
+def _build_emulation(build_dir: str):
+    from torch.utils.cpp_extension import load
+
+    (Path(build_dir) / "schemas.inc").write_text(_schemas_inc())
+    return load(name="rnnkernels_cuda_emulation",
+                sources=[str(EMULATION_DIR / "rnnkernels_cuda_emulation.cpp")],
+                extra_include_paths=[str(EMULATION_DIR), str(CSRC), str(CSRC / "include"), build_dir],
+                extra_cflags=["-O0", "-DRNNKERNELS_CUDA_EMULATION", "-DRNNKERNELS_MAX_BLOCKS=2",
+                              "-fvisibility=hidden", "-Wall", "-Werror", "-Wno-unused-function",
+                              "-Wno-unknown-pragmas"],
+                build_directory=build_dir, with_cuda=False, verbose=False)
+
+
+class _Jobs:
+    """The compile jobs and the emulation build, started together on first use."""
+
+    def __init__(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.pool = ThreadPoolExecutor(os.cpu_count() or 2)
+        self.compiles = {}
+        if NVCC is not None:
+            objects = os.path.join(self.tmp.name, "objects")
+            os.makedirs(objects)
+            self.compiles = {p.name: self.pool.submit(_compile_cu, p, objects) for p in CU_SOURCES}
+            self.compiles.update({p.name: self.pool.submit(_check_host_cpp, p) for p in HOST_SOURCES})
+        emulation_dir = os.path.join(self.tmp.name, "emulation")
+        os.makedirs(emulation_dir)
+        self.emulation = self.pool.submit(_build_emulation, emulation_dir)
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+        self.tmp.cleanup()
+
+
 @pytest.fixture(scope="module")
-def compiled():
-    """Compiles every CUDA source once, in parallel; maps file name -> CompletedProcess."""
-    with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        futures = {p.name: pool.submit(_compile_cu, p, out_dir) for p in CU_SOURCES}
-        futures.update({p.name: pool.submit(_check_host_cpp, p) for p in HOST_SOURCES})
-        yield {name: f.result() for name, f in futures.items()}
+def jobs():
+    started = _Jobs()
+    yield started
+    started.close()
 
 
+@pytest.fixture(scope="module")
+def compiled(jobs):
+    """file name -> CompletedProcess of its compile job."""
+    return {name: f.result() for name, f in jobs.compiles.items()}
+
+
+@needs_nvcc
 def test_every_dtype_has_a_translation_unit():
     names = {p.name for p in CU_SOURCES}
     assert {"kernels_f32.cu", "kernels_f64.cu", "kernels_f16.cu", "kernels_bf16.cu"} <= names
     assert "recurrence_cuda.cpp" in {p.name for p in HOST_SOURCES}
 
 
+@needs_nvcc
 @pytest.mark.parametrize("name", [p.name for p in CU_SOURCES + HOST_SOURCES])
 def test_cuda_source_compiles(compiled, name):
     result = compiled[name]
@@ -123,12 +183,170 @@ def test_cu_files_include_no_torch_header():
         assert not torch_like, f"{path.name} includes {torch_like}"
 
 
+@needs_nvcc
 def test_compile_check_detects_an_error(tmp_path):
     """The harness itself: a broken kernel must fail, so a passing run means something."""
     broken = tmp_path / "broken.cu"
     broken.write_text('#include "cuda/kernels.h"\n'
                       "__global__ void k(float* x) { x[threadIdx.x] = undefined_name; }\n")
     assert _compile_cu(broken, str(tmp_path)).returncode != 0
+
+
+# ---------------------------------------------------------------- CPU emulation
+
+
+@pytest.fixture(scope="module")
+def emulated(jobs):
+    """(torch.ops.rnnkernels_cuda_emulation, torch.ops.rnnkernels): the CUDA ops run on the
+    CPU, and the CPU ops they are checked against."""
+    import torch
+
+    import rnnkernels  # noqa: F401  (the CPU ops)
+
+    jobs.emulation.result()
+    return torch.ops.rnnkernels_cuda_emulation, torch.ops.rnnkernels
+
+
+EMULATION_CASES = [
+    dict(cell=cell, directions=d, packed=packed, proj=proj, relu=relu)
+    for cell in ("lstm", "gru", "rnn")
+    for d in (1, 2)
+    for packed in (False, True)
+    for proj in ((False, True) if cell == "lstm" else (False,))
+    for relu in ((False, True) if cell == "rnn" else (False,))
+]
+# Packed: rows end at different steps, so the reverse direction starts rows late.
+BATCH_SIZES = [4, 4, 3, 1, 1]
+
+
+def _emulation_args(torch, cell, directions, packed, proj, dtype, steps=5, batch=4, hidden=7):
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    out_size = 3 if proj else hidden
+    batch_sizes = torch.tensor(BATCH_SIZES) if packed else None
+    rows = sum(BATCH_SIZES) if packed else steps * batch
+    rnd = lambda *shape: (0.5 * torch.randn(*shape, dtype=torch.float64)).to(dtype)  # noqa: E731
+    return dict(
+        x_proj=rnd(rows, directions * gates * hidden),
+        w_hh=[rnd(gates * hidden, out_size) for _ in range(directions)],
+        b_hh=[rnd(gates * hidden) for _ in range(directions)],
+        w_hr=[rnd(out_size, hidden) for _ in range(directions)] if proj else [],
+        h0=rnd(directions, batch, out_size), c0=rnd(directions, batch, hidden),
+        batch_sizes=batch_sizes)
+
+
+def _forward_backward(torch, ops, cell, relu, a, grads=None, grad_dtype=None):
+    """Runs the forward op, then the backward op with `grads` (random in grad_dtype when
+    None); returns (forward outputs, backward outputs, grads) as flat lists."""
+    nl = "relu" if relu else "tanh"
+    if cell == "lstm":
+        fwd = ops.lstm_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["w_hr"], a["h0"], a["c0"],
+                               a["batch_sizes"], True)
+        n = 3
+    elif cell == "gru":
+        fwd = ops.gru_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["h0"], a["batch_sizes"], True)
+        n = 2
+    else:
+        fwd = ops.rnn_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["h0"], a["batch_sizes"], nl, True)
+        n = 2
+    if grads is None:
+        grads = [torch.randn(t.shape, dtype=torch.float64).to(grad_dtype or t.dtype) for t in fwd[:n]]
+    if cell == "lstm":
+        bwd = ops.lstm_backward(*grads, a["w_hh"], a["b_hh"], a["w_hr"], a["h0"], a["c0"], fwd[0],
+                                fwd[3], a["batch_sizes"])
+    elif cell == "gru":
+        bwd = ops.gru_backward(*grads, a["w_hh"], a["b_hh"], a["h0"], fwd[0], fwd[2], a["batch_sizes"])
+    else:
+        bwd = ops.rnn_backward(*grads, a["w_hh"], a["b_hh"], a["h0"], fwd[0], fwd[2], a["batch_sizes"], nl)
+    return _flat(fwd), _flat(bwd), grads
+
+
+def _flat(outputs):
+    """Tensors and lists of tensors -> one flat list."""
+    return [t for item in outputs for t in (item if isinstance(item, (list, tuple)) else [item])]
+
+
+def _case_id(case):
+    return "-".join(f"{k}={v}" for k, v in case.items())
+
+
+@pytest.mark.parametrize("case", EMULATION_CASES, ids=_case_id)
+def test_emulated_cuda_ops_match_cpu_ops_float64(emulated, case):
+    import torch
+
+    emu, cpu = emulated
+    torch.manual_seed(0)
+    a = _emulation_args(torch, case["cell"], case["directions"], case["packed"], case["proj"],
+                        torch.float64)
+    fwd, bwd, grads = _forward_backward(torch, emu, case["cell"], case["relu"], a)
+    fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, case["cell"], case["relu"], a, grads)
+    # Forward outputs (workspace included) and every gradient.
+    assert len(fwd) == len(fwd_ref) and len(bwd) == len(bwd_ref)
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
+        torch.testing.assert_close(got, expected, msg=lambda m, k=k: f"output {k}: {m}")
+
+
+@pytest.mark.parametrize("products", ["float", "input"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", [c for c in EMULATION_CASES if c["directions"] == 2 and c["packed"]],
+                         ids=_case_id)
+def test_emulated_cuda_ops_low_precision(emulated, monkeypatch, case, dtype, products):
+    # Outputs and gradients in the input dtype, workspace in float32, and a relative error
+    # against float64 (on the same rounded inputs) of a few units of roundoff: the 16-bit
+    # storage and fp32 math. products: GEMM results in fp32 (mm.dtype_out) or in the input
+    # dtype (the fallback for a torch without it).
+    import torch
+
+    monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", products)
+    emu, cpu = emulated
+    dt = getattr(torch, dtype)
+    unit_roundoff = {"float16": 2.0**-11, "bfloat16": 2.0**-8}[dtype]
+    torch.manual_seed(1)
+    a = _emulation_args(torch, case["cell"], 2, True, case["proj"], dt)
+    fwd, bwd, grads = _forward_backward(torch, emu, case["cell"], case["relu"], a)
+    a64 = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point()
+               else [t.double() for t in v] if isinstance(v, list) else v) for k, v in a.items()}
+    fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, case["cell"], case["relu"], a64,
+                                            [g.double() for g in grads])
+    ws = fwd[-1]
+    assert ws.dtype == torch.float32
+    assert all(t.dtype == dt for t in fwd[:-1] + bwd)
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
+        if expected.numel() == 0:
+            continue
+        err = ((got.double() - expected).norm() / expected.norm()).item()
+        assert err < 8 * unit_roundoff, f"output {k}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_emulated_cuda_ops_empty_sequence_and_batch(emulated, cell):
+    import torch
+
+    emu, cpu = emulated
+    for steps, batch in ((0, 4), (0, 0)):
+        a = _emulation_args(torch, cell, 2, False, False, torch.float64, steps=steps, batch=batch)
+        fwd, bwd, grads = _forward_backward(torch, emu, cell, False, a)
+        fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, cell, False, a, grads)
+        for got, expected in zip(fwd + bwd, fwd_ref + bwd_ref):
+            torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(fwd[1], a["h0"])  # h_n of an empty sequence is h0
+
+
+def test_emulated_cuda_ops_check_their_arguments(emulated):
+    import torch
+
+    emu, _ = emulated
+    a = _emulation_args(torch, "lstm", 1, True, False, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="w_hh has dtype Float but x_proj has dtype BFloat16"):
+        emu.lstm_forward(a["x_proj"], [a["w_hh"][0].float()], a["b_hh"], [], a["h0"], a["c0"],
+                         a["batch_sizes"], True)
+    out, h_n, c_n, ws = emu.lstm_forward(a["x_proj"], a["w_hh"], a["b_hh"], [], a["h0"], a["c0"],
+                                         a["batch_sizes"], True)
+    with pytest.raises(RuntimeError, match="needs a Float workspace"):
+        emu.lstm_backward(out, None, None, a["w_hh"], a["b_hh"], [], a["h0"], a["c0"], out,
+                          ws.to(torch.bfloat16), a["batch_sizes"])
+    with pytest.raises(RuntimeError, match="batch_sizes must be non-increasing"):
+        emu.lstm_forward(a["x_proj"], a["w_hh"], a["b_hh"], [], a["h0"], a["c0"],
+                         torch.tensor([4, 3, 4, 1, 1]), True)
 
 
 # ---------------------------------------------------------------- setup.py's CUDA switches
@@ -174,6 +392,7 @@ def test_setup_force_cuda_without_cuda_torch_fails_early():
     assert "FORCE_CUDA=1 but this torch has no CUDA" in result.stderr
 
 
+@needs_nvcc
 def test_setup_without_nvcc_builds_cpu_only():
     major, minor = _nvcc_release()
     result = _run_setup(f"{major}.{minor}", "no-nvcc")
@@ -181,6 +400,7 @@ def test_setup_without_nvcc_builds_cpu_only():
     assert "WITH_CUDA=False" in result.stdout and "nvcc not found" in result.stdout
 
 
+@needs_nvcc
 def test_setup_skip_switch():
     major, minor = _nvcc_release()
     result = _run_setup(f"{major}.{minor}", _nvcc_home(), RNNKERNELS_SKIP_CUDA_BUILD="1")
@@ -188,6 +408,7 @@ def test_setup_skip_switch():
     assert "WITH_CUDA=False" in result.stdout and "RNNKERNELS_SKIP_CUDA_BUILD=1" in result.stdout
 
 
+@needs_nvcc
 def test_setup_mismatched_nvcc_major_fails_early():
     major, _ = _nvcc_release()
     result = _run_setup(f"{major - 1}.8", _nvcc_home())
@@ -195,6 +416,7 @@ def test_setup_mismatched_nvcc_major_fails_early():
     assert "the major versions must match" in result.stderr
 
 
+@needs_nvcc
 def test_setup_matching_nvcc_builds_the_cuda_sources():
     major, minor = _nvcc_release()
     result = _run_setup(f"{major}.{minor}", _nvcc_home())
@@ -207,6 +429,7 @@ def test_setup_matching_nvcc_builds_the_cuda_sources():
     assert expected <= set(sources)
 
 
+@needs_nvcc
 def test_setup_honours_torch_cuda_arch_list():
     major, minor = _nvcc_release()
     result = _run_setup(f"{major}.{minor}", _nvcc_home(), TORCH_CUDA_ARCH_LIST="9.0+PTX")

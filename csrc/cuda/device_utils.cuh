@@ -15,9 +15,21 @@
 namespace rnnkernels::cuda {
 
 constexpr int kThreads = 256;
+
+// Launches __VA_ARGS__ (a kernel, template arguments and all) on `grid` x kThreads with
+// `params`. tests/ci_include/emulation defines its own, which runs the kernel body on the
+// CPU for the emulation test (tests/test_cuda_compile.py).
+#ifndef RNNKERNELS_LAUNCH
+#define RNNKERNELS_LAUNCH(grid, stream, params, ...) \
+  __VA_ARGS__<<<(grid), kThreads, 0, (stream)>>>(params)
+#endif
 // More blocks than this only add scheduling work: the grid-stride loops cover the rest
-// (an H200 holds 132 SMs x 8 blocks of 256 threads at a time).
-constexpr int64_t kMaxBlocks = int64_t{1} << 16;
+// (an H200 holds 132 SMs x 8 blocks of 256 threads at a time). The CPU emulation test
+// sets it to 2 so that every kernel walks its grid-stride loop.
+#ifndef RNNKERNELS_MAX_BLOCKS
+#define RNNKERNELS_MAX_BLOCKS (int64_t{1} << 16)
+#endif
+constexpr int64_t kMaxBlocks = RNNKERNELS_MAX_BLOCKS;
 
 // ---------------------------------------------------------------- conversions
 

@@ -92,7 +92,7 @@ template <typename S, typename G>
 cudaError_t gru_forward_step(const GruForwardStep<S, G>& p, cudaStream_t stream) {
   const int64_t n = max_over_directions(p, [](const auto& d) { return d.rows; }) * p.hidden;
   if (n <= 0) return cudaSuccess;
-  gru_forward_step_kernel<S, G><<<grid_for(n, p.directions), kThreads, 0, stream>>>(p);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, gru_forward_step_kernel<S, G>);
   return cudaGetLastError();
 }
 
@@ -102,7 +102,7 @@ cudaError_t gru_backward_step(const GruBackwardStep<S, G>& p, cudaStream_t strea
       max_over_directions(p, [](const auto& d) { return std::max(d.rows, d.next_rows); }) *
       p.hidden;
   if (n <= 0) return cudaSuccess;
-  gru_backward_step_kernel<S, G><<<grid_for(n, p.directions), kThreads, 0, stream>>>(p);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, gru_backward_step_kernel<S, G>);
   return cudaGetLastError();
 }
 

@@ -207,7 +207,8 @@ struct GruBackwardStep {
     const S* grad_out = nullptr;           // [rows, H] row stride ld_grad_out, or null
     acc_t<S>* dh_carry = nullptr;          // [B, H]
     const acc_t<S>* workspace = nullptr;   // [rows, 4H] rows of step s
-    const S* prev_out = nullptr;           // [prev_rows, H] output rows of step s-1, row stride ld_out, or null
+    const S* prev_out = nullptr;           // [prev_rows, H] output rows of step s-1
+                                           // (row stride ld_out), or null
     const S* h0 = nullptr;                 // [B, H]
     S* grad_x_proj = nullptr;              // [rows, 3H] row stride ld_grad_x_proj: r, z, n_x
     S* grad_hidden = nullptr;              // [rows, 3H] contiguous: r, z, n_h (for dW_hh, db_hh)
@@ -229,7 +230,8 @@ struct RnnBackwardStep {
     const G* rec = nullptr;        // [next_rows, H], or null
     const S* grad_out = nullptr;   // [rows, H] row stride ld_grad_out, or null
     acc_t<S>* dh_carry = nullptr;  // [B, H]
-    const S* out = nullptr;        // [rows, H] output rows of step s (the activation), row stride ld_out
+    const S* out = nullptr;        // [rows, H] output rows of step s (the activation),
+                                   // row stride ld_out
     S* grad_x_proj = nullptr;      // [rows, H] row stride ld_grad_x_proj
     S* grad_rec = nullptr;         // [B, H]
   } dir[kMaxDirections];

@@ -130,7 +130,7 @@ template <typename S, typename G>
 cudaError_t lstm_forward_step(const LstmForwardStep<S, G>& p, cudaStream_t stream) {
   const int64_t n = max_over_directions(p, [](const auto& d) { return d.rows; }) * p.hidden;
   if (n <= 0) return cudaSuccess;
-  lstm_forward_step_kernel<S, G><<<grid_for(n, p.directions), kThreads, 0, stream>>>(p);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, lstm_forward_step_kernel<S, G>);
   return cudaGetLastError();
 }
 
@@ -141,7 +141,7 @@ cudaError_t lstm_backward_step(const LstmBackwardStep<S, G>& p, cudaStream_t str
                       return projection ? d.rows : std::max(d.rows, d.next_rows);
                     }) * p.hidden;
   if (n <= 0) return cudaSuccess;
-  lstm_backward_step_kernel<S, G><<<grid_for(n, p.directions), kThreads, 0, stream>>>(p);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, lstm_backward_step_kernel<S, G>);
   return cudaGetLastError();
 }
 
@@ -151,7 +151,7 @@ cudaError_t step_grad_h(const StepGradH<S, G>& p, cudaStream_t stream) {
       max_over_directions(p, [](const auto& d) { return std::max(d.rows, d.next_rows); }) *
       p.output;
   if (n <= 0) return cudaSuccess;
-  step_grad_h_kernel<S, G><<<grid_for(n, p.directions), kThreads, 0, stream>>>(p);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, step_grad_h_kernel<S, G>);
   return cudaGetLastError();
 }
 

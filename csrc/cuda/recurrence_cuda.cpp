@@ -51,9 +51,6 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/irange.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
@@ -67,8 +64,34 @@
 
 #include "cuda/kernels.h"
 
+#ifdef RNNKERNELS_CUDA_EMULATION
+// The CPU emulation build of tests/test_cuda_compile.py: this file and the kernels compiled
+// by g++ against a CPU torch, the kernels run on the CPU (tests/ci_include/emulation), the
+// ops registered for CPU tensors in the namespace rnnkernels_cuda_emulation.
+#include "rnnkernels_cuda_emulation.h"
+#else
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define RNNKERNELS_CUDA_LIBRARY rnnkernels
+#define RNNKERNELS_CUDA_KEY CUDA
+#define RNNKERNELS_CUDA_CHECK(expr) C10_CUDA_CHECK(expr)
+#endif
+
 namespace rnnkernels::cuda {
 namespace {
+
+#ifdef RNNKERNELS_CUDA_EMULATION
+constexpr bool kEmulation = true;
+struct DeviceGuard {
+  explicit DeviceGuard(const c10::Device&) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+#else
+constexpr bool kEmulation = false;
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
 
 static_assert(sizeof(at::Half) == sizeof(float16_t) && alignof(at::Half) == alignof(float16_t));
 static_assert(sizeof(at::BFloat16) == sizeof(bfloat16_t) &&
@@ -122,6 +145,7 @@ struct Types {
 // bmm.dtype_out, torch >= 2.8); probed once per dtype, with the operand layouts of
 // StepProduct: the first rows of a state buffer times a transposed weight.
 bool probe_products_in_float(const at::Tensor& like) {
+  if (kEmulation) return true;  // product_out widens by itself there
   try {
     const at::Tensor state = at::ones({2, 4, 3}, like.options());
     const at::Tensor weight = at::ones({2, 5, 3}, like.options()).transpose(1, 2);
@@ -250,7 +274,7 @@ Sequence make_sequence(const char* op, int64_t rows, int64_t batch,
 at::Tensor upload_steps(const Sequence& seq, const at::Device& device) {
   const int64_t T = seq.steps();
   at::Tensor host =
-      at::empty({2, T}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+      at::empty({2, T}, at::TensorOptions().dtype(at::kLong).pinned_memory(!kEmulation));
   int64_t* p = host.data_ptr<int64_t>();
   std::copy(seq.batch_sizes.begin(), seq.batch_sizes.end(), p);
   std::copy(seq.offsets.begin(), seq.offsets.end(), p + T);
@@ -371,13 +395,15 @@ at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
-cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
 // ---------------------------------------------------------------- per-step GEMM
 
 // out = a @ b for 2-D or batched 3-D operands; out may be fp32 for 16-bit a and b.
 void product_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   const bool widen = out.scalar_type() != a.scalar_type();
+  if (kEmulation && widen) {  // mm.dtype_out is CUDA-only: an fp32 product of the operands
+    out.copy_(at::matmul(a.to(out.scalar_type()), b.to(out.scalar_type())));
+    return;
+  }
   if (a.dim() == 2) {
     if (widen) {
       at::mm_out(out, a, b, out.scalar_type());
@@ -457,7 +483,8 @@ ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_pro
                               const at::Tensor& h0,
                               const std::optional<at::Tensor>& batch_sizes) {
   ForwardInputs in;
-  TORCH_CHECK(x_proj.is_cuda(), op, ": the CUDA kernel got x_proj on ", x_proj.device());
+  TORCH_CHECK(kEmulation || x_proj.is_cuda(), op, ": the CUDA kernel got x_proj on ",
+              x_proj.device());
   check_dtype(op, x_proj, "x_proj");
   in.d = check_weights(op, cell, x_proj, "x_proj", w_hh, b_hh, w_hr, h0);
   const Dims& d = in.d;
@@ -533,7 +560,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
       }
       q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * 5 * H : nullptr;
     }
-    C10_CUDA_CHECK(lstm_forward_step(step, stream));
+    RNNKERNELS_CUDA_CHECK(lstm_forward_step(step, stream));
     if (proj) {
       projection.run(M);
       for (int64_t d = 0; d < D; ++d) {
@@ -543,7 +570,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
         q.h = h_p + d * B * P;
         q.out = out_p + sr.offset[d] * D * P + d * P;
       }
-      C10_CUDA_CHECK(store_hidden(store, stream));
+      RNNKERNELS_CUDA_CHECK(store_hidden(store, stream));
     }
   }
 }
@@ -585,7 +612,7 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
       q.out = out_p + sr.offset[d] * D * H + d * H;
       q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * 4 * H : nullptr;
     }
-    C10_CUDA_CHECK(gru_forward_step(step, stream));
+    RNNKERNELS_CUDA_CHECK(gru_forward_step(step, stream));
   }
 }
 
@@ -624,7 +651,7 @@ void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
       q.h = h_p + d * B * H;
       q.out = out_p + sr.offset[d] * D * H + d * H;
     }
-    C10_CUDA_CHECK(rnn_forward_step(step, stream));
+    RNNKERNELS_CUDA_CHECK(rnn_forward_step(step, stream));
   }
 }
 
@@ -633,7 +660,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
     bool need_workspace) {
   constexpr const char* op = "rnnkernels::lstm_forward";
-  const c10::cuda::CUDAGuard guard(x_proj.device());
+  const DeviceGuard guard(x_proj.device());
   const ForwardInputs in =
       prepare_forward(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0, batch_sizes);
   const Dims& d = in.d;
@@ -657,7 +684,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
   constexpr const char* op = "rnnkernels::gru_forward";
-  const c10::cuda::CUDAGuard guard(x_proj.device());
+  const DeviceGuard guard(x_proj.device());
   const ForwardInputs in = prepare_forward(op, Cell::kGru, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
@@ -685,7 +712,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
     bool need_workspace) {
   constexpr const char* op = "rnnkernels::rnn_forward";
   const bool relu = parse_nonlinearity(op, nonlinearity);
-  const c10::cuda::CUDAGuard guard(x_proj.device());
+  const DeviceGuard guard(x_proj.device());
   const ForwardInputs in = prepare_forward(op, Cell::kRnn, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
@@ -720,7 +747,7 @@ BackwardInputs prepare_backward(const char* op, Cell cell,
                                 const std::optional<at::Tensor>& batch_sizes,
                                 int64_t ws_per_hidden) {
   BackwardInputs in;
-  TORCH_CHECK(out.is_cuda(), op, ": the CUDA kernel got output on ", out.device());
+  TORCH_CHECK(kEmulation || out.is_cuda(), op, ": the CUDA kernel got output on ", out.device());
   check_dtype(op, out, "output");
   in.d = check_weights(op, cell, out, "output", w_hh, b_hh, w_hr, h0);
   const Dims& d = in.d;
@@ -802,7 +829,7 @@ void recurrent_weight_grad(const BackwardInputs& in, const at::Tensor& steps_on_
   p.ld_out = d.directions * P;
   p.h0 = ptr<S>(in.h0) + dir * B * P;
   p.prev = ptr<S>(prev);
-  C10_CUDA_CHECK(previous_hidden(p, current_stream()));
+  RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
   at::mm_out(grad_w, grad_pre.t(), prev);
 }
 
@@ -886,7 +913,7 @@ void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
         q.grad_h = ptr<S>(grad_h) + (d * N + sr.offset[d]) * P;
         q.grad_h_step = ptr<S>(grad_h_step) + d * B * P;
       }
-      C10_CUDA_CHECK(step_grad_h(dh_step, stream));
+      RNNKERNELS_CUDA_CHECK(step_grad_h(dh_step, stream));
       dm_product.run(sr.max_rows);
     }
     for (int64_t d = 0; d < D; ++d) {
@@ -905,7 +932,7 @@ void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
       q.grad_x_proj = gx_p + sr.offset[d] * D * 4 * H + d * 4 * H;
       q.grad_rec = grad_rec_p + d * B * 4 * H;
     }
-    C10_CUDA_CHECK(lstm_backward_step(cell, stream));
+    RNNKERNELS_CUDA_CHECK(lstm_backward_step(cell, stream));
   }
 }
 
@@ -958,7 +985,7 @@ void run_gru_backward(const BackwardInputs& in, const at::Tensor& dh_carry,
       q.grad_hidden = gh_p + (d * N + sr.offset[d]) * 3 * H;
       q.grad_rec = grad_rec_p + d * B * 3 * H;
     }
-    C10_CUDA_CHECK(gru_backward_step(step, stream));
+    RNNKERNELS_CUDA_CHECK(gru_backward_step(step, stream));
   }
 }
 
@@ -1005,7 +1032,7 @@ void run_rnn_backward(const BackwardInputs& in, bool relu, const at::Tensor& dh_
       q.grad_x_proj = gx_p + sr.offset[d] * D * H + d * H;
       q.grad_rec = grad_rec_p + d * B * H;
     }
-    C10_CUDA_CHECK(rnn_backward_step(step, stream));
+    RNNKERNELS_CUDA_CHECK(rnn_backward_step(step, stream));
   }
 }
 
@@ -1018,7 +1045,7 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
                    const at::Tensor& c0_in, const at::Tensor& out, const at::Tensor& ws,
                    const std::optional<at::Tensor>& batch_sizes) {
   constexpr const char* op = "rnnkernels::lstm_backward";
-  const c10::cuda::CUDAGuard guard(out.device());
+  const DeviceGuard guard(out.device());
   const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
                                              w_hr, h0, out, ws, batch_sizes, 5);
   const Dims& d = in.d;
@@ -1067,7 +1094,7 @@ gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
                   at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
                   const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
   constexpr const char* op = "rnnkernels::gru_backward";
-  const c10::cuda::CUDAGuard guard(out.device());
+  const DeviceGuard guard(out.device());
   const BackwardInputs in = prepare_backward(op, Cell::kGru, grad_out, grad_h_n, w_hh, b_hh, {},
                                              h0, out, ws, batch_sizes, 4);
   const Dims& d = in.d;
@@ -1097,7 +1124,7 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
                   c10::string_view nonlinearity) {
   constexpr const char* op = "rnnkernels::rnn_backward";
   const bool relu = parse_nonlinearity(op, nonlinearity);
-  const c10::cuda::CUDAGuard guard(out.device());
+  const DeviceGuard guard(out.device());
   const BackwardInputs in = prepare_backward(op, Cell::kRnn, grad_out, grad_h_n, w_hh, b_hh, {},
                                              h0, out, ws, batch_sizes, 0);
   const Dims& d = in.d;
@@ -1120,6 +1147,8 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
 }
 
 // ---------------------------------------------------------------- autocast
+
+#ifndef RNNKERNELS_CUDA_EMULATION
 
 // Note [cuda autocast]. Each forward op, cast and redispatched below AutocastCUDA.
 template <typename Fn>
@@ -1163,6 +1192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autocast(
   return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
                  cast_for_autocast(h0), batch_sizes, nonlinearity, need_workspace);
 }
+#endif  // RNNKERNELS_CUDA_EMULATION
 
 // "800,900" -> ["sm_80", "sm_90"]
 pybind11::list arch_names(const std::string& list) {
@@ -1186,7 +1216,7 @@ pybind11::list arch_names(const std::string& list) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rnnkernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(RNNKERNELS_CUDA_LIBRARY, RNNKERNELS_CUDA_KEY, m) {
   m.impl("lstm_forward", &lstm_forward_cuda);
   m.impl("lstm_backward", &lstm_backward_cuda);
   m.impl("gru_forward", &gru_forward_cuda);
@@ -1195,11 +1225,13 @@ TORCH_LIBRARY_IMPL(rnnkernels, CUDA, m) {
   m.impl("rnn_backward", &rnn_backward_cuda);
 }
 
+#ifndef RNNKERNELS_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(rnnkernels, AutocastCUDA, m) {
   m.impl("lstm_forward", &lstm_forward_autocast);
   m.impl("gru_forward", &gru_forward_autocast);
   m.impl("rnn_forward", &rnn_forward_autocast);
 }
+#endif
 
 }  // namespace rnnkernels::cuda
 

@@ -59,9 +59,9 @@ cudaError_t rnn_forward_step(const RnnForwardStep<S, G>& p, cudaStream_t stream)
   if (n <= 0) return cudaSuccess;
   const dim3 grid = grid_for(n, p.directions);
   if (p.relu) {
-    rnn_forward_step_kernel<S, G, math::Nonlinearity::kRelu><<<grid, kThreads, 0, stream>>>(p);
+    RNNKERNELS_LAUNCH(grid, stream, p, rnn_forward_step_kernel<S, G, math::Nonlinearity::kRelu>);
   } else {
-    rnn_forward_step_kernel<S, G, math::Nonlinearity::kTanh><<<grid, kThreads, 0, stream>>>(p);
+    RNNKERNELS_LAUNCH(grid, stream, p, rnn_forward_step_kernel<S, G, math::Nonlinearity::kTanh>);
   }
   return cudaGetLastError();
 }
@@ -74,9 +74,9 @@ cudaError_t rnn_backward_step(const RnnBackwardStep<S, G>& p, cudaStream_t strea
   if (n <= 0) return cudaSuccess;
   const dim3 grid = grid_for(n, p.directions);
   if (p.relu) {
-    rnn_backward_step_kernel<S, G, math::Nonlinearity::kRelu><<<grid, kThreads, 0, stream>>>(p);
+    RNNKERNELS_LAUNCH(grid, stream, p, rnn_backward_step_kernel<S, G, math::Nonlinearity::kRelu>);
   } else {
-    rnn_backward_step_kernel<S, G, math::Nonlinearity::kTanh><<<grid, kThreads, 0, stream>>>(p);
+    RNNKERNELS_LAUNCH(grid, stream, p, rnn_backward_step_kernel<S, G, math::Nonlinearity::kTanh>);
   }
   return cudaGetLastError();
 }

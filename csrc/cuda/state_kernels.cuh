@@ -69,7 +69,7 @@ template <typename S, typename G>
 cudaError_t store_hidden(const StoreHidden<S, G>& p, cudaStream_t stream) {
   const int64_t n = max_over_directions(p, [](const auto& d) { return d.rows; }) * p.output;
   if (n <= 0) return cudaSuccess;
-  store_hidden_kernel<S, G><<<grid_for(n, p.directions), kThreads, 0, stream>>>(p);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, store_hidden_kernel<S, G>);
   return cudaGetLastError();
 }
 
@@ -77,7 +77,7 @@ template <typename S>
 cudaError_t previous_hidden(const PreviousHidden<S>& p, cudaStream_t stream) {
   const int64_t n = p.rows * p.output;
   if (n <= 0 || p.batch <= 0) return cudaSuccess;
-  previous_hidden_kernel<S><<<grid_for(n, 1), kThreads, 0, stream>>>(p);
+  RNNKERNELS_LAUNCH(grid_for(n, 1), stream, p, previous_hidden_kernel<S>);
   return cudaGetLastError();
 }
 
