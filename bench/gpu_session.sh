@@ -3,15 +3,16 @@
 #
 #   bash bench/gpu_session.sh [STAGE ...]     (from the repository root, on the GPU machine)
 #
-# Stages (default: all, in this order; each also runs `build`, which is incremental):
-#   build      python setup.py build_ext --inplace for TORCH_CUDA_ARCH_LIST (default 9.0),
-#              build_info(), ptxas resource report of the kernels (registers, spills)
-#   test       pytest tests/test_cuda.py (slow tests included), JUnit XML
-#   sanitize   compute-sanitizer --tool memcheck over a representative run (fails the stage
-#              on any error); initcheck over the same run, kept as information
-#   bench      python -m rnnkernels.bench --preset gpu (vs cuDNN): bfloat16/float16, then
-#              float32 with TF32 off in every library (NVIDIA_TF32_OVERRIDE=0), then float32
-#              with TF32 on for both sides (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1; cuDNN's default)
+# Stages (default: build test sanitize bench; every run starts with `build`, incremental):
+#   build       python setup.py build_ext --inplace for TORCH_CUDA_ARCH_LIST (default 9.0),
+#               build_info(), ptxas resource report of the kernels (registers, spills)
+#   test        pytest tests/test_cuda.py (slow tests included), JUnit XML
+#   sanitize    compute-sanitizer --tool memcheck over a representative run (fails the
+#               stage on any error); initcheck over the same run, kept as information
+#   bench       bench-lowp bench-fp32 bench-tf32: python -m rnnkernels.bench --preset gpu
+#               --device cuda (vs cuDNN in the same run) in bfloat16 and float16; in float32
+#               with TF32 off in every library (NVIDIA_TF32_OVERRIDE=0); in float32 with TF32
+#               on for both sides (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1; cuDNN's default)
 #
 # Results go to bench/results/<gpu-name>/ (logs, JUnit XML, JSON lines, CSV, summary.txt);
 # when $OUT is set (the device tool), a tarball of that folder and summary.txt are copied
@@ -154,45 +155,53 @@ sanitize() {
   stage_result sanitize $rc $((SECONDS - t0))
 }
 
-bench() {
-  local t0=$SECONDS rc=0 preset=${BENCH_PRESET:-gpu}
-  if ! "$PY" -c "import rnnkernels.bench" 2>/dev/null; then
-    note "bench: rnnkernels.bench is not in this checkout (merge the bench work item first)"
-    stage_result bench 1 $((SECONDS - t0))
-    return
-  fi
+# One benchmark run: name, then extra environment assignments, then bench arguments.
+bench_run() {
+  local name=$1 preset=${BENCH_PRESET:-gpu} rc=0
+  shift
+  local envs=()
+  while [ $# -gt 0 ] && [[ $1 == *=* ]]; do envs+=("$1"); shift; done
   # shellcheck disable=SC2086
-  "$PY" -m rnnkernels.bench --preset "$preset" --device cuda --dtype bfloat16 float16 \
-    --out "$RESULTS/bench_${preset}_lowp.jsonl" --no-progress ${BENCH_ARGS:-} \
-    > "$RESULTS/bench_${preset}_lowp.txt" 2>&1 || rc=$?
-  # shellcheck disable=SC2086
-  NVIDIA_TF32_OVERRIDE=0 "$PY" -m rnnkernels.bench --preset "$preset" --device cuda --dtype float32 \
-    --out "$RESULTS/bench_${preset}_fp32_no_tf32.jsonl" --no-progress ${BENCH_ARGS:-} \
-    > "$RESULTS/bench_${preset}_fp32_no_tf32.txt" 2>&1 || rc=$?
-  # shellcheck disable=SC2086
-  TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 "$PY" -m rnnkernels.bench --preset "$preset" --device cuda \
-    --dtype float32 --out "$RESULTS/bench_${preset}_fp32_tf32.jsonl" --no-progress ${BENCH_ARGS:-} \
-    > "$RESULTS/bench_${preset}_fp32_tf32.txt" 2>&1 || rc=$?
-  for f in "$RESULTS"/bench_"${preset}"_*.txt; do
-    echo "--- $(basename "$f")"; tail -40 "$f"
-  done
-  stage_result bench $rc $((SECONDS - t0))
+  env "${envs[@]}" "$PY" -m rnnkernels.bench --preset "$preset" --device cuda "$@" \
+    --out "$RESULTS/bench_${preset}_${name}.jsonl" --no-progress ${BENCH_ARGS:-} \
+    > "$RESULTS/bench_${preset}_${name}.txt" 2>&1 || rc=$?
+  echo "--- bench_${preset}_${name}"
+  tail -40 "$RESULTS/bench_${preset}_${name}.txt"
+  return $rc
 }
 
+bench() {  # which: lowp, fp32 (TF32 off everywhere) or tf32 (TF32 on for both sides)
+  local t0=$SECONDS rc=0
+  if ! "$PY" -c "import rnnkernels.bench" 2>/dev/null; then
+    note "bench: rnnkernels.bench is not in this checkout (merge the bench work item first)"
+    stage_result "bench-$1" 1 $((SECONDS - t0))
+    return
+  fi
+  case $1 in
+    lowp) bench_run lowp --dtype bfloat16 float16 || rc=$? ;;
+    fp32) bench_run fp32_no_tf32 NVIDIA_TF32_OVERRIDE=0 --dtype float32 || rc=$? ;;
+    tf32) bench_run fp32_tf32 TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 --dtype float32 || rc=$? ;;
+  esac
+  stage_result "bench-$1" $rc $((SECONDS - t0))
+}
+
+EXPANDED=()
 for stage in "${STAGES[@]}"; do
   case $stage in
-    build) ;;
-    test|sanitize|bench) ;;
-    *) echo "unknown stage '$stage' (build, test, sanitize, bench)"; exit 2 ;;
+    build|test|sanitize|bench-lowp|bench-fp32|bench-tf32) EXPANDED+=("$stage") ;;
+    bench) EXPANDED+=(bench-lowp bench-fp32 bench-tf32) ;;
+    *) echo "unknown stage '$stage' (build, test, sanitize, bench, bench-lowp, bench-fp32, bench-tf32)"
+       exit 2 ;;
   esac
 done
+STAGES=("${EXPANDED[@]}")
 
 if build; then
   for stage in "${STAGES[@]}"; do
     case $stage in
       test) run_tests ;;
       sanitize) sanitize ;;
-      bench) bench ;;
+      bench-*) bench "${stage#bench-}" ;;
     esac
   done
 else
