@@ -34,6 +34,16 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(build test sanitize bench)
+EXPANDED=()
+for stage in "${STAGES[@]}"; do
+  case $stage in
+    build|test|sanitize|bench-lowp|bench-fp32|bench-tf32) EXPANDED+=("$stage") ;;
+    bench) EXPANDED+=(bench-lowp bench-fp32 bench-tf32) ;;
+    *) echo "unknown stage '$stage' (build, test, sanitize, bench, bench-lowp, bench-fp32, bench-tf32)"
+       exit 2 ;;
+  esac
+done
+STAGES=("${EXPANDED[@]}")
 
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -c 'A-Za-z0-9._\n-' '-' | sed 's/-*$//')
 GPU_NAME=${GPU_NAME:-unknown-gpu}
@@ -185,16 +195,7 @@ bench() {  # which: lowp, fp32 (TF32 off everywhere) or tf32 (TF32 on for both s
   stage_result "bench-$1" $rc $((SECONDS - t0))
 }
 
-EXPANDED=()
-for stage in "${STAGES[@]}"; do
-  case $stage in
-    build|test|sanitize|bench-lowp|bench-fp32|bench-tf32) EXPANDED+=("$stage") ;;
-    bench) EXPANDED+=(bench-lowp bench-fp32 bench-tf32) ;;
-    *) echo "unknown stage '$stage' (build, test, sanitize, bench, bench-lowp, bench-fp32, bench-tf32)"
-       exit 2 ;;
-  esac
-done
-STAGES=("${EXPANDED[@]}")
+
 
 if build; then
   for stage in "${STAGES[@]}"; do
