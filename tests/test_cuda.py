@@ -339,7 +339,7 @@ def test_cells_match_float64_reference(cls):
     x = torch.randn(B, I)
     h = torch.randn(B, H)
     state = (h, torch.randn(B, H)) if cls == "LSTMCell" else h
-    to = lambda t, dev, dt: t.to(dev, dt).requires_grad_(True)  # noqa: E731
+    to = lambda t, dev, dt: t.detach().to(dev, dt).requires_grad_(True)  # noqa: E731
     results = []
     for module, dev, dt in ((ours, DEVICE, torch.float32), (reference, "cpu", torch.float64)):
         xi = to(x, dev, dt)
