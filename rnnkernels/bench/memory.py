@@ -28,8 +28,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
+
+import rnnkernels
 
 from .cases import Case
 
@@ -122,6 +125,9 @@ class RssWorker:
 
     def __init__(self):
         env = dict(os.environ, **WORKER_ENV)
+        # the worker imports the same rnnkernels as this process, wherever that came from
+        package_parent = str(Path(rnnkernels.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rnnkernels.bench.memory"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, env=env)

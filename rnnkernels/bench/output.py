@@ -23,7 +23,8 @@ environment block), so files from several runs can be concatenated. Fields:
   env               environment.environment(): torch, build_info, CPU, ISA, threads, GPU,
                     git commit, date
 CSV (``.csv``): the same records flattened, one column per leaf (``ours.median_s``,
-``env.git.commit``); lists as JSON text; empty cells for null.
+``env.git.commit``); lists as JSON text; empty cells for null; read back with
+numbers parsed except in text columns (STRING_LEAVES).
 """
 
 from __future__ import annotations
@@ -84,9 +85,16 @@ def _csv_cell(value) -> str:
     return str(value)
 
 
-def _parse_cell(text: str):
+# Leaves that are text even when they look like numbers (a commit "1234e567" is not 1.2e570).
+STRING_LEAVES = {"key", "commit", "branch", "source_hash", "cpu_model", "gpu_name", "date",
+                 "blas_version", "torch_version", "python", "platform"}
+
+
+def _parse_cell(text: str, column: str = ""):
     if text == "":
         return None
+    if column.rsplit(".", 1)[-1] in STRING_LEAVES:
+        return text
     if text in ("true", "false"):
         return text == "true"
     if text[0] in "[{":
@@ -122,7 +130,7 @@ def read_results(path: Path | str) -> list[dict]:
         reader = csv.DictReader(io.StringIO(text))
         records = []
         for row in reader:
-            flat = {k: _parse_cell(v) for k, v in row.items() if k is not None}
+            flat = {k: _parse_cell(v, k) for k, v in row.items() if k is not None}
             # a column absent from this row's record was written empty: drop it
             records.append(unflatten({k: v for k, v in flat.items() if v is not None}))
         return records
@@ -192,8 +200,8 @@ COLUMNS = [
     ("nn ms", 8, lambda r: _ms(r["nn"]["median_s"])),
     ("nn/ours", 7, lambda r: _num(r.get("speedup"), "{:.2f}x")),
     ("LB ms", 7, lambda r: _ms(r["lb"]["median_s"]) if r.get("lb") else "-"),
-    ("ours/LB", 7, lambda r: _num(r.get("ours_over_lb"), "{:.2f}")),
-    ("nn/LB", 6, lambda r: _num(r.get("nn_over_lb"), "{:.2f}")),
+    ("ours/LB", 7, lambda r: _num(r.get("ours_over_lb"))),
+    ("nn/LB", 6, lambda r: _num(r.get("nn_over_lb"))),
     ("us/step", 7, lambda r: _num(r["per_step_s"] * 1e6, "{:.3g}")),
     ("steps/s", 7, lambda r: _num(r["steps_per_s"], "{:.3g}")),
     ("GFLOP/s", 7, lambda r: _num(r["gflops_ours"], "{:.3g}")),

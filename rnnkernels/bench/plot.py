@@ -123,7 +123,9 @@ def plot_heatmaps(records: list[dict], path: Path, metric: str = "speedup") -> b
         for i, line in enumerate(values):
             for j, v in enumerate(line):
                 if not math.isnan(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+                    dark = v > 0 and abs(math.log2(v)) > 0.6 * spread
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if dark else "black")
         bar = fig.colorbar(image, ax=ax)
         bar.set_label(f"log2 {label}")
     fig.tight_layout()

@@ -41,7 +41,7 @@ def run_case(case: Case, options: RunOptions, env: dict, ceilings: dict | None =
     models = build_models(case, options.seed)
     inputs = make_inputs(case, options.seed + 1)
     passes = {name: make_pass(case, m, inputs) for name, m in models.items()}
-    paths = {name: implementation_path(case, m, inputs) for name, m in models.items()}
+    paths = {name: implementation_path(case, name, m, inputs) for name, m in models.items()}
     saved = {name: saved_activation_bytes(case, m, inputs) for name, m in models.items()}
 
     timings = time_interleaved(passes, options.repeats, device=case.device,
