@@ -62,7 +62,7 @@ def run_parser() -> argparse.ArgumentParser:
                       help="torch.set_num_threads for the whole run, LB included (default 2)")
     timing = p.add_argument_group("timing")
     timing.add_argument("--repeats", type=_positive_int,
-                        help="timed blocks per variant (default 11; the quick preset 7)")
+                        help="timed blocks per variant (default 11; the quick preset 9)")
     timing.add_argument("--min-block-ms", type=float, default=20.0,
                         help="a timed block repeats the pass until it lasts this long (default 20)")
     timing.add_argument("--warmup-ms", type=float, default=100.0,
