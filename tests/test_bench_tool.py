@@ -374,6 +374,16 @@ def test_plot_writes_pngs(tmp_path, capsys):
     assert len(plot.heatmap_groups(records)) == 1 and len(plot.time_groups(records)) == 1
 
 
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    from rnnkernels.bench import plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    path = tmp_path / "res.jsonl"
+    output.write_jsonl([_record()], path)
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        plot.main(str(path))
+
+
 # ---------------------------------------------------------------- lower bound and ceilings
 
 

@@ -254,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         args = plot_parser().parse_args(rest)
         from . import plot
 
-        plot.main(args.results, args.out_dir, args.metric)
-        return 0
+        return 0 if plot.main(args.results, args.out_dir, args.metric) else 1
     if command == "compare":
         args = compare_parser().parse_args(rest)
         from . import compare

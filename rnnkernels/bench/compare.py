@@ -161,11 +161,12 @@ def print_comparison(result: dict, out: TextIO = sys.stdout) -> None:
     if result["control_sigma"] is not None:
         print(f"torch.nn control: drift {100 * math.expm1(result['control_drift']):+.1f}%, "
               f"noise sigma {100 * result['control_sigma']:.1f}% (across cases)", file=out)
-    print(f"{'case':<64} {'old ms':>8} {'new ms':>8} {'new/old':>7} {'nn n/o':>7} "
+    width = max([len(r.key) for r in result["rows"]] + [4])
+    print(f"{'case':<{width}} {'old ms':>8} {'new ms':>8} {'new/old':>7} {'nn n/o':>7} "
           f"{'change':>7} {'thresh':>6}  verdict", file=out)
     for r in result["rows"]:
         nn_ratio = f"{r.new_nn / r.old_nn:.3f}" if r.old_nn and r.new_nn else "-"
-        print(f"{r.key:<64} {_ms(r.old_ours):>8} {_ms(r.new_ours):>8} {r.new_ours / r.old_ours:>7.3f} "
+        print(f"{r.key:<{width}} {_ms(r.old_ours):>8} {_ms(r.new_ours):>8} {r.new_ours / r.old_ours:>7.3f} "
               f"{nn_ratio:>7} {100 * math.expm1(r.x):>+6.1f}% {100 * math.expm1(r.threshold):>5.1f}%  "
               f"{r.verdict}", file=out)
     regressions = sum(r.verdict == "REGRESSION" for r in result["rows"])

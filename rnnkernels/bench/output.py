@@ -242,12 +242,15 @@ def row(record: dict) -> str:
 
 
 def summary(records: list[dict]) -> list[str]:
-    """Geometric-mean speedup per cell and mode."""
+    """Geometric-mean speedup per cell and mode (cases that ran rnnkernels' kernels)."""
     groups: dict[tuple, list[float]] = {}
+    fallbacks = 0
     for r in records:
-        if r.get("speedup"):
+        if _fallback_mark(r):
+            fallbacks += 1
+        elif r.get("speedup"):
             groups.setdefault((r["case"]["cell"], r["case"]["mode"]), []).append(r["speedup"])
-    lines = []
+    lines = [f"({fallbacks} cases where rnnkernels fell back to torch are left out of the means)"] if fallbacks else []
     for (cell, mode), values in sorted(groups.items()):
         geo = math.exp(sum(math.log(v) for v in values) / len(values))
         lines.append(f"{cell:<8} {mode:<9} geomean nn/ours {geo:.2f}x over {len(values)} cases "

@@ -161,6 +161,7 @@ def plot_time_vs_t(records: list[dict], path: Path) -> bool:
 
 def main(results: str, out_dir: str | None = None, metric: str = "speedup") -> list[Path]:
     """Draws what the file's cases allow; returns the written paths."""
+    _import_pyplot()  # a clear message up front when matplotlib is missing
     source = Path(results)
     records = read_results(source)
     directory = Path(out_dir) if out_dir else source.parent
