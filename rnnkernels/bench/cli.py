@@ -196,7 +196,7 @@ def run_main(argv: list[str]) -> int:
     all_ceilings = runner.ceilings_for(cases, options)
     env = env_mod.environment(args.threads)
     lb_seen = False
-    records = []
+    records, failed = [], []
     needs_worker = options.memory and any(c.device == "cpu" for c in cases)
     worker = RssWorker() if needs_worker else None
     try:
@@ -204,8 +204,15 @@ def run_main(argv: list[str]) -> int:
         print(output.header(), flush=True)
         for case in cases:
             progress.show(case.label())
-            record = runner.run_case(case, options, env,
-                                     all_ceilings.get((case.device, case.dtype, case.threads)), worker)
+            try:
+                record = runner.run_case(case, options, env,
+                                         all_ceilings.get((case.device, case.dtype, case.threads)), worker)
+            except (RuntimeError, ValueError, MemoryError) as err:  # one bad case does not end a sweep
+                progress.advance()
+                progress.clear()
+                failed.append(case.key)
+                print(f"{case.label()}: FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                continue
             if record.get("lb") and not lb_seen:  # the LB's backend joins the environment
                 lb_seen = True
                 env["lower_bound_backend"] = record["lb"]["backend"]
@@ -228,6 +235,9 @@ def run_main(argv: list[str]) -> int:
         output.write_jsonl(records, jsonl_path)  # again, now every record has the final env
         output.write_csv(records, csv_path)
         print(f"wrote {jsonl_path} and {csv_path}")
+    if failed:
+        print(f"{len(failed)} of {len(cases)} cases failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

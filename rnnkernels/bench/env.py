@@ -91,6 +91,8 @@ def environment(threads: int, lb_info: dict | None = None) -> dict:
         "torch_num_threads": torch.get_num_threads(),
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
         "gpu_name": gpu_name(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,  # cuDNN's fp32 RNNs may use TF32
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "git": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
