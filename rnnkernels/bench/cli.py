@@ -195,8 +195,14 @@ def run_main(argv: list[str]) -> int:
     progress.show("measuring ceilings" if options.ceilings else "")
     all_ceilings = runner.ceilings_for(cases, options)
     env = env_mod.environment(args.threads)
+    busy = env.get("loadavg_1min")
+    if busy is not None and busy > 0.5 * (env.get("logical_cpus") or 1):
+        progress.clear()
+        print(f"warning: load average {busy:.1f} on {env.get('logical_cpus')} CPUs: other processes are "
+              "running, so these timings (2-thread ones most) will be slow and noisy", file=sys.stderr)
     lb_seen = False
     records, failed = [], []
+    interrupted = False
     needs_worker = options.memory and any(c.device == "cpu" for c in cases)
     worker = RssWorker() if needs_worker else None
     try:
@@ -217,12 +223,16 @@ def run_main(argv: list[str]) -> int:
                 lb_seen = True
                 env["lower_bound_backend"] = record["lb"]["backend"]
                 env["blas_version"] = record["lb"].get("blas_version")
+            record["loadavg_1min"] = env_mod.load_average()
             records.append(record)
             progress.advance()
             progress.clear()
             print(output.row(record), flush=True)
             if jsonl_path:
                 output.append_jsonl(record, jsonl_path)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted after {len(records)} of {len(cases)} cases", file=sys.stderr)
     finally:
         progress.finish()
         if worker is not None:
@@ -238,7 +248,7 @@ def run_main(argv: list[str]) -> int:
     if failed:
         print(f"{len(failed)} of {len(cases)} cases failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    return 0
+    return 130 if interrupted else 0
 
 
 def presets_main(argv: list[str]) -> int:

@@ -69,6 +69,14 @@ def machine_name(device: str) -> str:
     return cpu_model()
 
 
+def load_average() -> float | None:
+    """The 1-minute load average: above the core count, other work competes for the CPUs."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def environment(threads: int, lb_info: dict | None = None) -> dict:
     """torch, rnnkernels build, CPU, GPU, threads, commit and date."""
     import rnnkernels
@@ -87,6 +95,7 @@ def environment(threads: int, lb_info: dict | None = None) -> dict:
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
         "logical_cpus": os.cpu_count(),
+        "loadavg_1min": load_average(),  # at the start of the run; each record has its own
         "threads": threads,
         "torch_num_threads": torch.get_num_threads(),
         "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,

@@ -20,8 +20,9 @@ environment block), so files from several runs can be concatenated. Fields:
   frac_peak_flops_ours, frac_peak_bw_ours
   memory            ours/nn_saved_bytes (training), ours_model_saved_bytes, saved_method,
                     ours/nn_peak_bytes, peak_method
-  env               environment.environment(): torch, build_info, CPU, ISA, threads, GPU,
-                    git commit, date
+  loadavg_1min      the machine's 1-minute load average when the case finished
+  env               env.environment(): torch, build_info, CPU, ISA, threads, GPU,
+                    git commit, date, load average at the start
 CSV (``.csv``): the same records flattened, one column per leaf (``ours.median_s``,
 ``env.git.commit``); lists as JSON text; empty cells for null; read back with
 numbers parsed except in text columns (STRING_LEAVES).
