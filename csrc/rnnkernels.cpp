@@ -49,4 +49,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Which backends, CPU ISAs and dtypes this build contains, and what it was built with.");
   m.def("cpu_capability", &rnnkernels::active_cpu_capability,
         "The CPU kernel variant chosen at run time (honours ATEN_CPU_CAPABILITY).");
+  void rnnkernels_register_bench_gemm(pybind11::module_&);  // csrc/bench_gemm.cpp
+  rnnkernels_register_bench_gemm(m);
 }

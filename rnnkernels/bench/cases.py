@@ -1,0 +1,257 @@
+"""Benchmark cases and the named presets (grids of cases).
+
+A case is one cell type, shape, mode, dtype, device and thread count. Its ``key`` names
+it across runs, so results of two runs (commits, machines) can be matched by ``compare``.
+Importing this module needs torch only, not the compiled extension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import zlib
+from dataclasses import dataclass
+
+CELLS = ("lstm", "gru", "rnn", "rnn_relu")  # rnn: tanh nonlinearity
+MODES = ("inference", "training")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda")
+
+# Gates per cell: LSTM i, f, g, o; GRU r, z, n; Elman RNN one.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn_relu": 1}
+# Floats per hidden unit and row that rnnkernels keeps for the backward (workspace
+# [D, N, S]): LSTM i, f, g, o, c; GRU r, z, n, W_hn h + b_hn; RNN nothing. Must agree
+# with rnnkernels.ops.WORKSPACE_PER_HIDDEN (a test checks).
+WORKSPACE_PER_HIDDEN = {"lstm": 5, "gru": 4, "rnn": 0, "rnn_relu": 0}
+ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case. Input is time-major [T, B, I]; ``packed`` feeds a PackedSequence
+    of B sequences whose lengths are drawn uniformly from [ceil(T/2), T] (one of them T)."""
+
+    cell: str
+    T: int
+    B: int
+    I: int  # noqa: E741  (the issue's name for the input size)
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    proj: int = 0  # LSTM proj_size; 0 for none
+    mode: str = "inference"
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 2
+    packed: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if self.cell not in CELLS:
+            problems.append(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
+        for name in ("T", "B", "I", "H", "layers", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if self.proj < 0 or (self.proj > 0 and self.cell != "lstm"):
+            problems.append(f"proj (proj_size) must be 0, or > 0 for lstm only; got {self.proj} for {self.cell}")
+        if self.proj >= self.H > 0 and self.proj > 0:
+            problems.append(f"proj ({self.proj}) must be smaller than H ({self.H})")
+        if problems:
+            raise ValueError("invalid benchmark case: " + "; ".join(problems))
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    @property
+    def output_size(self) -> int:
+        """P: the size of h (proj_size when LSTM has a projection, else H)."""
+        return self.proj if self.proj > 0 else self.H
+
+    @property
+    def element_bytes(self) -> int:
+        return ELEMENT_BYTES[self.dtype]
+
+    @property
+    def key(self) -> str:
+        """A stable name of the case, the same in every run and on every machine."""
+        return "|".join([
+            self.cell, self.mode, f"T{self.T}", f"B{self.B}", f"I{self.I}", f"H{self.H}",
+            f"L{self.layers}", "bi" if self.bidirectional else "uni", f"proj{self.proj}",
+            self.dtype, self.device, f"threads{self.threads}", "packed" if self.packed else "dense",
+        ])
+
+    def label(self) -> str:
+        """A short human label for tables and progress."""
+        extra = []
+        if self.layers > 1:
+            extra.append(f"L{self.layers}")
+        if self.bidirectional:
+            extra.append("bi")
+        if self.proj:
+            extra.append(f"proj{self.proj}")
+        if self.packed:
+            extra.append("packed")
+        tail = (" " + " ".join(extra)) if extra else ""
+        return f"{self.cell} {self.mode[:5]} T={self.T} B={self.B} I={self.I} H={self.H}{tail}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Case":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def sequence_lengths(case: Case) -> list[int]:
+    """Lengths of the B sequences, sorted longest first. Dense cases: all T. Packed: uniform
+    in [ceil(T/2), T], the first set to T so the case has T steps; seeded from the case's
+    geometry, so every run and machine draws the same lengths."""
+    if not case.packed:
+        return [case.T] * case.B
+    seed = zlib.crc32(f"{case.T}|{case.B}|packed-lengths".encode())
+    rng = random.Random(seed)
+    low = math.ceil(case.T / 2)
+    lengths = [rng.randint(low, case.T) for _ in range(case.B)]
+    lengths[0] = case.T
+    return sorted(lengths, reverse=True)
+
+
+def batch_sizes(case: Case) -> list[int]:
+    """Rows per step (PackedSequence.batch_sizes): B at every step for a dense case."""
+    lengths = sequence_lengths(case)
+    return [sum(1 for n in lengths if n > t) for t in range(case.T)]
+
+
+# ---------------------------------------------------------------- presets
+
+# (T, B, I, H, layers, bidirectional) of the core benchmark (issue 2, point 7).
+CORE_GEOMETRIES = [
+    (100, 1, 256, 256, 1, False),
+    (100, 32, 256, 256, 1, False),
+    (100, 64, 512, 512, 1, False),
+    (200, 16, 128, 128, 1, False),
+    (50, 128, 1024, 1024, 1, False),
+    (1000, 8, 64, 64, 1, False),
+    (100, 32, 256, 256, 2, True),
+]
+
+# The README's main-job command: the core grid without its largest shape (50, 128, 1024,
+# 1024), 9 repeats; about a minute on a quiet 2-core machine, two when it is shared.
+QUICK_GEOMETRIES = [g for g in CORE_GEOMETRIES if g[:4] != (50, 128, 1024, 1024)]
+
+GPU_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _square(T, B, H, layers=1, bidirectional=False):
+    return (T, B, H, H, layers, bidirectional)
+
+
+# GPU grids (the CUDA issue): compared against cuDNN.
+GPU_GRIDS = {
+    "gpu-default": [_square(100, 64, 512)],  # PyTorch's own RNN benchmark default
+    "gpu-latency": [_square(256, b, h) for b in (1, 8, 16) for h in (256, 512, 1024)],
+    "gpu-batch": [_square(100, 64, h) for h in (256, 1024)],
+    "gpu-large": [_square(100, 256, 1024)],
+    "gpu-bidir": [_square(100, 64, 512, layers=2, bidirectional=True)],
+}
+GPU_PACKED_GEOMETRIES = [_square(100, 64, 512)]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    geometries: tuple  # of (T, B, I, H, layers, bidirectional)
+    device: str = "cpu"
+    dtypes: tuple = ("float32",)
+    cells: tuple = ("lstm", "gru", "rnn")
+    modes: tuple = MODES
+    packed: tuple = (False,)  # one entry per packing variant to run
+    repeats: int | None = None  # None: the CLI's default
+
+
+def _presets() -> dict[str, Preset]:
+    presets = {
+        "quick": Preset("quick", "the core grid less its largest shape: the README's main-job "
+                        "command (1 to 2 min on 2 cores)", tuple(QUICK_GEOMETRIES), repeats=9),
+        "core": Preset("core", "the core CPU benchmark of issue 2: 7 shapes x RNN/LSTM/GRU x "
+                       "inference/training", tuple(CORE_GEOMETRIES)),
+        "cpu-packed": Preset("cpu-packed", "PackedSequence input on CPU (lengths uniform in "
+                             "[T/2, T])", tuple(g for g in CORE_GEOMETRIES if g[4] == 1 and g[2] <= 512),
+                             packed=(True,)),
+    }
+    for name, geometries in GPU_GRIDS.items():
+        presets[name] = Preset(name, f"CUDA grid {name[4:]} vs cuDNN", tuple(geometries),
+                               device="cuda", dtypes=GPU_DTYPES)
+    presets["gpu-packed"] = Preset("gpu-packed", "CUDA, PackedSequence input (lengths uniform "
+                                   "in [T/2, T]) vs cuDNN", tuple(GPU_PACKED_GEOMETRIES),
+                                   device="cuda", dtypes=GPU_DTYPES, packed=(True,))
+    everything = [g for name in GPU_GRIDS for g in GPU_GRIDS[name]]
+    presets["gpu"] = Preset("gpu", "all CUDA grids (packed input included) vs cuDNN",
+                            tuple(everything), device="cuda", dtypes=GPU_DTYPES)
+    return presets
+
+
+PRESETS = _presets()
+
+
+def preset_cases(name: str, threads: int = 2, cells=None, modes=None, dtypes=None,
+                 device=None) -> list[Case]:
+    """The cases of a preset; cells/modes/dtypes/device, when given, replace the preset's."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    cases = _grid(preset.geometries, cells or preset.cells, modes or preset.modes,
+                  dtypes or preset.dtypes, device or preset.device, threads, preset.packed)
+    if name == "gpu":  # the packed variant of the CUDA issue rides along with the full grid
+        cases += _grid(GPU_PACKED_GEOMETRIES, cells or preset.cells, modes or preset.modes,
+                       dtypes or preset.dtypes, device or preset.device, threads, (True,))
+    return cases
+
+
+def custom_cases(T, B, I, H, layers=(1,), bidirectional=(False,), proj=(0,), cells=("lstm",),  # noqa: E741
+                 modes=("inference",), dtypes=("float32",), device="cpu", threads=2,
+                 packed=False) -> list[Case]:
+    """The Cartesian product of the given lists; I=None entries mean I = H."""
+    cases = []
+    for cell, mode, dtype, t, b, h, i, n_layers, bi, p in itertools.product(
+            cells, modes, dtypes, T, B, H, I, layers, bidirectional, proj):
+        if p and cell != "lstm":
+            continue
+        cases.append(Case(cell=cell, T=t, B=b, I=h if i is None else i, H=h, layers=n_layers,
+                          bidirectional=bi, proj=p, mode=mode, dtype=dtype, device=device,
+                          threads=threads, packed=packed))
+    return _unique(cases)
+
+
+def _grid(geometries, cells, modes, dtypes, device, threads, packed_variants) -> list[Case]:
+    cases = []
+    for dtype, (t, b, i, h, layers, bi), cell, mode, packed in itertools.product(
+            dtypes, geometries, cells, modes, packed_variants):
+        cases.append(Case(cell=cell, T=t, B=b, I=i, H=h, layers=layers, bidirectional=bi,
+                          mode=mode, dtype=dtype, device=device, threads=threads, packed=packed))
+    return _unique(cases)
+
+
+def _unique(cases: list[Case]) -> list[Case]:
+    seen, out = set(), []
+    for case in cases:
+        if case.key not in seen:
+            seen.add(case.key)
+            out.append(case)
+    return out

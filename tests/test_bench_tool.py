@@ -1,0 +1,503 @@
+"""Tests of the benchmark tool's logic (rnnkernels.bench): argument parsing, the FLOP and
+byte model checked against hand arithmetic, result files, compare, plot, the GEMM lower
+bound helper, and a tiny end-to-end run. No timing is asserted anywhere."""
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnkernels
+from rnnkernels.bench import ceilings, cli, compare, model, output, timing, workload
+from rnnkernels.bench.cases import (CORE_GEOMETRIES, PRESETS, WORKSPACE_PER_HIDDEN, Case,
+                                    batch_sizes, custom_cases, preset_cases, sequence_lengths)
+from rnnkernels.bench.progress import Progress
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_cases(argv):
+    parser = cli.run_parser()
+    return cli.cases_from_args(parser.parse_args(argv), parser)
+
+
+# ---------------------------------------------------------------- cases and CLI parsing
+
+
+def test_core_preset_is_the_issue_grid():
+    cases = preset_cases("core")
+    # 7 shapes x 3 cells x 2 modes
+    assert len(cases) == 7 * 3 * 2
+    shapes = {(c.T, c.B, c.I, c.H, c.layers, c.bidirectional) for c in cases}
+    assert shapes == {
+        (100, 1, 256, 256, 1, False), (100, 32, 256, 256, 1, False), (100, 64, 512, 512, 1, False),
+        (200, 16, 128, 128, 1, False), (50, 128, 1024, 1024, 1, False), (1000, 8, 64, 64, 1, False),
+        (100, 32, 256, 256, 2, True)}
+    assert {c.cell for c in cases} == {"lstm", "gru", "rnn"}
+    assert {c.mode for c in cases} == {"inference", "training"}
+    assert all(c.threads == 2 and c.dtype == "float32" and c.device == "cpu" for c in cases)
+    assert len({c.key for c in cases}) == len(cases)
+
+
+def test_gpu_presets_follow_the_cuda_issue():
+    cases = preset_cases("gpu")
+    assert {c.device for c in cases} == {"cuda"}
+    assert {c.dtype for c in cases} == {"float32", "bfloat16", "float16"}
+    shapes = {(c.T, c.B, c.H, c.layers, c.bidirectional, c.packed) for c in cases}
+    latency = {(256, b, h, 1, False, False) for b in (1, 8, 16) for h in (256, 512, 1024)}
+    assert latency <= shapes
+    assert {(100, 64, 512, 1, False, False), (100, 64, 256, 1, False, False),
+            (100, 64, 1024, 1, False, False), (100, 256, 1024, 1, False, False),
+            (100, 64, 512, 2, True, False), (100, 64, 512, 1, False, True)} <= shapes
+    assert all(c.I == c.H for c in cases)
+
+
+def test_cli_grid_is_the_cartesian_product():
+    cases = parse_cases(["--cells", "lstm", "gru", "-T", "10", "20", "-B", "1", "-H", "8", "16",
+                         "--modes", "training", "--threads", "3", "--direction", "both"])
+    # 2 cells x 2 T x 1 B x 2 H x 2 directions
+    assert len(cases) == 16
+    assert all(c.I == c.H for c in cases)  # I defaults to H
+    assert all(c.threads == 3 and c.mode == "training" for c in cases)
+    assert {c.bidirectional for c in cases} == {False, True}
+
+
+def test_cli_preset_filters_and_options():
+    cases = parse_cases(["--preset", "core", "--cells", "gru", "--modes", "inference", "--threads", "1"])
+    assert len(cases) == 7 and {c.cell for c in cases} == {"gru"} and {c.threads for c in cases} == {1}
+    cases = parse_cases(["-T", "5", "-B", "2", "-I", "3", "-H", "4", "--cells", "lstm", "gru",
+                         "--proj", "0", "2", "--dtype", "float64", "--packed", "--layers", "2"])
+    # proj 2 applies to LSTM only: lstm x {0, 2} + gru x {0}, times 2 modes
+    assert len(cases) == 6
+    assert all(c.dtype == "float64" and c.packed and c.layers == 2 and c.I == 3 for c in cases)
+    assert {(c.cell, c.proj) for c in cases} == {("lstm", 0), ("lstm", 2), ("gru", 0)}
+
+
+@pytest.mark.parametrize("argv", [
+    ["--preset", "core", "-T", "10"],              # a preset and a grid
+    ["-T", "10", "-B", "2"],                       # no H
+    [],                                            # nothing chosen
+    ["--preset", "nope"],
+    ["-T", "0", "-B", "1", "-H", "4"],             # not positive
+    ["-T", "5", "-B", "1", "-H", "4", "--cells", "lstm", "--proj", "4"],  # proj must be < H
+])
+def test_cli_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_cases(argv)
+
+
+def test_case_key_and_validation():
+    case = Case("lstm", 100, 32, 256, 256, layers=2, bidirectional=True, mode="training")
+    assert case.key == "lstm|training|T100|B32|I256|H256|L2|bi|proj0|float32|cpu|threads2|dense"
+    assert Case.from_dict(json.loads(json.dumps(case.to_dict()))) == case
+    with pytest.raises(ValueError, match="proj"):
+        Case("gru", 5, 2, 4, 4, proj=2)
+    with pytest.raises(ValueError, match="mode"):
+        Case("gru", 5, 2, 4, 4, mode="train")
+
+
+def test_packed_lengths_are_seeded_and_in_range():
+    case = Case("gru", 40, 9, 4, 4, packed=True)
+    lengths = sequence_lengths(case)
+    assert lengths == sequence_lengths(Case("lstm", 40, 9, 8, 8, packed=True, mode="training"))
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] == 40
+    assert all(20 <= n <= 40 for n in lengths)
+    sizes = batch_sizes(case)
+    assert len(sizes) == 40 and sizes[0] == 9 and sum(sizes) == sum(lengths)
+    assert batch_sizes(Case("gru", 4, 3, 2, 2)) == [3, 3, 3, 3]
+
+
+def test_workspace_constants_match_the_ops():
+    assert WORKSPACE_PER_HIDDEN["lstm"] == rnnkernels.ops.WORKSPACE_PER_HIDDEN["lstm"]
+    assert WORKSPACE_PER_HIDDEN["gru"] == rnnkernels.ops.WORKSPACE_PER_HIDDEN["gru"]
+    assert WORKSPACE_PER_HIDDEN["rnn"] == rnnkernels.ops.WORKSPACE_PER_HIDDEN["rnn"]
+
+
+# ---------------------------------------------------------------- FLOP and byte model by hand
+
+
+def test_lstm_training_flops_and_bytes_by_hand():
+    case = Case("lstm", T=10, B=4, I=6, H=8, mode="training")
+    # N = T*B = 40 rows, G*H = 4*8 = 32, P = H = 8.
+    # forward:  input projection [40, 6] x [6, 32]:        2*40*32*6  = 15360
+    #           10 steps of [4, 8] x [8, 32]:          10 * 2*4*32*8  = 20480
+    # backward: 10 steps of [4, 32] x [32, 8]:         10 * 2*4*8*32  = 20480
+    #           dW_hh [32, 40] x [40, 8]:                 2*32*8*40  = 20480
+    #           dW_ih [6, 40] x [40, 32]:                 2*6*32*40  = 15360
+    #           dX    [40, 32] x [32, 6]:                 2*40*6*32  = 15360
+    assert model.gemm_flops(case) == 15360 + 20480 + 20480 + 20480 + 15360 + 15360 == 107520
+    # elements, workspace S*H = 5*8 = 40 per row, states h and c [4, 8] = 32 each:
+    # fwd input projection: X 40*6=240, W_ih 32*6=192, b_ih 32, x_proj 40*32=1280   = 1744
+    # fwd recurrence: x_proj 1280, W_hh 32*8=256, b_hh 32, h0+c0 64, output 40*8=320,
+    #                 h_n+c_n 64, workspace 40*40=1600                             = 3616
+    # bwd recurrence: grad_out 320, output 320, workspace 1600, W_hh 256,
+    #                 dgates 1280, dh0+dc0 64                                      = 3840
+    # bwd dW_hh: dgates 1280, output 320, dW_hh 256                                = 1856
+    # bwd bias:  dgates 1280, db_ih + db_hh 64                                     = 1344
+    # bwd dW_ih: X 240, dgates 1280, dW_ih 192                                     = 1712
+    # bwd dX:    dgates 1280, W_ih 192, dX 240                                     = 1712
+    elements = model.traffic_elements(case)
+    assert elements == {"fwd input projection": 1744, "fwd recurrence": 3616, "bwd recurrence": 3840,
+                        "bwd dW_hh": 1856, "bwd bias": 1344, "bwd dW_ih": 1712, "bwd dX": 1712}
+    assert model.traffic_bytes(case) == 4 * 15824
+    # without an input gradient the layer-0 dX product and its traffic go
+    assert model.gemm_flops(case, input_requires_grad=False) == 107520 - 15360
+    assert model.traffic_bytes(case, input_requires_grad=False) == 4 * (15824 - 1712)
+
+
+def test_gru_inference_flops_and_bytes_by_hand():
+    case = Case("gru", T=7, B=3, I=5, H=4, dtype="float64")
+    # N = 21, G*H = 12, P = 4.
+    # input projection [21, 5] x [5, 12]:    2*21*12*5 = 2520
+    # 7 steps of [3, 4] x [4, 12]:       7 * 2*3*12*4  = 2016
+    assert model.gemm_flops(case) == 2520 + 2016
+    # fwd input projection: X 21*5=105, W_ih 12*5=60, b_ih 12, x_proj 21*12=252   = 429
+    # fwd recurrence: x_proj 252, W_hh 12*4=48, b_hh 12, h0 12, output 21*4=84,
+    #                 h_n 12, no workspace in inference                         = 420
+    assert model.traffic_elements(case) == {"fwd input projection": 429, "fwd recurrence": 420}
+    assert model.traffic_bytes(case) == 8 * 849  # float64
+
+
+def test_rnn_bidirectional_training_flops_and_bytes_by_hand():
+    case = Case("rnn", T=5, B=2, I=3, H=4, bidirectional=True, mode="training")
+    # N = 10, D = 2, G*H = 4, P = 4.
+    # input projection, both directions at once [10, 3] x [3, 8]:  2*10*8*3    = 480
+    # 2 directions x 5 steps of [2, 4] x [4, 4]:                  2*5*2*2*4*4  = 640
+    # backward steps, the same count:                                            640
+    # dW_hh, 2 directions of [4, 10] x [10, 4]:                   2*2*4*4*10   = 640
+    # dW_ih [3, 10] x [10, 8]:                                    2*3*8*10     = 480
+    # dX [10, 8] x [8, 3]:                                        2*10*3*8     = 480
+    assert model.gemm_flops(case) == 480 + 640 + 640 + 640 + 480 + 480 == 3360
+    # fwd input projection: X 30, W_ih 2*4*3=24, b_ih 8, x_proj 10*8=80          = 142
+    # fwd recurrence: x_proj 80, W_hh 2*4*4=32, b_hh 8, h0 2*2*4=16, output 80,
+    #                 h_n 16, workspace 0 (RNN keeps none)                       = 232
+    # bwd recurrence: grad_out 80, output 80, W_hh 32, dgates 80, dh0 16           = 288
+    # bwd dW_hh: 80 + 80 + 32 = 192; bias: 80 + 2*8 = 96;
+    # bwd dW_ih: 30 + 80 + 24 = 134; dX: 80 + 24 + 30 = 134
+    assert model.traffic_bytes(case) == 4 * (142 + 232 + 288 + 192 + 96 + 134 + 134)
+
+
+def test_lstm_projection_two_layers_flops_by_hand():
+    case = Case("lstm", T=3, B=2, I=5, H=6, proj=4, layers=2)
+    # N = 6, G*H = 24, P = 4; layer 1 input size = P = 4.
+    # layer 0: input [6, 5] x [5, 24]:        2*6*24*5 = 1440
+    #          3 steps: [2, 4] x [4, 24] (384) and projection [2, 6] x [6, 4] (96) -> 1440
+    # layer 1: input [6, 4] x [4, 24]:        2*6*24*4 = 1152; steps again           1440
+    assert model.gemm_flops(case) == 1440 + 1440 + 1152 + 1440
+    phases = [g.phase for g in model.gemms(case)]
+    # the projection follows each recurrent product (interleaved, not merged)
+    assert phases[:4] == ["fwd input projection", "fwd recurrent", "fwd projection", "fwd recurrent"]
+
+
+def test_packed_flops_use_the_batch_sizes():
+    case = Case("rnn", T=10, B=5, I=3, H=4, packed=True)
+    sizes = batch_sizes(case)
+    n = sum(sizes)
+    # input projection [N, 3] x [3, 4], then step t: [B_t, 4] x [4, 4]
+    assert model.gemm_flops(case) == 2 * n * 4 * 3 + sum(2 * b * 4 * 4 for b in sizes)
+
+
+def test_gemm_sequence_expands_counts_with_transposes():
+    case = Case("gru", T=4, B=2, I=3, H=5, mode="training")
+    seq = model.gemm_sequence(case)
+    # 1 input projection + 4 steps forward; 4 steps backward + dW_hh + dW_ih + dX
+    assert len(seq) == 1 + 4 + 4 + 3
+    assert seq[0] == [8, 15, 3, 0, 1]       # X [8, 3] x W_ih^T
+    assert seq[1] == [2, 15, 5, 0, 1]       # h [2, 5] x W_hh^T
+    assert seq[5] == [2, 5, 15, 0, 0]       # dgates [2, 15] x W_hh
+    assert seq[9] == [15, 5, 8, 1, 0]       # dgates^T [15, 8] x H_prev [8, 5]
+    assert seq[10] == [3, 15, 8, 1, 0]      # X^T [3, 8] x dgates [8, 15]
+    assert seq[11] == [8, 3, 15, 0, 0]      # dgates [8, 15] x W_ih [15, 3]
+    assert sum(2 * m * n * k for m, n, k, _, _ in seq) == model.gemm_flops(case)
+
+
+@pytest.mark.parametrize("cell, state_tensors", [("lstm", 2), ("gru", 1), ("rnn", 1)])
+def test_measured_saved_bytes_match_the_kernel_model(cell, state_tensors):
+    """What autograd keeps for our backward = workspace + output (model.kernel_saved_bytes)
+    plus the initial states h0 (and c0) the op saves."""
+    case = Case(cell, T=6, B=3, I=5, H=7, mode="training")
+    models = workload.build_models(case)
+    inputs = workload.make_inputs(case)
+    ours = workload.saved_activation_bytes(case, models["ours"], inputs)
+    assert ours == model.kernel_saved_bytes(case) + state_tensors * 3 * 7 * 4
+    # N * (S*H + P) * 4 bytes: LSTM 18*(35+7)*4, GRU 18*(28+7)*4, RNN 18*7*4
+    assert model.kernel_saved_bytes(case) == {"lstm": 3024, "gru": 2520, "rnn": 504}[cell]
+    assert workload.saved_activation_bytes(case, models["nn"], inputs) > 0
+
+
+# ---------------------------------------------------------------- timing logic (no timings)
+
+
+def test_time_interleaved_alternates_the_variants():
+    calls = []
+    variants = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    result = timing.time_interleaved(variants, repeats=3, min_block_s=0.0, warmup_s=0.0,
+                                     min_warmup_calls=2)
+    # warm-up a b a b, then blocks of one call: a b | b a | a b
+    assert calls == ["a", "b", "a", "b", "a", "b", "b", "a", "a", "b"]
+    assert all(len(t.samples) == 3 and t.number == 1 for t in result.values())
+    assert timing.iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == 2.0
+
+
+# ---------------------------------------------------------------- result files
+
+
+def _record(key_cell="lstm", T=10, B=4, H=8, ours=1e-3, nn=2e-3, spread=0.0, repeats=9,
+            cpu="CPU X", mode="inference"):
+    case = Case(key_cell, T, B, H, H, mode=mode)
+    ours_samples = [ours * (1 + spread * ((i % 3) - 1)) for i in range(repeats)]
+    nn_samples = [nn * (1 + spread * ((i % 3) - 1)) for i in range(repeats)]
+    return {
+        "schema": "rnnkernels.bench/1", "key": case.key, "case": case.to_dict(),
+        "ours": {"median_s": ours, "iqr_s": 0.0, "samples_s": ours_samples, "number": 1,
+                 "repeats": repeats, "path": "rnnkernels"},
+        "nn": {"median_s": nn, "iqr_s": 0.0, "samples_s": nn_samples, "number": 1,
+               "repeats": repeats, "path": "oneDNN"},
+        "lb": {"median_s": ours / 3, "iqr_s": 0.0, "samples_s": [ours / 3], "backend": "sgemm_ (dlsym)",
+               "products": 11},
+        "speedup": nn / ours, "ours_over_lb": 3.0, "nn_over_lb": 3 * nn / ours,
+        "per_step_s": ours / T, "steps_per_s": T / ours, "gemm_flops": model.gemm_flops(case),
+        "bytes": model.traffic_bytes(case), "gflops_ours": 1.5, "gflops_nn": 0.75, "gbs_ours": 0.5,
+        "gbs_nn": 0.25, "ceilings": None, "frac_peak_flops_ours": None, "frac_peak_bw_ours": None,
+        "memory": {"ours_saved_bytes": None, "nn_saved_bytes": None, "ours_peak_bytes": None,
+                   "nn_peak_bytes": None},
+        "env": {"cpu_model": cpu, "gpu_name": None, "threads": 2,
+                "git": {"commit": "1234e5678", "branch": "main", "dirty": False},
+                "rnnkernels_build": {"source_hash": "0123456789", "cpu_dtypes": ["float32", "float64"]}},
+    }
+
+
+def test_jsonl_and_csv_round_trip(tmp_path):
+    records = [_record(), _record("gru", B=8, ours=3e-3), _record("rnn", H=16, mode="training")]
+    output.write_jsonl(records, tmp_path / "r.jsonl")
+    output.write_csv(records, tmp_path / "r.csv")
+    assert output.read_results(tmp_path / "r.jsonl") == records
+    from_csv = output.read_results(tmp_path / "r.csv")
+    assert len(from_csv) == 3
+    for original, back in zip(records, from_csv):
+        expected = {k: v for k, v in output.flatten(original).items() if v is not None}
+        assert output.flatten(back) == expected
+    # strings that look like numbers stay strings
+    assert from_csv[0]["env"]["git"]["commit"] == "1234e5678"
+    assert from_csv[0]["env"]["rnnkernels_build"]["source_hash"] == "0123456789"
+    header = (tmp_path / "r.csv").read_text().splitlines()[0].split(",")
+    assert {"key", "case.cell", "ours.median_s", "nn.median_s", "speedup", "lb.median_s",
+            "env.cpu_model"} <= set(header)
+
+
+def test_table_rows_print_every_column():
+    record = _record()
+    line = output.row(record)
+    assert line.startswith("lstm")
+    assert "2.00x" in line  # nn/ours
+    assert len(output.header().split()) >= len(output.COLUMNS)
+    text = io.StringIO()
+    output.print_table([record], text)
+    assert "geomean nn/ours 2.00x" in text.getvalue()
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _write(path, records):
+    output.write_jsonl(records, path)
+    return str(path)
+
+
+def test_compare_flags_a_regression_and_not_noise(tmp_path):
+    old = [_record("lstm", ours=1.00e-3, spread=0.002), _record("gru", ours=1.00e-3, spread=0.002),
+           _record("rnn", ours=1.00e-3, spread=0.30), _record("lstm", B=1, ours=1.00e-3, spread=0.002),
+           _record("gru", B=1, ours=1.00e-3, spread=0.002)]
+    new = [_record("lstm", ours=1.10e-3, spread=0.002),   # 10% slower, tight: regression
+           _record("gru", ours=1.02e-3, spread=0.002),    # 2%: under the 3% floor
+           _record("rnn", ours=1.08e-3, spread=0.30),     # 8% inside +-30% samples: noise
+           _record("lstm", B=1, ours=0.80e-3, spread=0.002),  # 20% faster
+           _record("gru", B=1, ours=1.00e-3, spread=0.002)]
+    result = compare.compare_records(old, new)
+    assert result["metric"] == "time"  # same machine
+    verdicts = {r.key.split("|")[0] + r.key.split("|")[3]: r.verdict for r in result["rows"]}
+    assert verdicts == {"lstmB4": "REGRESSION", "gruB4": "", "rnnB4": "", "lstmB1": "faster", "gruB1": ""}
+    out = io.StringIO()
+    code = compare.main(_write(tmp_path / "o.jsonl", old), _write(tmp_path / "n.jsonl", new),
+                        fail_on_regression=True, out=out)
+    assert code == 1 and "1 regressions, 1 faster" in out.getvalue()
+    assert compare.main(str(tmp_path / "o.jsonl"), str(tmp_path / "o.jsonl"), fail_on_regression=True,
+                        out=io.StringIO()) == 0
+
+
+def test_compare_across_machines_divides_out_the_machine():
+    old = [_record(cell, B=b, ours=1e-3, nn=2e-3, spread=0.002, cpu="old CPU")
+           for cell in ("lstm", "gru", "rnn") for b in (1, 4)]
+    # everything 1.5x slower on the new machine; our lstm B=4 a further 20%
+    new = [_record(cell, B=b, ours=1.5e-3 * (1.2 if (cell, b) == ("lstm", 4) else 1), nn=3e-3,
+                   spread=0.002, cpu="new CPU") for cell in ("lstm", "gru", "rnn") for b in (1, 4)]
+    result = compare.compare_records(old, new)
+    assert result["metric"] == "speedup"
+    flagged = [r.key for r in result["rows"] if r.verdict]
+    assert flagged == [old[1]["key"]]
+    assert math.isclose(result["control_drift"], math.log(1.5))
+    by_time = compare.compare_records(old, new, metric="time")
+    assert all(r.verdict == "REGRESSION" for r in by_time["rows"])
+
+
+def test_compare_noise_from_repeated_runs():
+    # the old file holds two runs of the case whose medians differ by 20%: a 10% change is noise
+    old = [_record("lstm", ours=0.9e-3, spread=0.001), _record("lstm", ours=1.1e-3, spread=0.001)]
+    new = [_record("lstm", ours=1.1e-3, spread=0.001)]
+    (row,) = compare.compare_records(old, new)["rows"]
+    assert row.verdict == ""
+    (row,) = compare.compare_records(old[:1], new)["rows"]  # one run only: 22% is flagged
+    assert row.verdict == "REGRESSION"
+
+
+# ---------------------------------------------------------------- plot
+
+
+def test_plot_writes_pngs(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib is an optional dependency of `plot`")
+    from rnnkernels.bench import plot
+
+    records = [_record("lstm", T=50, B=b, H=h, ours=1e-3 * b * h / 64, nn=2e-3) for b in (1, 8) for h in (8, 16)]
+    records += [_record("gru", T=t, ours=1e-5 * t, nn=2e-5 * t) for t in (10, 20, 40)]
+    path = tmp_path / "res.jsonl"
+    output.write_jsonl(records, path)
+    written = plot.main(str(path), str(tmp_path / "pics"))
+    assert sorted(p.name for p in written) == ["res-heatmap.png", "res-time-vs-T.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(plot.heatmap_groups(records)) == 1 and len(plot.time_groups(records)) == 1
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    from rnnkernels.bench import plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    path = tmp_path / "res.jsonl"
+    output.write_jsonl([_record()], path)
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        plot.main(str(path))
+
+
+# ---------------------------------------------------------------- lower bound and ceilings
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_gemm_sequence_helper_computes_the_listed_products(dtype, backend):
+    shapes = [[m, n, k, ta, tb] for m, n, k in [(7, 13, 5), (1, 33, 17)] for ta in (0, 1) for tb in (0, 1)]
+    result = rnnkernels._C._gemm_sequence_seconds(shapes, 2, dtype, 1, backend, True)
+    assert len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])
+    assert result["max_relative_error"] < (1e-5 if dtype == "float32" else 1e-12)
+    assert result["threads"] == torch.get_num_threads()
+    if backend == "torch":
+        assert result["backend"] == "at::mm_out"
+    else:
+        assert result["backend"] in ("sgemm_ (dlsym)", "dgemm_ (dlsym)", "at::mm_out")
+    with pytest.raises(RuntimeError, match="shape"):
+        rnnkernels._C._gemm_sequence_seconds([[1, 2]], 1)
+
+
+def test_lower_bound_measure_reports_its_backend():
+    from rnnkernels.bench import lower_bound
+
+    case = Case("gru", T=3, B=2, I=4, H=4, mode="training")
+    lb = lower_bound.measure(case, 2)
+    assert lb["products"] == len(model.gemm_sequence(case)) and len(lb["samples_s"]) == 2
+    lb = lower_bound.measure(Case("rnn", T=3, B=2, I=4, H=4, dtype="bfloat16"), 1)
+    assert lb["backend"] == "torch.mm loop (Python)"
+
+
+def test_ceilings_are_cached_per_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(ceilings, "CPU_MATMUL_N", 64)
+    monkeypatch.setattr(ceilings, "CPU_COPY_BYTES", 2**20)
+    path = tmp_path / "c.json"
+    first = ceilings.get("cpu", "float32", torch.get_num_threads(), path=path)
+    assert first["cached"] is False and first["matmul_gflops"] > 0 and first["copy_gbs"] > 0
+    second = ceilings.get("cpu", "float32", torch.get_num_threads(), path=path)
+    assert second["cached"] is True and second["matmul_gflops"] == first["matmul_gflops"]
+    assert ceilings.get("cpu", "float32", torch.get_num_threads(), remeasure=True, path=path)["cached"] is False
+    assert list(json.loads(path.read_text())) == [first["key"]]
+    assert "threads=" in first["key"] and torch.__version__ in first["key"]
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_progress_prints_lines_off_a_terminal():
+    stream = io.StringIO()
+    bar = Progress(4, stream=stream)
+    bar.show("first")
+    bar.advance()
+    bar.show("second")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[") and "0/4" in lines[0] and lines[0].endswith("first")
+    assert "1/4" in lines[1] and "eta" in lines[1]
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_tiny_end_to_end_run_writes_valid_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RNNKERNELS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(ceilings, "CPU_MATMUL_N", 64)
+    monkeypatch.setattr(ceilings, "CPU_COPY_BYTES", 2**20)
+    out = tmp_path / "tiny.jsonl"
+    code = cli.main(["-T", "5", "-B", "2", "-H", "8", "--cells", "lstm", "gru", "rnn",
+                     "--repeats", "1", "--min-block-ms", "0", "--warmup-ms", "0",
+                     "--threads", str(torch.get_num_threads()), "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == output.header()
+    records = output.read_results(out)
+    assert len(records) == 6
+    assert [r["key"] for r in records] == [c.key for c in custom_cases(
+        [5], [2], [None], [8], cells=("lstm", "gru", "rnn"), modes=("inference", "training"),
+        threads=torch.get_num_threads())]
+    for r in records:
+        case = Case.from_dict(r["case"])
+        assert r["gemm_flops"] == model.gemm_flops(case) and r["bytes"] == model.traffic_bytes(case)
+        assert r["ours"]["path"] == "rnnkernels"
+        assert r["nn"]["path"] in ("oneDNN", "ATen native")
+        assert r["lb"]["products"] == len(model.gemm_sequence(case))
+        assert math.isclose(r["speedup"], r["nn"]["median_s"] / r["ours"]["median_s"])
+        assert r["ceilings"]["matmul_n"] == 64
+        assert r["env"]["torch_version"] == torch.__version__
+        assert r["env"]["cpu_capability"] == rnnkernels._C.cpu_capability()
+        assert r["env"]["lower_bound_backend"] == records[0]["lb"]["backend"]
+        if case.mode == "training":
+            assert r["memory"]["ours_saved_bytes"] > 0
+    assert (tmp_path / "tiny.csv").exists()
+    assert len(output.read_results(tmp_path / "tiny.csv")) == 6
+    # LSTM in fp32 on CPU runs oneDNN inside torch.nn; GRU and RNN the native path
+    nn_paths = {r["case"]["cell"]: r["nn"]["path"] for r in records}
+    if torch.backends.mkldnn.is_available():
+        assert nn_paths == {"lstm": "oneDNN", "gru": "ATen native", "rnn": "ATen native"}
+
+
+def test_memory_worker_measures_a_peak_at_least_the_saved_activations():
+    from rnnkernels.bench.memory import RssWorker
+
+    case = Case("lstm", T=40, B=16, I=64, H=64, mode="training", threads=1)
+    with RssWorker() as worker:
+        answer = worker.measure(case, "ours")
+        if "error" in answer and "clear_refs" in answer["error"]:
+            pytest.skip(answer["error"])
+        assert "error" not in answer, answer
+        # the workspace and output, 40*16*(5*64 + 64)*4 bytes = 983040, live at the peak
+        assert answer["peak_bytes"] >= model.kernel_saved_bytes(case) == 983040
+
+
+def test_module_entry_point_lists_presets():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "rnnkernels.bench", "presets"], capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in PRESETS:
+        assert name in result.stdout
+    assert str(CORE_GEOMETRIES[0][:4]) in result.stdout
