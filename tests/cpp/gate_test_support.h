@@ -30,7 +30,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <iomanip>
 #include <limits>
 #include <map>
@@ -67,23 +66,22 @@ std::string describe(const char* name, V value, Rest... rest) {
 
 class Checker {
  public:
-  // One check: on failure prints the site, the expression and detail(), the first
+  void pass() { ++checks_; }
+
+  // A failed check: prints the site, the expression and the detail, the first
   // kPrintedPerSite times per site, and counts every failure.
-  bool record(bool ok, const char* what, const char* file, int line,
-              const std::function<std::string()>& detail) {
+  void fail(const char* what, const char* file, int line, const std::string& detail) {
     ++checks_;
-    if (ok) return true;
     ++failures_;
     const std::string site = std::string(file) + ":" + std::to_string(line);
     const int seen = ++failures_per_site_[site];
     if (seen <= kPrintedPerSite) {
       std::fprintf(stderr, "FAILED %s: %s\n    %s%s\n", site.c_str(), what, context_.c_str(),
-                   detail().c_str());
+                   detail.c_str());
     } else if (seen == kPrintedPerSite + 1) {
       std::fprintf(stderr, "FAILED %s: more failures here are counted, not printed\n",
                    site.c_str());
     }
-    return false;
   }
 
   // A check that fails because of a known bug: like pytest.mark.xfail(strict=True), it
@@ -125,9 +123,15 @@ inline Checker& checker() {
 }
 
 // RNNK_CHECK(condition, "name", value, ...): the names and values are printed on failure.
-#define RNNK_CHECK(cond, ...)                                                            \
-  ::rnnkernels::test::checker().record(static_cast<bool>(cond), #cond, __FILE__, __LINE__, \
-                                       [&] { return ::rnnkernels::test::describe(__VA_ARGS__); })
+#define RNNK_CHECK(cond, ...)                                                             \
+  do {                                                                                    \
+    if (cond) {                                                                           \
+      ::rnnkernels::test::checker().pass();                                               \
+    } else {                                                                              \
+      ::rnnkernels::test::checker().fail(#cond, __FILE__, __LINE__,                       \
+                                         ::rnnkernels::test::describe(__VA_ARGS__));      \
+    }                                                                                     \
+  } while (0)
 
 #define RNNK_KNOWN_BUG(cond, bug) \
   ::rnnkernels::test::checker().known_bug(static_cast<bool>(cond), #cond, bug, __FILE__, __LINE__)
@@ -255,12 +259,18 @@ std::string mismatch(T got, const Ref<T>& ref) {
 
 // RNNK_CHECK_REF(got, ref, "name", value, ...): got matches the bounded reference.
 #define RNNK_CHECK_REF(got, ref, ...)                                                       \
-  ::rnnkernels::test::checker().record(                                                     \
-      ::rnnkernels::test::matches((got), (ref)), #got " matches " #ref, __FILE__, __LINE__, \
-      [&] {                                                                                 \
-        return ::rnnkernels::test::mismatch((got), (ref)) + "; inputs: " +                 \
-               ::rnnkernels::test::describe(__VA_ARGS__);                                   \
-      })
+  do {                                                                                      \
+    const auto got_value_ = (got);                                                          \
+    const auto ref_value_ = (ref);                                                          \
+    if (::rnnkernels::test::matches(got_value_, ref_value_)) {                              \
+      ::rnnkernels::test::checker().pass();                                                 \
+    } else {                                                                                \
+      ::rnnkernels::test::checker().fail(                                                   \
+          #got " matches " #ref, __FILE__, __LINE__,                                        \
+          ::rnnkernels::test::mismatch(got_value_, ref_value_) + "; inputs: " +             \
+              ::rnnkernels::test::describe(__VA_ARGS__));                                   \
+    }                                                                                       \
+  } while (0)
 
 // ---------------------------------------------------------------- references of the cells
 // Written from the definitions in cell_math.h's header comment (torch.nn's equations) and
