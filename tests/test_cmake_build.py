@@ -50,13 +50,21 @@ def _build(build_dir, timeout, *targets):
     return _run([CMAKE, "--build", build_dir, "--parallel", jobs, *target_args], timeout=timeout)
 
 
-def test_ctest_gate_math(tmp_path):
-    """Build only the C++ tests (no Python module) and run them: every test must pass, and
-    the scalar and portable-SIMD tests, which run on any CPU, must not be skipped."""
-    _configure(tmp_path, "-DRNNKERNELS_BUILD_EXTENSION=OFF")
-    _build(tmp_path, 600)
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory):
+    """One configure of the whole project (extension and tests), with compile commands."""
+    build_dir = tmp_path_factory.mktemp("cmake-build")
+    _configure(build_dir, "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON")
+    return build_dir
+
+
+def test_ctest_gate_math(configured):
+    """Build only the C++ tests (not the Python module) and run them: every test must pass,
+    and the scalar and portable-SIMD tests, which run on any CPU, must not be skipped."""
+    _build(configured, 600, "rnnkernels_tests")
     # cwd instead of --test-dir, which needs CMake 3.20.
-    output = _run([CTEST, "--output-on-failure", "--timeout", "120"], timeout=300, cwd=tmp_path)
+    output = _run([CTEST, "--output-on-failure", "--timeout", "120"], timeout=300,
+                  cwd=configured)
     status = dict(re.findall(r"Test +#\d+: (\S+) \.+\**\s*(\w[\w ]*?)\s+[\d.]+ sec", output))
     assert status.get("cell_math") == "Passed", output
     assert status.get("vec_math_default") == "Passed", output
@@ -79,12 +87,12 @@ def _setup_py_extension():
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_cmake_compiles_setup_py_sources(tmp_path):
-    """Configure the extension (without building it) and compare the compile commands with
-    what setup.py compiles: the same sources, per-ISA flags, extension defines and hash."""
-    _configure(tmp_path, "-DRNNKERNELS_BUILD_TESTS=OFF", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON")
+def test_cmake_compiles_setup_py_sources(configured):
+    """Compare the compile commands of the extension (configured, not built) with what
+    setup.py compiles: the same sources, per-ISA flags, extension defines and hash."""
     commands = {Path(entry["file"]).resolve(): shlex.split(entry["command"])
-                for entry in json.loads((tmp_path / "compile_commands.json").read_text())}
+                for entry in json.loads((configured / "compile_commands.json").read_text())
+                if Path(entry["file"]).resolve().is_relative_to(ROOT / "csrc")}
     setup = _setup_py_extension()
 
     isa_sources = {(ROOT / "csrc" / "cpu" / f"kernels_{isa}.cpp").resolve(): isa
@@ -136,7 +144,7 @@ print(rnnkernels._C.__file__)
 @pytest.mark.skipif(os.environ.get("RNNKERNELS_TEST_CMAKE_EXTENSION") != "1",
                     reason="builds the whole extension through CMake (minutes on 2 cores); "
                            "set RNNKERNELS_TEST_CMAKE_EXTENSION=1 to run it")
-def test_cmake_extension_matches_setuptools(tmp_path):
+def test_cmake_extension_matches_setuptools(configured, tmp_path):
     """Build _C through CMake, import it from a copy of the package, and compare a forward
     and backward of every cell with the setuptools build in rnnkernels/ (the same code,
     compiled with the same flags, so the results must agree to the last bit)."""
@@ -145,14 +153,12 @@ def test_cmake_extension_matches_setuptools(tmp_path):
     if not any((ROOT / "rnnkernels").glob("_C*.so")):
         pytest.skip("no setuptools build in rnnkernels/ to compare with "
                     "(python setup.py build_ext --inplace)")
-    build_dir = tmp_path / "build"
-    _configure(build_dir, "-DRNNKERNELS_BUILD_TESTS=OFF")
-    _build(build_dir, 1800)
+    _build(configured, 1800, "_C")
     package_root = tmp_path / "root"
     shutil.copytree(ROOT / "rnnkernels", package_root / "rnnkernels",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     (package_root / "csrc").symlink_to(ROOT / "csrc")  # keeps _ext.py's stale-source check
-    (module,) = build_dir.glob("_C*.so")
+    (module,) = configured.glob("_C*.so")
     shutil.copy2(module, package_root / "rnnkernels" / module.name)
 
     outputs = {}

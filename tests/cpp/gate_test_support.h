@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <iomanip>
 #include <limits>
+#include <initializer_list>
 #include <map>
 #include <random>
 #include <sstream>
@@ -51,20 +52,35 @@ namespace rnnkernels::test {
 
 // ---------------------------------------------------------------- checks
 
-template <typename V>
-std::string format_value(V v) {
+// One value as text, with all the digits that identify it.
+inline std::string format_value(long double v, int digits) {
   std::ostringstream out;
-  out << std::setprecision(std::numeric_limits<V>::max_digits10) << v;
+  out << std::setprecision(digits) << v;
   return out.str();
 }
+inline std::string format_value(float v) { return format_value(v, 9); }
+inline std::string format_value(double v) { return format_value(v, 17); }
+inline std::string format_value(long double v) { return format_value(v, 21); }
+inline std::string format_value(int v) { return std::to_string(v); }
+inline std::string format_value(const char* v) { return v; }
+inline std::string format_value(const std::string& v) { return v; }
 
-inline std::string describe() { return {}; }
+// Pairs of name and value text: {"x", "1", "c", "2"} -> "x=1 c=2".
+[[gnu::noinline, gnu::cold]] inline std::string describe_fields(
+    std::initializer_list<std::string> fields) {
+  std::string out;
+  bool is_name = true;
+  for (const std::string& field : fields) {
+    out += is_name ? (out.empty() ? "" : " ") + field + "=" : field;
+    is_name = !is_name;
+  }
+  return out;
+}
 
-// describe("x", 1.f, "c", 2.0) == "x=1 c=2"
-template <typename V, typename... Rest>
-std::string describe(const char* name, V value, Rest... rest) {
-  std::string tail = describe(rest...);
-  return std::string(name) + "=" + format_value(value) + (tail.empty() ? "" : " " + tail);
+// describe("x", 1.f, "c", 2.0) == "x=1 c=2"; only called on failure.
+template <typename... Args>
+[[gnu::noinline, gnu::cold]] std::string describe(const Args&... args) {
+  return describe_fields({format_value(args)...});
 }
 
 class Checker {
@@ -128,7 +144,7 @@ inline Checker& checker() {
 // RNNK_CHECK(condition, "name", value, ...): the names and values are printed on failure.
 #define RNNK_CHECK(cond, ...)                                                             \
   do {                                                                                    \
-    if (cond) {                                                                           \
+    if (cond) [[likely]] {                                                                \
       ::rnnkernels::test::checker().pass();                                               \
     } else {                                                                              \
       ::rnnkernels::test::checker().fail(#cond, __FILE__, __LINE__,                       \
@@ -292,7 +308,7 @@ std::string mismatch(T got, const Ref<T>& ref) {
   do {                                                                                      \
     const auto got_value_ = (got);                                                          \
     const auto ref_value_ = (ref);                                                          \
-    if (::rnnkernels::test::matches(got_value_, ref_value_)) {                              \
+    if (::rnnkernels::test::matches(got_value_, ref_value_)) [[likely]] {                   \
       ::rnnkernels::test::checker().pass();                                                 \
     } else {                                                                                \
       ::rnnkernels::test::checker().fail(                                                   \
