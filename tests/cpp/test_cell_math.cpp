@@ -18,6 +18,7 @@ inline namespace RNNKERNELS_ISA_NAMESPACE {
 template <>
 struct Elementwise<long double> {
   static long double exp(long double x) { return std::exp(x); }
+  static long double reciprocal(long double x) { return 1 / x; }
   static long double tanh(long double x) { return std::tanh(x); }
 };
 }  // namespace RNNKERNELS_ISA_NAMESPACE
