@@ -1,0 +1,180 @@
+"""The CMake build (CMakeLists.txt): its C++ unit tests of the gate math pass under ctest,
+and it compiles the extension from the same sources, ISA flags and source hash as setup.py.
+
+Building the whole extension through CMake takes minutes on a 2-core machine, so CI does
+not; test_cmake_extension_matches_setuptools does it when RNNKERNELS_TEST_CMAKE_EXTENSION=1.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CMAKE = shutil.which("cmake")
+NINJA = shutil.which("ninja")
+CTEST = shutil.which("ctest")
+
+pytestmark = pytest.mark.skipif(
+    CMAKE is None or NINJA is None or CTEST is None,
+    reason="cmake, ctest or ninja not found on PATH (pip install cmake ninja)")
+
+
+def _env():
+    # The CPU part only: CMake's default (RNNKERNELS_WITH_CUDA=OFF), and setup.py's with this.
+    return dict(os.environ, RNNKERNELS_SKIP_CUDA_BUILD="1")
+
+
+def _run(cmd, timeout, cwd=None):
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"`{shlex.join(str(c) for c in cmd)}` failed with exit status {proc.returncode}:\n"
+        f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout
+
+
+def _configure(build_dir, *options):
+    return _run([CMAKE, "-S", ROOT, "-B", build_dir, "-G", "Ninja",
+                 f"-DPython_EXECUTABLE={sys.executable}", *options], timeout=120)
+
+
+def _build(build_dir, timeout, *targets):
+    jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+    target_args = ["--target", *targets] if targets else []
+    return _run([CMAKE, "--build", build_dir, "--parallel", jobs, *target_args], timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory):
+    """One configure of the whole project (extension and tests), with compile commands."""
+    build_dir = tmp_path_factory.mktemp("cmake-build")
+    _configure(build_dir, "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON")
+    return build_dir
+
+
+def test_ctest_gate_math(configured):
+    """Build only the C++ tests (not the Python module) and run them: every test must pass,
+    and the scalar and portable-SIMD tests, which run on any CPU, must not be skipped."""
+    _build(configured, 600, "rnnkernels_tests")
+    # cwd instead of --test-dir, which needs CMake 3.20.
+    output = _run([CTEST, "--output-on-failure", "--timeout", "120"], timeout=300,
+                  cwd=configured)
+    status = dict(re.findall(r"Test +#\d+: (\S+) \.+\**\s*(\w[\w ]*?)\s+[\d.]+ sec", output))
+    assert status.get("cell_math") == "Passed", output
+    assert status.get("vec_math_default") == "Passed", output
+    assert all(s in ("Passed", "Skipped") for s in status.values()), output
+    assert "0 tests failed" in output, output
+
+
+def _setup_py_extension():
+    """setup.py's extension sources, ISA list and flags, read by running setup.py with
+    setuptools.setup replaced."""
+    probe = (
+        "import json, runpy, setuptools\n"
+        "captured = {}\n"
+        "setuptools.setup = lambda **kwargs: captured.update(kwargs)\n"
+        "g = runpy.run_path('setup.py')\n"
+        "ext = captured['ext_modules'][0]\n"
+        "print(json.dumps({'sources': ext.sources, 'isas': g['_isas'](),\n"
+        "                  'isa_flags': g['ISA_FLAGS'], 'hash': g['_load_source_hash']()}))\n")
+    out = _run([sys.executable, "-c", probe], timeout=120, cwd=ROOT)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_cmake_compiles_setup_py_sources(configured):
+    """Compare the compile commands of the extension (configured, not built) with what
+    setup.py compiles: the same sources, per-ISA flags, extension defines and hash."""
+    commands = {Path(entry["file"]).resolve(): shlex.split(entry["command"])
+                for entry in json.loads((configured / "compile_commands.json").read_text())
+                if Path(entry["file"]).resolve().is_relative_to(ROOT / "csrc")}
+    setup = _setup_py_extension()
+
+    isa_sources = {(ROOT / "csrc" / "cpu" / f"kernels_{isa}.cpp").resolve(): isa
+                   for isa in setup["isas"]}
+    module_sources = {(ROOT / s).resolve() for s in setup["sources"]}
+    assert set(commands) == module_sources | set(isa_sources)
+
+    for source, isa in isa_sources.items():
+        argv = commands[source]
+        for flag in setup["isa_flags"][isa]:
+            assert flag in argv, f"{source.name}: {flag} missing from {argv}"
+        assert "-fopenmp" not in argv and not any("TORCH_EXTENSION_NAME" in a for a in argv)
+    for source in module_sources:
+        argv = commands[source]
+        for flag in ("-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
+                     "-std=c++20", "-fvisibility=hidden", "-O3"):
+            assert flag in argv, f"{source.name}: {flag} missing from {argv}"
+        assert any(a.startswith("-fopenmp") for a in argv), argv
+        assert not any(a.startswith("-DCPU_CAPABILITY") for a in argv), argv
+    build_info = commands[(ROOT / "csrc" / "build_info.cpp").resolve()]
+    assert f'-DRNNKERNELS_SOURCE_HASH="{setup["hash"]}"' in build_info, build_info
+
+
+# Runs LSTM (with and without projection), GRU and RNN (tanh, relu), two layers, both
+# directions, float32 and float64, forward and backward, and saves every output and gradient.
+_CELLS_SCRIPT = r"""
+import sys
+import torch
+import rnnkernels
+
+CASES = [("lstm", rnnkernels.LSTM, {}), ("lstm_proj", rnnkernels.LSTM, {"proj_size": 5}),
+         ("gru", rnnkernels.GRU, {}), ("rnn_tanh", rnnkernels.RNN, {"nonlinearity": "tanh"}),
+         ("rnn_relu", rnnkernels.RNN, {"nonlinearity": "relu"})]
+results = {}
+for name, cls, kwargs in CASES:
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        module = cls(33, 17, num_layers=2, bidirectional=True, **kwargs).to(dtype)
+        x = torch.randn(7, 3, 33, dtype=dtype, requires_grad=True)
+        y, _ = module(x)
+        (y * torch.randn_like(y)).sum().backward()
+        results[f"{name}/{dtype}"] = [y.detach(), x.grad] + [p.grad for p in module.parameters()]
+torch.save(results, sys.argv[1])
+print(rnnkernels._C.__file__)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RNNKERNELS_TEST_CMAKE_EXTENSION") != "1",
+                    reason="builds the whole extension through CMake (minutes on 2 cores); "
+                           "set RNNKERNELS_TEST_CMAKE_EXTENSION=1 to run it")
+def test_cmake_extension_matches_setuptools(configured, tmp_path):
+    """Build _C through CMake, import it from a copy of the package, and compare a forward
+    and backward of every cell with the setuptools build in rnnkernels/ (the same code,
+    compiled with the same flags, so the results must agree to the last bit)."""
+    import torch
+
+    probe = subprocess.run([sys.executable, "-c", "import rnnkernels"], cwd=tmp_path,
+                           env=dict(_env(), PYTHONPATH=str(ROOT)), capture_output=True,
+                           text=True, timeout=300)
+    if probe.returncode != 0:
+        lines = probe.stderr.strip().splitlines()
+        error = next((line for line in reversed(lines) if "Error" in line), lines[-1])
+        pytest.skip("no importable setuptools build in rnnkernels/ to compare with (run "
+                    f"`python setup.py build_ext --inplace` first): {error}")
+    _build(configured, 1800, "_C")
+    package_root = tmp_path / "root"
+    shutil.copytree(ROOT / "rnnkernels", package_root / "rnnkernels",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (package_root / "csrc").symlink_to(ROOT / "csrc")  # keeps _ext.py's stale-source check
+    (module,) = configured.glob("_C*.so")
+    shutil.copy2(module, package_root / "rnnkernels" / module.name)
+
+    outputs = {}
+    for name, root in (("setuptools", ROOT), ("cmake", package_root)):
+        env = dict(_env(), PYTHONPATH=str(root))
+        path = tmp_path / f"{name}.pt"
+        proc = subprocess.run([sys.executable, "-c", _CELLS_SCRIPT, str(path)], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.strip().startswith(str(root)), proc.stdout
+        outputs[name] = torch.load(path)
+    for key, expected in outputs["setuptools"].items():
+        for index, (got, want) in enumerate(zip(outputs["cmake"][key], expected)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"{key}, tensor {index}")
