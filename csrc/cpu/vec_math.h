@@ -158,7 +158,8 @@ struct Elementwise<at::vec::Vectorized<float>> {
 #endif
   // at::vec::maximum propagates NaN, as torch.relu does.
   static inline V relu(V x) { return at::vec::maximum(x, V(0.f)); }
-  static inline V relu_grad(V grad, V y) { return V::blendv(V(0.f), grad, y > V(0.f)); }
+  // threshold_backward: y <= 0 ? 0 : grad (a NaN output passes the gradient through).
+  static inline V relu_grad(V grad, V y) { return V::blendv(grad, V(0.f), y <= V(0.f)); }
 };
 
 template <>
@@ -168,7 +169,7 @@ struct Elementwise<at::vec::Vectorized<double>> {
   static inline V reciprocal(V x) { return x.reciprocal(); }
   static inline V tanh(V x) { return x.tanh(); }
   static inline V relu(V x) { return at::vec::maximum(x, V(0.0)); }
-  static inline V relu_grad(V grad, V y) { return V::blendv(V(0.0), grad, y > V(0.0)); }
+  static inline V relu_grad(V grad, V y) { return V::blendv(grad, V(0.0), y <= V(0.0)); }
 };
 
 }  // namespace RNNKERNELS_ISA_NAMESPACE

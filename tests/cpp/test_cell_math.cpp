@@ -160,9 +160,7 @@ void check_rnn(Inputs<T>& in) {
       RNNK_CHECK(got == (h_relu > T(0) ? dh : T(0)), "dh", dh, "h", h_relu, "got", got);
     } else if (dh != T(0)) {
       // NaN <= 0 is false, so torch passes dh through where relu's output is NaN.
-      RNNK_KNOWN_BUG(got == dh,
-                     "relu_grad(dh, NaN) returns 0; torch.relu's backward "
-                     "(threshold_backward) returns dh there");
+      RNNK_CHECK(got == dh, "dh", dh, "h", h_relu, "got", got);
     }
   }
   // relu: NaN propagates (torch.relu), -inf -> 0, +inf -> +inf; gradient 0 at h = +-0.

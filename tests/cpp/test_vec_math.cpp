@@ -120,9 +120,8 @@ void check_rnn_backward(Inputs<T>& in) {
         RNNK_CHECK(d_relu[lane] == (h_relu[lane] > T(0) ? g : T(0)), "lane", lane, "dh", g, "h",
                    h_relu[lane], "simd", d_relu[lane]);
       } else if (g != T(0)) {
-        RNNK_KNOWN_BUG(d_relu[lane] == g,
-                       "relu_grad(dh, NaN) returns 0; torch.relu's backward "
-                       "(threshold_backward) returns dh there");
+        // NaN <= 0 is false, so torch passes dh through where relu's output is NaN.
+        RNNK_CHECK(d_relu[lane] == g, "lane", lane, "dh", g, "simd", d_relu[lane]);
       }
     }
   }

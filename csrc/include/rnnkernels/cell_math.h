@@ -41,8 +41,9 @@ struct Elementwise<float> {
   static RNNK_FN float tanh(float x) { return ::tanhf(x); }
   // NaN propagates, as in torch.relu.
   static RNNK_FN float relu(float x) { return (x > 0.f || x != x) ? x : 0.f; }
-  // Gradient of relu given its output y (torch: threshold_backward(grad, y, 0)).
-  static RNNK_FN float relu_grad(float grad, float y) { return y > 0.f ? grad : 0.f; }
+  // Gradient of relu given its output y, as torch's threshold_backward(grad, y, 0):
+  // y <= 0 ? 0 : grad, so a NaN output passes the gradient through.
+  static RNNK_FN float relu_grad(float grad, float y) { return y <= 0.f ? 0.f : grad; }
 };
 
 template <>
@@ -51,7 +52,7 @@ struct Elementwise<double> {
   static RNNK_FN double reciprocal(double x) { return 1.0 / x; }
   static RNNK_FN double tanh(double x) { return ::tanh(x); }
   static RNNK_FN double relu(double x) { return (x > 0.0 || x != x) ? x : 0.0; }
-  static RNNK_FN double relu_grad(double grad, double y) { return y > 0.0 ? grad : 0.0; }
+  static RNNK_FN double relu_grad(double grad, double y) { return y <= 0.0 ? 0.0 : grad; }
 };
 
 template <typename T>
