@@ -256,9 +256,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autograd(
   return {r[0], r[1], r[2]};
 }
 
+// ---------------------------------------------------------------- input projection
+
+using ProjectionSig = at::Tensor(const at::Tensor&, at::TensorList, at::TensorList);
+using ProjectionBackwardSig = std::tuple<at::Tensor, TensorVec, TensorVec>(
+    const at::Tensor&, const at::Tensor&, at::TensorList, bool, bool);
+
+class ProjectionFunction : public torch::autograd::Function<ProjectionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList w_ih,
+                               at::TensorList b_ih) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<ProjectionSig>("rnnkernels::input_projection");
+    variable_list saved{x};
+    append(saved, w_ih);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_ih.size()),
+                                                    static_cast<int64_t>(b_ih.size())};
+    return {op.call(x, w_ih, b_ih)};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    SavedLists s{ctx->get_saved_variables()};
+    const at::Tensor x = s.take();
+    const TensorVec w_ih = s.take(sizes[0]);
+    const bool need_input_grad = ctx->needs_input_grad(0);
+    variable_list result;
+    if (!grads[0].defined()) {
+      result.resize(1 + sizes[0] + sizes[1]);
+      return result;
+    }
+    static const auto op = find_op<ProjectionBackwardSig>("rnnkernels::input_projection_backward");
+    auto [gx, gw, gb] = op.call(grads[0], x, w_ih, need_input_grad, sizes[1] > 0);
+    result.push_back(need_input_grad ? gx : at::Tensor());
+    append(result, gw);
+    append(result, gb);
+    return result;
+  }
+};
+
+at::Tensor input_projection_autograd(const at::Tensor& x, at::TensorList w_ih,
+                                     at::TensorList b_ih) {
+  return ProjectionFunction::apply(x, w_ih, b_ih)[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnkernels, Autograd, m) {
+  m.impl("input_projection", &input_projection_autograd);
   m.impl("lstm_forward", &lstm_forward_autograd);
   m.impl("gru_forward", &gru_forward_autograd);
   m.impl("rnn_forward", &rnn_forward_autograd);

@@ -18,6 +18,14 @@
 #include "rnnkernels/build_info.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
+  // x [N, I] -> x_proj [N, D*G*H]: direction d's columns are x @ w_ih[d]^T + b_ih[d].
+  // The backward returns grad_x (empty when need_input_grad is false), grad_w_ih[] and
+  // grad_b_ih[] (empty when has_bias is false).
+  m.def("input_projection(Tensor x, Tensor[] w_ih, Tensor[] b_ih) -> Tensor");
+  m.def(
+      "input_projection_backward(Tensor grad_x_proj, Tensor x, Tensor[] w_ih, "
+      "bool need_input_grad, bool has_bias) -> (Tensor grad_x, Tensor[] grad_w_ih, "
+      "Tensor[] grad_b_ih)");
   m.def(
       "lstm_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor[] w_hr, Tensor h0, "
       "Tensor c0, Tensor? batch_sizes, bool need_workspace) "

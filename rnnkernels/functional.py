@@ -76,6 +76,11 @@ def _layer_params(params, has_biases, num_layers, directions):
 
 def _input_projection(x2d: Tensor, dirs) -> Tensor:
     """x2d [N, I] -> [N, D*G*H] = x @ [W_ih_0; W_ih_1]^T + [b_ih_0; b_ih_1]."""
+    if x2d.device.type == "cpu" and x2d.dtype in (torch.float32, torch.float64):
+        # rnnkernels' own GEMM (Note [own GEMM] in csrc/cpu/gemm_cpu.cpp); writes both
+        # directions' columns without concatenating their weights.
+        b_ih = [d[2] for d in dirs] if dirs[0][2] is not None else []
+        return ops.input_projection(x2d, [d[0] for d in dirs], b_ih)
     if len(dirs) == 1:
         w_ih, b_ih = dirs[0][0], dirs[0][2]
     else:

@@ -32,6 +32,20 @@ def _workspace_dtype(x_proj: Tensor) -> torch.dtype:
 # ---------------------------------------------------------------- fakes
 
 
+@torch.library.register_fake("rnnkernels::input_projection")
+def _input_projection_fake(x, w_ih, b_ih):
+    return x.new_empty((x.shape[0], len(w_ih) * w_ih[0].shape[0]))
+
+
+@torch.library.register_fake("rnnkernels::input_projection_backward")
+def _input_projection_backward_fake(grad_x_proj, x, w_ih, need_input_grad, has_bias):
+    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_input_grad \
+        else x.new_empty((0,))
+    grad_w = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in w_ih]
+    grad_b = [x.new_empty((w.shape[0],)) for w in w_ih] if has_bias else []
+    return grad_x, grad_w, grad_b
+
+
 @torch.library.register_fake("rnnkernels::lstm_forward")
 def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace):
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
@@ -109,6 +123,8 @@ def _rnn_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace,
 # Autograd: C++ autograd Functions registered at the Autograd key (csrc/autograd.cpp,
 # see Note [autograd in C++] there).
 
+input_projection = _ops.input_projection
+input_projection_backward = _ops.input_projection_backward
 lstm_forward = _ops.lstm_forward
 lstm_backward = _ops.lstm_backward
 gru_forward = _ops.gru_forward

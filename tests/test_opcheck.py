@@ -1,4 +1,4 @@
-"""torch.library.opcheck on the six ops of torch.ops.rnnkernels.
+"""torch.library.opcheck on the ops of torch.ops.rnnkernels.
 
 Each opcheck sub-test (schema, autograd registration, fake tensor, AOT dispatch with
 dynamic shapes) is its own test case, so a failure names the sub-test. The AOT dispatch
@@ -155,3 +155,51 @@ def test_backward_opcheck(cell, directions, bias, packed, proj, missing, test_ut
 def test_backward_opcheck_aot_dispatch(cell, directions, bias, packed, proj, missing):
     args = backward_args(cell, directions, bias, packed, proj, missing)
     torch.library.opcheck(getattr(_ops, f"{cell}_backward").default, args, test_utils=AOT_UTIL)
+
+
+# ---------------------------------------------------------------- input projection
+
+PROJECTION_CASES = [
+    pytest.param(directions, bias, grad, input_size,
+                 id=f"D{directions}-{'bias' if bias else 'nobias'}-"
+                    f"{'grad' if grad else 'nograd'}-I{input_size}")
+    for directions in (1, 2)
+    for bias in (True, False)
+    for grad in (True, False)
+    # 7: MKL below the own GEMM's minimum depth; 300: the own GEMM path (K >= 256)
+    for input_size in (7, 300)
+]
+
+
+def projection_args(directions, bias, grad, input_size):
+    x = _rand(6, input_size, requires_grad=grad)
+    w_ih = [_rand(4 * HIDDEN, input_size, requires_grad=grad) for _ in range(directions)]
+    b_ih = [_rand(4 * HIDDEN, requires_grad=grad) for _ in range(directions)] if bias else []
+    return x, w_ih, b_ih
+
+
+@pytest.mark.parametrize("test_util", CHEAP_UTILS)
+@pytest.mark.parametrize("directions,bias,grad,input_size", PROJECTION_CASES)
+def test_input_projection_opcheck(directions, bias, grad, input_size, test_util):
+    torch.library.opcheck(_ops.input_projection.default,
+                          projection_args(directions, bias, grad, input_size),
+                          test_utils=test_util)
+
+
+# AOT dispatch (slow) on the differentiable cases of the own GEMM path.
+@pytest.mark.parametrize("directions,bias,grad,input_size",
+                         [p for p in PROJECTION_CASES if p.values[2] and p.values[3] == 300])
+def test_input_projection_opcheck_aot_dispatch(directions, bias, grad, input_size):
+    torch.library.opcheck(_ops.input_projection.default,
+                          projection_args(directions, bias, grad, input_size),
+                          test_utils=AOT_UTIL)
+
+
+@pytest.mark.parametrize("need_input_grad", [True, False])
+@pytest.mark.parametrize("directions,bias,grad,input_size",
+                         [p for p in PROJECTION_CASES if not p.values[2]])
+def test_input_projection_backward_opcheck(directions, bias, grad, input_size, need_input_grad):
+    x, w_ih, _ = projection_args(directions, bias, False, input_size)
+    grad_x_proj = _rand(x.shape[0], directions * w_ih[0].shape[0])
+    torch.library.opcheck(_ops.input_projection_backward.default,
+                          (grad_x_proj, x, w_ih, need_input_grad, bias), test_utils=CHEAP_UTILS)

@@ -151,6 +151,24 @@ struct RnnBackwardArgs {
   void* scratch = nullptr;
 };
 
+// C[M, N] = A[M, K] @ B[K, N] (+ bias[N]) (+ C with accumulate), with element strides:
+// A[m][k] = a[m*a_rs + k*a_cs], B[k][n] = b[k*b_rs + n*b_cs], C row-major with ldc.
+// B is packed into column panels first (gemm_pack), then C is computed in register
+// tiles of MR rows by one panel (gemm_compute); see gemm_cpu.cpp.
+template <typename S>
+struct GemmArgs {
+  int64_t m = 0, n = 0, k = 0;
+  const S* a = nullptr;  int64_t a_rs = 0, a_cs = 1;
+  const S* b = nullptr;  int64_t b_rs = 0, b_cs = 1;
+  S* c = nullptr;  int64_t ldc = 0;
+  const S* bias = nullptr;
+  bool accumulate = false;
+  // Blocking, chosen by the host (gemm_cpu.cpp): rows per group (a multiple of the tile
+  // rows), K per pass, and how many segments the panels of one row group are split in.
+  // Work item i is row group i / segments with its panel segment i % segments.
+  int64_t rows_per_group = 0, k_per_pass = 0, segments = 1;
+};
+
 // One ISA's kernels for one scalar type. *_scratch returns the bytes the host must
 // allocate for args.scratch; the run functions are called by every thread of the team
 // with the slices it owns.
@@ -168,6 +186,10 @@ struct CellKernels {
   void (*rnn_forward)(const RnnForwardArgs<S>&, Team&, SliceRange);
   int64_t (*rnn_backward_scratch)(const RnnBackwardArgs<S>&, int64_t team_size);
   void (*rnn_backward)(const RnnBackwardArgs<S>&, Team&, SliceRange);
+  int64_t gemm_panel_width;  // columns of one packed panel of B
+  int64_t gemm_tile_rows;    // rows of one register tile of C
+  void (*gemm_pack)(const GemmArgs<S>&, S* panels, int64_t block_begin, int64_t block_end);
+  void (*gemm_compute)(const GemmArgs<S>&, const S* panels, int64_t item_begin, int64_t item_end);
 };
 
 struct IsaKernels {

@@ -377,25 +377,35 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
     }
     panel_gemm<S, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * P * 4 * V, acc);
   }
+  // Stage by stage over the tile's rows (not row by row): each stage's MR rows are
+  // independent, so their long exp/tanh chains overlap instead of waiting on each other
+  // (up to 5% faster at B=8 on one Zen 4 core, A/B in one process).
+  math::LstmGates<Vec> g[MR];
+  Vec c[MR], h[MR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+    g[m] = math::lstm_activate(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+    c[m] = math::lstm_cell_state(g[m], Vec::loadu(c_prev + (r0 + m) * w.ld_c + u0));
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) h[m] = math::lstm_hidden(g[m], c[m]);
   for (int m = 0; m < MR; ++m) {
     const int64_t r = r0 + m, row = row0 + m;
-    const auto g = math::lstm_activate(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
-    const Vec c = math::lstm_cell_state(g, Vec::loadu(c_prev + r * w.ld_c + u0));
-    const Vec h = math::lstm_hidden(g, c);
-    c.store(c_next + r * w.ld_c + u0);
+    c[m].store(c_next + r * w.ld_c + u0);
     if (!proj) {
-      h.store(h_next + r * w.ld_h + u0);
-      h.store(a.out + row * a.ld_out + u0, nu);
+      h[m].store(h_next + r * w.ld_h + u0);
+      h[m].store(a.out + row * a.ld_out + u0, nu);
     } else {
-      h.store(w.m + r * w.ld_c + u0);
+      h[m].store(w.m + r * w.ld_c + u0);
     }
     if (a.workspace != nullptr) {
       S* ws = a.workspace + row * 5 * H + u0;
-      g.i.store(ws, nu);
-      g.f.store(ws + H, nu);
-      g.g.store(ws + 2 * H, nu);
-      g.o.store(ws + 3 * H, nu);
-      c.store(ws + 4 * H, nu);
+      g[m].i.store(ws, nu);
+      g[m].f.store(ws + H, nu);
+      g[m].g.store(ws + 2 * H, nu);
+      g[m].o.store(ws + 3 * H, nu);
+      c[m].store(ws + 4 * H, nu);
     }
   }
 }
@@ -739,6 +749,8 @@ inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch
     }
     panel_gemm<S, MR, 3>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 3 * V, acc);
   }
+  // Row by row: unlike the LSTM tile (Note in lstm_forward_tile), staging all 8 rows of
+  // r, z, n, hn would need the whole register file and measured slower.
   for (int m = 0; m < MR; ++m) {
     const int64_t r = r0 + m, row = row0 + m;
     const S* x = a.x_proj + row * a.ld_x_proj + u0;
@@ -1140,6 +1152,126 @@ void rnn_backward(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine) {
   }
 }
 
+// ================================================================ GEMM
+
+// acc[m][q] += sum_k A[m][k] * panel[(k*NV + q)*V ..], A[m][k] = a[m*a_rs + k*a_cs].
+template <typename S, int MR, int NV>
+inline void panel_gemm_strided(int64_t K, const S* a, int64_t a_rs, int64_t a_cs,
+                               const S* panel, Vectorized<S> (&acc)[MR][NV]) {
+  if (a_cs == 1) {
+    panel_gemm<S, MR, NV>(K, a, a_rs, panel, acc);
+    return;
+  }
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  const S* w = panel;
+  for (int64_t k = 0; k < K; ++k, w += NV * V, a += a_cs) {
+    Vec wv[NV];
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) wv[q] = Vec::loadu(w + q * V);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const Vec x(a[m * a_rs]);
+#pragma GCC unroll 8
+      for (int q = 0; q < NV; ++q) acc[m][q] = at::vec::fmadd(x, wv[q], acc[m][q]);
+    }
+  }
+}
+
+constexpr int kGemmPanelVectors = 4;
+
+template <typename S>
+void gemm_pack(const GemmArgs<S>& g, S* panels, int64_t block_begin, int64_t block_end) {
+  constexpr int V = Vectorized<S>::size();
+  constexpr int W = kGemmPanelVectors * V;
+  for (int64_t blk = block_begin; blk < block_end; ++blk) {
+    S* panel = panels + blk * g.k * W;
+    const int64_t c0 = blk * W;
+    const int64_t cols = std::max<int64_t>(0, std::min<int64_t>(W, g.n - c0));
+    if (g.b_cs == 1) {  // rows of B are contiguous
+      for (int64_t k = 0; k < g.k; ++k) {
+        S* d = panel + k * W;
+        std::memcpy(d, g.b + k * g.b_rs + c0, cols * sizeof(S));
+        std::fill(d + cols, d + W, S(0));
+      }
+    } else {  // columns of B are contiguous (B = W^T): transpose one column at a time
+      for (int64_t j = 0; j < W; ++j) {
+        S* d = panel + j;
+        if (j < cols) {
+          const S* src = g.b + (c0 + j) * g.b_cs;
+          for (int64_t k = 0; k < g.k; ++k) d[k * W] = src[k * g.b_rs];
+        } else {
+          for (int64_t k = 0; k < g.k; ++k) d[k * W] = S(0);
+        }
+      }
+    }
+  }
+}
+
+// One register tile of C: rows [r0, r0+MR) by panel blk, over K range [k0, k0+kn).
+template <typename S, int MR>
+inline void gemm_tile(const GemmArgs<S>& g, const S* panels, int64_t blk, int64_t r0, int64_t k0,
+                      int64_t kn) {
+  using Vec = Vectorized<S>;
+  constexpr int V = Vec::size();
+  constexpr int NV = kGemmPanelVectors;
+  const int64_t c0 = blk * NV * V;
+  const bool partial = k0 > 0 || g.accumulate;
+  Vec acc[MR][NV];
+  for (int q = 0; q < NV; ++q) {
+    const int64_t col = c0 + q * V;
+    const int64_t nc = std::max<int64_t>(0, std::min<int64_t>(V, g.n - col));
+    for (int m = 0; m < MR; ++m) {
+      if (nc == 0) {
+        acc[m][q] = Vec(S(0));
+      } else if (partial) {
+        acc[m][q] = Vec::loadu(g.c + (r0 + m) * g.ldc + col, nc);
+      } else {
+        acc[m][q] = load_or_zero(g.bias != nullptr ? g.bias + col : nullptr, nc);
+      }
+    }
+  }
+  panel_gemm_strided<S, MR, NV>(kn, g.a + r0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs,
+                                panels + (blk * g.k + k0) * NV * V, acc);
+  for (int q = 0; q < NV; ++q) {
+    const int64_t col = c0 + q * V;
+    const int64_t nc = std::min<int64_t>(V, g.n - col);
+    if (nc <= 0) break;
+    for (int m = 0; m < MR; ++m) acc[m][q].store(g.c + (r0 + m) * g.ldc + col, nc);
+  }
+}
+
+// Note [GEMM blocking]
+// A work item is a group of rows_per_group rows of C and a segment of its panels. For
+// each K pass the item's A block (rows x k_per_pass) stays in L2 while the panels'
+// K-slices stream past it; partial sums go through C between passes. Items own disjoint
+// tiles of C, so threads never synchronise.
+template <typename S>
+void gemm_compute(const GemmArgs<S>& g, const S* panels, int64_t item_begin, int64_t item_end) {
+  constexpr int MR = tile_rows<kGemmPanelVectors>();
+  constexpr int W = kGemmPanelVectors * Vectorized<S>::size();
+  const int64_t blocks = ceil_div(g.n, W);
+  for (int64_t i = item_begin; i < item_end; ++i) {
+    const int64_t group = i / g.segments, segment = i % g.segments;
+    const int64_t row_begin = group * g.rows_per_group;
+    const int64_t row_end = std::min(g.m, row_begin + g.rows_per_group);
+    const int64_t blk_begin = blocks * segment / g.segments;
+    const int64_t blk_end = blocks * (segment + 1) / g.segments;
+    const int64_t passes = std::max<int64_t>(1, ceil_div(g.k, g.k_per_pass));
+    for (int64_t p = 0; p < passes; ++p) {
+      const int64_t k0 = p * g.k_per_pass;
+      const int64_t kn = std::max<int64_t>(0, std::min(g.k_per_pass, g.k - k0));
+      for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+        for (int64_t r0 = row_begin; r0 < row_end; r0 += MR) {
+          with_tile_rows<MR>(std::min<int64_t>(MR, row_end - r0), [&](auto mr) {
+            gemm_tile<S, decltype(mr)::value>(g, panels, blk, r0, k0, kn);
+          });
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- table
 
 template <typename S>
@@ -1148,6 +1280,8 @@ constexpr CellKernels<S> make_cell_kernels() {
       &lstm_forward_scratch<S>, &lstm_forward<S>, &lstm_backward_scratch<S>, &lstm_backward<S>,
       &gru_forward_scratch<S>,  &gru_forward<S>,  &gru_backward_scratch<S>,  &gru_backward<S>,
       &rnn_forward_scratch<S>,  &rnn_forward<S>,  &rnn_backward_scratch<S>,  &rnn_backward<S>,
+      kGemmPanelVectors * Vectorized<S>::size(), tile_rows<kGemmPanelVectors>(),
+      &gemm_pack<S>, &gemm_compute<S>,
   };
 }
 

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/memory.h"
 
 namespace rnnkernels::cpu {
 namespace {
@@ -215,10 +216,13 @@ std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
 
 // A slice gets at least this many multiply-adds per step; smaller steps use fewer
 // slices. RNNKERNELS_SLICE_MACS overrides it (read once; for tuning on a new machine).
+// 2^15 (about 0.5 us of one core) measured best on 2-core Zen 4: the spin barrier costs
+// about 20 ns a step there, so splitting pays down to small steps, while 2^13-2^14 lost
+// to cache-line traffic on the shared state. Splitting also keeps the worker thread warm.
 int64_t min_step_macs_per_slice() {
   static const int64_t value = [] {
     const char* env = std::getenv("RNNKERNELS_SLICE_MACS");
-    return env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 17;
+    return env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 15;
   }();
   return value;
 }
@@ -281,7 +285,7 @@ template <>
 const CellKernels<double>& cell_kernels<double>() { return active_isa_kernels().f64; }
 
 at::Tensor scratch_bytes(int64_t bytes, const at::Tensor& like) {
-  return at::empty({bytes}, like.options().dtype(at::kByte));
+  return empty_large({bytes}, like.options().dtype(at::kByte));
 }
 
 // Note [single step]
@@ -307,7 +311,7 @@ template <typename S>
 at::Tensor previous_hidden(const Sequence& seq, bool reverse, const at::Tensor& out_dir,
                            const at::Tensor& h0_dir) {
   const int64_t P = h0_dir.size(1);
-  at::Tensor prev = at::empty({seq.rows, P}, h0_dir.options());
+  at::Tensor prev = empty_large({seq.rows, P}, h0_dir.options());
   const SequenceLayout lay = seq.layout(reverse);
   const S* out = out_dir.data_ptr<S>();
   const int64_t ld_out = out_dir.stride(0);
@@ -391,10 +395,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
   const at::Tensor c0 = c0_in.contiguous();
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
   const auto opts = in.x_proj.options();
-  at::Tensor out = at::empty({N, D * P}, opts);
-  at::Tensor h_n = at::empty({D, B, P}, opts);
-  at::Tensor c_n = at::empty({D, B, H}, opts);
-  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 5 * H}, opts);
+  at::Tensor out = empty_large({N, D * P}, opts);
+  at::Tensor h_n = empty_large({D, B, P}, opts);
+  at::Tensor c_n = empty_large({D, B, H}, opts);
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 5 * H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_lstm_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
@@ -441,9 +445,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = in.x_proj.options();
-  at::Tensor out = at::empty({N, D * H}, opts);
-  at::Tensor h_n = at::empty({D, B, H}, opts);
-  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 4 * H}, opts);
+  at::Tensor out = empty_large({N, D * H}, opts);
+  at::Tensor h_n = empty_large({D, B, H}, opts);
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 4 * H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_gru_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
@@ -493,9 +497,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = in.x_proj.options();
-  at::Tensor out = at::empty({N, D * H}, opts);
-  at::Tensor h_n = at::empty({D, B, H}, opts);
-  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 0}, opts);
+  at::Tensor out = empty_large({N, D * H}, opts);
+  at::Tensor h_n = empty_large({D, B, H}, opts);
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 0}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_rnn_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
@@ -620,10 +624,10 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
   const std::optional<at::Tensor> grad_c_n = contiguous_opt(grad_c_n_in);
   const bool proj = !in.w_hr.empty();
   const auto opts = out.options();
-  at::Tensor grad_x_proj = at::empty({N, D * 4 * H}, opts);
-  at::Tensor grad_h0 = at::empty({D, B, P}, opts);
-  at::Tensor grad_c0 = at::empty({D, B, H}, opts);
-  at::Tensor grad_h = at::empty({D, proj ? N : 0, P}, opts);
+  at::Tensor grad_x_proj = empty_large({N, D * 4 * H}, opts);
+  at::Tensor grad_h0 = empty_large({D, B, P}, opts);
+  at::Tensor grad_c0 = empty_large({D, B, H}, opts);
+  at::Tensor grad_h = empty_large({D, proj ? N : 0, P}, opts);
   std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh),
                           grad_w_hr = empty_like_all(in.w_hr);
 
@@ -684,9 +688,9 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
-  at::Tensor grad_x_proj = at::empty({N, D * 3 * H}, opts);
-  at::Tensor grad_hidden_pre = at::empty({D, N, 3 * H}, opts);
-  at::Tensor grad_h0 = at::empty({D, B, H}, opts);
+  at::Tensor grad_x_proj = empty_large({N, D * 3 * H}, opts);
+  at::Tensor grad_hidden_pre = empty_large({D, N, 3 * H}, opts);
+  at::Tensor grad_h0 = empty_large({D, B, H}, opts);
   std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
 
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_gru_backward", [&] {
@@ -738,8 +742,8 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
-  at::Tensor grad_x_proj = at::empty({N, D * H}, opts);
-  at::Tensor grad_h0 = at::empty({D, B, H}, opts);
+  at::Tensor grad_x_proj = empty_large({N, D * H}, opts);
+  at::Tensor grad_h0 = empty_large({D, B, H}, opts);
   std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
 
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_rnn_backward", [&] {

@@ -1,0 +1,47 @@
+// input_projection on devices without a kernel of their own: ATen GEMMs (cuBLAS on CUDA).
+// The CPU kernel (cpu/gemm_cpu.cpp) takes precedence on CPU.
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+namespace rnnkernels {
+namespace {
+
+at::Tensor input_projection_aten(const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih) {
+  TORCH_CHECK(!w_ih.empty() && w_ih.size() <= 2 && (b_ih.empty() || b_ih.size() == w_ih.size()),
+              "rnnkernels::input_projection: expected 1 or 2 weights and as many biases or none, "
+              "got ", w_ih.size(), " and ", b_ih.size());
+  std::vector<at::Tensor> parts;
+  for (const auto d : c10::irange(w_ih.size()))
+    parts.push_back(b_ih.empty() ? at::mm(x, w_ih[d].t()) : at::addmm(b_ih[d], x, w_ih[d].t()));
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+input_projection_backward_aten(const at::Tensor& grad, const at::Tensor& x, at::TensorList w_ih,
+                               bool need_input_grad, bool has_bias) {
+  const int64_t GH = w_ih[0].size(0);
+  at::Tensor grad_x = need_input_grad ? at::zeros_like(x, at::MemoryFormat::Contiguous)
+                                      : at::empty({0}, x.options());
+  std::vector<at::Tensor> grad_w, grad_b;
+  for (const auto d : c10::irange(w_ih.size())) {
+    const at::Tensor g = grad.narrow(1, d * GH, GH);
+    if (need_input_grad) grad_x.addmm_(g, w_ih[d]);
+    grad_w.push_back(at::mm(g.t(), x));
+    if (has_bias) grad_b.push_back(g.sum(0));
+  }
+  return {grad_x, grad_w, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
+  m.impl("input_projection", &input_projection_aten);
+  m.impl("input_projection_backward", &input_projection_backward_aten);
+}
+
+}  // namespace rnnkernels
