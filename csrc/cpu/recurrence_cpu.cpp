@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gemm_cpu.h"
 #include "cpu/kernels.h"
 #include "cpu/memory.h"
 
@@ -344,15 +345,16 @@ void recurrent_weight_grad(const Sequence& seq, bool reverse, const at::Tensor& 
   if (seq.uniform()) {
     // Unpacked: h_prev is the output shifted by one step, and h0 for the first step.
     const at::Tensor first = reverse ? grad_pre.narrow(0, N - B, B) : grad_pre.narrow(0, 0, B);
-    at::mm_out(grad_w, first.t(), h0_dir);
+    matmul_into(grad_w, first.t(), h0_dir, std::nullopt, /*accumulate=*/false);
     if (N > B) {
       const at::Tensor g = reverse ? grad_pre.narrow(0, 0, N - B) : grad_pre.narrow(0, B, N - B);
       const at::Tensor h = reverse ? out_dir.narrow(0, B, N - B) : out_dir.narrow(0, 0, N - B);
-      grad_w.addmm_(g.t(), h);
+      matmul_into(grad_w, g.t(), h, std::nullopt, /*accumulate=*/true);
     }
     return;
   }
-  at::mm_out(grad_w, grad_pre.t(), previous_hidden<S>(seq, reverse, out_dir, h0_dir));
+  matmul_into(grad_w, grad_pre.t(), previous_hidden<S>(seq, reverse, out_dir, h0_dir),
+              std::nullopt, /*accumulate=*/false);
 }
 
 // ---------------------------------------------------------------- forward ops
@@ -670,7 +672,7 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
         // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t.
         const at::Tensor ws_dir = in.ws[i];
         const at::Tensor m = ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H));
-        at::mm_out(grad_w_hr[i], grad_h[i].t(), m);
+        matmul_into(grad_w_hr[i], grad_h[i].t(), m, std::nullopt, /*accumulate=*/false);
       }
     }
   });
