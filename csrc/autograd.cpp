@@ -125,6 +125,80 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autograd
   return {r[0], r[1], r[2], r[3]};
 }
 
+// lstm_forward_fused: x and W_ih instead of x_proj. The backward is lstm_backward, whose
+// grad_x_proj then goes through input_projection_backward.
+using LstmFusedSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+    at::TensorList, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, bool);
+using ProjectionBackwardSig = std::tuple<at::Tensor, TensorVec, TensorVec>(
+    const at::Tensor&, const at::Tensor&, at::TensorList, bool, bool);
+
+class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList w_ih,
+                               at::TensorList b_ih, at::TensorList w_hh, at::TensorList b_hh,
+                               at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               bool need_workspace) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<LstmFusedSig>("rnnkernels::lstm_forward_fused");
+    auto [out, h_n, c_n, ws] =
+        op.call(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+    variable_list saved{x, h0, c0, out, ws};
+    append(saved, w_ih);
+    append(saved, w_hh);
+    append(saved, b_hh);
+    append(saved, w_hr);
+    const bool packed = batch_sizes.has_value() && batch_sizes->defined();
+    if (packed) saved.push_back(*batch_sizes);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["sizes"] = std::vector<int64_t>{
+        static_cast<int64_t>(w_ih.size()), static_cast<int64_t>(b_ih.size()),
+        static_cast<int64_t>(b_hh.size()), static_cast<int64_t>(w_hr.size()), packed};
+    ctx->mark_non_differentiable({ws});
+    ctx->set_materialize_grads(false);
+    return {out, h_n, c_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const int64_t D = sizes[0], n_b_ih = sizes[1], n_b_hh = sizes[2], n_w_hr = sizes[3];
+    SavedLists s{ctx->get_saved_variables()};
+    const at::Tensor x = s.take(), h0 = s.take(), c0 = s.take(), out = s.take(), ws = s.take();
+    const TensorVec w_ih = s.take(D), w_hh = s.take(D), b_hh = s.take(n_b_hh),
+                    w_hr = s.take(n_w_hr);
+    const std::optional<at::Tensor> batch_sizes =
+        sizes[4] ? std::make_optional(s.take()) : std::nullopt;
+    check_workspace("rnnkernels::lstm_forward_fused", ws, out);
+    static const auto recurrence = find_op<LstmBackwardSig>("rnnkernels::lstm_backward");
+    static const auto projection =
+        find_op<ProjectionBackwardSig>("rnnkernels::input_projection_backward");
+    auto [gx_proj, gh0, gc0, gw_hh, gb_hh, gw_hr] =
+        recurrence.call(defined_or_none(grads[0]), defined_or_none(grads[1]),
+                        defined_or_none(grads[2]), w_hh, b_hh, w_hr, h0, c0, out, ws, batch_sizes);
+    const bool need_input_grad = ctx->needs_input_grad(0);
+    auto [gx, gw_ih, gb_ih] = projection.call(gx_proj, x, w_ih, need_input_grad, n_b_ih > 0);
+    // One slot per forward argument, list arguments flattened.
+    variable_list result{need_input_grad ? gx : at::Tensor()};
+    append(result, gw_ih);
+    append(result, gb_ih);
+    append(result, gw_hh);
+    append(result, gb_hh);
+    append(result, gw_hr);
+    result.insert(result.end(), {gh0, gc0, at::Tensor(), at::Tensor()});
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_autograd(
+    const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
+    at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  auto r = LstmFusedFunction::apply(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
+                                    need_workspace);
+  return {r[0], r[1], r[2], r[3]};
+}
+
 // ---------------------------------------------------------------- GRU and RNN
 
 // GRU and RNN share the argument layout (x_proj, w_hh[], b_hh[], h0, batch_sizes, ...);
@@ -259,8 +333,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autograd(
 // ---------------------------------------------------------------- input projection
 
 using ProjectionSig = at::Tensor(const at::Tensor&, at::TensorList, at::TensorList);
-using ProjectionBackwardSig = std::tuple<at::Tensor, TensorVec, TensorVec>(
-    const at::Tensor&, const at::Tensor&, at::TensorList, bool, bool);
 
 class ProjectionFunction : public torch::autograd::Function<ProjectionFunction> {
  public:
@@ -306,6 +378,7 @@ at::Tensor input_projection_autograd(const at::Tensor& x, at::TensorList w_ih,
 TORCH_LIBRARY_IMPL(rnnkernels, Autograd, m) {
   m.impl("input_projection", &input_projection_autograd);
   m.impl("lstm_forward", &lstm_forward_autograd);
+  m.impl("lstm_forward_fused", &lstm_forward_fused_autograd);
   m.impl("gru_forward", &gru_forward_autograd);
   m.impl("rnn_forward", &rnn_forward_autograd);
 }

@@ -1,7 +1,9 @@
-// input_projection on devices without a kernel of their own: ATen GEMMs (cuBLAS on CUDA).
-// The CPU kernel (cpu/gemm_cpu.cpp) takes precedence on CPU.
+// input_projection and lstm_forward_fused on devices without kernels of their own: ATen
+// GEMMs (cuBLAS on CUDA), and the fused op as input_projection then lstm_forward. The CPU
+// kernels (cpu/gemm_cpu.cpp, cpu/recurrence_cpu.cpp) take precedence on CPU.
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
@@ -37,9 +39,26 @@ input_projection_backward_aten(const at::Tensor& grad, const at::Tensor& x, at::
   return {grad_x, grad_w, grad_b};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_composite(
+    const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
+    at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  static const auto projection = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("rnnkernels::input_projection", "")
+      .typed<at::Tensor(const at::Tensor&, at::TensorList, at::TensorList)>();
+  static const auto forward = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("rnnkernels::lstm_forward", "")
+      .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+          const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+          const at::Tensor&, const std::optional<at::Tensor>&, bool)>();
+  return forward.call(projection.call(x, w_ih, b_ih), w_hh, b_hh, w_hr, h0, c0, batch_sizes,
+                      need_workspace);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
+  m.impl("lstm_forward_fused", &lstm_forward_fused_composite);
   m.impl("input_projection", &input_projection_aten);
   m.impl("input_projection_backward", &input_projection_backward_aten);
 }

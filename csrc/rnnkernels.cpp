@@ -30,6 +30,13 @@ TORCH_LIBRARY(rnnkernels, m) {
       "lstm_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor[] w_hr, Tensor h0, "
       "Tensor c0, Tensor? batch_sizes, bool need_workspace) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+  // lstm_forward with the input projection inside the time loop: x [N, I], w_ih[d]
+  // [4H, I], b_ih[d] [4H] instead of x_proj; same outputs. Its backward is lstm_backward
+  // followed by input_projection_backward.
+  m.def(
+      "lstm_forward_fused(Tensor x, Tensor[] w_ih, Tensor[] b_ih, Tensor[] w_hh, Tensor[] b_hh, "
+      "Tensor[] w_hr, Tensor h0, Tensor c0, Tensor? batch_sizes, bool need_workspace) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor[] w_hh, "
       "Tensor[] b_hh, Tensor[] w_hr, Tensor h0, Tensor c0, Tensor output, Tensor workspace, "

@@ -101,8 +101,20 @@ def _layer_range(cell: str, layer: int):
     return contextlib.nullcontext()
 
 
+def _fused_input(x: Tensor) -> bool:
+    """CPU float32/float64 LSTM layers run the input projection inside the time loop."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
 def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, need_workspace):
     """One layer, both directions: the input projection GEMM, then the recurrence op."""
+    if cell == "lstm" and _fused_input(x):
+        w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
+        out, h_n, c_n, _ = ops.lstm_forward_fused(
+            x, [d[0] for d in dirs], [d[2] for d in dirs] if has_biases else [],
+            [d[1] for d in dirs], [d[3] for d in dirs] if has_biases else [], w_hr, h0, c0,
+            batch_sizes, need_workspace)
+        return out, h_n, c_n
     x_proj = _input_projection(x, dirs)
     w_hh = [d[1] for d in dirs]
     b_hh = [d[3] for d in dirs] if has_biases else []

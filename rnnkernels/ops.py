@@ -58,6 +58,19 @@ def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_works
     )
 
 
+@torch.library.register_fake("rnnkernels::lstm_forward_fused")
+def _lstm_forward_fused_fake(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
+                             need_workspace):
+    n, d, b = x.shape[0], len(w_hh), h0.shape[1]
+    h, p = _gates_hidden(w_hh, 4), h0.shape[2]
+    return (
+        x.new_empty((n, d * p)),
+        x.new_empty((d, b, p)),
+        x.new_empty((d, b, h)),
+        x.new_empty((d, n if need_workspace else 0, 5 * h), dtype=_workspace_dtype(x)),
+    )
+
+
 @torch.library.register_fake("rnnkernels::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, output,
                         workspace, batch_sizes):
@@ -126,6 +139,7 @@ def _rnn_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace,
 input_projection = _ops.input_projection
 input_projection_backward = _ops.input_projection_backward
 lstm_forward = _ops.lstm_forward
+lstm_forward_fused = _ops.lstm_forward_fused
 lstm_backward = _ops.lstm_backward
 gru_forward = _ops.gru_forward
 gru_backward = _ops.gru_backward

@@ -63,6 +63,12 @@ struct LstmForwardArgs {
   // Single-step calls (T = 1, no projection): h0 @ W_hh^T + b_hh computed by the host,
   // [B, 4H]; the kernel then packs nothing and runs only the gate math.
   const S* h_pre = nullptr;
+  // Fused input projection (x_proj is then null): every step's tile also accumulates
+  // x_t @ W_ih^T + b_ih (Note [fused input projection] in kernels_isa.h).
+  const S* x = nullptr;  int64_t ld_x = 0;             // [N, I]
+  int64_t input = 0;                                   // I
+  const S* w_ih = nullptr;                             // [4H, I] contiguous
+  const S* b_ih = nullptr;                             // [4H] or null
   void* scratch = nullptr;                             // forward_scratch_bytes(args)
 };
 
