@@ -302,6 +302,21 @@ def test_table_rows_print_every_column():
     assert "geomean nn/ours 2.00x" in text.getvalue()
 
 
+def test_markdown_table_pairs_the_modes_and_keeps_the_last_run(tmp_path):
+    from rnnkernels.bench import table
+
+    records = [_record("lstm", ours=4e-3, nn=2e-3), _record("lstm", ours=1e-3, nn=2e-3),
+               _record("lstm", mode="training", ours=2e-3, nn=3e-3)]
+    text = io.StringIO()
+    table.render(records, text)
+    lines = text.getvalue().splitlines()
+    assert lines[0].count("nn/ours") == 2  # inference and training columns
+    assert len(lines) == 3  # header, rule, one row for the shape's two modes
+    assert "**2.00x**" in lines[2] and "**1.50x**" in lines[2]  # the later inference run
+    assert "**0.50x**" not in lines[2]
+    assert lines[2].count("|") == lines[0].count("|")
+
+
 # ---------------------------------------------------------------- compare
 
 

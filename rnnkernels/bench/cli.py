@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .cases import CELLS, DEVICES, DTYPES, MODES, PRESETS, Case, custom_cases, preset_cases
 
-COMMANDS = ("run", "plot", "compare", "presets")
+COMMANDS = ("run", "plot", "compare", "table", "presets")
 
 
 def _positive_int(text: str) -> int:
@@ -281,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return compare.main(args.old, args.new, args.metric, args.z, args.min_change,
                             args.fail_on_regression)
+    if command == "table":
+        parser = argparse.ArgumentParser(
+            prog="python -m rnnkernels.bench table",
+            description="Prints a Markdown table (ratio, GFLOP/s, lower bound) of a results file.")
+        parser.add_argument("results", help="a .jsonl file written by a run")
+        args = parser.parse_args(rest)
+        from . import table
+
+        return table.main(args.results)
     if command == "presets":
         return presets_main(rest)
     return run_main(rest)

@@ -1,0 +1,75 @@
+"""A Markdown table of a results file, for the README and issue notes.
+
+    python -m rnnkernels.bench table results.jsonl
+
+One row per case, in file order (when a key appears more than once, its last run), with
+both modes of a shape side by side: our median time, torch.nn's, the ratio nn/ours, our
+GFLOP/s and the GEMM lower bound (LB) with torch.nn's time over it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from .output import read_results
+
+
+def _shape(case: dict) -> str:
+    text = f"({case['T']}, {case['B']}, {case['I']}, {case['H']})"
+    extras = []
+    if case.get("layers", 1) > 1:
+        extras.append(f"{case['layers']} layers")
+    if case.get("bidirectional"):
+        extras.append("bidirectional")
+    if case.get("proj"):
+        extras.append(f"proj {case['proj']}")
+    if case.get("packed"):
+        extras.append("packed")
+    if case.get("dtype", "float32") != "float32":
+        extras.append(case["dtype"])
+    return text + (" " + ", ".join(extras) if extras else "")
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _cell(record: dict) -> str:
+    ours, nn = record["ours"]["median_s"], record["nn"]["median_s"]
+    lb = (record.get("lb") or {}).get("median_s")
+    gflops = record.get("gflops_ours")
+    return " | ".join([
+        _ms(ours), _ms(nn), f"**{nn / ours:.2f}x**",
+        f"{gflops:.0f}" if gflops else "-",
+        _ms(lb), f"{nn / lb:.2f}" if lb else "-",
+    ])
+
+
+def render(records: list[dict], out: TextIO = sys.stdout) -> None:
+    latest: dict[str, dict] = {}
+    for r in records:
+        latest[r["key"]] = r
+    rows: dict[tuple, dict[str, dict]] = {}
+    for r in latest.values():
+        c = r["case"]
+        rows.setdefault((c["cell"], _shape(c)), {})[c["mode"]] = r
+    modes = [m for m in ("inference", "training") if any(m in v for v in rows.values())]
+    header = ["cell", "(T, B, I, H)"]
+    for m in modes:
+        header += [f"{m} ours ms", "nn ms", "nn/ours", "GFLOP/s", "LB ms", "nn/LB"]
+    out.write("| " + " | ".join(header) + " |\n")
+    out.write("|" + " --- |" * len(header) + "\n")
+    for (cell, shape), by_mode in sorted(rows.items(), key=lambda kv: kv[0][0]):
+        cells = [cell, shape]
+        for m in modes:
+            cells.append(_cell(by_mode[m]) if m in by_mode else " | ".join(["-"] * 6))
+        out.write("| " + " | ".join(cells) + " |\n")
+
+
+def main(path: str) -> int:
+    render(read_results(path))
+    return 0
