@@ -177,7 +177,16 @@ class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
         recurrence.call(defined_or_none(grads[0]), defined_or_none(grads[1]),
                         defined_or_none(grads[2]), w_hh, b_hh, w_hr, h0, c0, out, ws, batch_sizes);
     const bool need_input_grad = ctx->needs_input_grad(0);
-    auto [gx, gw_ih, gb_ih] = projection.call(gx_proj, x, w_ih, need_input_grad, n_b_ih > 0);
+    // b_ih and b_hh enter the gates the same way, so their gradients are equal: the column
+    // sums of grad_x_proj, which lstm_backward has already taken. Copies, so that the two
+    // .grad tensors never share storage.
+    const bool reuse_bias_grad = n_b_ih > 0 && n_b_ih == n_b_hh;
+    auto [gx, gw_ih, gb_ih] =
+        projection.call(gx_proj, x, w_ih, need_input_grad, n_b_ih > 0 && !reuse_bias_grad);
+    if (reuse_bias_grad) {
+      gb_ih.clear();
+      for (const auto& g : gb_hh) gb_ih.push_back(g.clone());
+    }
     // One slot per forward argument, list arguments flattened.
     variable_list result{need_input_grad ? gx : at::Tensor()};
     append(result, gw_ih);

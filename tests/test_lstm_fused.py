@@ -161,3 +161,22 @@ def test_bad_arguments_raise(bad, match):
         args[0] = args[0][None]
     with pytest.raises(RuntimeError, match=match):
         _ops.lstm_forward_fused(*args)
+
+
+def test_bias_gradients_are_equal_but_never_share_storage():
+    # The backward copies grad b_hh into grad b_ih (equal by the gate math).
+    module = rnnkernels.LSTM(7, HIDDEN, bidirectional=True).double()
+    x = torch.randn(4, 8, 7, dtype=F64)
+    for _ in range(2):  # the second pass accumulates into the first pass's .grad
+        module(x)[0].sum().backward()
+    for suffix in ("l0", "l0_reverse"):
+        g_ih = getattr(module, f"bias_ih_{suffix}").grad
+        g_hh = getattr(module, f"bias_hh_{suffix}").grad
+        assert g_ih.data_ptr() != g_hh.data_ptr()
+        torch.testing.assert_close(g_ih, g_hh)
+    reference = torch.nn.LSTM(7, HIDDEN, bidirectional=True).double()
+    reference.load_state_dict(module.state_dict())
+    for _ in range(2):
+        reference(x)[0].sum().backward()
+    for (name, p), q in zip(module.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
