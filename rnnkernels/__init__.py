@@ -15,11 +15,12 @@ from . import ops  # noqa: F401  (fake kernels and autograd for torch.ops.rnnker
 from . import functional  # noqa: F401
 from . import reference  # noqa: F401  (pure-PyTorch reference of the functional API)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .convert import convert, revert
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "ops",
-           "reference", "build_info"]
+           "reference", "build_info", "convert", "revert"]
 
 
 def build_info():
