@@ -15,6 +15,7 @@ on CPU) run torch's own implementation, so results never depend on what was buil
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +167,69 @@ def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, tr
     return output, h_n
 
 
+# ---------------------------------------------------------------- autocast
+
+# Note [autocast]
+# Under torch.autocast torch.nn's recurrent modules compute their products in the autocast
+# dtype; what they return depends on the cell, path and device. CPU (torch 2.13,
+# bfloat16): a dense LSTM without projection runs oneDNN (mkldnn_rnn_layer is on the
+# autocast list) and returns the autocast dtype; RNN and RNNCell (their linear products
+# are) too; GRU, GRUCell, LSTMCell and the other LSTMs (packed or with proj_size: torch's
+# native path) return float32, because their gate math combines the low-precision
+# products with the float32 state, except that an LSTM with projection returns output
+# and h_n from its last product, in the autocast dtype (c_n stays float32). CUDA: every
+# cell returns the autocast dtype (cuDNN's RNN and the cells are on the list). We do the
+# same: float32 tensors are cast to the autocast dtype, our kernels run with autocast off
+# (products with float32 accumulation, as for bfloat16/float16 input), and the results are
+# cast to the dtype torch.nn would return. float64 input is left alone, as autocast does.
+_CPU_AUTOCAST_LOW_PRECISION_RESULT = {"rnn", "rnn_cell"}
+
+
+def _autocast_result_dtypes(cell: str, device: str, low: torch.dtype, args, kwargs) -> tuple:
+    """Dtypes of (output, h_n[, c_n]) or of a cell's results under autocast."""
+    if device == "cuda" or cell in _CPU_AUTOCAST_LOW_PRECISION_RESULT:
+        return (low,)
+    if cell != "lstm":
+        return (torch.float32,)
+    h0, c0 = args[0]
+    packed = (kwargs["batch_sizes"] if "batch_sizes" in kwargs
+              else args[8] if len(args) > 8 else None) is not None
+    projection = h0.shape[-1] != c0.shape[-1]
+    if not packed and not projection:
+        return (low,)  # oneDNN
+    state = low if projection else torch.float32
+    return (state, state, torch.float32)
+
+
+def _cast_tree(value, dtype):
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.dtype == torch.float32 and dtype != value.dtype else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_tree(v, dtype) for v in value)
+    return value
+
+
+def _autocast_aware(cell: str):
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(input, *args, **kwargs):
+            device = input.device.type
+            if (device not in ("cpu", "cuda") or input.dtype != torch.float32
+                    or not torch.is_autocast_enabled(device)):
+                return fn(input, *args, **kwargs)
+            low = torch.get_autocast_dtype(device)
+            dtypes = _autocast_result_dtypes(cell, device, low, args, kwargs)
+            with torch.autocast(device, enabled=False):
+                result = fn(_cast_tree(input, low), *_cast_tree(args, low),
+                            **{k: _cast_tree(v, low) for k, v in kwargs.items()})
+            if isinstance(result, Tensor):
+                return result.to(dtypes[0])
+            return tuple(r.to(dtypes[min(i, len(dtypes) - 1)]) for i, r in enumerate(result))
+        return run
+    return wrap
+
+
+@_autocast_aware("lstm")
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_biases: bool,
          num_layers: int, dropout: float, train: bool, bidirectional: bool,
          batch_first: bool = False, batch_sizes: Tensor | None = None):
@@ -180,6 +244,7 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
                        train, bidirectional, batch_first, batch_sizes)
 
 
+@_autocast_aware("gru")
 def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None):
@@ -194,6 +259,7 @@ def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
                        bidirectional, batch_first, batch_sizes)
 
 
+@_autocast_aware("rnn")
 def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None, nonlinearity: str = "tanh"):
@@ -220,6 +286,7 @@ def _cell_projection(input: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor
     return torch.addmm(b_ih, input, w_ih.t())
 
 
+@_autocast_aware("lstm_cell")
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
@@ -233,6 +300,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     return h_n[0], c_n[0]
 
 
+@_autocast_aware("gru_cell")
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
@@ -245,6 +313,7 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     return h_n[0]
 
 
+@_autocast_aware("rnn_cell")
 def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None, nonlinearity: str = "tanh") -> Tensor:
     """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
