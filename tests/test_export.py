@@ -1,0 +1,51 @@
+"""torch.export of a model using our modules: the exported program holds the rnnkernels
+ops and matches eager on new inputs, with a static and a dynamic batch size."""
+
+import warnings
+
+import pytest
+import torch
+
+import rnnkernels
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = rnnkernels.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = rnnkernels.GRU(32, 12)
+        self.rnn = rnnkernels.RNN(12, 6, nonlinearity="relu")
+        self.cell = rnnkernels.LSTMCell(6, 5)
+
+    def forward(self, x):  # x [B, T, 8]
+        y, _ = self.lstm(x)
+        z, _ = self.gru(y.transpose(0, 1))
+        r, _ = self.rnn(z)
+        h, c = self.cell(r[-1])
+        return h + c.sum(-1, keepdim=True)
+
+
+@pytest.fixture(autouse=True)
+def _allow_rnn(monkeypatch):
+    # dynamo refuses to trace nn.RNNBase subclasses without it (README, Limitations).
+    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True], ids=["static", "dynamic_batch"])
+def test_export_matches_eager(dynamic_batch):
+    torch.manual_seed(0)
+    model = Model().eval()
+    x = torch.randn(9, 7, 8)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=2, max=64)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        # torch.nn's own LSTM warns the same: _flat_weights is refreshed in forward.
+        warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+        program = torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"rnnkernels.lstm_forward_fused.default", "rnnkernels.gru_forward.default",
+            "rnnkernels.rnn_forward.default", "rnnkernels.lstm_forward.default"} <= targets
+    exported = program.module()
+    for batch in ([9, 3, 20] if dynamic_batch else [9]):
+        x_new = torch.randn(batch, 7, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(x_new), model(x_new))
