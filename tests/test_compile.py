@@ -1,4 +1,4 @@
-"""torch.compile on rnnkernels' LSTM and GRU: outputs and gradients equal eager.
+"""torch.compile on rnnkernels' LSTM, GRU and RNN: outputs and gradients equal eager.
 
 Dynamo refuses to trace any instance of torch.nn.RNN, GRU or LSTM unless
 `torch._dynamo.config.allow_rnn` is set ("Attempted to wrap RNN, GRU, or LSTM", an
@@ -59,13 +59,15 @@ def _assert_compiled_matches_eager(module, compiled, *args):
     torch.testing.assert_close(compiled_grads, eager_grads)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind,batch", [("LSTM", B), ("GRU", B), ("RNN", B), ("LSTM", 8)],
+                         ids=["LSTM", "GRU", "RNN", "LSTM-fused_input"])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_fullgraph_dense_matches_eager(kind, backend):
-    options = dict(proj_size=3) if kind == "LSTM" else {}
+def test_fullgraph_dense_matches_eager(kind, batch, backend):
+    options = {"LSTM": dict(proj_size=3) if batch == B else {},
+               "RNN": dict(nonlinearity="relu")}.get(kind, {})
     module = getattr(rnnkernels, kind)(I, H, num_layers=2, bidirectional=True, batch_first=True,
                                         dtype=F64, **options)
-    x = torch.randn(B, T, I, dtype=F64, requires_grad=True)
+    x = torch.randn(batch, T, I, dtype=F64, requires_grad=True)
     with torch._dynamo.config.patch(allow_rnn=True):
         compiled = torch.compile(module, backend=backend, fullgraph=True)
         _assert_compiled_matches_eager(module, compiled, x)
