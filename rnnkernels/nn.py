@@ -166,6 +166,42 @@ class _RecurrentForward(_ConstructorMessages):
     """forward() shared by RNN, LSTM and GRU (mixed in before the torch.nn class)."""
 
     _positional_names = _LAYER_ARGUMENTS
+    # Class default: modules converted from torch.nn or unpickled from older versions have it.
+    recurrent_dropconnect = 0.0
+
+    def __init__(self, *args, recurrent_dropconnect: float = 0.0, **kwargs):
+        """torch.nn's arguments, plus (keyword only, beyond torch.nn, off by default):
+
+        recurrent_dropconnect: DropConnect on the hidden-to-hidden weights (Wan et al.,
+            2013; the weight drop of AWD-LSTM): in training mode each forward multiplies
+            every weight_hh_l* by its own Bernoulli(1 - p) mask scaled by 1/(1 - p), drawn
+            from torch's default generator in parameter order, and uses it for all time
+            steps of that forward. Gradients flow to the unmasked weights. Eval: no mask.
+        """
+        if isinstance(recurrent_dropconnect, bool) or \
+                not isinstance(recurrent_dropconnect, (int, float)) or \
+                not 0 <= recurrent_dropconnect < 1:
+            raise ValueError("recurrent_dropconnect should be a number in range [0, 1) "
+                             f"representing the probability of dropping a recurrent weight, "
+                             f"got {recurrent_dropconnect!r}")
+        super().__init__(*args, **kwargs)
+        self.recurrent_dropconnect = float(recurrent_dropconnect)
+
+    def _forward_weights(self) -> list[Tensor]:
+        """_flat_weights, with this forward's DropConnect masks applied to W_hh in training."""
+        p = self.recurrent_dropconnect
+        if not self.training or p == 0:
+            return self._flat_weights
+        keep = 1.0 - p
+        return [w * torch.empty_like(w, requires_grad=False).bernoulli_(keep).div_(keep)
+                if name.startswith("weight_hh") else w
+                for name, w in zip(self._flat_weights_names, self._flat_weights)]
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.recurrent_dropconnect:
+            text += f", recurrent_dropconnect={self.recurrent_dropconnect}"
+        return text
 
     def _kernel_forward(self, input, hx, batch_sizes):
         raise NotImplementedError
@@ -276,7 +312,7 @@ class RNN(_RecurrentForward, nn.RNN):
     _positional_names = _LAYER_ARGUMENTS[:3] + ("nonlinearity",) + _LAYER_ARGUMENTS[3:]
 
     def _kernel_forward(self, input, hx, batch_sizes):
-        return RF.rnn(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+        return RF.rnn(input, hx, self._forward_weights(), self.bias, self.num_layers, self.dropout,
                       self.training, self.bidirectional, self.batch_first, batch_sizes,
                       "relu" if self.mode == "RNN_RELU" else "tanh")
 
@@ -288,7 +324,7 @@ class GRU(_RecurrentForward, nn.GRU):
     __doc__ = "rnnkernels drop-in for torch.nn.GRU.\n\n" + (nn.GRU.__doc__ or "")
 
     def _kernel_forward(self, input, hx, batch_sizes):
-        return RF.gru(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+        return RF.gru(input, hx, self._forward_weights(), self.bias, self.num_layers, self.dropout,
                       self.training, self.bidirectional, self.batch_first, batch_sizes)
 
     def forward(self, input, hx=None):  # noqa: D102
@@ -299,7 +335,7 @@ class LSTM(_RecurrentForward, nn.LSTM):
     __doc__ = "rnnkernels drop-in for torch.nn.LSTM.\n\n" + (nn.LSTM.__doc__ or "")
 
     def _kernel_forward(self, input, hx, batch_sizes):
-        output, h_n, c_n = RF.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
+        output, h_n, c_n = RF.lstm(input, hx, self._forward_weights(), self.bias, self.num_layers,
                                    self.dropout, self.training, self.bidirectional,
                                    self.batch_first, batch_sizes)
         return output, (h_n, c_n)
