@@ -1,0 +1,38 @@
+"""Every example runs: the lesson examples in their --smoke mode (seconds), the short
+demos as they are. Checks the exit status and the files they promise to write."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def _run(args, tmp_path, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.parametrize("script", ["drop_in_lstm.py", "packed_sequences.py", "profile_model.py"])
+def test_demo_runs(script, tmp_path):
+    _run([str(EXAMPLES / script)], tmp_path)
+
+
+def test_long_term_dependencies_smoke(tmp_path):
+    out = tmp_path / "ltd"
+    _run([str(EXAMPLES / "long_term_dependencies.py"), "--smoke", "--out", str(out),
+          "--device", "cpu"], tmp_path)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {(r["task"], r["cell"]) for r in records} == {
+        (t, c) for t in ("adding", "copy") for c in ("rnn", "lstm", "gru")}
+    assert all(len(r["curve"]) == r["steps"] or r["diverged"] for r in records)
+    text = (out / "results.md").read_text()
+    assert "| LSTM |" in text and "baseline" in text
