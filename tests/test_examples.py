@@ -36,3 +36,14 @@ def test_long_term_dependencies_smoke(tmp_path):
     assert all(len(r["curve"]) == r["steps"] or r["diverged"] for r in records)
     text = (out / "results.md").read_text()
     assert "| LSTM |" in text and "baseline" in text
+
+
+def test_gradient_flow_smoke(tmp_path):
+    out = tmp_path / "gf"
+    _run([str(EXAMPLES / "gradient_flow.py"), "--smoke", "--out", str(out), "--device", "cpu"],
+         tmp_path)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["part"] for r in records} == {"cells", "radius", "clipping"}
+    cells = [r for r in records if r["part"] == "cells"]
+    assert {r["cell"] for r in cells} == {"rnn", "lstm", "gru"}
+    assert all(len(r["init"]) == 12 and all(v >= 0 for v in r["init"]) for r in cells)
