@@ -47,3 +47,26 @@ def test_gradient_flow_smoke(tmp_path):
     cells = [r for r in records if r["part"] == "cells"]
     assert {r["cell"] for r in cells} == {"rnn", "lstm", "gru"}
     assert all(len(r["init"]) == 12 and all(v >= 0 for v in r["init"]) for r in cells)
+
+
+def test_seq2seq_smoke(tmp_path):
+    out = tmp_path / "s2s"
+    _run([str(EXAMPLES / "seq2seq.py"), "--smoke", "--out", str(out), "--device", "cpu"], tmp_path)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {(r["cell"], r["attention"]) for r in records} == {
+        (c, a) for c in ("rnn", "lstm", "gru") for a in (False, True)}
+    assert all(0 <= r["accuracy"] <= 1 for r in records)
+
+
+def test_seq2seq_dates_are_exact_and_held_out():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import seq2seq
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    train = seq2seq.dates(300, 0)
+    test = seq2seq.dates(100, 1, exclude=frozenset(d[2] for d in train))
+    assert not {d[2] for d in test} & {d[2] for d in train}
+    for text, iso, date in train[:50]:
+        assert iso == date.isoformat() and len(iso) == seq2seq.OUT_LEN
+        assert str(date.day) in text
