@@ -70,3 +70,22 @@ def test_seq2seq_dates_are_exact_and_held_out():
     for text, iso, date in train[:50]:
         assert iso == date.isoformat() and len(iso) == seq2seq.OUT_LEN
         assert str(date.day) in text
+
+
+def test_char_lm_smoke(tmp_path):
+    out = tmp_path / "clm"
+    _run([str(EXAMPLES / "char_lm.py"), "--smoke", "--out", str(out), "--device", "cpu"], tmp_path)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["cell"] for r in records} == {"rnn", "lstm", "gru"}
+    assert all(r["val_bpc"] > 0 and r["sample"].startswith("The ") for r in records)
+
+
+def test_forecast_smoke(tmp_path):
+    pytest.importorskip("statsmodels", reason="examples/forecast.py reads its series from "
+                        "statsmodels (installed by the README's test command)")
+    out = tmp_path / "fc"
+    _run([str(EXAMPLES / "forecast.py"), "--smoke", "--out", str(out), "--device", "cpu"], tmp_path)
+    records = {json.loads(line)["model"]: json.loads(line)
+               for line in (out / "results.jsonl").read_text().splitlines()}
+    assert {"seasonal naive", "seasonal naive with drift", "RNN", "LSTM", "GRU"} <= set(records)
+    assert all(len(r["forecast"]) == 60 for r in records.values())
