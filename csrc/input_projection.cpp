@@ -2,6 +2,8 @@
 // GEMMs (cuBLAS on CUDA), and the fused op as input_projection then lstm_forward. The CPU
 // kernels (cpu/gemm_cpu.cpp, cpu/recurrence_cpu.cpp) take precedence on CPU.
 
+#include "input_projection.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/irange.h>
@@ -39,7 +41,9 @@ input_projection_backward_aten(const at::Tensor& grad, const at::Tensor& x, at::
   return {grad_x, grad_w, grad_b};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_composite(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_unfused(
     const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
     at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
@@ -55,10 +59,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_co
                       need_workspace);
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
-  m.impl("lstm_forward_fused", &lstm_forward_fused_composite);
+  m.impl("lstm_forward_fused", &lstm_forward_unfused);
   m.impl("input_projection", &input_projection_aten);
   m.impl("input_projection_backward", &input_projection_backward_aten);
 }

@@ -61,14 +61,8 @@ def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_works
 @torch.library.register_fake("rnnkernels::lstm_forward_fused")
 def _lstm_forward_fused_fake(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
                              need_workspace):
-    n, d, b = x.shape[0], len(w_hh), h0.shape[1]
-    h, p = _gates_hidden(w_hh, 4), h0.shape[2]
-    return (
-        x.new_empty((n, d * p)),
-        x.new_empty((d, b, p)),
-        x.new_empty((d, b, h)),
-        x.new_empty((d, n if need_workspace else 0, 5 * h), dtype=_workspace_dtype(x)),
-    )
+    # The results of lstm_forward: x has the rows and dtype x_proj would have.
+    return _lstm_forward_fake(x, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace)
 
 
 @torch.library.register_fake("rnnkernels::lstm_backward")

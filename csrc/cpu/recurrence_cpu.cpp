@@ -21,7 +21,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <ATen/ThreadLocalState.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
@@ -37,6 +36,7 @@
 #include "cpu/gemm_cpu.h"
 #include "cpu/kernels.h"
 #include "cpu/memory.h"
+#include "input_projection.h"
 
 namespace rnnkernels::cpu {
 namespace {
@@ -497,16 +497,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cp
   const bool kernel_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
   if (!kernel_dtype || is_single_step(in.seq, !w_hr.empty()) || x.size(1) == 0 ||
       in.d.batch < kMinFusedBatch) {
-    static const auto projection = c10::Dispatcher::singleton()
-        .findSchemaOrThrow("rnnkernels::input_projection", "")
-        .typed<at::Tensor(const at::Tensor&, at::TensorList, at::TensorList)>();
-    static const auto forward = c10::Dispatcher::singleton()
-        .findSchemaOrThrow("rnnkernels::lstm_forward", "")
-        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-            const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
-            const at::Tensor&, const std::optional<at::Tensor>&, bool)>();
-    return forward.call(projection.call(x, w_ih, b_ih), w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                        need_workspace);
+    return lstm_forward_unfused(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
+                                need_workspace);
   }
   in.h0 = h0.contiguous();
   in.w_hh = contiguous_all(w_hh);
