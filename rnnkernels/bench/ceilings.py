@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .env import machine_name
+from .timing import Clock
 
 # CPU: 2048^3 is 17 GFLOP (about 50 ms at 340 GFLOP/s on 2 cores); the copy moves 2 x 256 MiB.
 CPU_MATMUL_N = 2048
@@ -38,28 +39,10 @@ def ceiling_key(device: str, dtype: str, threads: int) -> str:
                      f"torch={torch.__version__}"])
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _median_seconds(fn, device: str, repeats: int) -> float:
     fn()  # warm-up right before timing (thread pools wake up, caches fill)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    clock = Clock(device)
+    return statistics.median(clock.block(fn, 1) for _ in range(repeats))
 
 
 def measure(device: str, dtype: str, repeats: int = 5) -> dict:

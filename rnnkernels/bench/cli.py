@@ -102,6 +102,14 @@ def plot_parser() -> argparse.ArgumentParser:
     return p
 
 
+def table_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rnnkernels.bench table",
+                                description="Prints a Markdown table (ratio, GFLOP/s, lower "
+                                            "bound) of a results file.")
+    p.add_argument("results", help="a .jsonl file written by a run")
+    return p
+
+
 def compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rnnkernels.bench compare",
                                 description="Per-case ratios between two results files; flags "
@@ -282,11 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare.main(args.old, args.new, args.metric, args.z, args.min_change,
                             args.fail_on_regression)
     if command == "table":
-        parser = argparse.ArgumentParser(
-            prog="python -m rnnkernels.bench table",
-            description="Prints a Markdown table (ratio, GFLOP/s, lower bound) of a results file.")
-        parser.add_argument("results", help="a .jsonl file written by a run")
-        args = parser.parse_args(rest)
+        args = table_parser().parse_args(rest)
         from . import table
 
         return table.main(args.results)

@@ -17,7 +17,7 @@ import torch
 
 from . import model
 from .cases import Case
-from .timing import iqr
+from .timing import Clock, iqr
 
 
 def _buffers(shapes: list[list[int]], dtype: torch.dtype, device: str):
@@ -74,16 +74,8 @@ def _cuda_seconds(shapes, repeats, dtype) -> tuple[list[float], str]:
     except Exception:  # noqa: BLE001  (capture is an optimisation; the stream still bounds)
         backend = "cuBLAS via torch.mm, stream (graph capture failed)"
         replay = run
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        replay()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) / 1e3)
-    return times, backend
+    clock = Clock("cuda")
+    return [clock.block(replay, 1) for _ in range(repeats)], backend
 
 
 def measure(case: Case, repeats: int, backend: str = "auto") -> dict:

@@ -48,7 +48,7 @@ def iqr(samples: list[float]) -> float:
     return q[2] - q[0]
 
 
-class _Clock:
+class Clock:
     """perf_counter on CPU; CUDA events (after a synchronize) on CUDA."""
 
     def __init__(self, device: str):
@@ -77,7 +77,7 @@ def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int, de
     """Times each callable ``repeats`` times, interleaved; returns a Timing per name."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    clock = _Clock(device)
+    clock = Clock(device)
     names = list(variants)
     gc_was_enabled = gc.isenabled()
     gc.collect()
