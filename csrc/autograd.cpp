@@ -49,7 +49,29 @@ struct SavedLists {
     next += n;
     return out;
   }
+  // batch_sizes and zoneout, as save_optionals stored them under `flags`.
+  std::pair<std::optional<at::Tensor>, std::optional<at::Tensor>> take_optionals(int64_t flags) {
+    std::optional<at::Tensor> batch_sizes, zoneout;
+    if (flags & 1) batch_sizes = take();
+    if (flags & 2) zoneout = take();
+    return {batch_sizes, zoneout};
+  }
 };
+
+// Appends the given optionals; returns the flags SavedLists::take_optionals reads.
+int64_t save_optionals(variable_list& saved, const std::optional<at::Tensor>& batch_sizes,
+                       const std::optional<at::Tensor>& zoneout) {
+  int64_t flags = 0;
+  if (batch_sizes.has_value() && batch_sizes->defined()) {
+    saved.push_back(*batch_sizes);
+    flags |= 1;
+  }
+  if (zoneout.has_value() && zoneout->defined()) {
+    saved.push_back(*zoneout);
+    flags |= 2;
+  }
+  return flags;
+}
 
 void append(variable_list& dst, at::TensorList ts) { dst.insert(dst.end(), ts.begin(), ts.end()); }
 
@@ -63,12 +85,12 @@ void check_workspace(const char* op, const at::Tensor& workspace, const at::Tens
 
 using LstmForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
-    const at::Tensor&, const std::optional<at::Tensor>&, bool);
+    const at::Tensor&, const std::optional<at::Tensor>&, bool, const std::optional<at::Tensor>&);
 using LstmBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, TensorVec, TensorVec, TensorVec>(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, at::TensorList, at::TensorList, at::TensorList,
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&);
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 
 class LstmFunction : public torch::autograd::Function<LstmFunction> {
  public:
@@ -76,20 +98,20 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
                                at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
                                const at::Tensor& h0, const at::Tensor& c0,
                                const std::optional<at::Tensor>& batch_sizes,
-                               bool need_workspace) {
+                               bool need_workspace, const std::optional<at::Tensor>& zoneout) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto op = find_op<LstmForwardSig>("rnnkernels::lstm_forward");
-    auto [out, h_n, c_n, ws] = op.call(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+    auto [out, h_n, c_n, ws] =
+        op.call(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace, zoneout);
     variable_list saved{h0, c0, out, ws};
     append(saved, w_hh);
     append(saved, b_hh);
     append(saved, w_hr);
-    const bool packed = batch_sizes.has_value() && batch_sizes->defined();
-    if (packed) saved.push_back(*batch_sizes);
+    const int64_t optionals = save_optionals(saved, batch_sizes, zoneout);
     ctx->save_for_backward(saved);
     ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_hh.size()),
                                                     static_cast<int64_t>(b_hh.size()),
-                                                    static_cast<int64_t>(w_hr.size()), packed};
+                                                    static_cast<int64_t>(w_hr.size()), optionals};
     ctx->mark_non_differentiable({ws});
     ctx->set_materialize_grads(false);
     return {out, h_n, c_n, ws};
@@ -100,19 +122,19 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     SavedLists s{ctx->get_saved_variables()};
     const at::Tensor h0 = s.take(), c0 = s.take(), out = s.take(), ws = s.take();
     const TensorVec w_hh = s.take(sizes[0]), b_hh = s.take(sizes[1]), w_hr = s.take(sizes[2]);
-    const std::optional<at::Tensor> batch_sizes =
-        sizes[3] ? std::make_optional(s.take()) : std::nullopt;
+    const auto [batch_sizes, zoneout] = s.take_optionals(sizes[3]);
     check_workspace("rnnkernels::lstm_forward", ws, out);
     static const auto op = find_op<LstmBackwardSig>("rnnkernels::lstm_backward");
     auto [gx, gh0, gc0, gw_hh, gb_hh, gw_hr] =
         op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), defined_or_none(grads[2]),
-                w_hh, b_hh, w_hr, h0, c0, out, ws, batch_sizes);
+                w_hh, b_hh, w_hr, h0, c0, out, ws, batch_sizes, zoneout);
     // One slot per forward argument, list arguments flattened.
     variable_list result{gx};
     append(result, gw_hh);
     append(result, gb_hh);
     append(result, gw_hr);
-    result.insert(result.end(), {gh0, gc0, at::Tensor(), at::Tensor()});
+    // batch_sizes, need_workspace, zoneout: no gradient.
+    result.insert(result.end(), {gh0, gc0, at::Tensor(), at::Tensor(), at::Tensor()});
     return result;
   }
 };
@@ -120,8 +142,9 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autograd(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace) {
-  auto r = LstmFunction::apply(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
+  auto r = LstmFunction::apply(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace,
+                               zoneout);
   return {r[0], r[1], r[2], r[3]};
 }
 
@@ -129,7 +152,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autograd
 // grad_x_proj then goes through input_projection_backward.
 using LstmFusedSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-    at::TensorList, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, bool);
+    at::TensorList, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, bool,
+    const std::optional<at::Tensor>&);
 using ProjectionBackwardSig = std::tuple<at::Tensor, TensorVec, TensorVec>(
     const at::Tensor&, const at::Tensor&, at::TensorList, bool, bool);
 
@@ -139,22 +163,21 @@ class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
                                at::TensorList b_ih, at::TensorList w_hh, at::TensorList b_hh,
                                at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
                                const std::optional<at::Tensor>& batch_sizes,
-                               bool need_workspace) {
+                               bool need_workspace, const std::optional<at::Tensor>& zoneout) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto op = find_op<LstmFusedSig>("rnnkernels::lstm_forward_fused");
     auto [out, h_n, c_n, ws] =
-        op.call(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+        op.call(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace, zoneout);
     variable_list saved{x, h0, c0, out, ws};
     append(saved, w_ih);
     append(saved, w_hh);
     append(saved, b_hh);
     append(saved, w_hr);
-    const bool packed = batch_sizes.has_value() && batch_sizes->defined();
-    if (packed) saved.push_back(*batch_sizes);
+    const int64_t optionals = save_optionals(saved, batch_sizes, zoneout);
     ctx->save_for_backward(saved);
     ctx->saved_data["sizes"] = std::vector<int64_t>{
         static_cast<int64_t>(w_ih.size()), static_cast<int64_t>(b_ih.size()),
-        static_cast<int64_t>(b_hh.size()), static_cast<int64_t>(w_hr.size()), packed};
+        static_cast<int64_t>(b_hh.size()), static_cast<int64_t>(w_hr.size()), optionals};
     ctx->mark_non_differentiable({ws});
     ctx->set_materialize_grads(false);
     return {out, h_n, c_n, ws};
@@ -167,15 +190,15 @@ class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
     const at::Tensor x = s.take(), h0 = s.take(), c0 = s.take(), out = s.take(), ws = s.take();
     const TensorVec w_ih = s.take(D), w_hh = s.take(D), b_hh = s.take(n_b_hh),
                     w_hr = s.take(n_w_hr);
-    const std::optional<at::Tensor> batch_sizes =
-        sizes[4] ? std::make_optional(s.take()) : std::nullopt;
+    const auto [batch_sizes, zoneout] = s.take_optionals(sizes[4]);
     check_workspace("rnnkernels::lstm_forward_fused", ws, out);
     static const auto recurrence = find_op<LstmBackwardSig>("rnnkernels::lstm_backward");
     static const auto projection =
         find_op<ProjectionBackwardSig>("rnnkernels::input_projection_backward");
     auto [gx_proj, gh0, gc0, gw_hh, gb_hh, gw_hr] =
         recurrence.call(defined_or_none(grads[0]), defined_or_none(grads[1]),
-                        defined_or_none(grads[2]), w_hh, b_hh, w_hr, h0, c0, out, ws, batch_sizes);
+                        defined_or_none(grads[2]), w_hh, b_hh, w_hr, h0, c0, out, ws, batch_sizes,
+                        zoneout);
     const bool need_input_grad = ctx->needs_input_grad(0);
     // b_ih and b_hh enter the gates the same way, so their gradients are equal: the column
     // sums of grad_x_proj, which lstm_backward has already taken. Copies, so that the two
@@ -194,7 +217,7 @@ class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
     append(result, gw_hh);
     append(result, gb_hh);
     append(result, gw_hr);
-    result.insert(result.end(), {gh0, gc0, at::Tensor(), at::Tensor()});
+    result.insert(result.end(), {gh0, gc0, at::Tensor(), at::Tensor(), at::Tensor()});
     return result;
   }
 };
@@ -202,9 +225,10 @@ class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_autograd(
     const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
     at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
   auto r = LstmFusedFunction::apply(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                                    need_workspace);
+                                    need_workspace, zoneout);
   return {r[0], r[1], r[2], r[3]};
 }
 
@@ -214,30 +238,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_au
 // RNN adds its nonlinearity.
 using GruForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, at::TensorList, at::TensorList, const at::Tensor&,
-    const std::optional<at::Tensor>&, bool);
+    const std::optional<at::Tensor>&, bool, const std::optional<at::Tensor>&);
 using GruBackwardSig = std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec>(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::TensorList,
     at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&);
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 using RnnForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, at::TensorList, at::TensorList, const at::Tensor&,
-    const std::optional<at::Tensor>&, c10::string_view, bool);
+    const std::optional<at::Tensor>&, c10::string_view, bool, const std::optional<at::Tensor>&);
 using RnnBackwardSig = std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec>(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::TensorList,
     at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, c10::string_view);
+    const std::optional<at::Tensor>&, c10::string_view, const std::optional<at::Tensor>&);
 
 void save_single_state(AutogradContext* ctx, const at::Tensor& h0, const at::Tensor& out,
                        const at::Tensor& ws, at::TensorList w_hh, at::TensorList b_hh,
-                       const std::optional<at::Tensor>& batch_sizes) {
+                       const std::optional<at::Tensor>& batch_sizes,
+                       const std::optional<at::Tensor>& zoneout) {
   variable_list saved{h0, out, ws};
   append(saved, w_hh);
   append(saved, b_hh);
-  const bool packed = batch_sizes.has_value() && batch_sizes->defined();
-  if (packed) saved.push_back(*batch_sizes);
+  const int64_t optionals = save_optionals(saved, batch_sizes, zoneout);
   ctx->save_for_backward(saved);
   ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_hh.size()),
-                                                  static_cast<int64_t>(b_hh.size()), packed};
+                                                  static_cast<int64_t>(b_hh.size()), optionals};
   ctx->mark_non_differentiable({ws});
   ctx->set_materialize_grads(false);
 }
@@ -245,7 +269,7 @@ void save_single_state(AutogradContext* ctx, const at::Tensor& h0, const at::Ten
 struct SingleStateSaved {
   at::Tensor h0, out, ws;
   TensorVec w_hh, b_hh;
-  std::optional<at::Tensor> batch_sizes;
+  std::optional<at::Tensor> batch_sizes, zoneout;
 };
 
 SingleStateSaved load_single_state(AutogradContext* ctx) {
@@ -257,7 +281,7 @@ SingleStateSaved load_single_state(AutogradContext* ctx) {
   r.ws = s.take();
   r.w_hh = s.take(sizes[0]);
   r.b_hh = s.take(sizes[1]);
-  if (sizes[2]) r.batch_sizes = s.take();
+  std::tie(r.batch_sizes, r.zoneout) = s.take_optionals(sizes[2]);
   return r;
 }
 
@@ -277,11 +301,11 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x_proj,
                                at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
                                const std::optional<at::Tensor>& batch_sizes,
-                               bool need_workspace) {
+                               bool need_workspace, const std::optional<at::Tensor>& zoneout) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto op = find_op<GruForwardSig>("rnnkernels::gru_forward");
-    auto [out, h_n, ws] = op.call(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace);
-    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes);
+    auto [out, h_n, ws] = op.call(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
+    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes, zoneout);
     return {out, h_n, ws};
   }
 
@@ -290,8 +314,9 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
     check_workspace("rnnkernels::gru_forward", s.ws, s.out);
     static const auto op = find_op<GruBackwardSig>("rnnkernels::gru_backward");
     auto [gx, gh0, gw_hh, gb_hh] = op.call(defined_or_none(grads[0]), defined_or_none(grads[1]),
-                                           s.w_hh, s.b_hh, s.h0, s.out, s.ws, s.batch_sizes);
-    return single_state_grads(gx, gw_hh, gb_hh, gh0, /*batch_sizes, need_workspace*/ 2);
+                                           s.w_hh, s.b_hh, s.h0, s.out, s.ws, s.batch_sizes,
+                                           s.zoneout);
+    return single_state_grads(gx, gw_hh, gb_hh, gh0, /*batch_sizes, need_workspace, zoneout*/ 3);
   }
 };
 
@@ -300,12 +325,13 @@ class RnnFunction : public torch::autograd::Function<RnnFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x_proj,
                                at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
                                const std::optional<at::Tensor>& batch_sizes,
-                               c10::string_view nonlinearity, bool need_workspace) {
+                               c10::string_view nonlinearity, bool need_workspace,
+                               const std::optional<at::Tensor>& zoneout) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto op = find_op<RnnForwardSig>("rnnkernels::rnn_forward");
     auto [out, h_n, ws] =
-        op.call(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace);
-    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes);
+        op.call(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace, zoneout);
+    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes, zoneout);
     ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
     return {out, h_n, ws};
   }
@@ -317,25 +343,26 @@ class RnnFunction : public torch::autograd::Function<RnnFunction> {
     static const auto op = find_op<RnnBackwardSig>("rnnkernels::rnn_backward");
     auto [gx, gh0, gw_hh, gb_hh] =
         op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), s.w_hh, s.b_hh, s.h0,
-                s.out, s.ws, s.batch_sizes, nonlinearity);
+                s.out, s.ws, s.batch_sizes, nonlinearity, s.zoneout);
     return single_state_grads(gx, gw_hh, gb_hh, gh0,
-                              /*batch_sizes, nonlinearity, need_workspace*/ 3);
+                              /*batch_sizes, nonlinearity, need_workspace, zoneout*/ 4);
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_autograd(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
-  auto r = GruFunction::apply(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace);
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
+  auto r = GruFunction::apply(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
   return {r[0], r[1], r[2]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autograd(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   auto r = RnnFunction::apply(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity,
-                              need_workspace);
+                              need_workspace, zoneout);
   return {r[0], r[1], r[2]};
 }
 

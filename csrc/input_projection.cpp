@@ -46,7 +46,8 @@ input_projection_backward_aten(const at::Tensor& grad, const at::Tensor& x, at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_unfused(
     const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
     at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
   static const auto projection = c10::Dispatcher::singleton()
       .findSchemaOrThrow("rnnkernels::input_projection", "")
       .typed<at::Tensor(const at::Tensor&, at::TensorList, at::TensorList)>();
@@ -54,9 +55,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_unfused(
       .findSchemaOrThrow("rnnkernels::lstm_forward", "")
       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
           const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
-          const at::Tensor&, const std::optional<at::Tensor>&, bool)>();
+          const at::Tensor&, const std::optional<at::Tensor>&, bool,
+          const std::optional<at::Tensor>&)>();
   return forward.call(projection.call(x, w_ih, b_ih), w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                      need_workspace);
+                      need_workspace, zoneout);
 }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {

@@ -13,6 +13,7 @@ namespace rnnkernels {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_unfused(
     const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
     at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace);
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout);
 
 }  // namespace rnnkernels

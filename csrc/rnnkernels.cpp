@@ -10,6 +10,10 @@
 //   workspace [D, N, S]: what the backward needs (LSTM: i, f, g, o, c -> S = 5H;
 //   GRU: r, z, n, W_hn h + b_hn -> S = 4H; RNN: nothing, S = 0), empty when
 //   need_workspace is false.
+// zoneout (optional, forward and backward alike) [D, N, P] (LSTM [D, N, P+H]: h's then
+// c's): the weight of the previous state per row and unit (Note [zoneout] in
+// include/rnnkernels/cell_math.h); a row stride of 0 broadcasts one row. With it the LSTM
+// workspace holds c after zoneout too (S = 6H) and the RNN's h before zoneout (S = H).
 // The backward op returns the gradients of x_proj, h0 (c0) and the recurrent weights;
 // autograd derives those of the input, W_ih and b_ih from grad_x_proj.
 
@@ -28,33 +32,38 @@ TORCH_LIBRARY(rnnkernels, m) {
       "Tensor[] grad_b_ih)");
   m.def(
       "lstm_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor[] w_hr, Tensor h0, "
-      "Tensor c0, Tensor? batch_sizes, bool need_workspace) "
+      "Tensor c0, Tensor? batch_sizes, bool need_workspace, Tensor? zoneout=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   // lstm_forward with the input projection inside the time loop: x [N, I], w_ih[d]
   // [4H, I], b_ih[d] [4H] instead of x_proj; same outputs. Its backward is lstm_backward
   // followed by input_projection_backward.
   m.def(
       "lstm_forward_fused(Tensor x, Tensor[] w_ih, Tensor[] b_ih, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor[] w_hr, Tensor h0, Tensor c0, Tensor? batch_sizes, bool need_workspace) "
+      "Tensor[] w_hr, Tensor h0, Tensor c0, Tensor? batch_sizes, bool need_workspace, "
+      "Tensor? zoneout=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor[] w_hh, "
       "Tensor[] b_hh, Tensor[] w_hr, Tensor h0, Tensor c0, Tensor output, Tensor workspace, "
-      "Tensor? batch_sizes) -> (Tensor grad_x_proj, Tensor grad_h0, Tensor grad_c0, "
+      "Tensor? batch_sizes, Tensor? zoneout=None) -> (Tensor grad_x_proj, Tensor grad_h0, "
+      "Tensor grad_c0, "
       "Tensor[] grad_w_hh, Tensor[] grad_b_hh, Tensor[] grad_w_hr)");
   m.def(
       "gru_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor h0, Tensor? batch_sizes, "
-      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor workspace)");
+      "bool need_workspace, Tensor? zoneout=None) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "gru_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes) "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes, Tensor? zoneout=None) "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor[] grad_w_hh, Tensor[] grad_b_hh)");
   m.def(
       "rnn_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor h0, Tensor? batch_sizes, "
-      "str nonlinearity, bool need_workspace) -> (Tensor output, Tensor h_n, Tensor workspace)");
+      "str nonlinearity, bool need_workspace, Tensor? zoneout=None) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes, str nonlinearity) "
+      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes, str nonlinearity, "
+      "Tensor? zoneout=None) "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor[] grad_w_hh, Tensor[] grad_b_hh)");
 }
 

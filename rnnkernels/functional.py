@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, _VF
 
 from . import ops
+from . import reference
 from ._ext import _C
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -107,14 +108,18 @@ def _fused_input(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
-def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, need_workspace):
-    """One layer, both directions: the input projection GEMM, then the recurrence op."""
+def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, need_workspace,
+               zoneout=None):
+    """One layer, both directions: the input projection GEMM, then the recurrence op.
+
+    zoneout: the layer's zoneout weights [D, N, P(+H)] (reference.zoneout_weights) or None.
+    """
     if cell == "lstm" and _fused_input(x):
         w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
         out, h_n, c_n, _ = ops.lstm_forward_fused(
             x, [d[0] for d in dirs], [d[2] for d in dirs] if has_biases else [],
             [d[1] for d in dirs], [d[3] for d in dirs] if has_biases else [], w_hr, h0, c0,
-            batch_sizes, need_workspace)
+            batch_sizes, need_workspace, zoneout)
         return out, h_n, c_n
     x_proj = _input_projection(x, dirs)
     w_hh = [d[1] for d in dirs]
@@ -122,18 +127,20 @@ def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, nee
     if cell == "lstm":
         w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
         out, h_n, c_n, _ = ops.lstm_forward(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                                            need_workspace)
+                                            need_workspace, zoneout)
         return out, h_n, c_n
     if cell == "gru":
-        out, h_n, _ = ops.gru_forward(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace)
+        out, h_n, _ = ops.gru_forward(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace,
+                                      zoneout)
     else:
         out, h_n, _ = ops.rnn_forward(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity,
-                                      need_workspace)
+                                      need_workspace, zoneout)
     return out, h_n, None
 
 
 def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, train,
-                bidirectional, batch_first, batch_sizes, nonlinearity="tanh"):
+                bidirectional, batch_first, batch_sizes, nonlinearity="tanh", zoneout_h=0.0,
+                zoneout_c=None):
     directions = 2 if bidirectional else 1
     layers, _ = _layer_params(params, has_biases, num_layers, directions)
     if batch_sizes is None:
@@ -147,9 +154,13 @@ def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, tr
     for layer, dirs in enumerate(layers):
         layer_hx = hx[layer * directions:(layer + 1) * directions]
         layer_cx = cx[layer * directions:(layer + 1) * directions] if cell == "lstm" else None
+        # Drawn per layer before it runs, as reference._run_layers does (same seed, same draws).
+        zoneout = reference.zoneout_weights(zoneout_h, zoneout_c, directions, x.shape[0],
+                                            layer_hx.shape[2], layer_hx.shape[2] if cx is None
+                                            else layer_cx.shape[2], train, x)
         with _layer_range(cell, layer):
             x, h_last, c_last = _run_layer(cell, x, dirs, has_biases, layer_hx, layer_cx,
-                                           batch_sizes, nonlinearity, need_workspace)
+                                           batch_sizes, nonlinearity, need_workspace, zoneout)
         h_n.append(h_last)
         c_n.append(c_last)
         if dropout > 0 and train and layer < num_layers - 1:
@@ -232,8 +243,22 @@ def _autocast_aware(cell: str):
 @_autocast_aware("lstm")
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_biases: bool,
          num_layers: int, dropout: float, train: bool, bidirectional: bool,
-         batch_first: bool = False, batch_sizes: Tensor | None = None):
-    """Multi-layer LSTM. Returns (output, h_n, c_n) like torch._VF.lstm."""
+         batch_first: bool = False, batch_sizes: Tensor | None = None, *,
+         zoneout_h: float = 0.0, zoneout_c: float = 0.0):
+    """Multi-layer LSTM. Returns (output, h_n, c_n) like torch._VF.lstm.
+
+    zoneout_h, zoneout_c (beyond torch._VF): zoneout probabilities of h and c, applied in
+    the kernels (Note [zoneout] in csrc/include/rnnkernels/cell_math.h); the weights are
+    drawn by reference.zoneout_weights, Bernoulli when ``train``, else their expectation.
+    """
+    if zoneout_h or zoneout_c:
+        if not kernels_support(input):
+            return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
+                                  bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
+                                  zoneout_c=zoneout_c)
+        return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
+                           train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
+                           zoneout_c=zoneout_c)
     if not kernels_support(input):
         if batch_sizes is None:
             return _VF.lstm(input, hx, params, has_biases, num_layers, dropout, train,
@@ -247,8 +272,14 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
 @_autocast_aware("gru")
 def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
-        batch_sizes: Tensor | None = None):
-    """Multi-layer GRU. Returns (output, h_n) like torch._VF.gru."""
+        batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0):
+    """Multi-layer GRU. Returns (output, h_n) like torch._VF.gru; zoneout_h as in lstm."""
+    if zoneout_h:
+        if not kernels_support(input):
+            return reference.gru(input, hx, params, has_biases, num_layers, dropout, train,
+                                 bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
+        return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout,
+                           train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
     if not kernels_support(input):
         if batch_sizes is None:
             return _VF.gru(input, hx, params, has_biases, num_layers, dropout, train,
@@ -262,10 +293,20 @@ def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
 @_autocast_aware("rnn")
 def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
-        batch_sizes: Tensor | None = None, nonlinearity: str = "tanh"):
-    """Multi-layer Elman RNN (tanh or relu). Returns (output, h_n) like torch._VF.rnn_tanh."""
+        batch_sizes: Tensor | None = None, nonlinearity: str = "tanh", *,
+        zoneout_h: float = 0.0):
+    """Multi-layer Elman RNN (tanh or relu). Returns (output, h_n) like torch._VF.rnn_tanh;
+    zoneout_h as in lstm."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    if zoneout_h:
+        if not kernels_support(input):
+            return reference.rnn(input, hx, params, has_biases, num_layers, dropout, train,
+                                 bidirectional, batch_first, batch_sizes, nonlinearity,
+                                 zoneout_h=zoneout_h)
+        return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout,
+                           train, bidirectional, batch_first, batch_sizes, nonlinearity,
+                           zoneout_h=zoneout_h)
     if not kernels_support(input):
         impl = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
         if batch_sizes is None:

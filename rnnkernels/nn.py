@@ -135,6 +135,12 @@ def _check_packed_sequence(data, batch_sizes, sorted_indices, unsorted_indices) 
                 f"{unsorted_indices.tolist()}")
 
 
+def _check_probability(name: str, value, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} should be a number in range [0, 1) representing the "
+                         f"probability of {meaning}, got {value!r}")
+
+
 class _ConstructorMessages:
     """Construction is torch.nn's own; only its error messages gain the arguments given.
 
@@ -166,10 +172,12 @@ class _RecurrentForward(_ConstructorMessages):
     """forward() shared by RNN, LSTM and GRU (mixed in before the torch.nn class)."""
 
     _positional_names = _LAYER_ARGUMENTS
-    # Class default: modules converted from torch.nn or unpickled from older versions have it.
+    # Class defaults: modules converted from torch.nn or unpickled from older versions have them.
     recurrent_dropconnect = 0.0
+    zoneout_h = 0.0
 
-    def __init__(self, *args, recurrent_dropconnect: float = 0.0, **kwargs):
+    def __init__(self, *args, recurrent_dropconnect: float = 0.0, zoneout_h: float = 0.0,
+                 **kwargs):
         """torch.nn's arguments, plus (keyword only, beyond torch.nn, off by default):
 
         recurrent_dropconnect: DropConnect on the hidden-to-hidden weights (Wan et al.,
@@ -177,15 +185,19 @@ class _RecurrentForward(_ConstructorMessages):
             every weight_hh_l* by its own Bernoulli(1 - p) mask scaled by 1/(1 - p), drawn
             from torch's default generator in parameter order, and uses it for all time
             steps of that forward. Gradients flow to the unmasked weights. Eval: no mask.
+        zoneout_h: zoneout on the hidden state (Krueger et al., 2016), fused in the kernels:
+            after every step each unit of h keeps its previous value with probability p
+            (training: Bernoulli draws per row, unit and step, from torch's default
+            generator, per layer before it runs; eval: h = p h_prev + (1 - p) h_new, the
+            expectation). The output is the state after zoneout. See
+            rnnkernels.reference.zoneout_weights.
         """
-        if isinstance(recurrent_dropconnect, bool) or \
-                not isinstance(recurrent_dropconnect, (int, float)) or \
-                not 0 <= recurrent_dropconnect < 1:
-            raise ValueError("recurrent_dropconnect should be a number in range [0, 1) "
-                             f"representing the probability of dropping a recurrent weight, "
-                             f"got {recurrent_dropconnect!r}")
+        _check_probability("recurrent_dropconnect", recurrent_dropconnect,
+                           "dropping a recurrent weight")
+        _check_probability("zoneout_h", zoneout_h, "keeping a unit's previous hidden state")
         super().__init__(*args, **kwargs)
         self.recurrent_dropconnect = float(recurrent_dropconnect)
+        self.zoneout_h = float(zoneout_h)
 
     def _forward_weights(self) -> list[Tensor]:
         """_flat_weights, with this forward's DropConnect masks applied to W_hh in training."""
@@ -199,8 +211,9 @@ class _RecurrentForward(_ConstructorMessages):
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
-        if self.recurrent_dropconnect:
-            text += f", recurrent_dropconnect={self.recurrent_dropconnect}"
+        for name in ("recurrent_dropconnect", "zoneout_h", "zoneout_c"):
+            if getattr(self, name, 0.0):
+                text += f", {name}={getattr(self, name)}"
         return text
 
     def _kernel_forward(self, input, hx, batch_sizes):
@@ -314,7 +327,7 @@ class RNN(_RecurrentForward, nn.RNN):
     def _kernel_forward(self, input, hx, batch_sizes):
         return RF.rnn(input, hx, self._forward_weights(), self.bias, self.num_layers, self.dropout,
                       self.training, self.bidirectional, self.batch_first, batch_sizes,
-                      "relu" if self.mode == "RNN_RELU" else "tanh")
+                      "relu" if self.mode == "RNN_RELU" else "tanh", zoneout_h=self.zoneout_h)
 
     def forward(self, input, hx=None):  # noqa: D102
         return self._run(input, hx, is_lstm=False)
@@ -325,7 +338,8 @@ class GRU(_RecurrentForward, nn.GRU):
 
     def _kernel_forward(self, input, hx, batch_sizes):
         return RF.gru(input, hx, self._forward_weights(), self.bias, self.num_layers, self.dropout,
-                      self.training, self.bidirectional, self.batch_first, batch_sizes)
+                      self.training, self.bidirectional, self.batch_first, batch_sizes,
+                      zoneout_h=self.zoneout_h)
 
     def forward(self, input, hx=None):  # noqa: D102
         return self._run(input, hx, is_lstm=False)
@@ -333,11 +347,21 @@ class GRU(_RecurrentForward, nn.GRU):
 
 class LSTM(_RecurrentForward, nn.LSTM):
     __doc__ = "rnnkernels drop-in for torch.nn.LSTM.\n\n" + (nn.LSTM.__doc__ or "")
+    zoneout_c = 0.0
+
+    def __init__(self, *args, zoneout_c: float = 0.0, **kwargs):
+        """torch.nn's arguments, the options of _RecurrentForward, and zoneout_c: zoneout on
+        the cell state, as zoneout_h on h (h and c both come from the cell state before
+        zoneout, as in Krueger et al.); drawn after h's block of the same layer."""
+        _check_probability("zoneout_c", zoneout_c, "keeping a unit's previous cell state")
+        super().__init__(*args, **kwargs)
+        self.zoneout_c = float(zoneout_c)
 
     def _kernel_forward(self, input, hx, batch_sizes):
         output, h_n, c_n = RF.lstm(input, hx, self._forward_weights(), self.bias, self.num_layers,
                                    self.dropout, self.training, self.bidirectional,
-                                   self.batch_first, batch_sizes)
+                                   self.batch_first, batch_sizes, zoneout_h=self.zoneout_h,
+                                   zoneout_c=self.zoneout_c)
         return output, (h_n, c_n)
 
     def forward(self, input, hx=None):  # noqa: D102

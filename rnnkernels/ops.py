@@ -16,8 +16,15 @@ from ._ext import _C  # noqa: F401  (registers the schemas and kernels)
 
 _ops = torch.ops.rnnkernels
 
-# Workspace floats per hidden unit and row, as the kernels store them.
+# Workspace floats per hidden unit and row, as the kernels store them; with zoneout the
+# LSTM also keeps c after zoneout and the RNN h before it (csrc/rnnkernels.cpp).
 WORKSPACE_PER_HIDDEN = {"lstm": 5, "gru": 4, "rnn": 0}
+WORKSPACE_PER_HIDDEN_ZONEOUT = {"lstm": 6, "gru": 4, "rnn": 1}
+
+
+def _workspace_width(cell: str, hidden: int, zoneout) -> int:
+    table = WORKSPACE_PER_HIDDEN if zoneout is None else WORKSPACE_PER_HIDDEN_ZONEOUT
+    return table[cell] * hidden
 
 
 def _gates_hidden(w_hh: list[Tensor], gates: int) -> int:
@@ -47,27 +54,29 @@ def _input_projection_backward_fake(grad_x_proj, x, w_ih, need_input_grad, has_b
 
 
 @torch.library.register_fake("rnnkernels::lstm_forward")
-def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace):
+def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace,
+                       zoneout=None):
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
     h, p = _gates_hidden(w_hh, 4), h0.shape[2]
     return (
         x_proj.new_empty((n, d * p)),
         x_proj.new_empty((d, b, p)),
         x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, 5 * h), dtype=_workspace_dtype(x_proj)),
+        x_proj.new_empty((d, n if need_workspace else 0, _workspace_width("lstm", h, zoneout)),
+                         dtype=_workspace_dtype(x_proj)),
     )
 
 
 @torch.library.register_fake("rnnkernels::lstm_forward_fused")
 def _lstm_forward_fused_fake(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                             need_workspace):
+                             need_workspace, zoneout=None):
     # The results of lstm_forward: x has the rows and dtype x_proj would have.
-    return _lstm_forward_fake(x, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace)
+    return _lstm_forward_fake(x, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace, zoneout)
 
 
 @torch.library.register_fake("rnnkernels::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, output,
-                        workspace, batch_sizes):
+                        workspace, batch_sizes, zoneout=None):
     n, d = output.shape[0], len(w_hh)
     h = _gates_hidden(w_hh, 4)
     return (
@@ -81,7 +90,7 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c
 
 
 @torch.library.register_fake("rnnkernels::gru_forward")
-def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace):
+def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout=None):
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
     h = _gates_hidden(w_hh, 3)
     return (
@@ -92,7 +101,8 @@ def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace):
 
 
 @torch.library.register_fake("rnnkernels::gru_backward")
-def _gru_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace, batch_sizes):
+def _gru_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace, batch_sizes,
+                       zoneout=None):
     n, d = output.shape[0], len(w_hh)
     h = _gates_hidden(w_hh, 3)
     return (
@@ -104,19 +114,21 @@ def _gru_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace,
 
 
 @torch.library.register_fake("rnnkernels::rnn_forward")
-def _rnn_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace):
+def _rnn_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace,
+                      zoneout=None):
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
     h = _gates_hidden(w_hh, 1)
     return (
         x_proj.new_empty((n, d * h)),
         x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, 0), dtype=_workspace_dtype(x_proj)),
+        x_proj.new_empty((d, n if need_workspace else 0, _workspace_width("rnn", h, zoneout)),
+                         dtype=_workspace_dtype(x_proj)),
     )
 
 
 @torch.library.register_fake("rnnkernels::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace, batch_sizes,
-                       nonlinearity):
+                       nonlinearity, zoneout=None):
     n, d = output.shape[0], len(w_hh)
     h = _gates_hidden(w_hh, 1)
     return (

@@ -21,6 +21,13 @@ first batch_sizes[t] sequences are active; the others keep their state, which is
 finished sequence's h_n is its last state (forward) and how a sequence that has not
 started yet enters with h0 (reverse direction).
 
+Zoneout (opt-in, Krueger et al. 2016): after every step each unit of a state keeps its
+previous value with weight m, ``state = m * prev + (1 - m) * candidate``, where the
+candidate is the cell's update above (LSTM: h' and c' both computed from c' before
+zoneout) and m comes from ``zoneout_weights``: per layer, before the layer runs, a
+[D, N, P] (LSTM [D, N, P+H], h's then c's) tensor of Bernoulli(p) draws in training and
+of p in evaluation. The output at each step is the state after zoneout.
+
 Between layers (not after the last) the layer output [N, D*P] goes through
 ``F.dropout(p, training=True)`` when ``train`` and ``dropout > 0``: the same call on the
 same-shaped tensor as rnnkernels.functional, so with one seed both draw the same mask.
@@ -32,7 +39,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
+__all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "zoneout_weights"]
+
+
+def zoneout_weights(p_h: float, p_c: float | None, directions: int, rows: int, out_size: int,
+                    hidden: int, train: bool, like: Tensor) -> Tensor | None:
+    """The weights of the previous state for one layer's zoneout, or None without zoneout.
+
+    Shape [D, N, P] (GRU, RNN: p_c is None) or [D, N, P+H] (LSTM: P columns for h, then H
+    for c). Training: Bernoulli(p) draws from torch's default generator (h's block first,
+    then c's, a block only when its p > 0), 1 keeping the previous value. Evaluation: p
+    itself, the expectation, as one row broadcast over all rows (no memory per row).
+    rnnkernels.functional draws with this same function at the same point (per layer,
+    before the layer runs), so one seed gives both the same draws.
+    """
+    width = out_size + (hidden if p_c is not None else 0)
+    p_c = 0.0 if p_c is None else p_c
+    if p_h == 0 and p_c == 0:
+        return None
+    opts = dict(dtype=like.dtype, device=like.device)
+    if not train:
+        row = torch.cat([torch.full((out_size,), p_h, **opts),
+                         torch.full((width - out_size,), p_c, **opts)])
+        return row.expand(directions, rows, width)
+    weights = torch.zeros(directions, rows, width, **opts)
+    if p_h > 0:
+        weights[:, :, :out_size].bernoulli_(p_h)
+    if p_c > 0:
+        weights[:, :, out_size:].bernoulli_(p_c)
+    return weights
 
 
 # ---------------------------------------------------------------- cells
@@ -102,11 +137,13 @@ def _split_params(params, has_biases: bool, num_layers: int, directions: int):
     return layers
 
 
-def _run_direction(step, x: Tensor, batch_sizes: list[int], states: list[Tensor], reverse: bool):
+def _run_direction(step, x: Tensor, batch_sizes: list[int], states: list[Tensor], reverse: bool,
+                   keep: Tensor | None = None):
     """Runs `step(x_rows, *state_rows) -> new state_rows` over all steps of one direction.
 
-    x [N, I] in rows layout; states: the initial states, each [B, size]. Returns the
-    output rows [N, P] (the first state after every step) and the final states.
+    x [N, I] in rows layout; states: the initial states, each [B, size]. keep: zoneout
+    weights [N, sum of the state sizes] or None. Returns the output rows [N, P] (the
+    first state after every step) and the final states.
     """
     offsets = [0]
     for b in batch_sizes[:-1]:
@@ -117,6 +154,11 @@ def _run_direction(step, x: Tensor, batch_sizes: list[int], states: list[Tensor]
         active = batch_sizes[t]
         x_t = x[offsets[t]:offsets[t] + active]
         new = step(x_t, *[s[:active] for s in states])
+        if keep is not None:
+            rows = keep[offsets[t]:offsets[t] + active]
+            sizes = [s.shape[1] for s in states]
+            new = [m * s[:active] + (1 - m) * n
+                   for n, s, m in zip(new, states, rows.split(sizes, dim=1))]
         # Sequences beyond `active` are finished (forward) or not started (reverse).
         states = [torch.cat([n, s[active:]], 0) for n, s in zip(new, states)]
         outputs[t] = new[0]
@@ -126,7 +168,8 @@ def _run_direction(step, x: Tensor, batch_sizes: list[int], states: list[Tensor]
 def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
                 has_biases: bool, num_layers: int, dropout: float, train: bool,
                 bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None,
-                nonlinearity: str = "tanh"):
+                nonlinearity: str = "tanh", zoneout_h: float = 0.0,
+                zoneout_c: float | None = None):
     directions = 2 if bidirectional else 1
     layers = _split_params(params, has_biases, num_layers, directions)
     if batch_sizes is None:
@@ -141,6 +184,9 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
     h_n, c_n = [], []
     for layer, dirs in enumerate(layers):
         outputs = []
+        keep = zoneout_weights(zoneout_h, zoneout_c, directions, x.shape[0], h0.shape[2],
+                               dirs[0]["w_hh"].shape[0] // {"lstm": 4, "gru": 3}.get(cell, 1),
+                               train, x)
         for d, w in enumerate(dirs):
             k = layer * directions + d
             if cell == "lstm":
@@ -157,7 +203,8 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
                     return (rnn_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
                                      nonlinearity),)
                 states = [h0[k]]
-            out, final = _run_direction(step, x, sizes, states, reverse=d == 1)
+            out, final = _run_direction(step, x, sizes, states, reverse=d == 1,
+                                        keep=None if keep is None else keep[d])
             outputs.append(out)
             h_n.append(final[0])
             if cell == "lstm":
@@ -179,25 +226,28 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params, has_biases: bool, num_layers: int,
          dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
-         batch_sizes: Tensor | None = None):
+         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0, zoneout_c: float = 0.0):
     """Multi-layer LSTM. hx = (h0 [L*D, B, P], c0 [L*D, B, H]). Returns (output, h_n, c_n)."""
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
-                       train, bidirectional, batch_first, batch_sizes)
+                       train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
+                       zoneout_c=zoneout_c)
 
 
 def gru(input: Tensor, hx: Tensor, params, has_biases: bool, num_layers: int, dropout: float,
         train: bool, bidirectional: bool, batch_first: bool = False,
-        batch_sizes: Tensor | None = None):
+        batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0):
     """Multi-layer GRU. hx [L*D, B, H]. Returns (output, h_n)."""
     return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout, train,
-                       bidirectional, batch_first, batch_sizes)
+                       bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
 
 
 def rnn(input: Tensor, hx: Tensor, params, has_biases: bool, num_layers: int, dropout: float,
         train: bool, bidirectional: bool, batch_first: bool = False,
-        batch_sizes: Tensor | None = None, nonlinearity: str = "tanh"):
+        batch_sizes: Tensor | None = None, nonlinearity: str = "tanh", *,
+        zoneout_h: float = 0.0):
     """Multi-layer Elman RNN (tanh or relu). hx [L*D, B, H]. Returns (output, h_n)."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout, train,
-                       bidirectional, batch_first, batch_sizes, nonlinearity)
+                       bidirectional, batch_first, batch_sizes, nonlinearity,
+                       zoneout_h=zoneout_h)

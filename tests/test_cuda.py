@@ -454,6 +454,57 @@ def test_gradcheck_float64(case):
     assert torch.autograd.gradcheck(f, inputs)
 
 
+def _zoneout_case(case, weights):
+    """The gradcheck case's op (on CUDA) with zoneout weights bound, and its CPU twin."""
+    f, inputs = _gradcheck_case(**case)
+    cell, d = case["cell"], case["directions"]
+    rows = inputs[0].shape[0]
+    width = inputs[1].shape[2] + (inputs[2].shape[2] if cell == "lstm" else 0)
+    gen = torch.Generator().manual_seed(3)
+    if weights == "bernoulli":
+        keep = torch.empty(d, rows, width, dtype=torch.float64).bernoulli_(0.4, generator=gen)
+        keep_dev = keep.to(DEVICE)
+    else:  # row stride 0 on both devices
+        row = torch.rand(d, 1, width, generator=gen, dtype=torch.float64)
+        keep, keep_dev = row.expand(-1, rows, -1), row.to(DEVICE).expand(-1, rows, -1)
+    batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
+    nl = "relu" if case.get("relu") else "tanh"
+
+    def run(keep_on, *tensors):
+        n = d
+        if cell == "lstm":
+            x_proj, h0, c0, *weights_ = tensors
+            w, b, r = list(weights_[:n]), list(weights_[n:2 * n]), list(weights_[2 * n:])
+            return ops.lstm_forward(x_proj, w, b, r, h0, c0, batch_sizes, True, keep_on)[:3]
+        x_proj, h0, *weights_ = tensors
+        w, b = list(weights_[:n]), list(weights_[n:])
+        if cell == "gru":
+            return ops.gru_forward(x_proj, w, b, h0, batch_sizes, True, keep_on)[:2]
+        return ops.rnn_forward(x_proj, w, b, h0, batch_sizes, nl, True, keep_on)[:2]
+
+    return run, keep, keep_dev, inputs
+
+
+@needs_kernels
+@pytest.mark.parametrize("weights", ["bernoulli", "broadcast"])
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_zoneout_matches_cpu_ops_and_gradcheck(case, weights):
+    # Zoneout (Note [zoneout]): the CUDA ops against the CPU ops, values and gradients, in
+    # float64, with training-style draws and an evaluation-style broadcast row; gradcheck.
+    run, keep, keep_dev, inputs = _zoneout_case(case, weights)
+    got = run(keep_dev, *inputs)
+    cpu_inputs = [t.detach().cpu().requires_grad_(True) for t in inputs]
+    want = run(keep, *cpu_inputs)
+    grads = [torch.randn_like(t) for t in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w)
+    got_grads = torch.autograd.grad(got, inputs, [g.to(DEVICE) for g in grads])
+    want_grads = torch.autograd.grad(want, cpu_inputs, grads)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g.cpu(), w)
+    assert torch.autograd.gradcheck(lambda *t: run(keep_dev, *t), inputs)
+
+
 def _detached(*items):
     # The backward ops have no autograd of their own: opcheck calls them on plain tensors.
     return [[t.detach() for t in i] if isinstance(i, list) else i.detach() for i in items]

@@ -236,29 +236,33 @@ def _emulation_args(torch, cell, directions, packed, proj, dtype, steps=5, batch
         batch_sizes=batch_sizes)
 
 
-def _forward_backward(torch, ops, cell, relu, a, grads=None, grad_dtype=None):
+def _forward_backward(torch, ops, cell, relu, a, grads=None, grad_dtype=None, zoneout=None):
     """Runs the forward op, then the backward op with `grads` (random in grad_dtype when
     None); returns (forward outputs, backward outputs, grads) as flat lists."""
     nl = "relu" if relu else "tanh"
     if cell == "lstm":
         fwd = ops.lstm_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["w_hr"], a["h0"], a["c0"],
-                               a["batch_sizes"], True)
+                               a["batch_sizes"], True, zoneout)
         n = 3
     elif cell == "gru":
-        fwd = ops.gru_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["h0"], a["batch_sizes"], True)
+        fwd = ops.gru_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["h0"], a["batch_sizes"], True,
+                              zoneout)
         n = 2
     else:
-        fwd = ops.rnn_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["h0"], a["batch_sizes"], nl, True)
+        fwd = ops.rnn_forward(a["x_proj"], a["w_hh"], a["b_hh"], a["h0"], a["batch_sizes"], nl, True,
+                              zoneout)
         n = 2
     if grads is None:
         grads = [torch.randn(t.shape, dtype=torch.float64).to(grad_dtype or t.dtype) for t in fwd[:n]]
     if cell == "lstm":
         bwd = ops.lstm_backward(*grads, a["w_hh"], a["b_hh"], a["w_hr"], a["h0"], a["c0"], fwd[0],
-                                fwd[3], a["batch_sizes"])
+                                fwd[3], a["batch_sizes"], zoneout)
     elif cell == "gru":
-        bwd = ops.gru_backward(*grads, a["w_hh"], a["b_hh"], a["h0"], fwd[0], fwd[2], a["batch_sizes"])
+        bwd = ops.gru_backward(*grads, a["w_hh"], a["b_hh"], a["h0"], fwd[0], fwd[2], a["batch_sizes"],
+                               zoneout)
     else:
-        bwd = ops.rnn_backward(*grads, a["w_hh"], a["b_hh"], a["h0"], fwd[0], fwd[2], a["batch_sizes"], nl)
+        bwd = ops.rnn_backward(*grads, a["w_hh"], a["b_hh"], a["h0"], fwd[0], fwd[2], a["batch_sizes"], nl,
+                               zoneout)
     return _flat(fwd), _flat(bwd), grads
 
 
@@ -282,6 +286,33 @@ def test_emulated_cuda_ops_match_cpu_ops_float64(emulated, case):
     fwd, bwd, grads = _forward_backward(torch, emu, case["cell"], case["relu"], a)
     fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, case["cell"], case["relu"], a, grads)
     # Forward outputs (workspace included) and every gradient.
+    assert len(fwd) == len(fwd_ref) and len(bwd) == len(bwd_ref)
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
+        torch.testing.assert_close(got, expected, msg=lambda m, k=k: f"output {k}: {m}")
+
+
+@pytest.mark.parametrize("weights", ["bernoulli", "broadcast"])
+@pytest.mark.parametrize("case", EMULATION_CASES, ids=_case_id)
+def test_emulated_cuda_zoneout_matches_cpu_ops_float64(emulated, case, weights):
+    # Zoneout weights (Note [zoneout]): Bernoulli draws per row and unit (training), or one
+    # row of probabilities broadcast with row stride 0 (evaluation).
+    import torch
+
+    emu, cpu = emulated
+    torch.manual_seed(2)
+    a = _emulation_args(torch, case["cell"], case["directions"], case["packed"], case["proj"],
+                        torch.float64)
+    rows, p = a["x_proj"].shape[0], a["h0"].shape[2]
+    width = p + (a["c0"].shape[2] if case["cell"] == "lstm" else 0)
+    if weights == "bernoulli":
+        zoneout = torch.empty(case["directions"], rows, width, dtype=torch.float64).bernoulli_(0.4)
+    else:
+        zoneout = torch.rand(case["directions"], 1, width, dtype=torch.float64).expand(-1, rows, -1)
+    fwd, bwd, grads = _forward_backward(torch, emu, case["cell"], case["relu"], a, zoneout=zoneout)
+    fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, case["cell"], case["relu"], a, grads,
+                                            zoneout=zoneout)
+    plain, _, _ = _forward_backward(torch, cpu, case["cell"], case["relu"], a, grads)
+    assert not torch.allclose(fwd_ref[0], plain[0])  # zoneout changed the result
     assert len(fwd) == len(fwd_ref) and len(bwd) == len(bwd_ref)
     for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
         torch.testing.assert_close(got, expected, msg=lambda m, k=k: f"output {k}: {m}")

@@ -59,7 +59,12 @@ struct LstmForwardArgs {
   S* out = nullptr;  int64_t ld_out = 0;               // [N, P]
   S* h_n = nullptr;                                    // [B, P]
   S* c_n = nullptr;                                    // [B, H]
-  S* workspace = nullptr;                              // [N, 5H]: i, f, g, o, c; or null
+  S* workspace = nullptr;  // [N, 5H]: i, f, g, o, c; with zoneout [N, 6H]: i, f, g, o,
+                           // c before zoneout, c after; or null
+  // Zoneout (Note [zoneout] in cell_math.h): row n holds the weights of the previous h
+  // (columns [0, P)) and c (columns [P, P+H)); row stride ld_zoneout, 0 for one row shared
+  // by all (evaluation). Null without zoneout. The workspace then holds 6H per row.
+  const S* zoneout = nullptr;  int64_t ld_zoneout = 0;
   // Single-step calls (T = 1, no projection): h0 @ W_hh^T + b_hh computed by the host,
   // [B, 4H]; the kernel then packs nothing and runs only the gate math.
   const S* h_pre = nullptr;
@@ -83,7 +88,8 @@ struct LstmBackwardArgs {
   const S* w_hh = nullptr;                                // [4H, P]
   const S* w_hr = nullptr;                                // [P, H] or null
   const S* c0 = nullptr;                                  // [B, H]
-  const S* workspace = nullptr;                           // [N, 5H]
+  const S* workspace = nullptr;                           // [N, 5H] (zoneout: [N, 6H])
+  const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in LstmForwardArgs
   S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 4H]
   S* grad_h0 = nullptr;                                   // [B, P]
   S* grad_c0 = nullptr;                                   // [B, H]
@@ -105,6 +111,9 @@ struct GruForwardArgs {
   S* h_n = nullptr;                                   // [B, H]
   S* workspace = nullptr;                             // [N, 4H]: r, z, n, hn; or null
   const S* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, 3H] from the host
+  // Zoneout (Note [zoneout] in cell_math.h): [N, H] weights of the previous h, row stride
+  // ld_zoneout (0: one row for all); null without zoneout.
+  const S* zoneout = nullptr;  int64_t ld_zoneout = 0;
   void* scratch = nullptr;
 };
 
@@ -121,6 +130,7 @@ struct GruBackwardArgs {
   S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 3H]: r, z, n_x
   S* grad_hidden_pre = nullptr;                       // [N, 3H]: r, z, n_h (for dW_hh, db_hh)
   S* grad_h0 = nullptr;
+  const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in GruForwardArgs
   // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
   bool skip_initial_product = false;
   void* scratch = nullptr;
@@ -138,6 +148,9 @@ struct RnnForwardArgs {
   S* out = nullptr;  int64_t ld_out = 0;
   S* h_n = nullptr;
   const S* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, H] from the host
+  const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in GruForwardArgs
+  S* workspace = nullptr;  // zoneout only: [N, H] h before zoneout (its activation's
+                           // backward needs it); or null
   void* scratch = nullptr;
 };
 
@@ -152,6 +165,8 @@ struct RnnBackwardArgs {
   const S* out = nullptr;  int64_t ld_out = 0;
   S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, H]
   S* grad_h0 = nullptr;
+  const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in GruForwardArgs
+  const S* workspace = nullptr;  // zoneout only: [N, H] h before zoneout
   // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
   bool skip_initial_product = false;
   void* scratch = nullptr;

@@ -406,30 +406,42 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
     c[m] = math::lstm_cell_state(g[m], Vec::loadu(c_prev + (r0 + m) * w.ld_c + u0));
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) h[m] = math::lstm_hidden(g[m], c[m]);
+  const int64_t ws_width = (a.zoneout != nullptr ? 6 : 5) * H;
   for (int m = 0; m < MR; ++m) {
     const int64_t r = r0 + m, row = row0 + m;
-    c[m].store(c_next + r * w.ld_c + u0);
+    Vec c_state = c[m], h_state = h[m];
+    if (a.zoneout != nullptr) {  // Note [zoneout]: h and c both from c before zoneout
+      const S* keep = a.zoneout + row * a.ld_zoneout;
+      c_state = math::zoneout(c[m], Vec::loadu(c_prev + r * w.ld_c + u0),
+                              Vec::loadu(keep + P + u0, nu));
+      if (!proj)
+        h_state = math::zoneout(h[m], Vec::loadu(h_prev + r * w.ld_h + u0),
+                                Vec::loadu(keep + u0, nu));
+    }
+    c_state.store(c_next + r * w.ld_c + u0);
     if (!proj) {
-      h[m].store(h_next + r * w.ld_h + u0);
-      h[m].store(a.out + row * a.ld_out + u0, nu);
+      h_state.store(h_next + r * w.ld_h + u0);
+      h_state.store(a.out + row * a.ld_out + u0, nu);
     } else {
       h[m].store(w.m + r * w.ld_c + u0);
     }
     if (a.workspace != nullptr) {
-      S* ws = a.workspace + row * 5 * H + u0;
+      S* ws = a.workspace + row * ws_width + u0;
       g[m].i.store(ws, nu);
       g[m].f.store(ws + H, nu);
       g[m].g.store(ws + 2 * H, nu);
       g[m].o.store(ws + 3 * H, nu);
       c[m].store(ws + 4 * H, nu);
+      if (a.zoneout != nullptr) c_state.store(ws + 5 * H, nu);
     }
   }
 }
 
-// h_t = m_t @ W_hr^T for an output block of 4V columns.
+// h_t = m_t @ W_hr^T for an output block of 4V columns (then zoneout on h_t).
 template <typename S, int MR>
 inline void lstm_projection_tile(const LstmForwardArgs<S>& a, const LstmForwardScratch<S>& w,
-                                 int64_t blk, int64_t r0, int64_t row0, S* h_next) {
+                                 int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
+                                 S* h_next) {
   using Vec = Vectorized<S>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden, P = a.output;
@@ -440,8 +452,13 @@ inline void lstm_projection_tile(const LstmForwardArgs<S>& a, const LstmForwardS
     for (int q = 0; q < 4; ++q) {
       const int64_t p0 = (blk * 4 + q) * V;
       if (p0 >= P) break;
-      acc[m][q].store(h_next + (r0 + m) * w.ld_h + p0);
-      acc[m][q].store(a.out + (row0 + m) * a.ld_out + p0, std::min<int64_t>(V, P - p0));
+      const int64_t np = std::min<int64_t>(V, P - p0);
+      Vec h = acc[m][q];
+      if (a.zoneout != nullptr)
+        h = math::zoneout(h, Vec::loadu(h_prev + (r0 + m) * w.ld_h + p0),
+                          Vec::loadu(a.zoneout + (row0 + m) * a.ld_zoneout + p0, np));
+      h.store(h_next + (r0 + m) * w.ld_h + p0);
+      h.store(a.out + (row0 + m) * a.ld_out + p0, np);
     }
   }
 }
@@ -505,7 +522,7 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
         const RowChunk ch = rows.chunk(i % nch);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
           lstm_projection_tile<S, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row,
-                                                       h_next);
+                                                       h_prev, h_next);
         });
       }
       worker.sync();
@@ -561,10 +578,14 @@ inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
   const int64_t H = a.hidden;
   const int64_t row_off = a.seq.offset_at(s);
   const int64_t prev_off = ch.has_prev ? a.seq.offset_at(s - 1) : 0;
+  const bool zoneout = a.zoneout != nullptr;
+  // With zoneout the cell state after zoneout (read as the next step's c_prev) is slot 5.
+  const int64_t ws_width = (zoneout ? 6 : 5) * H, c_state_slot = (zoneout ? 5 : 4) * H;
   for (int m = 0; m < MR; ++m) {
     const int64_t r = ch.row + m, row = row_off + r;
-    const S* ws = a.workspace + row * 5 * H;
-    const S* c_prev_src = ch.has_prev ? a.workspace + (prev_off + r) * 5 * H + 4 * H
+    const S* ws = a.workspace + row * ws_width;
+    const S* keep = zoneout ? a.zoneout + row * a.ld_zoneout : nullptr;
+    const S* c_prev_src = ch.has_prev ? a.workspace + (prev_off + r) * ws_width + c_state_slot
                                       : a.c0 + r * H;
     S* gx = a.grad_x_proj + row * a.ld_grad_x_proj;
     for (int q = 0; q < 4; ++q) {
@@ -577,10 +598,22 @@ inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
         dh = dh + Vec::loadu(carried) +
              load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + u0 : nullptr,
                           nu);
-        Vec(S(0)).store(carried);
+        if (zoneout) {  // Note [zoneout]: the unit's share that skips the cell
+          const Vec keep_h = Vec::loadu(keep + u0, nu);
+          math::zoneout_carried_grad(dh, keep_h).store(carried);
+          dh = math::zoneout_candidate_grad(dh, keep_h);
+        } else {
+          Vec(S(0)).store(carried);
+        }
       }
       S* dc_ptr = w.dc_state + r * w.ld_c + u0;
       Vec dc = Vec::loadu(dc_ptr);
+      Vec dc_skip(S(0));
+      if (zoneout) {
+        const Vec keep_c = Vec::loadu(keep + a.output + u0, nu);
+        dc_skip = math::zoneout_carried_grad(dc, keep_c);
+        dc = math::zoneout_candidate_grad(dc, keep_c);
+      }
       const math::LstmGates<Vec> g{Vec::loadu(ws + u0, nu), Vec::loadu(ws + H + u0, nu),
                                    Vec::loadu(ws + 2 * H + u0, nu),
                                    Vec::loadu(ws + 3 * H + u0, nu)};
@@ -591,7 +624,7 @@ inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
       d.f.store(gx + H + u0, nu);
       d.g.store(gx + 2 * H + u0, nu);
       d.o.store(gx + 3 * H + u0, nu);
-      dc.store(dc_ptr);
+      (zoneout ? dc + dc_skip : dc).store(dc_ptr);
     }
   }
 }
@@ -632,11 +665,17 @@ inline void lstm_backward_tile(const LstmBackwardArgs<S>& a, const LstmBackwardS
       if (p0 >= P) break;
       const int64_t np = std::min<int64_t>(V, P - p0);
       S* carried = w.dh_state + r * w.ld_h + p0;
-      const Vec dh =
+      Vec dh =
           acc[m][q] + Vec::loadu(carried) +
           load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + p0 : nullptr,
                        np);
-      Vec(S(0)).store(carried);
+      if (a.zoneout != nullptr) {  // grad_h then holds the projection output's share
+        const Vec keep_h = Vec::loadu(a.zoneout + row * a.ld_zoneout + p0, np);
+        math::zoneout_carried_grad(dh, keep_h).store(carried);
+        dh = math::zoneout_candidate_grad(dh, keep_h);
+      } else {
+        Vec(S(0)).store(carried);
+      }
       dh.store(a.grad_h + row * P + p0, np);
     }
   }
@@ -775,7 +814,10 @@ inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch
     const S* x = a.x_proj + row * a.ld_x_proj + u0;
     const auto g = math::gru_activate(Vec::loadu(x, nu), Vec::loadu(x + H, nu),
                                       Vec::loadu(x + 2 * H, nu), acc[m][0], acc[m][1], acc[m][2]);
-    const Vec h = math::gru_hidden(g, Vec::loadu(h_prev + r * w.ld_h + u0));
+    const Vec h_before = Vec::loadu(h_prev + r * w.ld_h + u0);
+    Vec h = math::gru_hidden(g, h_before);
+    if (a.zoneout != nullptr)  // Note [zoneout]
+      h = math::zoneout(h, h_before, Vec::loadu(a.zoneout + row * a.ld_zoneout + u0, nu));
     h.store(h_next + r * w.ld_h + u0);
     h.store(a.out + row * a.ld_out + u0, nu);
     if (a.workspace != nullptr) {
@@ -889,10 +931,16 @@ inline void gru_backward_tile(const GruBackwardArgs<S>& a, const GruBackwardScra
       if (u0 >= H) break;
       const int64_t nu = std::min<int64_t>(V, H - u0);
       S* carried = w.dh_state + r * w.ld_h + u0;
-      const Vec dh =
+      Vec dh =
           acc[m][q] + Vec::loadu(carried) +
           load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + u0 : nullptr,
                        nu);
+      Vec dh_skip(S(0));
+      if (a.zoneout != nullptr) {  // Note [zoneout]
+        const Vec keep = Vec::loadu(a.zoneout + row * a.ld_zoneout + u0, nu);
+        dh_skip = math::zoneout_carried_grad(dh, keep);
+        dh = math::zoneout_candidate_grad(dh, keep);
+      }
       const math::GruGates<Vec> g{Vec::loadu(ws + u0, nu), Vec::loadu(ws + H + u0, nu),
                                   Vec::loadu(ws + 2 * H + u0, nu),
                                   Vec::loadu(ws + 3 * H + u0, nu)};
@@ -904,7 +952,7 @@ inline void gru_backward_tile(const GruBackwardArgs<S>& a, const GruBackwardScra
       d.r.store(gh + u0, nu);
       d.z.store(gh + H + u0, nu);
       d.n_h.store(gh + 2 * H + u0, nu);
-      direct.store(carried);
+      (a.zoneout != nullptr ? direct + dh_skip : direct).store(carried);
     }
   }
 }
@@ -1000,9 +1048,15 @@ inline void rnn_forward_tile(const RnnForwardArgs<S>& a, const RnnForwardScratch
     for (int q = 0; q < 4; ++q) {
       const int64_t u0 = (blk * 4 + q) * V;
       if (u0 >= H) break;
-      const Vec h = math::rnn_activate<kAct>(acc[m][q]);
+      const int64_t nu = std::min<int64_t>(V, H - u0);
+      Vec h = math::rnn_activate<kAct>(acc[m][q]);
+      if (a.zoneout != nullptr) {  // Note [zoneout]; the backward needs h before it
+        if (a.workspace != nullptr) h.store(a.workspace + (row0 + m) * H + u0, nu);
+        h = math::zoneout(h, Vec::loadu(h_prev + (r0 + m) * w.ld_h + u0),
+                          Vec::loadu(a.zoneout + (row0 + m) * a.ld_zoneout + u0, nu));
+      }
       h.store(h_next + (r0 + m) * w.ld_h + u0);
-      h.store(a.out + (row0 + m) * a.ld_out + u0, std::min<int64_t>(V, H - u0));
+      h.store(a.out + (row0 + m) * a.ld_out + u0, nu);
     }
   }
 }
@@ -1112,12 +1166,20 @@ inline void rnn_backward_tile(const RnnBackwardArgs<S>& a, const RnnBackwardScra
       if (u0 >= H) break;
       const int64_t nu = std::min<int64_t>(V, H - u0);
       S* carried = w.dh_state + r * w.ld_h + u0;
-      const Vec dh =
+      Vec dh =
           acc[m][q] + Vec::loadu(carried) +
           load_or_zero(a.grad_out != nullptr ? a.grad_out + row * a.ld_grad_out + u0 : nullptr,
                        nu);
-      Vec(S(0)).store(carried);
-      const Vec h = Vec::loadu(a.out + row * a.ld_out + u0, nu);
+      Vec h;
+      if (a.zoneout != nullptr) {  // Note [zoneout]
+        const Vec keep = Vec::loadu(a.zoneout + row * a.ld_zoneout + u0, nu);
+        math::zoneout_carried_grad(dh, keep).store(carried);
+        dh = math::zoneout_candidate_grad(dh, keep);
+        h = Vec::loadu(a.workspace + row * H + u0, nu);
+      } else {
+        Vec(S(0)).store(carried);
+        h = Vec::loadu(a.out + row * a.ld_out + u0, nu);
+      }
       math::rnn_activate_backward<kAct>(dh, h).store(
           a.grad_x_proj + row * a.ld_grad_x_proj + u0, nu);
     }

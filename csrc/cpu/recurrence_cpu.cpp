@@ -214,6 +214,27 @@ std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
   return std::nullopt;
 }
 
+// Zoneout weights (Note [zoneout] in cell_math.h): [D, N, width], width P (+ H for LSTM),
+// any row stride (0: one row broadcast to all, as evaluation passes it), unit stride
+// along the last dimension. Null when not given.
+std::optional<at::Tensor> check_zoneout(const char* op, const std::optional<at::Tensor>& zoneout,
+                                        const at::Tensor& like, const Dims& d, int64_t width) {
+  if (!zoneout.has_value() || !zoneout->defined()) return std::nullopt;
+  const at::Tensor& z = *zoneout;
+  check_same(op, "zoneout", z, like);
+  TORCH_CHECK(z.dim() == 3, op, ": expected zoneout of shape [", d.directions, ", ", d.rows,
+              ", ", width, "], got ", z.sizes());
+  check_shape(op, "zoneout", z, {d.directions, d.rows, width});
+  return z.stride(2) == 1 ? z : z.contiguous();
+}
+
+template <typename S>
+const S* zoneout_ptr(const std::optional<at::Tensor>& z, int64_t dir) {
+  return z ? z->data_ptr<S>() + dir * z->stride(0) : nullptr;
+}
+
+inline int64_t zoneout_ld(const std::optional<at::Tensor>& z) { return z ? z->stride(1) : 0; }
+
 // ---------------------------------------------------------------- thread plan
 
 // A slice gets at least this many multiply-adds per step; smaller steps use fewer
@@ -394,7 +415,7 @@ struct FusedInput {
 // LSTM forward from x_proj (in.x_proj defined) or from x, W_ih, b_ih (fused).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
     const char* op, const ForwardInputs& in, const FusedInput* fused, const at::Tensor& c0_in,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout_in) {
   const Dims& d = in.d;
   const at::Tensor& like = fused != nullptr ? fused->x : in.x_proj;
   check_same(op, "c0", c0_in, like);
@@ -405,7 +426,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
   at::Tensor out = empty_large({N, D * P}, opts);
   at::Tensor h_n = empty_large({D, B, P}, opts);
   at::Tensor c_n = empty_large({D, B, H}, opts);
-  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 5 * H}, opts);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, like, d, P + H);
+  const int64_t ws_width = (zoneout ? 6 : 5) * H;
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "rnnkernels_lstm_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
@@ -440,7 +463,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
       a.ld_out = D * P;
       a.h_n = h_n.data_ptr<scalar_t>() + i * B * P;
       a.c_n = c_n.data_ptr<scalar_t>() + i * B * H;
-      a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * 5 * H : nullptr;
+      a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * ws_width : nullptr;
+      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.ld_zoneout = zoneout_ld(zoneout);
       scratch[i] = scratch_bytes(kern.lstm_forward_scratch(a, 1), like);
       a.scratch = scratch[i].data_ptr();
     }
@@ -456,11 +481,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   constexpr const char* op = "rnnkernels::lstm_forward";
   const ForwardInputs in =
       prepare_forward(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0, batch_sizes);
-  return lstm_forward_run(op, in, nullptr, c0, need_workspace);
+  return lstm_forward_run(op, in, nullptr, c0, need_workspace, zoneout);
 }
 
 // x [N, I] and W_ih instead of x_proj: the input projection runs inside the time loop.
@@ -473,7 +498,8 @@ constexpr int64_t kMinFusedBatch = 8;
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cpu(
     const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
     at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
   constexpr const char* op = "rnnkernels::lstm_forward_fused";
   TORCH_CHECK(x.dim() == 2, op, ": expected x of shape [rows, input_size], got ", x.sizes());
   TORCH_CHECK(w_ih.size() == w_hh.size(), op, ": w_ih has ", w_ih.size(),
@@ -498,19 +524,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cp
   if (!kernel_dtype || is_single_step(in.seq, !w_hr.empty()) || x.size(1) == 0 ||
       in.d.batch < kMinFusedBatch) {
     return lstm_forward_unfused(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                                need_workspace);
+                                need_workspace, zoneout);
   }
   in.h0 = h0.contiguous();
   in.w_hh = contiguous_all(w_hh);
   in.b_hh = contiguous_all(b_hh);
   in.w_hr = contiguous_all(w_hr);
   FusedInput fused{x.contiguous(), contiguous_all(w_ih), contiguous_all(b_ih)};
-  return lstm_forward_run(op, in, &fused, c0, need_workspace);
+  return lstm_forward_run(op, in, &fused, c0, need_workspace, zoneout);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::gru_forward";
   const ForwardInputs in = prepare_forward(op, Cell::kGru, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
   const Dims& d = in.d;
@@ -519,6 +546,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   at::Tensor out = empty_large({N, D * H}, opts);
   at::Tensor h_n = empty_large({D, B, H}, opts);
   at::Tensor ws = empty_large({D, need_workspace ? N : 0, 4 * H}, opts);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, d, H);
 
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_gru_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
@@ -542,6 +570,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
       a.ld_out = D * H;
       a.h_n = h_n.data_ptr<scalar_t>() + i * B * H;
       a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * 4 * H : nullptr;
+      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.ld_zoneout = zoneout_ld(zoneout);
       scratch[i] = scratch_bytes(kern.gru_forward_scratch(a, 1), in.x_proj);
       a.scratch = scratch[i].data_ptr();
     }
@@ -561,7 +591,7 @@ bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::rnn_forward";
   const bool relu = parse_nonlinearity(op, nonlinearity);
   const ForwardInputs in = prepare_forward(op, Cell::kRnn, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
@@ -570,7 +600,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const auto opts = in.x_proj.options();
   at::Tensor out = empty_large({N, D * H}, opts);
   at::Tensor h_n = empty_large({D, B, H}, opts);
-  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 0}, opts);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, d, H);
+  // With zoneout the workspace keeps h before zoneout, for the activation's backward.
+  const int64_t ws_width = zoneout ? H : 0;
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_rnn_forward", [&] {
     const auto& kern = cell_kernels<scalar_t>();
@@ -594,6 +627,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
       a.out = out.data_ptr<scalar_t>() + i * H;
       a.ld_out = D * H;
       a.h_n = h_n.data_ptr<scalar_t>() + i * B * H;
+      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.ld_zoneout = zoneout_ld(zoneout);
+      a.workspace = need_workspace && zoneout ? ws.data_ptr<scalar_t>() + i * N * H : nullptr;
       scratch[i] = scratch_bytes(kern.rnn_forward_scratch(a, 1), in.x_proj);
       a.scratch = scratch[i].data_ptr();
     }
@@ -679,11 +715,16 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
                   const std::optional<at::Tensor>& grad_c_n_in, at::TensorList w_hh,
                   at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
                   const at::Tensor& c0_in, const at::Tensor& out, const at::Tensor& ws,
-                  const std::optional<at::Tensor>& batch_sizes) {
+                  const std::optional<at::Tensor>& batch_sizes,
+                  const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::lstm_backward";
+  const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
+  const int64_t ws_per_hidden = has_zoneout ? 6 : 5;
   const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
-                                             w_hr, h0, out, ws, batch_sizes, 5);
+                                             w_hr, h0, out, ws, batch_sizes, ws_per_hidden);
   const Dims& d = in.d;
+  const std::optional<at::Tensor> zoneout =
+      check_zoneout(op, zoneout_in, out, d, d.output + d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
   check_same(op, "c0", c0_in, out);
   check_shape(op, "c0", c0_in, {D, B, H});
@@ -720,7 +761,9 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
       a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
       a.w_hr = ptr_or_null<scalar_t>(in.w_hr, i);
       a.c0 = c0.data_ptr<scalar_t>() + i * B * H;
-      a.workspace = in.ws.data_ptr<scalar_t>() + i * N * 5 * H;
+      a.workspace = in.ws.data_ptr<scalar_t>() + i * N * ws_per_hidden * H;
+      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.ld_zoneout = zoneout_ld(zoneout);
       a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * 4 * H;
       a.ld_grad_x_proj = D * 4 * H;
       a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * P;
@@ -738,7 +781,8 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
       if (single_step) grad_h0[i].addmm_(grad_pre, in.w_hh[i]);
       recurrent_param_grads<scalar_t>(in, i, grad_pre, grad_w_hh, grad_b_hh);
       if (proj) {
-        // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t.
+        // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t (c_t and
+        // dh_t before zoneout).
         const at::Tensor ws_dir = in.ws[i];
         const at::Tensor m = ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H));
         matmul_into(grad_w_hr[i], grad_h[i].t(), m, std::nullopt, /*accumulate=*/false);
@@ -752,11 +796,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
 gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
                  const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
                  at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
-                 const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
+                 const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
+                 const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::gru_backward";
   const BackwardInputs in = prepare_backward(op, Cell::kGru, grad_out, grad_h_n, w_hh, b_hh, {},
                                              h0, out, ws, batch_sizes, 4);
   const Dims& d = in.d;
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
   at::Tensor grad_x_proj = empty_large({N, D * 3 * H}, opts);
@@ -786,6 +832,8 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
       a.ld_grad_x_proj = D * 3 * H;
       a.grad_hidden_pre = grad_hidden_pre.data_ptr<scalar_t>() + i * N * 3 * H;
       a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * H;
+      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.ld_zoneout = zoneout_ld(zoneout);
       scratch[i] = scratch_bytes(kern.gru_backward_scratch(a, 1), out);
       a.scratch = scratch[i].data_ptr();
     }
@@ -805,12 +853,14 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
                  const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
                  at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
-                 c10::string_view nonlinearity) {
+                 c10::string_view nonlinearity, const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::rnn_backward";
   const bool relu = parse_nonlinearity(op, nonlinearity);
+  const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
   const BackwardInputs in = prepare_backward(op, Cell::kRnn, grad_out, grad_h_n, w_hh, b_hh, {},
-                                             h0, out, ws, batch_sizes, 0);
+                                             h0, out, ws, batch_sizes, has_zoneout ? 1 : 0);
   const Dims& d = in.d;
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
   at::Tensor grad_x_proj = empty_large({N, D * H}, opts);
@@ -837,6 +887,9 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
       a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * H;
       a.ld_grad_x_proj = D * H;
       a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * H;
+      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.ld_zoneout = zoneout_ld(zoneout);
+      a.workspace = zoneout ? in.ws.data_ptr<scalar_t>() + i * N * H : nullptr;
       scratch[i] = scratch_bytes(kern.rnn_backward_scratch(a, 1), out);
       a.scratch = scratch[i].data_ptr();
     }
@@ -894,41 +947,48 @@ void check_float32_workspace(const char* op, const at::Tensor& ws) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_entry(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   const auto dtype = x_proj.scalar_type();
   if (!is_reduced_float(dtype))
-    return lstm_forward_cpu(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace);
+    return lstm_forward_cpu(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace,
+                            zoneout);
   constexpr const char* op = "rnnkernels::lstm_forward";
   check_weights(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0);
   check_same(op, "c0", c0, x_proj);
+  check_optional_same(op, "zoneout", zoneout, x_proj);
   auto [out, h_n, c_n, ws] = lstm_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh),
                                               widen(w_hr), widen(h0), widen(c0), batch_sizes,
-                                              need_workspace);
+                                              need_workspace, widen(zoneout));
   return {out.to(dtype), h_n.to(dtype), c_n.to(dtype), ws};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_entry(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
   const auto dtype = x_proj.scalar_type();
   if (!is_reduced_float(dtype))
-    return gru_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace);
+    return gru_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
   check_weights("rnnkernels::gru_forward", Cell::kGru, x_proj, w_hh, b_hh, {}, h0);
+  check_optional_same("rnnkernels::gru_forward", "zoneout", zoneout, x_proj);
   auto [out, h_n, ws] = gru_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh), widen(h0),
-                                        batch_sizes, need_workspace);
+                                        batch_sizes, need_workspace, widen(zoneout));
   return {out.to(dtype), h_n.to(dtype), ws};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_entry(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   const auto dtype = x_proj.scalar_type();
   if (!is_reduced_float(dtype))
-    return rnn_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace);
+    return rnn_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace,
+                           zoneout);
   check_weights("rnnkernels::rnn_forward", Cell::kRnn, x_proj, w_hh, b_hh, {}, h0);
+  check_optional_same("rnnkernels::rnn_forward", "zoneout", zoneout, x_proj);
   auto [out, h_n, ws] = rnn_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh), widen(h0),
-                                        batch_sizes, nonlinearity, need_workspace);
+                                        batch_sizes, nonlinearity, need_workspace,
+                                        widen(zoneout));
   return {out.to(dtype), h_n.to(dtype), ws};
 }
 
@@ -939,22 +999,24 @@ lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
                     const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
                     at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
                     const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
-                    const std::optional<at::Tensor>& batch_sizes) {
+                    const std::optional<at::Tensor>& batch_sizes,
+                    const std::optional<at::Tensor>& zoneout) {
   const auto dtype = out.scalar_type();
   if (!is_reduced_float(dtype))
     return lstm_backward_cpu(grad_out, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, out, ws,
-                             batch_sizes);
+                             batch_sizes, zoneout);
   constexpr const char* op = "rnnkernels::lstm_backward";
   check_weights(op, Cell::kLstm, out, w_hh, b_hh, w_hr, h0);
   check_same(op, "c0", c0, out);
   check_optional_same(op, "grad_output", grad_out, out);
   check_optional_same(op, "grad_h_n", grad_h_n, out);
   check_optional_same(op, "grad_c_n", grad_c_n, out);
+  check_optional_same(op, "zoneout", zoneout, out);
   check_float32_workspace(op, ws);
   auto [gx, gh0, gc0, gw_hh, gb_hh, gw_hr] =
       lstm_backward_cpu(widen(grad_out), widen(grad_h_n), widen(grad_c_n), widen(w_hh),
                         widen(b_hh), widen(w_hr), widen(h0), widen(c0), widen(out), ws,
-                        batch_sizes);
+                        batch_sizes, widen(zoneout));
   return {gx.to(dtype), gh0.to(dtype), gc0.to(dtype), narrow_to(gw_hh, dtype),
           narrow_to(gb_hh, dtype), narrow_to(gw_hr, dtype)};
 }
@@ -963,18 +1025,20 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
 gru_backward_entry(const std::optional<at::Tensor>& grad_out,
                    const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
                    at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
-                   const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
+                   const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
+                   const std::optional<at::Tensor>& zoneout) {
   const auto dtype = out.scalar_type();
   if (!is_reduced_float(dtype))
-    return gru_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes);
+    return gru_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes, zoneout);
   constexpr const char* op = "rnnkernels::gru_backward";
   check_weights(op, Cell::kGru, out, w_hh, b_hh, {}, h0);
   check_optional_same(op, "grad_output", grad_out, out);
   check_optional_same(op, "grad_h_n", grad_h_n, out);
+  check_optional_same(op, "zoneout", zoneout, out);
   check_float32_workspace(op, ws);
   auto [gx, gh0, gw_hh, gb_hh] = gru_backward_cpu(widen(grad_out), widen(grad_h_n), widen(w_hh),
                                                   widen(b_hh), widen(h0), widen(out), ws,
-                                                  batch_sizes);
+                                                  batch_sizes, widen(zoneout));
   return {gx.to(dtype), gh0.to(dtype), narrow_to(gw_hh, dtype), narrow_to(gb_hh, dtype)};
 }
 
@@ -983,19 +1047,20 @@ rnn_backward_entry(const std::optional<at::Tensor>& grad_out,
                    const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
                    at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
                    const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
-                   c10::string_view nonlinearity) {
+                   c10::string_view nonlinearity, const std::optional<at::Tensor>& zoneout) {
   const auto dtype = out.scalar_type();
   if (!is_reduced_float(dtype))
     return rnn_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes,
-                            nonlinearity);
+                            nonlinearity, zoneout);
   constexpr const char* op = "rnnkernels::rnn_backward";
   check_weights(op, Cell::kRnn, out, w_hh, b_hh, {}, h0);
   check_optional_same(op, "grad_output", grad_out, out);
   check_optional_same(op, "grad_h_n", grad_h_n, out);
+  check_optional_same(op, "zoneout", zoneout, out);
   check_float32_workspace(op, ws);
   auto [gx, gh0, gw_hh, gb_hh] = rnn_backward_cpu(widen(grad_out), widen(grad_h_n), widen(w_hh),
                                                   widen(b_hh), widen(h0), widen(out), ws,
-                                                  batch_sizes, nonlinearity);
+                                                  batch_sizes, nonlinearity, widen(zoneout));
   return {gx.to(dtype), gh0.to(dtype), narrow_to(gw_hh, dtype), narrow_to(gb_hh, dtype)};
 }
 

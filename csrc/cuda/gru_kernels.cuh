@@ -29,7 +29,11 @@ __global__ void __launch_bounds__(kThreads) gru_forward_step_kernel(const GruFor
         math::gru_activate(to_acc(x[0]), to_acc(x[H]), to_acc(x[2 * H]), hidden_pre[0],
                            hidden_pre[1], hidden_pre[2]);
     S* h_ptr = d.h + r * H + u;
-    const S h = from_acc<S>(math::gru_hidden(g, to_acc(*h_ptr)));
+    const A h_prev = to_acc(*h_ptr);
+    A h_new = math::gru_hidden(g, h_prev);
+    if (d.zoneout != nullptr)  // Note [zoneout]
+      h_new = math::zoneout(h_new, h_prev, to_acc(d.zoneout[r * p.ld_zoneout + u]));
+    const S h = from_acc<S>(h_new);
     *h_ptr = h;
     d.out[r * p.ld_out + u] = h;
     if (d.workspace != nullptr) {
@@ -64,13 +68,19 @@ __global__ void __launch_bounds__(kThreads)
     A dh = carried;
     if (r < d.next_rows) dh += to_acc(d.rec[su]);
     if (d.grad_out != nullptr) dh += to_acc(d.grad_out[r * p.ld_grad_out + u]);
+    A dh_skip = A(0);
+    if (d.zoneout != nullptr) {  // Note [zoneout]
+      const A keep = to_acc(d.zoneout[r * p.ld_zoneout + u]);
+      dh_skip = math::zoneout_carried_grad(dh, keep);
+      dh = math::zoneout_candidate_grad(dh, keep);
+    }
     const A* ws = d.workspace + r * 4 * H + u;
     const math::GruGates<A> g{ws[0], ws[H], ws[2 * H], ws[3 * H]};
     const A h_prev =
         r < d.prev_rows ? to_acc(d.prev_out[r * p.ld_out + u]) : to_acc(d.h0[su]);
     A direct;
     const math::GruGateGrads<A> grad = math::gru_cell_backward(dh, g, h_prev, direct);
-    d.dh_carry[su] = direct;
+    d.dh_carry[su] = direct + dh_skip;
     const S gr = from_acc<S>(grad.r), gz = from_acc<S>(grad.z);
     S* gx = d.grad_x_proj + r * p.ld_grad_x_proj + u;
     gx[0] = gr;

@@ -73,13 +73,16 @@ constexpr int kMaxDirections = 2;
 
 // ================================================================ forward steps
 
-// LSTM, one step. Gate order i, f, g, o (PyTorch's); workspace row: i, f, g, o, c.
+// LSTM, one step. Gate order i, f, g, o (PyTorch's); workspace row: i, f, g, o, c (with
+// zoneout: i, f, g, o, c before zoneout, c after it).
 template <typename S, typename G>
 struct LstmForwardStep {
   int64_t hidden = 0;      // H
+  int64_t output = 0;      // P
   int64_t directions = 1;  // D, gridDim.y
   int64_t ld_x_proj = 0;   // D*4H
   int64_t ld_out = 0;      // D*P
+  int64_t ld_zoneout = 0;
   struct Dir {
     int64_t rows = 0;                    // active rows of this step
     const G* gates = nullptr;            // [rows, 4H] h_prev @ W_hh^T, row stride 4H
@@ -89,7 +92,10 @@ struct LstmForwardStep {
     S* h = nullptr;                      // [B, H] hidden state (no projection), else null
     S* out = nullptr;                    // [rows, H] row stride ld_out (no projection), else null
     S* m = nullptr;                      // [B, H] o*tanh(c) for the projection, else null
-    acc_t<S>* workspace = nullptr;       // [rows, 5H] contiguous, or null
+    acc_t<S>* workspace = nullptr;       // [rows, 5H] (zoneout: 6H) contiguous, or null
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;          // [rows, P+H]: h's (P) then c's (H)
   } dir[kMaxDirections];
 };
 
@@ -100,6 +106,7 @@ struct GruForwardStep {
   int64_t directions = 1;
   int64_t ld_x_proj = 0;  // D*3H
   int64_t ld_out = 0;     // D*H
+  int64_t ld_zoneout = 0;
   struct Dir {
     int64_t rows = 0;
     const G* gates = nullptr;       // [rows, 3H] h_prev @ W_hh^T, row stride 3H
@@ -108,6 +115,9 @@ struct GruForwardStep {
     S* h = nullptr;                 // [B, H] hidden state, rows [0, rows) updated in place
     S* out = nullptr;               // [rows, H] row stride ld_out
     acc_t<S>* workspace = nullptr;  // [rows, 4H] contiguous, or null
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;     // [rows, H]
   } dir[kMaxDirections];
 };
 
@@ -118,6 +128,7 @@ struct RnnForwardStep {
   int64_t directions = 1;
   int64_t ld_x_proj = 0;  // D*H
   int64_t ld_out = 0;     // D*H
+  int64_t ld_zoneout = 0;
   bool relu = false;
   struct Dir {
     int64_t rows = 0;
@@ -126,6 +137,10 @@ struct RnnForwardStep {
     const S* b_hh = nullptr;    // [H] or null
     S* h = nullptr;             // [B, H] hidden state
     S* out = nullptr;           // [rows, H] row stride ld_out
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;          // [rows, H]
+    acc_t<S>* workspace = nullptr;       // zoneout only: [rows, H] h before zoneout, or null
   } dir[kMaxDirections];
 };
 
@@ -136,11 +151,15 @@ struct StoreHidden {
   int64_t output = 0;  // P
   int64_t directions = 1;
   int64_t ld_out = 0;  // D*P
+  int64_t ld_zoneout = 0;
   struct Dir {
     int64_t rows = 0;
     const G* product = nullptr;  // [rows, P] row stride P
-    S* h = nullptr;              // [B, P] hidden state
+    S* h = nullptr;              // [B, P] hidden state (the previous one until written)
     S* out = nullptr;            // [rows, P] row stride ld_out
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;  // [rows, P+H]: the first P columns
   } dir[kMaxDirections];
 };
 
@@ -154,8 +173,10 @@ template <typename S, typename G>
 struct LstmBackwardStep {
   int64_t hidden = 0;
   int64_t directions = 1;
+  int64_t output = 0;          // P
   int64_t ld_grad_out = 0;     // D*H
   int64_t ld_grad_x_proj = 0;  // D*4H
+  int64_t ld_zoneout = 0;
   bool projection = false;
   struct Dir {
     int64_t rows = 0;       // active at s
@@ -166,11 +187,14 @@ struct LstmBackwardStep {
     acc_t<S>* dh_carry = nullptr;               // [B, H] (no projection)
     const G* dh_complete = nullptr;             // [rows, H] dL/dm, row stride H (projection)
     acc_t<S>* dc_carry = nullptr;               // [B, H]
-    const acc_t<S>* workspace = nullptr;        // [rows, 5H] rows of step s
+    const acc_t<S>* workspace = nullptr;        // [rows, 5H] rows of step s (zoneout: 6H)
     const acc_t<S>* prev_workspace = nullptr;   // [prev_rows, 5H] rows of step s-1, or null
     const S* c0 = nullptr;                      // [B, H]
     S* grad_x_proj = nullptr;                   // [rows, 4H] row stride ld_grad_x_proj
     S* grad_rec = nullptr;                      // [B, 4H]: dG of step s for the next product
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;                 // [rows, P+H]: h's (P) then c's (H)
   } dir[kMaxDirections];
 };
 
@@ -181,6 +205,7 @@ struct StepGradH {
   int64_t output = 0;  // P
   int64_t directions = 1;
   int64_t ld_grad_out = 0;  // D*P
+  int64_t ld_zoneout = 0;
   struct Dir {
     int64_t rows = 0;
     int64_t next_rows = 0;
@@ -189,6 +214,9 @@ struct StepGradH {
     acc_t<S>* dh_carry = nullptr;   // [B, P]
     S* grad_h = nullptr;            // [rows, P] contiguous: the rows of step s (for dW_hr)
     S* grad_h_step = nullptr;       // [B, P]: the same rows, for the product dh @ W_hr
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;     // [rows, P+H]: the first P columns
   } dir[kMaxDirections];
 };
 
@@ -199,6 +227,7 @@ struct GruBackwardStep {
   int64_t ld_grad_out = 0;     // D*H
   int64_t ld_grad_x_proj = 0;  // D*3H
   int64_t ld_out = 0;          // D*H
+  int64_t ld_zoneout = 0;
   struct Dir {
     int64_t rows = 0;
     int64_t next_rows = 0;
@@ -213,6 +242,9 @@ struct GruBackwardStep {
     S* grad_x_proj = nullptr;              // [rows, 3H] row stride ld_grad_x_proj: r, z, n_x
     S* grad_hidden = nullptr;              // [rows, 3H] contiguous: r, z, n_h (for dW_hh, db_hh)
     S* grad_rec = nullptr;                 // [B, 3H]: the same, for the next product
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;            // [rows, H]
   } dir[kMaxDirections];
 };
 
@@ -223,6 +255,7 @@ struct RnnBackwardStep {
   int64_t ld_grad_out = 0;     // D*H
   int64_t ld_grad_x_proj = 0;  // D*H
   int64_t ld_out = 0;          // D*H
+  int64_t ld_zoneout = 0;
   bool relu = false;
   struct Dir {
     int64_t rows = 0;
@@ -234,6 +267,10 @@ struct RnnBackwardStep {
                                    // row stride ld_out
     S* grad_x_proj = nullptr;      // [rows, H] row stride ld_grad_x_proj
     S* grad_rec = nullptr;         // [B, H]
+    // Zoneout weights of the previous state for the rows of this step (Note [zoneout] in
+    // cell_math.h), row stride ld_zoneout (0: one row for all), or null:
+    const S* zoneout = nullptr;              // [rows, H]
+    const acc_t<S>* workspace = nullptr;     // zoneout only: [rows, H] h before zoneout
   } dir[kMaxDirections];
 };
 

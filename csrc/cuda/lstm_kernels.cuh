@@ -28,22 +28,32 @@ __global__ void __launch_bounds__(kThreads)
     }
     const math::LstmGates<A> g = math::lstm_activate(pre[0], pre[1], pre[2], pre[3]);
     A* c_ptr = d.c + r * H + u;
-    const A c = math::lstm_cell_state(g, *c_ptr);
-    const S h = from_acc<S>(math::lstm_hidden(g, c));
-    *c_ptr = c;
+    const A c_prev = *c_ptr;
+    const A c = math::lstm_cell_state(g, c_prev);
+    A h = math::lstm_hidden(g, c);
+    A c_state = c;
+    if (d.zoneout != nullptr) {  // Note [zoneout]: h and c both from c before zoneout
+      const S* keep = d.zoneout + r * p.ld_zoneout;
+      c_state = math::zoneout(c, c_prev, to_acc(keep[p.output + u]));
+      if (d.m == nullptr) h = math::zoneout(h, to_acc(d.h[r * H + u]), to_acc(keep[u]));
+    }
+    *c_ptr = c_state;
+    const S h_s = from_acc<S>(h);
     if (d.m != nullptr) {
-      d.m[r * H + u] = h;
+      d.m[r * H + u] = h_s;
     } else {
-      d.h[r * H + u] = h;
-      d.out[r * p.ld_out + u] = h;
+      d.h[r * H + u] = h_s;
+      d.out[r * p.ld_out + u] = h_s;
     }
     if (d.workspace != nullptr) {
-      A* ws = d.workspace + r * 5 * H + u;
+      const int64_t width = d.zoneout != nullptr ? 6 * H : 5 * H;
+      A* ws = d.workspace + r * width + u;
       ws[0] = g.i;
       ws[H] = g.f;
       ws[2 * H] = g.g;
       ws[3 * H] = g.o;
       ws[4 * H] = c;
+      if (d.zoneout != nullptr) ws[5 * H] = c_state;
     }
   }
 }
@@ -72,18 +82,33 @@ __global__ void __launch_bounds__(kThreads)
       dh = carried;
       if (r < d.next_rows) dh += to_acc(d.rec[su]);
       if (d.grad_out != nullptr) dh += to_acc(d.grad_out[r * p.ld_grad_out + u]);
-      d.dh_carry[su] = A(0);
+      if (d.zoneout != nullptr) {  // Note [zoneout]: the unit's share that skips the cell
+        const A keep_h = to_acc(d.zoneout[r * p.ld_zoneout + u]);
+        d.dh_carry[su] = math::zoneout_carried_grad(dh, keep_h);
+        dh = math::zoneout_candidate_grad(dh, keep_h);
+      } else {
+        d.dh_carry[su] = A(0);
+      }
     } else {
       dh = to_acc(d.dh_complete[su]);
     }
-    const A* ws = d.workspace + r * 5 * H + u;
+    // With zoneout the cell state after zoneout (the next step's c_prev) is slot 5.
+    const int64_t width = d.zoneout != nullptr ? 6 * H : 5 * H;
+    const int64_t c_state_slot = d.zoneout != nullptr ? 5 * H : 4 * H;
+    const A* ws = d.workspace + r * width + u;
     const math::LstmGates<A> g{ws[0], ws[H], ws[2 * H], ws[3 * H]};
     const A c = ws[4 * H];
     const A c_prev =
-        r < d.prev_rows ? d.prev_workspace[r * 5 * H + 4 * H + u] : to_acc(d.c0[su]);
+        r < d.prev_rows ? d.prev_workspace[r * width + c_state_slot + u] : to_acc(d.c0[su]);
     A dc = d.dc_carry[su];
+    A dc_skip = A(0);
+    if (d.zoneout != nullptr) {
+      const A keep_c = to_acc(d.zoneout[r * p.ld_zoneout + p.output + u]);
+      dc_skip = math::zoneout_carried_grad(dc, keep_c);
+      dc = math::zoneout_candidate_grad(dc, keep_c);
+    }
     const math::LstmGateGrads<A> grad = math::lstm_cell_backward(dh, dc, g, c, c_prev);
-    d.dc_carry[su] = dc;
+    d.dc_carry[su] = dc + dc_skip;
     const S gi = from_acc<S>(grad.i), gf = from_acc<S>(grad.f);
     const S gg = from_acc<S>(grad.g), go = from_acc<S>(grad.o);
     S* gx = d.grad_x_proj + r * p.ld_grad_x_proj + u;
@@ -119,7 +144,13 @@ __global__ void __launch_bounds__(kThreads) step_grad_h_kernel(const StepGradH<S
     A dh = carried;
     if (r < d.next_rows) dh += to_acc(d.rec[su]);
     if (d.grad_out != nullptr) dh += to_acc(d.grad_out[r * p.ld_grad_out + k]);
-    d.dh_carry[su] = A(0);
+    if (d.zoneout != nullptr) {  // grad_h then holds the projection output's share
+      const A keep_h = to_acc(d.zoneout[r * p.ld_zoneout + k]);
+      d.dh_carry[su] = math::zoneout_carried_grad(dh, keep_h);
+      dh = math::zoneout_candidate_grad(dh, keep_h);
+    } else {
+      d.dh_carry[su] = A(0);
+    }
     const S value = from_acc<S>(dh);
     d.grad_h[su] = value;
     d.grad_h_step[su] = value;

@@ -468,6 +468,29 @@ struct StepRows {
   }
 };
 
+// Zoneout weights (Note [zoneout] in cell_math.h): [D, N, width], any row stride (0: one
+// row broadcast, as evaluation passes it), unit stride along the last dimension.
+struct Zoneout {
+  at::Tensor weights;  // undefined without zoneout
+  int64_t ld = 0;
+
+  Zoneout(const char* op, const std::optional<at::Tensor>& zoneout, const at::Tensor& like,
+          const char* like_name, const Dims& d, int64_t width) {
+    if (!zoneout.has_value() || !zoneout->defined()) return;
+    const at::Tensor& z = *zoneout;
+    check_same(op, "zoneout", z, like, like_name);
+    check_shape(op, "zoneout", z, {d.directions, d.rows, width});
+    weights = z.stride(2) == 1 ? z : z.contiguous();
+    ld = weights.stride(1);
+  }
+  bool defined() const { return weights.defined(); }
+  // Direction d's rows from `offset` on, or null.
+  template <typename S>
+  const S* rows(int64_t d, int64_t offset) const {
+    return weights.defined() ? ptr<S>(weights) + d * weights.stride(0) + offset * ld : nullptr;
+  }
+};
+
 // ---------------------------------------------------------------- forward
 
 // Arguments common to every forward op, checked and made contiguous.
@@ -505,7 +528,8 @@ ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_pro
 // ws [D, N, 5H] (A) or empty.
 template <typename S, typename G>
 void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
-                      const at::Tensor& c_state, const at::Tensor& ws, bool need_workspace) {
+                      const at::Tensor& c_state, const at::Tensor& ws, bool need_workspace,
+                      const Zoneout& zoneout) {
   using A = acc_t<S>;
   const Dims& dm = in.d;
   const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, P = dm.output, B = dm.batch;
@@ -532,15 +556,19 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   A* ws_p = need_workspace ? ptr<A>(ws) : nullptr;
   const G* gates_p = ptr<G>(gates);
 
+  const int64_t ws_width = (zoneout.defined() ? 6 : 5) * H;
   LstmForwardStep<S, G> step;
   step.hidden = H;
+  step.output = P;
   step.directions = D;
   step.ld_x_proj = D * 4 * H;
   step.ld_out = D * P;
+  step.ld_zoneout = zoneout.ld;
   StoreHidden<S, G> store;
   store.output = P;
   store.directions = D;
   store.ld_out = D * P;
+  store.ld_zoneout = zoneout.ld;
   for (int64_t s = 0; s < T; ++s) {
     const StepRows sr(in.seq, D, s);
     const int64_t M = sr.max_rows;
@@ -558,7 +586,8 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
         q.h = h_p + d * B * P;
         q.out = out_p + sr.offset[d] * D * P + d * P;
       }
-      q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * 5 * H : nullptr;
+      q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * ws_width : nullptr;
+      q.zoneout = zoneout.rows<S>(d, sr.offset[d]);
     }
     RNNKERNELS_CUDA_CHECK(lstm_forward_step(step, stream));
     if (proj) {
@@ -569,6 +598,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
         q.product = ptr<G>(projected) + d * M * P;
         q.h = h_p + d * B * P;
         q.out = out_p + sr.offset[d] * D * P + d * P;
+        q.zoneout = zoneout.rows<S>(d, sr.offset[d]);
       }
       RNNKERNELS_CUDA_CHECK(store_hidden(store, stream));
     }
@@ -577,7 +607,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
 
 template <typename S, typename G>
 void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
-                     const at::Tensor& ws, bool need_workspace) {
+                     const at::Tensor& ws, bool need_workspace, const Zoneout& zoneout) {
   using A = acc_t<S>;
   const Dims& dm = in.d;
   const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
@@ -598,6 +628,7 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
   step.directions = D;
   step.ld_x_proj = D * 3 * H;
   step.ld_out = D * H;
+  step.ld_zoneout = zoneout.ld;
   for (int64_t s = 0; s < T; ++s) {
     const StepRows sr(in.seq, D, s);
     const int64_t M = sr.max_rows;
@@ -611,6 +642,7 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
       q.h = h_p + d * B * H;
       q.out = out_p + sr.offset[d] * D * H + d * H;
       q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * 4 * H : nullptr;
+      q.zoneout = zoneout.rows<S>(d, sr.offset[d]);
     }
     RNNKERNELS_CUDA_CHECK(gru_forward_step(step, stream));
   }
@@ -618,9 +650,11 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
 
 template <typename S, typename G>
 void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
-                     const at::Tensor& h_state) {
+                     const at::Tensor& h_state, const at::Tensor& ws, const Zoneout& zoneout) {
+  using A = acc_t<S>;
   const Dims& dm = in.d;
-  const int64_t D = dm.directions, H = dm.hidden, B = dm.batch;
+  const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
+  A* ws_p = zoneout.defined() && ws.size(1) > 0 ? ptr<A>(ws) : nullptr;
   const int64_t T = in.seq.steps();
   const cudaStream_t stream = current_stream();
   const auto g_opts = in.x_proj.options().dtype(scalar_type_of<G>());
@@ -637,6 +671,7 @@ void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
   step.directions = D;
   step.ld_x_proj = D * H;
   step.ld_out = D * H;
+  step.ld_zoneout = zoneout.ld;
   step.relu = relu;
   for (int64_t s = 0; s < T; ++s) {
     const StepRows sr(in.seq, D, s);
@@ -650,6 +685,8 @@ void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
       q.b_hh = ptr_or_null<S>(in.b_hh, d);
       q.h = h_p + d * B * H;
       q.out = out_p + sr.offset[d] * D * H + d * H;
+      q.zoneout = zoneout.rows<S>(d, sr.offset[d]);
+      q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * H : nullptr;
     }
     RNNKERNELS_CUDA_CHECK(rnn_forward_step(step, stream));
   }
@@ -658,7 +695,7 @@ void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::lstm_forward";
   const DeviceGuard guard(x_proj.device());
   const ForwardInputs in =
@@ -672,17 +709,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
   at::Tensor out = at::empty({N, D * P}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, P}, opts);
   at::Tensor c_state = copy_or_zeros(c0, {D, B, H}, acc_opts);
-  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 5 * H}, acc_opts);
+  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, P + H);
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, (zoneout.defined() ? 6 : 5) * H}, acc_opts);
   dispatch_types(op, in.x_proj, [&](auto types) {
     using T = decltype(types);
-    run_lstm_forward<typename T::S, typename T::G>(in, out, h_n, c_state, ws, need_workspace);
+    run_lstm_forward<typename T::S, typename T::G>(in, out, h_n, c_state, ws, need_workspace,
+                                                   zoneout);
   });
   return {out, h_n, to_dtype(c_state, x_proj.scalar_type()), ws};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::gru_forward";
   const DeviceGuard guard(x_proj.device());
   const ForwardInputs in = prepare_forward(op, Cell::kGru, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
@@ -693,9 +733,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
   at::Tensor out = at::empty({N, D * H}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
   at::Tensor ws = at::empty({D, need_workspace ? N : 0, 4 * H}, acc_opts);
+  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, H);
   dispatch_types(op, in.x_proj, [&](auto types) {
     using T = decltype(types);
-    run_gru_forward<typename T::S, typename T::G>(in, out, h_n, ws, need_workspace);
+    run_gru_forward<typename T::S, typename T::G>(in, out, h_n, ws, need_workspace, zoneout);
   });
   return {out, h_n, ws};
 }
@@ -709,7 +750,7 @@ bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::rnn_forward";
   const bool relu = parse_nonlinearity(op, nonlinearity);
   const DeviceGuard guard(x_proj.device());
@@ -719,11 +760,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
   const auto opts = in.x_proj.options();
   at::Tensor out = at::empty({N, D * H}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
-  at::Tensor ws =
-      at::empty({D, need_workspace ? N : 0, 0}, opts.dtype(workspace_dtype(x_proj.scalar_type())));
+  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, H);
+  // With zoneout the workspace keeps h before zoneout, for the activation's backward.
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, zoneout.defined() ? H : 0},
+                            opts.dtype(workspace_dtype(x_proj.scalar_type())));
   dispatch_types(op, in.x_proj, [&](auto types) {
     using T = decltype(types);
-    run_rnn_forward<typename T::S, typename T::G>(in, relu, out, h_n);
+    run_rnn_forward<typename T::S, typename T::G>(in, relu, out, h_n, ws, zoneout);
   });
   return {out, h_n, ws};
 }
@@ -853,7 +896,8 @@ at::Tensor steps_for_gather(const BackwardInputs& in) {
 template <typename S, typename G>
 void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
                        const at::Tensor& dh_carry, const at::Tensor& dc_carry,
-                       const at::Tensor& grad_x_proj, const at::Tensor& grad_h) {
+                       const at::Tensor& grad_x_proj, const at::Tensor& grad_h,
+                       const Zoneout& zoneout) {
   using A = acc_t<S>;
   const Dims& dm = in.d;
   const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, P = dm.output, B = dm.batch;
@@ -882,16 +926,20 @@ void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
   S* grad_rec_p = ptr<S>(grad_rec);
   const G* rec_p = ptr<G>(rec);
 
+  const int64_t ws_width = (zoneout.defined() ? 6 : 5) * H;
   LstmBackwardStep<S, G> cell;
   cell.hidden = H;
+  cell.output = P;
   cell.directions = D;
   cell.ld_grad_out = D * P;
   cell.ld_grad_x_proj = D * 4 * H;
+  cell.ld_zoneout = zoneout.ld;
   cell.projection = proj;
   StepGradH<S, G> dh_step;
   dh_step.output = P;
   dh_step.directions = D;
   dh_step.ld_grad_out = D * P;
+  dh_step.ld_zoneout = zoneout.ld;
   for (int64_t s = T - 1; s >= -1; --s) {
     const BackwardStepRows sr(in.seq, D, s);
     rec_product.run(sr.max_next);
@@ -912,6 +960,7 @@ void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
         q.dh_carry = dh_p + d * B * P;
         q.grad_h = ptr<S>(grad_h) + (d * N + sr.offset[d]) * P;
         q.grad_h_step = ptr<S>(grad_h_step) + d * B * P;
+        q.zoneout = sr.rows[d] > 0 ? zoneout.rows<S>(d, sr.offset[d]) : nullptr;
       }
       RNNKERNELS_CUDA_CHECK(step_grad_h(dh_step, stream));
       dm_product.run(sr.max_rows);
@@ -926,11 +975,13 @@ void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
       q.dh_carry = proj ? nullptr : dh_p + d * B * H;
       q.dh_complete = proj && sr.rows[d] > 0 ? ptr<G>(dm_buf) + d * sr.max_rows * H : nullptr;
       q.dc_carry = dc_p + d * B * H;
-      q.workspace = ws_p + (d * N + sr.offset[d]) * 5 * H;
-      q.prev_workspace = sr.prev[d] > 0 ? ws_p + (d * N + sr.prev_offset[d]) * 5 * H : nullptr;
+      q.workspace = ws_p + (d * N + sr.offset[d]) * ws_width;
+      q.prev_workspace =
+          sr.prev[d] > 0 ? ws_p + (d * N + sr.prev_offset[d]) * ws_width : nullptr;
       q.c0 = c0_p + d * B * H;
       q.grad_x_proj = gx_p + sr.offset[d] * D * 4 * H + d * 4 * H;
       q.grad_rec = grad_rec_p + d * B * 4 * H;
+      q.zoneout = sr.rows[d] > 0 ? zoneout.rows<S>(d, sr.offset[d]) : nullptr;
     }
     RNNKERNELS_CUDA_CHECK(lstm_backward_step(cell, stream));
   }
@@ -938,7 +989,8 @@ void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
 
 template <typename S, typename G>
 void run_gru_backward(const BackwardInputs& in, const at::Tensor& dh_carry,
-                      const at::Tensor& grad_x_proj, const at::Tensor& grad_hidden) {
+                      const at::Tensor& grad_x_proj, const at::Tensor& grad_hidden,
+                      const Zoneout& zoneout) {
   using A = acc_t<S>;
   const Dims& dm = in.d;
   const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
@@ -965,6 +1017,7 @@ void run_gru_backward(const BackwardInputs& in, const at::Tensor& dh_carry,
   step.ld_grad_out = D * H;
   step.ld_grad_x_proj = D * 3 * H;
   step.ld_out = D * H;
+  step.ld_zoneout = zoneout.ld;
   for (int64_t s = T - 1; s >= -1; --s) {
     const BackwardStepRows sr(in.seq, D, s);
     rec_product.run(sr.max_next);
@@ -984,6 +1037,7 @@ void run_gru_backward(const BackwardInputs& in, const at::Tensor& dh_carry,
       q.grad_x_proj = gx_p + sr.offset[d] * D * 3 * H + d * 3 * H;
       q.grad_hidden = gh_p + (d * N + sr.offset[d]) * 3 * H;
       q.grad_rec = grad_rec_p + d * B * 3 * H;
+      q.zoneout = sr.rows[d] > 0 ? zoneout.rows<S>(d, sr.offset[d]) : nullptr;
     }
     RNNKERNELS_CUDA_CHECK(gru_backward_step(step, stream));
   }
@@ -991,10 +1045,11 @@ void run_gru_backward(const BackwardInputs& in, const at::Tensor& dh_carry,
 
 template <typename S, typename G>
 void run_rnn_backward(const BackwardInputs& in, bool relu, const at::Tensor& dh_carry,
-                      const at::Tensor& grad_x_proj) {
+                      const at::Tensor& grad_x_proj, const Zoneout& zoneout) {
   using A = acc_t<S>;
   const Dims& dm = in.d;
-  const int64_t D = dm.directions, H = dm.hidden, B = dm.batch;
+  const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
+  const A* ws_p = zoneout.defined() ? ptr<A>(in.ws) : nullptr;
   const int64_t T = in.seq.steps();
   const cudaStream_t stream = current_stream();
   const auto s_opts = in.out.options();
@@ -1015,6 +1070,7 @@ void run_rnn_backward(const BackwardInputs& in, bool relu, const at::Tensor& dh_
   step.ld_grad_out = D * H;
   step.ld_grad_x_proj = D * H;
   step.ld_out = D * H;
+  step.ld_zoneout = zoneout.ld;
   step.relu = relu;
   for (int64_t s = T - 1; s >= -1; --s) {
     const BackwardStepRows sr(in.seq, D, s);
@@ -1031,6 +1087,8 @@ void run_rnn_backward(const BackwardInputs& in, bool relu, const at::Tensor& dh_
       q.out = out_p + sr.offset[d] * D * H + d * H;
       q.grad_x_proj = gx_p + sr.offset[d] * D * H + d * H;
       q.grad_rec = grad_rec_p + d * B * H;
+      q.zoneout = sr.rows[d] > 0 ? zoneout.rows<S>(d, sr.offset[d]) : nullptr;
+      q.workspace = ws_p != nullptr ? ws_p + (d * N + sr.offset[d]) * H : nullptr;
     }
     RNNKERNELS_CUDA_CHECK(rnn_backward_step(step, stream));
   }
@@ -1043,12 +1101,15 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
                    const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
                    at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
                    const at::Tensor& c0_in, const at::Tensor& out, const at::Tensor& ws,
-                   const std::optional<at::Tensor>& batch_sizes) {
+                   const std::optional<at::Tensor>& batch_sizes,
+                   const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::lstm_backward";
   const DeviceGuard guard(out.device());
+  const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
   const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
-                                             w_hr, h0, out, ws, batch_sizes, 5);
+                                             w_hr, h0, out, ws, batch_sizes, has_zoneout ? 6 : 5);
   const Dims& d = in.d;
+  const Zoneout zoneout(op, zoneout_in, out, "output", d, d.output + d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
   check_same(op, "c0", c0_in, out, "output");
   check_shape(op, "c0", c0_in, {D, B, H});
@@ -1069,13 +1130,15 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_lstm_backward<S, typename T::G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h);
+    run_lstm_backward<S, typename T::G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h,
+                                        zoneout);
     const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i) {
       param_grads<S>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), steps_on_device,
                      grad_w_hh, grad_b_hh);
       if (proj) {
-        // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t.
+        // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t (c_t and
+        // dh_t before zoneout).
         const at::Tensor ws_dir = in.ws[i];
         const at::Tensor m =
             (ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H)))
@@ -1092,12 +1155,14 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
 gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
                   const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
                   at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
-                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
+                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
+                  const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::gru_backward";
   const DeviceGuard guard(out.device());
   const BackwardInputs in = prepare_backward(op, Cell::kGru, grad_out, grad_h_n, w_hh, b_hh, {},
                                              h0, out, ws, batch_sizes, 4);
   const Dims& d = in.d;
+  const Zoneout zoneout(op, zoneout_in, out, "output", d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
   const auto acc_opts = opts.dtype(workspace_dtype(out.scalar_type()));
@@ -1108,7 +1173,7 @@ gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_gru_backward<S, typename T::G>(in, dh_carry, grad_x_proj, grad_hidden);
+    run_gru_backward<S, typename T::G>(in, dh_carry, grad_x_proj, grad_hidden, zoneout);
     const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i)
       param_grads<S>(in, i, grad_hidden[i], steps_on_device, grad_w_hh, grad_b_hh);
@@ -1121,13 +1186,15 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
                   const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
                   at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
                   const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
-                  c10::string_view nonlinearity) {
+                  c10::string_view nonlinearity, const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::rnn_backward";
   const bool relu = parse_nonlinearity(op, nonlinearity);
   const DeviceGuard guard(out.device());
+  const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
   const BackwardInputs in = prepare_backward(op, Cell::kRnn, grad_out, grad_h_n, w_hh, b_hh, {},
-                                             h0, out, ws, batch_sizes, 0);
+                                             h0, out, ws, batch_sizes, has_zoneout ? 1 : 0);
   const Dims& d = in.d;
+  const Zoneout zoneout(op, zoneout_in, out, "output", d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
   const auto acc_opts = opts.dtype(workspace_dtype(out.scalar_type()));
@@ -1137,7 +1204,7 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_rnn_backward<S, typename T::G>(in, relu, dh_carry, grad_x_proj);
+    run_rnn_backward<S, typename T::G>(in, relu, dh_carry, grad_x_proj, zoneout);
     const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i)
       param_grads<S>(in, i, grad_x_proj.narrow(1, i * H, H), steps_on_device, grad_w_hh,
@@ -1166,31 +1233,33 @@ auto cast_for_autocast(const T& arg) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autocast(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
   static const auto op = forward_op<decltype(lstm_forward_cuda)>("rnnkernels::lstm_forward");
   return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
                  cast_for_autocast(w_hr), cast_for_autocast(h0), cast_for_autocast(c0),
-                 batch_sizes, need_workspace);
+                 batch_sizes, need_workspace, cast_for_autocast(zoneout));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_autocast(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
   static const auto op = forward_op<decltype(gru_forward_cuda)>("rnnkernels::gru_forward");
   return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
-                 cast_for_autocast(h0), batch_sizes, need_workspace);
+                 cast_for_autocast(h0), batch_sizes, need_workspace, cast_for_autocast(zoneout));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autocast(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
-    bool need_workspace) {
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
   static const auto op = forward_op<decltype(rnn_forward_cuda)>("rnnkernels::rnn_forward");
   return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
-                 cast_for_autocast(h0), batch_sizes, nonlinearity, need_workspace);
+                 cast_for_autocast(h0), batch_sizes, nonlinearity, need_workspace,
+                 cast_for_autocast(zoneout));
 }
 #endif  // RNNKERNELS_CUDA_EMULATION
 

@@ -17,7 +17,12 @@ __global__ void __launch_bounds__(kThreads) rnn_forward_step_kernel(const RnnFor
     const int64_t u = i - r * H;
     A pre = to_acc(d.gates[r * H + u]) + to_acc(d.x_proj[r * p.ld_x_proj + u]);
     if (d.b_hh != nullptr) pre += to_acc(d.b_hh[u]);
-    const S h = from_acc<S>(math::rnn_activate<kAct>(pre));
+    A h_new = math::rnn_activate<kAct>(pre);
+    if (d.zoneout != nullptr) {  // Note [zoneout]; the backward needs h before it
+      if (d.workspace != nullptr) d.workspace[r * H + u] = h_new;
+      h_new = math::zoneout(h_new, to_acc(d.h[r * H + u]), to_acc(d.zoneout[r * p.ld_zoneout + u]));
+    }
+    const S h = from_acc<S>(h_new);
     d.h[r * H + u] = h;
     d.out[r * p.ld_out + u] = h;
   }
@@ -45,8 +50,16 @@ __global__ void __launch_bounds__(kThreads)
     A dh = carried;
     if (r < d.next_rows) dh += to_acc(d.rec[su]);
     if (d.grad_out != nullptr) dh += to_acc(d.grad_out[r * p.ld_grad_out + u]);
-    d.dh_carry[su] = A(0);
-    const A h = to_acc(d.out[r * p.ld_out + u]);
+    A h;
+    if (d.zoneout != nullptr) {  // Note [zoneout]
+      const A keep = to_acc(d.zoneout[r * p.ld_zoneout + u]);
+      d.dh_carry[su] = math::zoneout_carried_grad(dh, keep);
+      dh = math::zoneout_candidate_grad(dh, keep);
+      h = d.workspace[r * H + u];
+    } else {
+      d.dh_carry[su] = A(0);
+      h = to_acc(d.out[r * p.ld_out + u]);
+    }
     const S grad = from_acc<S>(math::rnn_activate_backward<kAct>(dh, h));
     d.grad_x_proj[r * p.ld_grad_x_proj + u] = grad;
     d.grad_rec[su] = grad;

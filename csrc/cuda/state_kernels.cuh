@@ -14,7 +14,10 @@ __global__ void __launch_bounds__(kThreads) store_hidden_kernel(const StoreHidde
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
     const int64_t r = i / P;
     const int64_t k = i - r * P;
-    const S h = from_acc<S>(to_acc(d.product[r * P + k]));
+    auto value = to_acc(d.product[r * P + k]);
+    if (d.zoneout != nullptr)  // Note [zoneout]; d.h still holds the previous state
+      value = math::zoneout(value, to_acc(d.h[r * P + k]), to_acc(d.zoneout[r * p.ld_zoneout + k]));
+    const S h = from_acc<S>(value);
     d.h[r * P + k] = h;
     d.out[r * p.ld_out + k] = h;
   }

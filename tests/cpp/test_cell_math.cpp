@@ -172,6 +172,25 @@ void check_rnn(Inputs<T>& in) {
   RNNK_CHECK(std::isnan(math::rnn_activate<Nonlinearity::kTanh>(nan<T>())));
 }
 
+// zoneout: m = 0 gives the candidate and m = 1 the previous state exactly (a unit that
+// zones out must carry its value unchanged), and its two gradient shares are the central
+// differences of dstate * zoneout(candidate, prev, m) w.r.t. candidate and prev.
+template <typename T>
+void check_zoneout_exact(Inputs<T>& in) {
+  for (int k = 0; k < kSamples; ++k) {
+    const T candidate = in.state(), prev = in.state();
+    RNNK_CHECK(math::zoneout(candidate, prev, T(0)) == candidate, "candidate", candidate,
+               "prev", prev);
+    RNNK_CHECK(math::zoneout(candidate, prev, T(1)) == prev, "candidate", candidate, "prev",
+               prev);
+    const T grad = in.gradient();
+    RNNK_CHECK(math::zoneout_carried_grad(grad, T(0)) == T(0), "grad", grad);
+    RNNK_CHECK(math::zoneout_carried_grad(grad, T(1)) == grad, "grad", grad);
+    RNNK_CHECK(math::zoneout_candidate_grad(grad, T(0)) == grad, "grad", grad);
+    RNNK_CHECK(math::zoneout_candidate_grad(grad, T(1)) == T(0), "grad", grad);
+  }
+}
+
 template <typename T>
 void check_against_references(std::uint64_t seed, const char* type) {
   checker().set_context(std::string("[") + type + ", seed " + std::to_string(seed) + "] ");
@@ -180,6 +199,7 @@ void check_against_references(std::uint64_t seed, const char* type) {
   check_lstm(in);
   check_gru(in);
   check_rnn(in);
+  check_zoneout_exact(in);
 }
 
 // ---------------------------------------------------------------- finite differences
@@ -307,12 +327,31 @@ void check_relu_backward_by_differences(Inputs<T>& in) {
   }
 }
 
+void check_zoneout_backward_by_differences(Inputs<Real>& in) {
+  for (int k = 0; k < kDifferenceSamples; ++k) {
+    const std::array<Real, 2> x = {in.uniform(-3, 3), in.uniform(-3, 3)};
+    const Real m = in.uniform(0, 1), grad = in.uniform(-2, 2);
+    const auto loss = [&](const std::array<Real, 2>& v) {
+      return grad * math::zoneout(v[0], v[1], m);
+    };
+    const std::array<Real, 2> analytic = {math::zoneout_candidate_grad(grad, m),
+                                          math::zoneout_carried_grad(grad, m)};
+    for (std::size_t j = 0; j < 2; ++j) {
+      const Real difference = central_difference(loss, x, j);
+      RNNK_CHECK(difference_matches(analytic[j], difference, loss(x)), "wrt",
+                 j == 0 ? "candidate" : "prev", "analytic", analytic[j], "difference",
+                 difference, "m", m, "grad", grad);
+    }
+  }
+}
+
 void check_against_differences(std::uint64_t seed) {
   checker().set_context("[finite differences, seed " + std::to_string(seed) + "] ");
   Inputs<Real> in(seed);
   check_lstm_backward_by_differences(in);
   check_gru_backward_by_differences(in);
   check_rnn_backward_by_differences(in);
+  check_zoneout_backward_by_differences(in);
   Inputs<float> in_float(seed + 1);
   check_relu_backward_by_differences(in_float);
   Inputs<double> in_double(seed + 2);

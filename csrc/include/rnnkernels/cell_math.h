@@ -179,5 +179,32 @@ RNNK_FN T rnn_activate_backward(T dh, T h) {
   }
 }
 
+// ---------------------------------------------------------------- zoneout
+
+// Note [zoneout]
+// Zoneout (Krueger et al., 2016) lets each unit of a state keep its previous value:
+//   state = m * prev + (1 - m) * candidate
+// with m a Bernoulli(p) draw per row, unit and step in training (1 keeps the previous
+// value) and m = p, the expectation, in evaluation. The candidate is the cell's usual
+// update (LSTM: h and c from the gates, both before zoneout; GRU, RNN: h). Written as a
+// weighted sum, m = 1 gives prev and m = 0 the candidate exactly. The kernels take m as
+// a tensor, so the draws come from torch's generator and the backward sees the same
+// ones. The backward splits the state's gradient into the candidate's share
+// (1 - m) * grad and the share m * grad carried straight to the previous state.
+template <typename T>
+RNNK_FN T zoneout(T candidate, T prev, T m) {
+  return m * prev + (T(1) - m) * candidate;
+}
+
+template <typename T>
+RNNK_FN T zoneout_candidate_grad(T grad, T m) {
+  return (T(1) - m) * grad;
+}
+
+template <typename T>
+RNNK_FN T zoneout_carried_grad(T grad, T m) {
+  return m * grad;
+}
+
 }  // namespace RNNKERNELS_ISA_NAMESPACE
 }  // namespace rnnkernels::math
