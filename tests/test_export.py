@@ -49,3 +49,20 @@ def test_export_matches_eager(dynamic_batch):
         x_new = torch.randn(batch, 7, 8)
         with torch.no_grad():
             torch.testing.assert_close(exported(x_new), model(x_new))
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True], ids=["static", "dynamic_batch"])
+def test_export_with_zoneout_in_eval_matches_eager(dynamic_batch):
+    # Evaluation-mode zoneout (the expectation p, a broadcast row) exports with the ops.
+    torch.manual_seed(0)
+    lstm = rnnkernels.LSTM(8, 16, batch_first=True, zoneout_h=0.2, zoneout_c=0.3).eval()
+    x = torch.randn(9, 7, 8)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=2, max=64)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(lstm, (x,), dynamic_shapes=dynamic_shapes)
+    x_new = torch.randn(5 if dynamic_batch else 9, 7, 8)
+    torch.testing.assert_close(program.module()(x_new)[0], lstm(x_new)[0])
+    plain = rnnkernels.LSTM(8, 16, batch_first=True).eval()
+    plain.load_state_dict(lstm.state_dict())
+    assert not torch.allclose(plain(x_new)[0], lstm(x_new)[0])
