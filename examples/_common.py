@@ -85,3 +85,15 @@ def pyplot():
     except ImportError:
         print("matplotlib is not installed: skipping plots (pip install matplotlib)")
         return None
+
+
+
+def save_figure(fig, path: str) -> None:
+    """Lays out, writes (110 dpi) and closes a figure made through pyplot(), and says where
+    it went."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")

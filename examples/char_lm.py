@@ -19,7 +19,8 @@ import math
 import torch
 from torch import nn
 
-from _common import Progress, add_common_arguments, make_rnn, parameter_count, pyplot, write_results
+from _common import (
+    Progress, add_common_arguments, make_rnn, parameter_count, pyplot, save_figure, write_results)
 
 
 def load_text() -> str:
@@ -148,9 +149,7 @@ def main():
         ax.set_xlabel("training step")
         ax.set_ylabel("validation bits per character")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(f"{args.out}/validation_bpc.png", dpi=110)
-        print(f"wrote {args.out}/validation_bpc.png")
+        save_figure(fig, f"{args.out}/validation_bpc.png")
 
 
 if __name__ == "__main__":

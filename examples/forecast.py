@@ -23,7 +23,8 @@ import math
 import torch
 from torch import nn
 
-from _common import Progress, add_common_arguments, make_rnn, parameter_count, pyplot, write_results
+from _common import (
+    Progress, add_common_arguments, make_rnn, parameter_count, pyplot, save_figure, write_results)
 
 HOLDOUT, WINDOW, SEASON = 60, 36, 12
 
@@ -129,9 +130,7 @@ def main():
         ax.set_xticks(ticks, [months[t] for t in ticks], fontsize=7)
         ax.set_ylabel("CO2 (ppm)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(f"{args.out}/forecast.png", dpi=110)
-        print(f"wrote {args.out}/forecast.png")
+        save_figure(fig, f"{args.out}/forecast.png")
 
 
 if __name__ == "__main__":

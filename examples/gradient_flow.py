@@ -25,7 +25,8 @@ import math
 import torch
 from torch import nn
 
-from _common import CELLS, Progress, add_common_arguments, make_rnn, pyplot, write_results
+from _common import (
+    CELLS, Progress, add_common_arguments, make_rnn, pyplot, save_figure, write_results)
 from long_term_dependencies import adding_batch
 
 import rnnkernels
@@ -206,9 +207,7 @@ def main():
     axes[2].set_title("training at radius 2")
     axes[2].set_xlabel("step")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(f"{args.out}/gradient_flow.png", dpi=110)
-    print(f"wrote {args.out}/gradient_flow.png")
+    save_figure(fig, f"{args.out}/gradient_flow.png")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import statistics
 import torch
 from torch import nn
 
-from _common import Progress, add_common_arguments, make_rnn, parameter_count, pyplot, write_results
+from _common import (
+    Progress, add_common_arguments, make_rnn, parameter_count, pyplot, save_figure, write_results)
 
 ADDING_BASELINE_MSE = 1 / 6
 COPY_SYMBOLS, COPY_LENGTH = 8, 10
@@ -173,10 +174,7 @@ def plot(records: list[dict], out_dir: str) -> None:
             ax.set_ylabel("training loss")
             ax.set_yscale("log")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(f"{out_dir}/{task}_loss.png", dpi=110)
-        plt.close(fig)
-        print(f"wrote {out_dir}/{task}_loss.png")
+        save_figure(fig, f"{out_dir}/{task}_loss.png")
 
 
 def main():

@@ -23,7 +23,8 @@ import random
 import torch
 from torch import nn
 
-from _common import Progress, add_common_arguments, make_rnn, parameter_count, pyplot, write_results
+from _common import (
+    Progress, add_common_arguments, make_rnn, parameter_count, pyplot, save_figure, write_results)
 
 import rnnkernels
 
@@ -208,9 +209,7 @@ def main():
         ax.set_xlabel("training step")
         ax.set_ylabel("exact match (500 held-out dates)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(f"{args.out}/accuracy.png", dpi=110)
-        print(f"wrote {args.out}/accuracy.png")
+        save_figure(fig, f"{args.out}/accuracy.png")
 
 
 if __name__ == "__main__":
