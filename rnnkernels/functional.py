@@ -251,22 +251,19 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
     the kernels (Note [zoneout] in csrc/include/rnnkernels/cell_math.h); the weights are
     drawn by reference.zoneout_weights, Bernoulli when ``train``, else their expectation.
     """
-    if zoneout_h or zoneout_c:
-        if not kernels_support(input):
+    if not kernels_support(input):
+        if zoneout_h or zoneout_c:  # torch has no zoneout: the reference runs it
             return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                                   bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
                                   zoneout_c=zoneout_c)
-        return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
-                           train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
-                           zoneout_c=zoneout_c)
-    if not kernels_support(input):
         if batch_sizes is None:
             return _VF.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                             bidirectional, batch_first)
         return _VF.lstm(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
                         bidirectional)
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
-                       train, bidirectional, batch_first, batch_sizes)
+                       train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
+                       zoneout_c=zoneout_c)
 
 
 @_autocast_aware("gru")
@@ -274,20 +271,17 @@ def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0):
     """Multi-layer GRU. Returns (output, h_n) like torch._VF.gru; zoneout_h as in lstm."""
-    if zoneout_h:
-        if not kernels_support(input):
+    if not kernels_support(input):
+        if zoneout_h:
             return reference.gru(input, hx, params, has_biases, num_layers, dropout, train,
                                  bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
-        return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout,
-                           train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
-    if not kernels_support(input):
         if batch_sizes is None:
             return _VF.gru(input, hx, params, has_biases, num_layers, dropout, train,
                            bidirectional, batch_first)
         return _VF.gru(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
                        bidirectional)
     return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout, train,
-                       bidirectional, batch_first, batch_sizes)
+                       bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
 
 
 @_autocast_aware("rnn")
@@ -299,15 +293,11 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
     zoneout_h as in lstm."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    if zoneout_h:
-        if not kernels_support(input):
+    if not kernels_support(input):
+        if zoneout_h:
             return reference.rnn(input, hx, params, has_biases, num_layers, dropout, train,
                                  bidirectional, batch_first, batch_sizes, nonlinearity,
                                  zoneout_h=zoneout_h)
-        return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout,
-                           train, bidirectional, batch_first, batch_sizes, nonlinearity,
-                           zoneout_h=zoneout_h)
-    if not kernels_support(input):
         impl = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
         if batch_sizes is None:
             return impl(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
@@ -315,7 +305,8 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
         return impl(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
                     bidirectional)
     return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout, train,
-                       bidirectional, batch_first, batch_sizes, nonlinearity)
+                       bidirectional, batch_first, batch_sizes, nonlinearity,
+                       zoneout_h=zoneout_h)
 
 
 # ---------------------------------------------------------------- cells

@@ -187,8 +187,7 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
     for layer, dirs in enumerate(layers):
         outputs = []
         keep = zoneout_weights(zoneout_h, zoneout_c, directions, x.shape[0], h0.shape[2],
-                               dirs[0]["w_hh"].shape[0] // {"lstm": 4, "gru": 3}.get(cell, 1),
-                               train, x)
+                               h0.shape[2] if c0 is None else c0.shape[2], train, x)
         for d, w in enumerate(dirs):
             k = layer * directions + d
             if cell == "lstm":
