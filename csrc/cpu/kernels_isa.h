@@ -406,7 +406,7 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
     c[m] = math::lstm_cell_state(g[m], Vec::loadu(c_prev + (r0 + m) * w.ld_c + u0));
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) h[m] = math::lstm_hidden(g[m], c[m]);
-  const int64_t ws_width = (a.zoneout != nullptr ? 6 : 5) * H;
+  const int64_t ws_width = math::lstm_workspace_slots(a.zoneout != nullptr) * H;
   for (int m = 0; m < MR; ++m) {
     const int64_t r = r0 + m, row = row0 + m;
     Vec c_state = c[m], h_state = h[m];
@@ -579,8 +579,8 @@ inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
   const int64_t row_off = a.seq.offset_at(s);
   const int64_t prev_off = ch.has_prev ? a.seq.offset_at(s - 1) : 0;
   const bool zoneout = a.zoneout != nullptr;
-  // With zoneout the cell state after zoneout (read as the next step's c_prev) is slot 5.
-  const int64_t ws_width = (zoneout ? 6 : 5) * H, c_state_slot = (zoneout ? 5 : 4) * H;
+  const int64_t ws_width = math::lstm_workspace_slots(zoneout) * H;
+  const int64_t c_state_slot = math::lstm_workspace_state_slot(zoneout) * H;
   for (int m = 0; m < MR; ++m) {
     const int64_t r = ch.row + m, row = row_off + r;
     const S* ws = a.workspace + row * ws_width;

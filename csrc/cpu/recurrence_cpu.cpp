@@ -37,6 +37,7 @@
 #include "cpu/kernels.h"
 #include "cpu/memory.h"
 #include "input_projection.h"
+#include "rnnkernels/cell_math.h"
 
 namespace rnnkernels::cpu {
 namespace {
@@ -427,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
   at::Tensor h_n = empty_large({D, B, P}, opts);
   at::Tensor c_n = empty_large({D, B, H}, opts);
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, like, d, P + H);
-  const int64_t ws_width = (zoneout ? 6 : 5) * H;
+  const int64_t ws_width = math::lstm_workspace_slots(zoneout.has_value()) * H;
   at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "rnnkernels_lstm_forward", [&] {
@@ -719,7 +720,7 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
                   const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::lstm_backward";
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
-  const int64_t ws_per_hidden = has_zoneout ? 6 : 5;
+  const int64_t ws_per_hidden = math::lstm_workspace_slots(has_zoneout);
   const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
                                              w_hr, h0, out, ws, batch_sizes, ws_per_hidden);
   const Dims& d = in.d;

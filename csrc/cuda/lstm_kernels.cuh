@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads)
       d.out[r * p.ld_out + u] = h_s;
     }
     if (d.workspace != nullptr) {
-      const int64_t width = d.zoneout != nullptr ? 6 * H : 5 * H;
+      const int64_t width = math::lstm_workspace_slots(d.zoneout != nullptr) * H;
       A* ws = d.workspace + r * width + u;
       ws[0] = g.i;
       ws[H] = g.f;
@@ -92,9 +92,8 @@ __global__ void __launch_bounds__(kThreads)
     } else {
       dh = to_acc(d.dh_complete[su]);
     }
-    // With zoneout the cell state after zoneout (the next step's c_prev) is slot 5.
-    const int64_t width = d.zoneout != nullptr ? 6 * H : 5 * H;
-    const int64_t c_state_slot = d.zoneout != nullptr ? 5 * H : 4 * H;
+    const int64_t width = math::lstm_workspace_slots(d.zoneout != nullptr) * H;
+    const int64_t c_state_slot = math::lstm_workspace_state_slot(d.zoneout != nullptr) * H;
     const A* ws = d.workspace + r * width + u;
     const math::LstmGates<A> g{ws[0], ws[H], ws[2 * H], ws[3 * H]};
     const A c = ws[4 * H];

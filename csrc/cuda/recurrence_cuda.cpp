@@ -63,6 +63,7 @@
 #include <vector>
 
 #include "cuda/kernels.h"
+#include "rnnkernels/cell_math.h"
 
 #ifdef RNNKERNELS_CUDA_EMULATION
 // The CPU emulation build of tests/test_cuda_compile.py: this file and the kernels compiled
@@ -556,7 +557,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   A* ws_p = need_workspace ? ptr<A>(ws) : nullptr;
   const G* gates_p = ptr<G>(gates);
 
-  const int64_t ws_width = (zoneout.defined() ? 6 : 5) * H;
+  const int64_t ws_width = math::lstm_workspace_slots(zoneout.defined()) * H;
   LstmForwardStep<S, G> step;
   step.hidden = H;
   step.output = P;
@@ -710,7 +711,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, P}, opts);
   at::Tensor c_state = copy_or_zeros(c0, {D, B, H}, acc_opts);
   const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, P + H);
-  at::Tensor ws = at::empty({D, need_workspace ? N : 0, (zoneout.defined() ? 6 : 5) * H}, acc_opts);
+  const int64_t ws_width = math::lstm_workspace_slots(zoneout.defined()) * H;
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, ws_width}, acc_opts);
   dispatch_types(op, in.x_proj, [&](auto types) {
     using T = decltype(types);
     run_lstm_forward<typename T::S, typename T::G>(in, out, h_n, c_state, ws, need_workspace,
@@ -926,7 +928,7 @@ void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
   S* grad_rec_p = ptr<S>(grad_rec);
   const G* rec_p = ptr<G>(rec);
 
-  const int64_t ws_width = (zoneout.defined() ? 6 : 5) * H;
+  const int64_t ws_width = math::lstm_workspace_slots(zoneout.defined()) * H;
   LstmBackwardStep<S, G> cell;
   cell.hidden = H;
   cell.output = P;
@@ -1107,7 +1109,8 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   const DeviceGuard guard(out.device());
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
   const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
-                                             w_hr, h0, out, ws, batch_sizes, has_zoneout ? 6 : 5);
+                                             w_hr, h0, out, ws, batch_sizes,
+                                             math::lstm_workspace_slots(has_zoneout));
   const Dims& d = in.d;
   const Zoneout zoneout(op, zoneout_in, out, "output", d, d.output + d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;

@@ -88,6 +88,12 @@ RNNK_FN T lstm_hidden(const LstmGates<T>& a, T c) {
   return a.o * tanh(c);
 }
 
+// The row of the LSTM workspace (what the forward saves for the backward), in units of H:
+// i, f, g, o, then c as the gates produced it (before zoneout); with zoneout (Note
+// [zoneout]) also c after zoneout, the state the next step reads as c_prev.
+RNNK_FN int lstm_workspace_slots(bool zoneout) { return zoneout ? 6 : 5; }
+RNNK_FN int lstm_workspace_state_slot(bool zoneout) { return zoneout ? 5 : 4; }
+
 // Gradients with respect to the pre-activations of i, f, g, o.
 template <typename T>
 struct LstmGateGrads {
