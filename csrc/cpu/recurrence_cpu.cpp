@@ -223,8 +223,6 @@ std::optional<at::Tensor> check_zoneout(const char* op, const std::optional<at::
   if (!zoneout.has_value() || !zoneout->defined()) return std::nullopt;
   const at::Tensor& z = *zoneout;
   check_same(op, "zoneout", z, like);
-  TORCH_CHECK(z.dim() == 3, op, ": expected zoneout of shape [", d.directions, ", ", d.rows,
-              ", ", width, "], got ", z.sizes());
   check_shape(op, "zoneout", z, {d.directions, d.rows, width});
   return z.stride(2) == 1 ? z : z.contiguous();
 }
