@@ -432,7 +432,7 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
       g[m].g.store(ws + 2 * H, nu);
       g[m].o.store(ws + 3 * H, nu);
       c[m].store(ws + 4 * H, nu);
-      if (a.zoneout != nullptr) c_state.store(ws + 5 * H, nu);
+      if (a.zoneout != nullptr) c_state.store(ws + math::lstm_workspace_state_slot(true) * H, nu);
     }
   }
 }

@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kThreads)
       ws[2 * H] = g.g;
       ws[3 * H] = g.o;
       ws[4 * H] = c;
-      if (d.zoneout != nullptr) ws[5 * H] = c_state;
+      if (d.zoneout != nullptr) ws[math::lstm_workspace_state_slot(true) * H] = c_state;
     }
   }
 }
