@@ -232,6 +232,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_au
   return {r[0], r[1], r[2], r[3]};
 }
 
+// ---------------------------------------------------------------- layer-normalised LSTM
+
+using LnLstmForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, bool);
+using LnLstmBackwardSig =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, TensorVec, TensorVec, TensorVec, TensorVec>(
+        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+        const std::optional<at::Tensor>&, at::TensorList, at::TensorList, at::TensorList,
+        at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const std::optional<at::Tensor>&);
+
+class LnLstmFunction : public torch::autograd::Function<LnLstmFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_side,
+                               at::TensorList w_hh, at::TensorList ln_hh_weight,
+                               at::TensorList ln_c_weight, at::TensorList ln_c_bias,
+                               const at::Tensor& h0, const at::Tensor& c0,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               bool need_workspace) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<LnLstmForwardSig>("rnnkernels::layer_norm_lstm_forward");
+    auto [out, h_n, c_n, ws] = op.call(x_side, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0,
+                                       c0, batch_sizes, need_workspace);
+    variable_list saved{h0, c0, out, ws};
+    append(saved, w_hh);
+    append(saved, ln_hh_weight);
+    append(saved, ln_c_weight);
+    append(saved, ln_c_bias);
+    const int64_t optionals = save_optionals(saved, batch_sizes, std::nullopt);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_hh.size()),
+                                                    static_cast<int64_t>(ln_c_bias.size()),
+                                                    optionals};
+    ctx->mark_non_differentiable({ws});
+    ctx->set_materialize_grads(false);
+    return {out, h_n, c_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const int64_t D = sizes[0];
+    SavedLists s{ctx->get_saved_variables()};
+    const at::Tensor h0 = s.take(), c0 = s.take(), out = s.take(), ws = s.take();
+    const TensorVec w_hh = s.take(D), ln_hh = s.take(D), ln_c = s.take(D),
+                    ln_c_bias = s.take(sizes[1]);
+    const auto batch_sizes = s.take_optionals(sizes[2]).first;
+    check_workspace("rnnkernels::layer_norm_lstm_forward", ws, out);
+    static const auto op = find_op<LnLstmBackwardSig>("rnnkernels::layer_norm_lstm_backward");
+    auto [gx, gh0, gc0, gw_hh, g_ln_hh, g_ln_c, g_ln_c_bias] =
+        op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), defined_or_none(grads[2]),
+                w_hh, ln_hh, ln_c, ln_c_bias, h0, c0, out, ws, batch_sizes);
+    // One slot per forward argument, list arguments flattened.
+    variable_list result{gx};
+    append(result, gw_hh);
+    append(result, g_ln_hh);
+    append(result, g_ln_c);
+    append(result, g_ln_c_bias);
+    // batch_sizes, need_workspace: no gradient.
+    result.insert(result.end(), {gh0, gc0, at::Tensor(), at::Tensor()});
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward_autograd(
+    const at::Tensor& x_side, at::TensorList w_hh, at::TensorList ln_hh_weight,
+    at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
+    const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  auto r = LnLstmFunction::apply(x_side, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0,
+                                 batch_sizes, need_workspace);
+  return {r[0], r[1], r[2], r[3]};
+}
+
 // ---------------------------------------------------------------- GRU and RNN
 
 // GRU and RNN share the argument layout (x_proj, w_hh[], b_hh[], h0, batch_sizes, ...);
@@ -415,6 +488,7 @@ TORCH_LIBRARY_IMPL(rnnkernels, Autograd, m) {
   m.impl("input_projection", &input_projection_autograd);
   m.impl("lstm_forward", &lstm_forward_autograd);
   m.impl("lstm_forward_fused", &lstm_forward_fused_autograd);
+  m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward_autograd);
   m.impl("gru_forward", &gru_forward_autograd);
   m.impl("rnn_forward", &rnn_forward_autograd);
 }

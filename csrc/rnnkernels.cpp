@@ -48,6 +48,22 @@ TORCH_LIBRARY(rnnkernels, m) {
       "Tensor? batch_sizes, Tensor? zoneout=None) -> (Tensor grad_x_proj, Tensor grad_h0, "
       "Tensor grad_c0, "
       "Tensor[] grad_w_hh, Tensor[] grad_b_hh, Tensor[] grad_w_hr)");
+  // The layer-normalised LSTM (Note [layer-normalised LSTM] in cell_math.h): x_side
+  // [N, D*4H] = LN_ih(x W_ih^T) + b_ih + b_hh from the caller; ln_hh_weight[d] [4H] (the
+  // gamma of the recurrent product), ln_c_weight[d] [H], ln_c_bias[d] [H] (LN_c's gamma
+  // and beta; the list may be empty: beta 0). No projection, no zoneout. workspace
+  // [D, N, 10H + 2]. The backward returns the gradients of x_side, h0, c0, w_hh and the
+  // three LN parameter lists (grad_ln_c_bias empty when ln_c_bias is).
+  m.def(
+      "layer_norm_lstm_forward(Tensor x_side, Tensor[] w_hh, Tensor[] ln_hh_weight, "
+      "Tensor[] ln_c_weight, Tensor[] ln_c_bias, Tensor h0, Tensor c0, Tensor? batch_sizes, "
+      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def(
+      "layer_norm_lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
+      "Tensor[] w_hh, Tensor[] ln_hh_weight, Tensor[] ln_c_weight, Tensor[] ln_c_bias, "
+      "Tensor h0, Tensor c0, Tensor output, Tensor workspace, Tensor? batch_sizes) "
+      "-> (Tensor grad_x_side, Tensor grad_h0, Tensor grad_c0, Tensor[] grad_w_hh, "
+      "Tensor[] grad_ln_hh_weight, Tensor[] grad_ln_c_weight, Tensor[] grad_ln_c_bias)");
   m.def(
       "gru_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor h0, Tensor? batch_sizes, "
       "bool need_workspace, Tensor? zoneout=None) "

@@ -89,6 +89,43 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c
     )
 
 
+def layer_norm_lstm_workspace_width(hidden: int) -> int:
+    """i, f, g, o, the normalised product, c, the normalised c, two rstd (cell_math.h)."""
+    return 10 * hidden + 2
+
+
+@torch.library.register_fake("rnnkernels::layer_norm_lstm_forward")
+def _layer_norm_lstm_forward_fake(x_side, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0,
+                                  batch_sizes, need_workspace):
+    n, d, b = x_side.shape[0], len(w_hh), h0.shape[1]
+    h = _gates_hidden(w_hh, 4)
+    return (
+        x_side.new_empty((n, d * h)),
+        x_side.new_empty((d, b, h)),
+        x_side.new_empty((d, b, h)),
+        x_side.new_empty((d, n if need_workspace else 0, layer_norm_lstm_workspace_width(h)),
+                         dtype=_workspace_dtype(x_side)),
+    )
+
+
+@torch.library.register_fake("rnnkernels::layer_norm_lstm_backward")
+def _layer_norm_lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, ln_hh_weight,
+                                   ln_c_weight, ln_c_bias, h0, c0, output, workspace,
+                                   batch_sizes):
+    n, d = output.shape[0], len(w_hh)
+    h = _gates_hidden(w_hh, 4)
+
+    def like_all(ts):
+        return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts]
+
+    return (
+        output.new_empty((n, d * 4 * h)),
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        torch.empty_like(c0, memory_format=torch.contiguous_format),
+        like_all(w_hh), like_all(ln_hh_weight), like_all(ln_c_weight), like_all(ln_c_bias),
+    )
+
+
 @torch.library.register_fake("rnnkernels::gru_forward")
 def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout=None):
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
@@ -147,6 +184,8 @@ input_projection_backward = _ops.input_projection_backward
 lstm_forward = _ops.lstm_forward
 lstm_forward_fused = _ops.lstm_forward_fused
 lstm_backward = _ops.lstm_backward
+layer_norm_lstm_forward = _ops.layer_norm_lstm_forward
+layer_norm_lstm_backward = _ops.layer_norm_lstm_backward
 gru_forward = _ops.gru_forward
 gru_backward = _ops.gru_backward
 rnn_forward = _ops.rnn_forward

@@ -28,6 +28,15 @@ zoneout) and m comes from ``zoneout_weights``: per layer, before the layer runs,
 [D, N, P] (LSTM [D, N, P+H], h's then c's) tensor of Bernoulli(p) draws in training and
 of p in evaluation. The output at each step is the state after zoneout.
 
+Layer-normalised LSTM (opt-in, Ba et al. 2016; Note [layer-normalised LSTM] in
+csrc/include/rnnkernels/cell_math.h): ``layer_norm`` holds per layer and direction
+(layer-major, as _flat_weights) the LayerNorm weights of the input product [4H], of the
+recurrent product [4H] and of the cell state [H], then the cell state's LayerNorm bias
+[H] when ``has_biases``:
+  i, f, g, o = chunks of LN(x W_ih^T; w_ln_ih) + LN(h W_hh^T; w_ln_hh) + b_ih + b_hh
+  c' = sigmoid(f) * c + sigmoid(i) * tanh(g),  h' = sigmoid(o) * tanh(LN(c'; w_ln_c, b_ln_c))
+with LN over the whole vector (4H or H), eps 1e-5, no bias for the two products.
+
 Between layers (not after the last) the layer output [N, D*P] goes through
 ``F.dropout(p, training=True)`` when ``train`` and ``dropout > 0``: the same call on the
 same-shaped tensor as rnnkernels.functional, so with one seed both draw the same mask.
@@ -39,7 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "zoneout_weights"]
+__all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "zoneout_weights",
+           "LAYER_NORM_EPS", "split_layer_norm"]
+
+LAYER_NORM_EPS = 1e-5
 
 
 def zoneout_weights(p_h: float, p_c: float | None, directions: int, rows: int, out_size: int,
@@ -94,6 +106,39 @@ def _lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
     if w_hr is not None:
         h_next = F.linear(h_next, w_hr, None)
     return h_next, c_next
+
+
+def _layer_norm_lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                          b_ih: Tensor | None, b_hh: Tensor | None, ln: dict):
+    """input [B, I], h [B, H], c [B, H] -> (h', c') of the layer-normalised LSTM."""
+    four_h = w_hh.shape[0]
+    gates = (F.layer_norm(F.linear(input, w_ih), (four_h,), ln["ih"], None, LAYER_NORM_EPS)
+             + F.layer_norm(F.linear(h, w_hh), (four_h,), ln["hh"], None, LAYER_NORM_EPS))
+    if b_ih is not None:
+        gates = gates + b_ih + b_hh
+    i, f, g, o = gates.chunk(4, dim=1)
+    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    c_norm = F.layer_norm(c_next, (c.shape[1],), ln["c_weight"], ln["c_bias"], LAYER_NORM_EPS)
+    return torch.sigmoid(o) * torch.tanh(c_norm), c_next
+
+
+def split_layer_norm(layer_norm, has_biases: bool, num_layers: int, directions: int):
+    """The flat layer-norm parameter list -> [layer][direction] dicts with ih, hh, c_weight,
+    c_bias (None without biases)."""
+    per = 3 + int(has_biases)
+    if len(layer_norm) != per * num_layers * directions:
+        raise RuntimeError(f"layer_norm: expected {per} parameters per layer and direction "
+                           f"({num_layers} layers x {directions} directions), got "
+                           f"{len(layer_norm)}")
+    layers = []
+    for layer in range(num_layers):
+        dirs = []
+        for d in range(directions):
+            p = layer_norm[(layer * directions + d) * per:(layer * directions + d + 1) * per]
+            dirs.append(dict(ih=p[0], hh=p[1], c_weight=p[2],
+                             c_bias=p[3] if has_biases else None))
+        layers.append(dirs)
+    return layers
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -171,9 +216,11 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
                 has_biases: bool, num_layers: int, dropout: float, train: bool,
                 bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None,
                 nonlinearity: str = "tanh", zoneout_h: float = 0.0,
-                zoneout_c: float | None = None):
+                zoneout_c: float | None = None, layer_norm=None):
     directions = 2 if bidirectional else 1
     layers = _split_params(params, has_biases, num_layers, directions)
+    ln_layers = (split_layer_norm(layer_norm, has_biases, num_layers, directions)
+                 if layer_norm is not None else None)
     if batch_sizes is None:
         seq = input.transpose(0, 1) if batch_first else input  # [T, B, I]
         steps, batch = seq.shape[0], seq.shape[1]
@@ -190,7 +237,12 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
                                h0.shape[2] if c0 is None else c0.shape[2], train, x)
         for d, w in enumerate(dirs):
             k = layer * directions + d
-            if cell == "lstm":
+            if cell == "lstm" and ln_layers is not None:
+                def step(x_t, h, c, w=w, ln=ln_layers[layer][d]):
+                    return _layer_norm_lstm_step(x_t, h, c, w["w_ih"], w["w_hh"], w["b_ih"],
+                                                 w["b_hh"], ln)
+                states = [h0[k], c0[k]]
+            elif cell == "lstm":
                 def step(x_t, h, c, w=w):
                     return _lstm_step(x_t, h, c, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
                                       w["w_hr"])
@@ -227,11 +279,17 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params, has_biases: bool, num_layers: int,
          dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
-         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0, zoneout_c: float = 0.0):
-    """Multi-layer LSTM. hx = (h0 [L*D, B, P], c0 [L*D, B, H]). Returns (output, h_n, c_n)."""
+         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+         layer_norm=None):
+    """Multi-layer LSTM. hx = (h0 [L*D, B, P], c0 [L*D, B, H]). Returns (output, h_n, c_n).
+
+    layer_norm: the layer-normalised LSTM's parameters (module docstring), or None."""
+    if layer_norm is not None and (zoneout_h or zoneout_c or params[1].shape[1] != hx[1].shape[2]):
+        raise ValueError("layer_norm: the layer-normalised LSTM supports neither proj_size nor "
+                         "zoneout")
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
                        train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
-                       zoneout_c=zoneout_c)
+                       zoneout_c=zoneout_c, layer_norm=layer_norm)
 
 
 def gru(input: Tensor, hx: Tensor, params, has_biases: bool, num_layers: int, dropout: float,

@@ -39,6 +39,7 @@ struct Elementwise<float> {
   static RNNK_FN float exp(float x) { return ::expf(x); }
   static RNNK_FN float reciprocal(float x) { return 1.f / x; }
   static RNNK_FN float tanh(float x) { return ::tanhf(x); }
+  static RNNK_FN float sqrt(float x) { return ::sqrtf(x); }
   // NaN propagates, as in torch.relu.
   static RNNK_FN float relu(float x) { return (x > 0.f || x != x) ? x : 0.f; }
   // Gradient of relu given its output y, as torch's threshold_backward(grad, y, 0):
@@ -51,6 +52,7 @@ struct Elementwise<double> {
   static RNNK_FN double exp(double x) { return ::exp(x); }
   static RNNK_FN double reciprocal(double x) { return 1.0 / x; }
   static RNNK_FN double tanh(double x) { return ::tanh(x); }
+  static RNNK_FN double sqrt(double x) { return ::sqrt(x); }
   static RNNK_FN double relu(double x) { return (x > 0.0 || x != x) ? x : 0.0; }
   static RNNK_FN double relu_grad(double grad, double y) { return y <= 0.0 ? 0.0 : grad; }
 };
@@ -102,17 +104,84 @@ struct LstmGateGrads {
 
 // dh: gradient w.r.t. this step's o*tanh(c); dc: on entry the gradient w.r.t. c arriving
 // from the next step, on exit the gradient w.r.t. c_prev.
+// i, f, g of the gate gradients given dc_total, the whole gradient w.r.t. this step's c;
+// returns the gradient w.r.t. c_prev.
 template <typename T>
-RNNK_FN LstmGateGrads<T> lstm_cell_backward(T dh, T& dc, const LstmGates<T>& a, T c, T c_prev) {
-  const T tanh_c = tanh(c);
-  const T dc_total = dc + dh * a.o * (T(1) - tanh_c * tanh_c);
-  LstmGateGrads<T> d;
+RNNK_FN T lstm_state_gates_backward(T dc_total, const LstmGates<T>& a, T c_prev,
+                                    LstmGateGrads<T>& d) {
   d.i = dc_total * a.g * a.i * (T(1) - a.i);
   d.f = dc_total * c_prev * a.f * (T(1) - a.f);
   d.g = dc_total * a.i * (T(1) - a.g * a.g);
+  return dc_total * a.f;
+}
+
+template <typename T>
+RNNK_FN LstmGateGrads<T> lstm_cell_backward(T dh, T& dc, const LstmGates<T>& a, T c, T c_prev) {
+  const T tanh_c = tanh(c);
+  LstmGateGrads<T> d;
   d.o = dh * tanh_c * a.o * (T(1) - a.o);
-  dc = dc_total * a.f;
+  dc = lstm_state_gates_backward(dc + dh * a.o * (T(1) - tanh_c * tanh_c), a, c_prev, d);
   return d;
+}
+
+// ---------------------------------------------------------------- layer-normalised LSTM
+
+// Note [layer-normalised LSTM]
+// The layer-normalised LSTM of Ba et al. (2016), per row:
+//   pre = LN_ih(x W_ih^T) + LN_hh(h_prev W_hh^T) + b_ih + b_hh         [4H: i, f, g, o]
+//   i, f, g, o as in the LSTM;  c = f * c_prev + i * g  (the carried c is not normalised)
+//   h = o * tanh(LN_c(c))
+// LN(v) = gamma * (v - mean(v)) * rstd(v) + beta over the whole vector (4H for the two
+// products, H for c), rstd = 1 / sqrt(var + eps) with the biased variance and eps = 1e-5,
+// as torch.nn.LayerNorm. The two products' betas would only add constants to pre, so
+// b_ih and b_hh take their place; LN_c keeps its beta. The input side needs no
+// recurrence: the caller computes x_side = LN_ih(x W_ih^T) + b_ih + b_hh for all steps at
+// once; the kernels normalise the recurrent product and the cell state inside the time
+// loop. A row's statistics need the whole row, so a step runs in two passes: the
+// recurrent product for every row, then per row the normalise-and-gate pass.
+// Workspace row (what the backward reads), ln_lstm_workspace_width(H) values:
+//   [0, 4H) i, f, g, o | [4H, 8H) the normalised product | [8H, 9H) c |
+//   [9H, 10H) the normalised c | 10H: rstd of the product | 10H + 1: rstd of c.
+constexpr double kLayerNormEps = 1e-5;
+RNNK_FN long long ln_lstm_workspace_width(long long hidden) { return 10 * hidden + 2; }
+enum LnLstmWorkspaceSlot : int {
+  kLnGates = 0, kLnProduct = 4, kLnCell = 8, kLnCellNormalized = 9, kLnRstd = 10
+};
+
+// rstd from a row's biased variance (scalar types only).
+template <typename T>
+RNNK_FN T layer_norm_rstd(T variance) {
+  return T(1) / Elementwise<T>::sqrt(variance + T(kLayerNormEps));
+}
+
+template <typename T>
+RNNK_FN T layer_norm_normalize(T v, T mean, T rstd) {
+  return (v - mean) * rstd;
+}
+
+// Gradient w.r.t. v of vhat = (v - mean(v)) * rstd(v), from the gradient w.r.t. vhat
+// and the row means of dvhat and dvhat * vhat.
+template <typename T>
+RNNK_FN T layer_norm_backward(T dvhat, T vhat, T rstd, T mean_dvhat, T mean_dvhat_vhat) {
+  return rstd * (dvhat - mean_dvhat - vhat * mean_dvhat_vhat);
+}
+
+// h = o * tanh(y) with y = LN_c(c).
+template <typename T>
+RNNK_FN T ln_lstm_hidden(T o, T y) {
+  return o * tanh(y);
+}
+
+template <typename T>
+struct LnLstmOutputGrads {
+  T o;  // w.r.t. the pre-activation of o
+  T y;  // w.r.t. y = LN_c(c)
+};
+
+// dh: gradient w.r.t. h = o * tanh(y); tanh_y = tanh(y).
+template <typename T>
+RNNK_FN LnLstmOutputGrads<T> ln_lstm_output_backward(T dh, T o, T tanh_y) {
+  return {dh * tanh_y * o * (T(1) - o), dh * o * (T(1) - tanh_y * tanh_y)};
 }
 
 // ---------------------------------------------------------------- GRU
