@@ -99,6 +99,46 @@ struct LstmBackwardArgs {
   void* scratch = nullptr;
 };
 
+// Layer-normalised LSTM (Note [layer-normalised LSTM] in cell_math.h); no projection.
+template <typename S>
+struct LnLstmForwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;                                   // H
+  const S* x_side = nullptr;  int64_t ld_x_side = 0;    // [N, 4H]: LN_ih(x W_ih^T) + biases
+  const S* w_hh = nullptr;                              // [4H, H] contiguous
+  const S* ln_hh_weight = nullptr;                      // [4H]
+  const S* ln_c_weight = nullptr;                       // [H]
+  const S* ln_c_bias = nullptr;                         // [H] or null (beta 0)
+  const S* h0 = nullptr;                                // [B, H]
+  const S* c0 = nullptr;                                // [B, H]
+  S* out = nullptr;  int64_t ld_out = 0;                // [N, H]
+  S* h_n = nullptr;                                     // [B, H]
+  S* c_n = nullptr;                                     // [B, H]
+  S* workspace = nullptr;  // [N, ln_lstm_workspace_width(H)], or null
+  void* scratch = nullptr;
+};
+
+template <typename S>
+struct LnLstmBackwardArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;
+  const S* grad_out = nullptr;  int64_t ld_grad_out = 0;    // [N, H] or null
+  const S* grad_h_n = nullptr;                              // [B, H] or null
+  const S* grad_c_n = nullptr;                              // [B, H] or null
+  const S* w_hh = nullptr;                                  // [4H, H]
+  const S* ln_hh_weight = nullptr;                          // [4H]
+  const S* ln_c_weight = nullptr;                           // [H]
+  const S* ln_c_bias = nullptr;                             // [H] or null
+  const S* c0 = nullptr;                                    // [B, H]
+  const S* workspace = nullptr;                             // [N, ln_lstm_workspace_width(H)]
+  S* grad_x_side = nullptr;  int64_t ld_grad_x_side = 0;    // [N, 4H]: d pre-activations
+  S* grad_product = nullptr;                                // [N, 4H]: d (h_prev W_hh^T)
+  S* grad_cell_norm = nullptr;                              // [N, H]: d LN_c(c), for its params
+  S* grad_h0 = nullptr;                                     // [B, H]
+  S* grad_c0 = nullptr;                                     // [B, H]
+  void* scratch = nullptr;
+};
+
 template <typename S>
 struct GruForwardArgs {
   SequenceLayout seq;
@@ -199,6 +239,10 @@ struct CellKernels {
   void (*lstm_forward)(const LstmForwardArgs<S>&, Team&, SliceRange);
   int64_t (*lstm_backward_scratch)(const LstmBackwardArgs<S>&, int64_t team_size);
   void (*lstm_backward)(const LstmBackwardArgs<S>&, Team&, SliceRange);
+  int64_t (*ln_lstm_forward_scratch)(const LnLstmForwardArgs<S>&, int64_t team_size);
+  void (*ln_lstm_forward)(const LnLstmForwardArgs<S>&, Team&, SliceRange);
+  int64_t (*ln_lstm_backward_scratch)(const LnLstmBackwardArgs<S>&, int64_t team_size);
+  void (*ln_lstm_backward)(const LnLstmBackwardArgs<S>&, Team&, SliceRange);
   int64_t (*gru_forward_scratch)(const GruForwardArgs<S>&, int64_t team_size);
   void (*gru_forward)(const GruForwardArgs<S>&, Team&, SliceRange);
   int64_t (*gru_backward_scratch)(const GruBackwardArgs<S>&, int64_t team_size);

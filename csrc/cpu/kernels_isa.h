@@ -762,6 +762,10 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
   }
 }
 
+// ================================================================ layer-normalised LSTM
+
+#include "cpu/ln_lstm_isa.h"
+
 // ================================================================ GRU
 
 template <typename S>
@@ -1359,6 +1363,8 @@ template <typename S>
 constexpr CellKernels<S> make_cell_kernels() {
   return CellKernels<S>{
       &lstm_forward_scratch<S>, &lstm_forward<S>, &lstm_backward_scratch<S>, &lstm_backward<S>,
+      &ln_lstm_forward_scratch<S>, &ln_lstm_forward<S>, &ln_lstm_backward_scratch<S>,
+      &ln_lstm_backward<S>,
       &gru_forward_scratch<S>,  &gru_forward<S>,  &gru_backward_scratch<S>,  &gru_backward<S>,
       &rnn_forward_scratch<S>,  &rnn_forward<S>,  &rnn_backward_scratch<S>,  &rnn_backward<S>,
       kGemmPanelVectors * Vectorized<S>::size(), tile_rows<kGemmPanelVectors>(),

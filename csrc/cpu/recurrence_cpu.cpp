@@ -656,7 +656,7 @@ BackwardInputs prepare_backward(const char* op, Cell cell,
                                 at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
                                 const at::Tensor& out, const at::Tensor& ws,
                                 const std::optional<at::Tensor>& batch_sizes,
-                                int64_t ws_per_hidden) {
+                                int64_t ws_per_hidden, int64_t ws_extra = 0) {
   BackwardInputs in;
   TORCH_CHECK(out.device().is_cpu(), op, ": the CPU kernel got output on ", out.device());
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
@@ -670,7 +670,8 @@ BackwardInputs prepare_backward(const char* op, Cell cell,
   in.d.rows = out.size(0);
   in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
   check_same(op, "workspace", ws, out);
-  check_shape(op, "workspace", ws, {d.directions, in.d.rows, ws_per_hidden * d.hidden});
+  check_shape(op, "workspace", ws,
+              {d.directions, in.d.rows, ws_per_hidden * d.hidden + ws_extra});
   if (grad_out.has_value() && grad_out->defined()) {
     check_same(op, "grad_output", *grad_out, out);
     check_shape(op, "grad_output", *grad_out, out.sizes());
@@ -912,6 +913,177 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
 // the gradients back to the input dtype. The caller's input projection and the
 // autograd GEMMs stay in the reduced dtype, as in torch.nn. Widening costs one pass
 // over x_proj and the weights, small beside the recurrence.
+// ---------------------------------------------------------------- layer-normalised LSTM
+
+// The LayerNorm parameters of the recurrent product and the cell state, one per direction
+// (Note [layer-normalised LSTM] in cell_math.h), checked and made contiguous.
+struct LayerNormParams {
+  std::vector<at::Tensor> hh_weight, c_weight, c_bias;
+};
+
+LayerNormParams check_layer_norm_params(const char* op, const Dims& d,
+                                        at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
+                                        at::TensorList ln_c_bias, const at::Tensor& like) {
+  const int64_t D = d.directions, H = d.hidden;
+  TORCH_CHECK(static_cast<int64_t>(ln_hh_weight.size()) == D &&
+                  static_cast<int64_t>(ln_c_weight.size()) == D,
+              op, ": ln_hh_weight and ln_c_weight must hold one weight per direction (", D,
+              "), got ", ln_hh_weight.size(), " and ", ln_c_weight.size());
+  TORCH_CHECK(ln_c_bias.empty() || static_cast<int64_t>(ln_c_bias.size()) == D, op,
+              ": ln_c_bias must be empty or hold one bias per direction (", D, "), got ",
+              ln_c_bias.size());
+  for (const auto i : c10::irange(D)) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    check_same(op, "ln_hh_weight", ln_hh_weight[i], like);
+    check_shape(op, "ln_hh_weight" + idx, ln_hh_weight[i], {4 * H});
+    check_same(op, "ln_c_weight", ln_c_weight[i], like);
+    check_shape(op, "ln_c_weight" + idx, ln_c_weight[i], {H});
+    if (!ln_c_bias.empty()) {
+      check_same(op, "ln_c_bias", ln_c_bias[i], like);
+      check_shape(op, "ln_c_bias" + idx, ln_c_bias[i], {H});
+    }
+  }
+  return {contiguous_all(ln_hh_weight), contiguous_all(ln_c_weight), contiguous_all(ln_c_bias)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward_cpu(
+    const at::Tensor& x_side, at::TensorList w_hh, at::TensorList ln_hh_weight,
+    at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
+    const at::Tensor& c0_in, const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  constexpr const char* op = "rnnkernels::layer_norm_lstm_forward";
+  const ForwardInputs in = prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes);
+  const Dims& d = in.d;
+  const LayerNormParams ln =
+      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side);
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  check_same(op, "c0", c0_in, x_side);
+  check_shape(op, "c0", c0_in, {D, B, H});
+  const at::Tensor c0 = c0_in.contiguous();
+  const auto opts = x_side.options();
+  const int64_t ws_width = math::ln_lstm_workspace_width(H);
+  at::Tensor out = empty_large({N, D * H}, opts);
+  at::Tensor h_n = empty_large({D, B, H}, opts);
+  at::Tensor c_n = empty_large({D, B, H}, opts);
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(x_side.scalar_type(), "rnnkernels_layer_norm_lstm_forward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<LnLstmForwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.x_side = in.x_proj.data_ptr<scalar_t>() + i * 4 * H;
+      a.ld_x_side = D * 4 * H;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.ln_hh_weight = ln.hh_weight[i].data_ptr<scalar_t>();
+      a.ln_c_weight = ln.c_weight[i].data_ptr<scalar_t>();
+      a.ln_c_bias = ptr_or_null<scalar_t>(ln.c_bias, i);
+      a.h0 = in.h0.data_ptr<scalar_t>() + i * B * H;
+      a.c0 = c0.data_ptr<scalar_t>() + i * B * H;
+      a.out = out.data_ptr<scalar_t>() + i * H;
+      a.ld_out = D * H;
+      a.h_n = h_n.data_ptr<scalar_t>() + i * B * H;
+      a.c_n = c_n.data_ptr<scalar_t>() + i * B * H;
+      a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * ws_width : nullptr;
+      scratch[i] = scratch_bytes(kern.ln_lstm_forward_scratch(a, 1), x_side);
+      a.scratch = scratch[i].data_ptr();
+    }
+    run_directions(op, D, B * 4 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.ln_lstm_forward(args[i], team, mine);
+    });
+  });
+  return {out, h_n, c_n, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>, std::vector<at::Tensor>>
+layer_norm_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
+                             const std::optional<at::Tensor>& grad_h_n,
+                             const std::optional<at::Tensor>& grad_c_n_in, at::TensorList w_hh,
+                             at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
+                             at::TensorList ln_c_bias, const at::Tensor& h0,
+                             const at::Tensor& c0_in, const at::Tensor& out,
+                             const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
+  constexpr const char* op = "rnnkernels::layer_norm_lstm_backward";
+  constexpr int64_t ws_per_hidden = math::kLnRstd, ws_extra = 2;
+  static_assert(math::kLnRstd == 10, "ln_lstm_workspace_width is 10H + 2");
+  const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, {}, {},
+                                             h0, out, ws, batch_sizes, ws_per_hidden, ws_extra);
+  const Dims& d = in.d;
+  const LayerNormParams ln =
+      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out);
+  const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
+  const int64_t ws_width = math::ln_lstm_workspace_width(H);
+  check_same(op, "c0", c0_in, out);
+  check_shape(op, "c0", c0_in, {D, B, H});
+  if (grad_c_n_in.has_value() && grad_c_n_in->defined()) {
+    check_same(op, "grad_c_n", *grad_c_n_in, out);
+    check_shape(op, "grad_c_n", *grad_c_n_in, {D, B, H});
+  }
+  const at::Tensor c0 = c0_in.contiguous();
+  const std::optional<at::Tensor> grad_c_n = contiguous_opt(grad_c_n_in);
+  const auto opts = out.options();
+  at::Tensor grad_x_side = empty_large({N, D * 4 * H}, opts);
+  at::Tensor grad_h0 = empty_large({D, B, H}, opts);
+  at::Tensor grad_c0 = empty_large({D, B, H}, opts);
+  at::Tensor grad_product = empty_large({D, N, 4 * H}, opts);
+  at::Tensor grad_cell_norm = empty_large({D, N, H}, opts);
+  std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh),
+                          grad_ln_hh = empty_like_all(ln.hh_weight),
+                          grad_ln_c = empty_like_all(ln.c_weight),
+                          grad_ln_c_bias = empty_like_all(ln.c_bias);
+
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_layer_norm_lstm_backward", [&] {
+    const auto& kern = cell_kernels<scalar_t>();
+    std::vector<LnLstmBackwardArgs<scalar_t>> args(D);
+    std::vector<at::Tensor> scratch(D);
+    for (const auto i : c10::irange(D)) {
+      auto& a = args[i];
+      a.seq = in.seq.layout(i == 1);
+      a.hidden = H;
+      a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * H : nullptr;
+      a.ld_grad_out = D * H;
+      a.grad_h_n = in.grad_h_n ? in.grad_h_n->data_ptr<scalar_t>() + i * B * H : nullptr;
+      a.grad_c_n = grad_c_n ? grad_c_n->data_ptr<scalar_t>() + i * B * H : nullptr;
+      a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
+      a.ln_hh_weight = ln.hh_weight[i].data_ptr<scalar_t>();
+      a.ln_c_weight = ln.c_weight[i].data_ptr<scalar_t>();
+      a.ln_c_bias = ptr_or_null<scalar_t>(ln.c_bias, i);
+      a.c0 = c0.data_ptr<scalar_t>() + i * B * H;
+      a.workspace = in.ws.data_ptr<scalar_t>() + i * N * ws_width;
+      a.grad_x_side = grad_x_side.data_ptr<scalar_t>() + i * 4 * H;
+      a.ld_grad_x_side = D * 4 * H;
+      a.grad_product = grad_product.data_ptr<scalar_t>() + i * N * 4 * H;
+      a.grad_cell_norm = grad_cell_norm.data_ptr<scalar_t>() + i * N * H;
+      a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * H;
+      a.grad_c0 = grad_c0.data_ptr<scalar_t>() + i * B * H;
+      scratch[i] = scratch_bytes(kern.ln_lstm_backward_scratch(a, 1), out);
+      a.scratch = scratch[i].data_ptr();
+    }
+    run_directions(op, D, B * 4 * H * H, [&](int64_t i, Team& team, SliceRange mine) {
+      kern.ln_lstm_backward(args[i], team, mine);
+    });
+    for (const auto i : c10::irange(D)) {
+      recurrent_weight_grad<scalar_t>(in.seq, i == 1, grad_product[i], in.out.narrow(1, i * H, H),
+                                      in.h0[i], grad_w_hh[i]);
+      const at::Tensor ws_dir = in.ws[i];
+      // gamma_hh multiplies the normalised product, gamma_c and beta_c LN_c's output.
+      at::sum_out(grad_ln_hh[i],
+                  grad_x_side.narrow(1, i * 4 * H, 4 * H) *
+                      ws_dir.narrow(1, math::kLnProduct * H, 4 * H),
+                  {0});
+      at::sum_out(grad_ln_c[i], grad_cell_norm[i] * ws_dir.narrow(1, math::kLnCellNormalized * H, H),
+                  {0});
+      if (!ln.c_bias.empty()) at::sum_out(grad_ln_c_bias[i], grad_cell_norm[i], {0});
+    }
+  });
+  return {grad_x_side, grad_h0, grad_c0, grad_w_hh, grad_ln_hh, grad_ln_c, grad_ln_c_bias};
+}
+
+// ---------------------------------------------------------------- reduced precision
+
 bool is_reduced_float(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
 
 at::Tensor widen(const at::Tensor& t) { return t.to(at::kFloat); }
@@ -1063,6 +1235,53 @@ rnn_backward_entry(const std::optional<at::Tensor>& grad_out,
   return {gx.to(dtype), gh0.to(dtype), narrow_to(gw_hh, dtype), narrow_to(gb_hh, dtype)};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward_entry(
+    const at::Tensor& x_side, at::TensorList w_hh, at::TensorList ln_hh_weight,
+    at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
+    const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
+  const auto dtype = x_side.scalar_type();
+  if (!is_reduced_float(dtype))
+    return layer_norm_lstm_forward_cpu(x_side, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0,
+                                       batch_sizes, need_workspace);
+  constexpr const char* op = "rnnkernels::layer_norm_lstm_forward";
+  const Dims d = check_weights(op, Cell::kLstm, x_side, w_hh, {}, {}, h0);
+  check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side);
+  check_same(op, "c0", c0, x_side);
+  auto [out, h_n, c_n, ws] = layer_norm_lstm_forward_cpu(
+      widen(x_side), widen(w_hh), widen(ln_hh_weight), widen(ln_c_weight), widen(ln_c_bias),
+      widen(h0), widen(c0), batch_sizes, need_workspace);
+  return {out.to(dtype), h_n.to(dtype), c_n.to(dtype), ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>, std::vector<at::Tensor>>
+layer_norm_lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
+                               const std::optional<at::Tensor>& grad_h_n,
+                               const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
+                               at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
+                               at::TensorList ln_c_bias, const at::Tensor& h0,
+                               const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
+                               const std::optional<at::Tensor>& batch_sizes) {
+  const auto dtype = out.scalar_type();
+  if (!is_reduced_float(dtype))
+    return layer_norm_lstm_backward_cpu(grad_out, grad_h_n, grad_c_n, w_hh, ln_hh_weight,
+                                        ln_c_weight, ln_c_bias, h0, c0, out, ws, batch_sizes);
+  constexpr const char* op = "rnnkernels::layer_norm_lstm_backward";
+  const Dims d = check_weights(op, Cell::kLstm, out, w_hh, {}, {}, h0);
+  check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out);
+  check_same(op, "c0", c0, out);
+  check_optional_same(op, "grad_output", grad_out, out);
+  check_optional_same(op, "grad_h_n", grad_h_n, out);
+  check_optional_same(op, "grad_c_n", grad_c_n, out);
+  check_float32_workspace(op, ws);
+  auto [gx, gh0, gc0, gw_hh, g_ln_hh, g_ln_c, g_ln_c_bias] = layer_norm_lstm_backward_cpu(
+      widen(grad_out), widen(grad_h_n), widen(grad_c_n), widen(w_hh), widen(ln_hh_weight),
+      widen(ln_c_weight), widen(ln_c_bias), widen(h0), widen(c0), widen(out), ws, batch_sizes);
+  return {gx.to(dtype),           gh0.to(dtype),           gc0.to(dtype),
+          narrow_to(gw_hh, dtype), narrow_to(g_ln_hh, dtype), narrow_to(g_ln_c, dtype),
+          narrow_to(g_ln_c_bias, dtype)};
+}
+
 }  // namespace
 
 const IsaKernels& active_isa_kernels() {
@@ -1083,6 +1302,8 @@ TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_entry);
   m.impl("lstm_forward_fused", &lstm_forward_fused_cpu);
   m.impl("lstm_backward", &lstm_backward_entry);
+  m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward_entry);
+  m.impl("layer_norm_lstm_backward", &layer_norm_lstm_backward_entry);
   m.impl("gru_forward", &gru_forward_entry);
   m.impl("gru_backward", &gru_backward_entry);
   m.impl("rnn_forward", &rnn_forward_entry);
