@@ -108,12 +108,46 @@ def _fused_input(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
+def _layer_norm_input_side(x: Tensor, dirs, ln_dirs) -> Tensor:
+    """x [N, I] -> x_side [N, D*4H]: LN(x W_ih^T; w_ln_ih) + b_ih + b_hh per direction
+    (Note [layer-normalised LSTM] in csrc/include/rnnkernels/cell_math.h)."""
+    four_h = dirs[0][1].shape[0]
+    products = _input_projection(x, [(d[0], d[1], None, None, d[4]) for d in dirs])
+    normalized = F.layer_norm(products.view(x.shape[0], len(dirs), four_h), (four_h,),
+                              eps=reference.LAYER_NORM_EPS)
+    gamma = torch.stack([ln["ih"] for ln in ln_dirs])
+    if dirs[0][2] is None:
+        return (normalized * gamma).view(x.shape[0], len(dirs) * four_h)
+    bias = torch.stack([d[2] + d[3] for d in dirs])
+    return torch.addcmul(bias, normalized, gamma).view(x.shape[0], len(dirs) * four_h)
+
+
+# Device types whose layer-normalised LSTM op this build registers (fixed once _C is
+# loaded; read at import so that torch.compile traces a constant).
+_LAYER_NORM_DEVICES = {device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                       if torch._C._dispatch_has_kernel_for_dispatch_key(
+                           "rnnkernels::layer_norm_lstm_forward", key)}
+
+
+def _layer_norm_kernels(x: Tensor) -> bool:
+    """Whether the layer-normalised LSTM op has a kernel for x's device."""
+    return x.device.type in _LAYER_NORM_DEVICES
+
+
 def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, need_workspace,
-               zoneout=None):
+               zoneout=None, ln_dirs=None):
     """One layer, both directions: the input projection GEMM, then the recurrence op.
 
     zoneout: the layer's zoneout weights [D, N, P(+H)] (reference.zoneout_weights) or None.
+    ln_dirs: the layer-normalised LSTM's parameters per direction (reference.split_layer_norm).
     """
+    if ln_dirs is not None:
+        out, h_n, c_n, _ = ops.layer_norm_lstm_forward(
+            _layer_norm_input_side(x, dirs, ln_dirs), [d[1] for d in dirs],
+            [ln["hh"] for ln in ln_dirs], [ln["c_weight"] for ln in ln_dirs],
+            [ln["c_bias"] for ln in ln_dirs] if has_biases else [], h0, c0, batch_sizes,
+            need_workspace)
+        return out, h_n, c_n
     if cell == "lstm" and _fused_input(x):
         w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
         out, h_n, c_n, _ = ops.lstm_forward_fused(
@@ -140,16 +174,18 @@ def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, nee
 
 def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, train,
                 bidirectional, batch_first, batch_sizes, nonlinearity="tanh", zoneout_h=0.0,
-                zoneout_c=None):
+                zoneout_c=None, layer_norm=None):
     directions = 2 if bidirectional else 1
     layers, _ = _layer_params(params, has_biases, num_layers, directions)
+    ln_layers = (reference.split_layer_norm(layer_norm, has_biases, num_layers, directions)
+                 if layer_norm is not None else [None] * num_layers)
     if batch_sizes is None:
         seq = input.transpose(0, 1) if batch_first else input
         steps, batch = seq.shape[0], seq.shape[1]
         x = seq.reshape(steps * batch, seq.shape[2])
     else:
         x = input
-    need_workspace = _needs_grad(input, hx, cx, *params)
+    need_workspace = _needs_grad(input, hx, cx, *params, *(layer_norm or ()))
     h_n, c_n = [], []
     for layer, dirs in enumerate(layers):
         layer_hx = hx[layer * directions:(layer + 1) * directions]
@@ -160,7 +196,8 @@ def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, tr
                                             else layer_cx.shape[2], train, x)
         with _layer_range(cell, layer):
             x, h_last, c_last = _run_layer(cell, x, dirs, has_biases, layer_hx, layer_cx,
-                                           batch_sizes, nonlinearity, need_workspace, zoneout)
+                                           batch_sizes, nonlinearity, need_workspace, zoneout,
+                                           ln_layers[layer])
         h_n.append(h_last)
         c_n.append(c_last)
         if dropout > 0 and train and layer < num_layers - 1:
@@ -244,14 +281,25 @@ def _autocast_aware(cell: str):
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_biases: bool,
          num_layers: int, dropout: float, train: bool, bidirectional: bool,
          batch_first: bool = False, batch_sizes: Tensor | None = None, *,
-         zoneout_h: float = 0.0, zoneout_c: float = 0.0):
+         zoneout_h: float = 0.0, zoneout_c: float = 0.0, layer_norm: list[Tensor] | None = None):
     """Multi-layer LSTM. Returns (output, h_n, c_n) like torch._VF.lstm.
 
     zoneout_h, zoneout_c (beyond torch._VF): zoneout probabilities of h and c, applied in
     the kernels (Note [zoneout] in csrc/include/rnnkernels/cell_math.h); the weights are
     drawn by reference.zoneout_weights, Bernoulli when ``train``, else their expectation.
+    layer_norm (beyond torch._VF): the layer-normalised LSTM's parameters, per layer and
+    direction the LayerNorm weights of the input product [4H], of the recurrent product
+    [4H] and of the cell state [H], then the cell state's LayerNorm bias [H] when
+    has_biases (rnnkernels.reference); not with zoneout or a projection.
     """
-    if not kernels_support(input):
+    if layer_norm is not None:
+        if zoneout_h or zoneout_c or hx[0].shape[-1] != hx[1].shape[-1]:
+            raise ValueError("layer_norm: the layer-normalised LSTM supports neither proj_size "
+                             "nor zoneout")
+        if not kernels_support(input) or not _layer_norm_kernels(input):
+            return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
+                                  bidirectional, batch_first, batch_sizes, layer_norm=layer_norm)
+    elif not kernels_support(input):
         if zoneout_h or zoneout_c:  # torch has no zoneout: the reference runs it
             return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                                   bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
@@ -263,7 +311,7 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
                         bidirectional)
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
                        train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
-                       zoneout_c=zoneout_c)
+                       zoneout_c=zoneout_c, layer_norm=layer_norm)
 
 
 @_autocast_aware("gru")

@@ -211,7 +211,7 @@ class _RecurrentForward(_ConstructorMessages):
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
-        for name in ("recurrent_dropconnect", "zoneout_h", "zoneout_c"):
+        for name in ("recurrent_dropconnect", "zoneout_h", "zoneout_c", "layer_norm"):
             if getattr(self, name, 0.0):
                 text += f", {name}={getattr(self, name)}"
         return text
@@ -348,20 +348,69 @@ class GRU(_RecurrentForward, nn.GRU):
 class LSTM(_RecurrentForward, nn.LSTM):
     __doc__ = "rnnkernels drop-in for torch.nn.LSTM.\n\n" + (nn.LSTM.__doc__ or "")
     zoneout_c = 0.0
+    layer_norm = False
 
-    def __init__(self, *args, zoneout_c: float = 0.0, **kwargs):
-        """torch.nn's arguments, the options of _RecurrentForward, and zoneout_c: zoneout on
-        the cell state, as zoneout_h on h (h and c both come from the cell state before
-        zoneout, as in Krueger et al.); drawn after h's block of the same layer."""
+    def __init__(self, *args, zoneout_c: float = 0.0, layer_norm: bool = False, **kwargs):
+        """torch.nn's arguments, the options of _RecurrentForward, and (keyword only):
+
+        zoneout_c: zoneout on the cell state, as zoneout_h on h (h and c both come from the
+            cell state before zoneout, as in Krueger et al.); drawn after h's block of the
+            same layer.
+        layer_norm: the layer-normalised LSTM of Ba et al. (2016), fused in the kernels:
+            gates = LN(W_ih x) + LN(W_hh h) + b_ih + b_hh, c as usual, h = o * tanh(LN(c)),
+            each LayerNorm over the whole vector (4H or H, eps 1e-5). Adds, per layer and
+            direction, layer_norm_ih_weight_l{k} [4H], layer_norm_hh_weight_l{k} [4H],
+            layer_norm_c_weight_l{k} [H] (initialised to 1) and, with bias,
+            layer_norm_c_bias_l{k} [H] (0); suffix _reverse for the reverse direction.
+            Not with proj_size or zoneout (ValueError).
+        """
         _check_probability("zoneout_c", zoneout_c, "keeping a unit's previous cell state")
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm must be a bool, got {layer_norm!r}")
         super().__init__(*args, **kwargs)
         self.zoneout_c = float(zoneout_c)
+        if layer_norm:
+            if self.proj_size > 0 or self.zoneout_h or self.zoneout_c:
+                raise ValueError(
+                    "layer_norm=True supports neither proj_size nor zoneout, got "
+                    f"proj_size={self.proj_size}, zoneout_h={self.zoneout_h}, "
+                    f"zoneout_c={self.zoneout_c}")
+            factory = dict(device=self.weight_hh_l0.device, dtype=self.weight_hh_l0.dtype)
+            for name, size in self._layer_norm_shapes():
+                self.register_parameter(name, nn.Parameter(torch.empty(size, **factory)))
+            self.layer_norm = True
+            self._reset_layer_norm()
+
+    def _layer_norm_shapes(self) -> list[tuple[str, int]]:
+        """(name, size) of the layer-norm parameters, in the order the kernels take them."""
+        H = self.hidden_size
+        shapes = []
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[:2 if self.bidirectional else 1]:
+                shapes += [(f"layer_norm_ih_weight_l{layer}{suffix}", 4 * H),
+                           (f"layer_norm_hh_weight_l{layer}{suffix}", 4 * H),
+                           (f"layer_norm_c_weight_l{layer}{suffix}", H)]
+                if self.bias:
+                    shapes.append((f"layer_norm_c_bias_l{layer}{suffix}", H))
+        return shapes
+
+    def _reset_layer_norm(self) -> None:
+        with torch.no_grad():
+            for name, _ in self._layer_norm_shapes():
+                getattr(self, name).fill_(0.0 if "_bias_" in name else 1.0)
+
+    def reset_parameters(self) -> None:  # noqa: D102
+        super().reset_parameters()  # torch.nn's: every parameter uniform
+        if self.layer_norm:
+            self._reset_layer_norm()
 
     def _kernel_forward(self, input, hx, batch_sizes):
+        layer_norm = ([getattr(self, name) for name, _ in self._layer_norm_shapes()]
+                      if self.layer_norm else None)
         output, h_n, c_n = RF.lstm(input, hx, self._forward_weights(), self.bias, self.num_layers,
                                    self.dropout, self.training, self.bidirectional,
                                    self.batch_first, batch_sizes, zoneout_h=self.zoneout_h,
-                                   zoneout_c=self.zoneout_c)
+                                   zoneout_c=self.zoneout_c, layer_norm=layer_norm)
         return output, (h_n, c_n)
 
     def forward(self, input, hx=None):  # noqa: D102

@@ -46,3 +46,38 @@ def test_sequence_matches_torch(kind, case, dtype):
 @pytest.mark.parametrize("kind", list(CELL_KINDS))
 def test_cell_matches_torch(kind, dtype):
     check_cell_case(CellCase(kind, batch=5), dtype)
+
+
+LAYER_NORM_CASES = {
+    "bi_H17_I33": dict(input_size=33, hidden_size=17, bidirectional=True, steps=5, batch=3),
+    "B128_H65": dict(input_size=9, hidden_size=65, steps=4, batch=128),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYER_NORM_CASES))
+def test_layer_norm_lstm_matches_reference(case):
+    """LSTM(layer_norm=True) on this variant's kernels against rnnkernels.reference (the
+    float64 values and every gradient; tests/test_layer_norm_lstm.py has the full matrix)."""
+    from rnnkernels import reference
+
+    kwargs = dict(LAYER_NORM_CASES[case])
+    steps, batch = kwargs.pop("steps"), kwargs.pop("batch")
+    module = rnnkernels.LSTM(layer_norm=True, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("layer_norm_"):
+                p.copy_(torch.rand_like(p) + 0.5)
+    x = torch.randn(steps, batch, module.input_size, dtype=torch.float64, requires_grad=True)
+    out, (h_n, c_n) = module(x)
+    ln = [getattr(module, name) for name, _ in module._layer_norm_shapes()]
+    zeros = torch.zeros(h_n.shape, dtype=torch.float64)
+    ref = reference.lstm(x, (zeros, zeros), module._flat_weights, True, 1, 0.0, False,
+                         module.bidirectional, layer_norm=ln)
+    for ours, expected in zip((out, h_n, c_n), ref):
+        torch.testing.assert_close(ours, expected)
+    grads = [torch.randn_like(r) for r in ref]
+    leaves = [x, *module.parameters()]
+    ours = torch.autograd.grad((out, h_n, c_n), leaves, grads)
+    expected = torch.autograd.grad(ref, leaves, grads)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b)

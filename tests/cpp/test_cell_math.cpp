@@ -20,6 +20,7 @@ struct Elementwise<long double> {
   static long double exp(long double x) { return std::exp(x); }
   static long double reciprocal(long double x) { return 1 / x; }
   static long double tanh(long double x) { return std::tanh(x); }
+  static long double sqrt(long double x) { return std::sqrt(x); }
 };
 }  // namespace RNNKERNELS_ISA_NAMESPACE
 }  // namespace rnnkernels::math
@@ -345,6 +346,64 @@ void check_zoneout_backward_by_differences(Inputs<Real>& in) {
   }
 }
 
+// LayerNorm over a row of 7: L = sum_j g_j * vhat_j; layer_norm_backward from the row
+// means of g and g * vhat must be dL/dv_j, with mean and rstd computed as the kernels do.
+void check_layer_norm_backward_by_differences(Inputs<Real>& in) {
+  constexpr std::size_t n = 7;
+  for (int k = 0; k < kDifferenceSamples / 10; ++k) {
+    std::array<Real, n> x, g;
+    for (std::size_t j = 0; j < n; ++j) {
+      x[j] = in.uniform(-3, 3);
+      g[j] = in.uniform(-2, 2);
+    }
+    const auto stats = [&](const std::array<Real, n>& v) {
+      Real mean = 0, var = 0;
+      for (const Real e : v) mean += e / n;
+      for (const Real e : v) var += (e - mean) * (e - mean) / n;
+      return std::make_pair(mean, math::layer_norm_rstd(var));
+    };
+    const auto loss = [&](const std::array<Real, n>& v) {
+      const auto [mean, rstd] = stats(v);
+      Real sum = 0;
+      for (std::size_t j = 0; j < n; ++j) sum += g[j] * math::layer_norm_normalize(v[j], mean, rstd);
+      return sum;
+    };
+    const auto [mean, rstd] = stats(x);
+    Real mean_g = 0, mean_g_vhat = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      mean_g += g[j] / n;
+      mean_g_vhat += g[j] * math::layer_norm_normalize(x[j], mean, rstd) / n;
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+      const Real analytic = math::layer_norm_backward(
+          g[j], math::layer_norm_normalize(x[j], mean, rstd), rstd, mean_g, mean_g_vhat);
+      const Real difference = central_difference(loss, x, j);
+      RNNK_CHECK(difference_matches(analytic, difference, loss(x)), "layer norm wrt",
+                 static_cast<int>(j),
+                 "analytic", analytic, "difference", difference);
+    }
+  }
+}
+
+// h = sigmoid(pre_o) * tanh(y): ln_lstm_output_backward w.r.t. pre_o and y.
+void check_ln_lstm_output_backward_by_differences(Inputs<Real>& in) {
+  for (int k = 0; k < kDifferenceSamples; ++k) {
+    const std::array<Real, 2> x = {in.uniform(-6, 6), in.uniform(-4, 4)};
+    const Real dh = in.uniform(-2, 2);
+    const auto loss = [&](const std::array<Real, 2>& v) {
+      return dh * math::ln_lstm_hidden(math::sigmoid(v[0]), v[1]);
+    };
+    const auto d = math::ln_lstm_output_backward(dh, math::sigmoid(x[0]), math::tanh(x[1]));
+    const std::array<Real, 2> analytic = {d.o, d.y};
+    for (std::size_t j = 0; j < 2; ++j) {
+      const Real difference = central_difference(loss, x, j);
+      RNNK_CHECK(difference_matches(analytic[j], difference, loss(x)), "wrt",
+                 j == 0 ? "pre_o" : "y", "analytic", analytic[j], "difference", difference,
+                 "dh", dh);
+    }
+  }
+}
+
 void check_against_differences(std::uint64_t seed) {
   checker().set_context("[finite differences, seed " + std::to_string(seed) + "] ");
   Inputs<Real> in(seed);
@@ -352,6 +411,8 @@ void check_against_differences(std::uint64_t seed) {
   check_gru_backward_by_differences(in);
   check_rnn_backward_by_differences(in);
   check_zoneout_backward_by_differences(in);
+  check_layer_norm_backward_by_differences(in);
+  check_ln_lstm_output_backward_by_differences(in);
   Inputs<float> in_float(seed + 1);
   check_relu_backward_by_differences(in_float);
   Inputs<double> in_double(seed + 2);
