@@ -65,7 +65,26 @@ def convert(model: nn.Module) -> nn.Module:
     return _swap(model, _TO_OURS)
 
 
+# Options beyond torch.nn, with the value that torch.nn's forward computes.
+_TORCH_EQUIVALENT_OPTIONS = {"layer_norm": False, "zoneout_h": 0.0, "zoneout_c": 0.0,
+                             "recurrent_dropconnect": 0.0}
+
+
 def revert(model: nn.Module) -> nn.Module:
     """The inverse of convert: rnnkernels' modules inside `model` become torch.nn's again,
-    in place; returns `model`."""
+    in place; returns `model`.
+
+    Raises ValueError, changing nothing, when a module uses an option torch.nn does not
+    have (layer_norm, zoneout, recurrent_dropconnect): torch.nn's forward would silently
+    compute another model.
+    """
+    if isinstance(model, nn.Module):
+        for name, module in model.named_modules():
+            if _target_class(module, _TO_TORCH) is None:
+                continue
+            used = {k: getattr(module, k) for k, off in _TORCH_EQUIVALENT_OPTIONS.items()
+                    if getattr(module, k, off) != off}
+            if used:
+                raise ValueError(f"cannot revert {name or 'the model'} ({type(module).__name__})"
+                                 f" to torch.nn: it uses {used}, which torch.nn does not have")
     return _swap(model, _TO_TORCH)

@@ -130,3 +130,14 @@ def test_convert_keeps_parametrizations():
 def test_convert_rejects_a_non_module():
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         rnnkernels.convert([nn.LSTM(2, 3)])
+
+
+@pytest.mark.parametrize("option", [dict(layer_norm=True), dict(zoneout_h=0.1),
+                                    dict(zoneout_c=0.2), dict(recurrent_dropconnect=0.3)],
+                         ids=lambda o: next(iter(o)))
+def test_revert_refuses_options_torch_nn_cannot_run(option):
+    model = nn.Sequential(rnnkernels.LSTM(3, 4), rnnkernels.LSTM(4, 4, **option))
+    with pytest.raises(ValueError, match=f"cannot revert 1 \\(LSTM\\).*{next(iter(option))}"):
+        rnnkernels.revert(model)
+    # Nothing changed: the first module, before the offending one, was not reverted either.
+    assert all(type(m) is rnnkernels.LSTM for m in model)
