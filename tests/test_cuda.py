@@ -665,3 +665,187 @@ def test_offsets_beyond_32_bits():
     for key in expected:
         err = rel_err(got[key].double(), expected[key].double())
         assert err < 1e-4, f"{key}: relative error {err:.3e} against cuDNN"
+
+
+# ---------------------------------------------------------------- layer-normalised LSTM
+
+# torch.ops.rnnkernels.layer_norm_lstm_forward on CUDA (autograd: its CUDA backward op)
+# against rnnkernels.reference.lstm(..., layer_norm=...) in float64 on the CPU, for the
+# same (dtype-rounded) weights. The op takes x_side = LN_ih(x W_ih^T) + b_ih + b_hh per
+# direction (Note [layer-normalised LSTM]); the test builds it from x on the device, so
+# both paths differentiate with respect to the same leaves.
+LN_GPU_CASES = [
+    dict(directions=1, packed=False, hidden=17, bias=True),
+    dict(directions=2, packed=True, hidden=17, bias=True),
+    dict(directions=2, packed=False, hidden=5, bias=False),
+]
+
+
+def _ln_case_id(case):
+    return "-".join(f"{k}={v}" for k, v in case.items())
+
+
+def _ln_leaves(directions, hidden, bias, seed=11, batch=3, steps=4, packed=False):
+    """float64 CPU leaves of one layer: x [N, I] rows, per direction the weights and LN
+    parameters, h0, c0; and batch_sizes (always, for the reference)."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [3, 3, 2, 1] if packed else [batch] * steps
+    four_h, n = 4 * hidden, sum(sizes)
+    rnd = lambda *s, scale=0.5: scale * torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    gamma = lambda k: 1 + 0.3 * torch.randn(k, generator=gen, dtype=torch.float64)  # noqa: E731
+    dirs = [dict(w_ih=rnd(four_h, I), w_hh=rnd(four_h, hidden),
+                 b_ih=rnd(four_h) if bias else None, b_hh=rnd(four_h) if bias else None,
+                 ln_ih=gamma(four_h), ln_hh=gamma(four_h), ln_c_weight=gamma(hidden),
+                 ln_c_bias=rnd(hidden) if bias else None) for _ in range(directions)]
+    return dict(x=rnd(n, I, scale=1.0), dirs=dirs, h0=rnd(directions, sizes[0], hidden),
+                c0=rnd(directions, sizes[0], hidden), batch_sizes=torch.tensor(sizes),
+                packed=packed, bias=bias)
+
+
+def _ln_flat(leaves):
+    """Every leaf tensor in a fixed order (x, h0, c0, then per direction)."""
+    names = ("w_ih", "w_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
+    return [leaves["x"], leaves["h0"], leaves["c0"]] + [
+        p[k] for p in leaves["dirs"] for k in names if p[k] is not None]
+
+
+def _ln_run_op(leaves, device, dtype):
+    """Forward + backward of the op with fixed upstream gradients; outputs and the gradient
+    of every leaf, as float64 CPU tensors."""
+    import torch.nn.functional as F
+
+    from rnnkernels.reference import LAYER_NORM_EPS
+
+    flat = [t.detach().to(device, dtype).requires_grad_(True) for t in _ln_flat(leaves)]
+    x, h0, c0, rest = flat[0], flat[1], flat[2], iter(flat[3:])
+    dirs = []
+    for p in leaves["dirs"]:
+        dirs.append({k: (next(rest) if p[k] is not None else None) for k in p})
+    cols = []
+    for p in dirs:
+        side = F.layer_norm(x @ p["w_ih"].t(), (p["w_ih"].shape[0],), p["ln_ih"], None,
+                            LAYER_NORM_EPS)
+        cols.append(side + p["b_ih"] + p["b_hh"] if leaves["bias"] else side)
+    out, h_n, c_n, _ = ops.layer_norm_lstm_forward(
+        torch.cat(cols, 1), [p["w_hh"] for p in dirs], [p["ln_hh"] for p in dirs],
+        [p["ln_c_weight"] for p in dirs],
+        [p["ln_c_bias"] for p in dirs] if leaves["bias"] else [], h0, c0,
+        leaves["batch_sizes"] if leaves["packed"] else None, True)
+    return _ln_loss_and_grads((out, h_n, c_n), flat, dtype)
+
+
+def _ln_run_reference(leaves):
+    from rnnkernels import reference
+
+    flat = [t.detach().clone().requires_grad_(True) for t in _ln_flat(leaves)]
+    x, h0, c0, rest = flat[0], flat[1], flat[2], iter(flat[3:])
+    params, layer_norm = [], []
+    for p in leaves["dirs"]:
+        d = {k: (next(rest) if p[k] is not None else None) for k in p}
+        params += [d["w_ih"], d["w_hh"]] + ([d["b_ih"], d["b_hh"]] if leaves["bias"] else [])
+        layer_norm += [d["ln_ih"], d["ln_hh"], d["ln_c_weight"]] + (
+            [d["ln_c_bias"]] if leaves["bias"] else [])
+    outputs = reference.lstm(x, (h0, c0), params, leaves["bias"], 1, 0.0, False,
+                             len(leaves["dirs"]) == 2, batch_sizes=leaves["batch_sizes"],
+                             layer_norm=layer_norm)
+    return _ln_loss_and_grads(outputs, flat, torch.float64)
+
+
+def _ln_loss_and_grads(outputs, flat, dtype):
+    gen = torch.Generator().manual_seed(5)
+    upstream = [torch.randn(t.shape, generator=gen).to(dtype).to(t.device) for t in outputs]
+    grads = torch.autograd.grad(outputs, flat, upstream)
+    names = ["output", "h_n", "c_n"] + [f"grad_{k}" for k in range(len(flat))]
+    return {n: t.detach().double().cpu() for n, t in zip(names, list(outputs) + list(grads))}
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", LN_GPU_CASES, ids=_ln_case_id)
+def test_layer_norm_lstm_matches_float64_reference(case, dtype):
+    leaves = _ln_leaves(case["directions"], case["hidden"], case["bias"], packed=case["packed"])
+    with no_tf32():
+        ours = _ln_run_op(leaves, DEVICE, dtype)
+    want = _ln_run_reference(leaves)
+    assert_all_close(ours, want, f"layer-norm LSTM {dtype}",
+                     **(FP64_TOL if dtype == torch.float64 else FP32_TOL))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", LN_GPU_CASES, ids=_ln_case_id)
+def test_layer_norm_lstm_low_precision_matches_float64_op(case, dtype):
+    # No torch.nn module exists to measure torch's own error in dtype. As the emulation test
+    # of tests/test_cuda_compile.py: the op's outputs and gradients in dtype against the
+    # float64 op (checked against the reference above) on the same rounded inputs, within a
+    # few units of roundoff (fp32 math, 16-bit storage of h and the gradients).
+    unit_roundoff = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
+    gen = torch.Generator().manual_seed(17)
+    d, hidden = case["directions"], case["hidden"]
+    batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
+    rows = 9 if case["packed"] else 12
+    rnd = lambda *s, scale=0.5: (scale * torch.randn(*s, generator=gen, dtype=torch.float64)).to(DEVICE, dtype)  # noqa: E731
+    gamma = lambda k: (1 + 0.3 * torch.randn(k, generator=gen, dtype=torch.float64)).to(DEVICE, dtype)  # noqa: E731
+    args = [rnd(rows, d * 4 * hidden, scale=1.0), [rnd(4 * hidden, hidden) for _ in range(d)],
+            [gamma(4 * hidden) for _ in range(d)], [gamma(hidden) for _ in range(d)],
+            [rnd(hidden) for _ in range(d)] if case["bias"] else [],
+            rnd(d, 3, hidden), rnd(d, 3, hidden)]
+    upstream = [rnd(rows, d * hidden, scale=1.0), rnd(d, 3, hidden, scale=1.0),
+                rnd(d, 3, hidden, scale=1.0)]
+    as64 = lambda a: [t.double() for t in a] if isinstance(a, list) else a.double()  # noqa: E731
+
+    def forward_backward(a, grads):
+        out, h_n, c_n, ws = torch.ops.rnnkernels.layer_norm_lstm_forward(*a, batch_sizes, True)
+        bwd = torch.ops.rnnkernels.layer_norm_lstm_backward(*grads, *a[1:], out, ws,
+                                                            batch_sizes)
+        flat = [t for item in bwd for t in (item if isinstance(item, (list, tuple)) else [item])]
+        return [out, h_n, c_n] + flat, ws
+
+    got, ws = forward_backward(args, upstream)
+    want, _ = forward_backward([as64(a) for a in args], [g.double() for g in upstream])
+    assert ws.dtype == torch.float32 and all(t.dtype == dtype for t in got)
+    for k, (g, w) in enumerate(zip(got, want)):
+        err = rel_err(g.double().cpu(), w.cpu())
+        assert err < 8 * unit_roundoff, f"output {k}: relative error {err:.2e}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", LN_GPU_CASES, ids=_ln_case_id)
+def test_layer_norm_lstm_gradcheck_float64(case):
+    gen = torch.Generator().manual_seed(13)
+    d, hidden = case["directions"], 3
+    batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
+    rows = 9 if case["packed"] else 12
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)  # noqa: E731
+    x_side = rnd(rows, d * 4 * hidden)
+    w_hh = [rnd(4 * hidden, hidden) for _ in range(d)]
+    ln_hh = [rnd(4 * hidden) for _ in range(d)]
+    ln_c = [rnd(hidden) for _ in range(d)]
+    ln_c_bias = [rnd(hidden) for _ in range(d)] if case["bias"] else []
+    h0, c0 = rnd(d, 3, hidden), rnd(d, 3, hidden)
+
+    def f(x_side, h0, c0, *params):
+        w, a, b, rest = params[:d], params[d:2 * d], params[2 * d:3 * d], params[3 * d:]
+        out, h_n, c_n, _ = ops.layer_norm_lstm_forward(x_side, list(w), list(a), list(b),
+                                                       list(rest), h0, c0, batch_sizes, True)
+        return out, h_n, c_n
+
+    assert torch.autograd.gradcheck(f, (x_side, h0, c0, *w_hh, *ln_hh, *ln_c, *ln_c_bias))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layer_norm_lstm_autocast(dtype):
+    # Note [cuda autocast]: float32 arguments are cast to the autocast dtype; the workspace
+    # follows the workspace dtype rule (float32).
+    leaves = _ln_leaves(2, 5, True)
+    d = leaves["dirs"]
+    f32 = lambda t: t.to(DEVICE, torch.float32)  # noqa: E731
+    x_side = f32(torch.randn(leaves["x"].shape[0], 2 * 20, dtype=torch.float64))
+    with torch.autocast("cuda", dtype=dtype):
+        out, h_n, c_n, ws = ops.layer_norm_lstm_forward(
+            x_side, [f32(p["w_hh"]) for p in d], [f32(p["ln_hh"]) for p in d],
+            [f32(p["ln_c_weight"]) for p in d], [f32(p["ln_c_bias"]) for p in d],
+            f32(leaves["h0"]), f32(leaves["c0"]), None, True)
+    assert out.dtype == h_n.dtype == c_n.dtype == dtype
+    assert ws.dtype == torch.float32 and ws.shape == (2, x_side.shape[0], 10 * 5 + 2)

@@ -382,6 +382,212 @@ def test_emulated_cuda_ops_check_their_arguments(emulated):
                          torch.tensor([4, 3, 4, 1, 1]), True)
 
 
+# ---------------------------------------------------------------- layer-normalised LSTM
+
+# The emulated layer_norm_lstm_forward / _backward against rnnkernels.reference.lstm(...,
+# layer_norm=...) in float64. Both paths share the inputs: the test builds the op's x_side
+# per direction as LN_ih(x W_ih^T) + b_ih + b_hh (Note [layer-normalised LSTM]), and the
+# op's grad_x_side flows back through that graph to x, W_ih, b_ih, b_hh and LN_ih's weight.
+# grads: which upstream gradients are given ("all"; "output": grad_h_n and grad_c_n None;
+# "final": grad_output None).
+LN_BATCH_SIZES = [3, 3, 2, 1]  # packed: rows end at different steps
+LN_CASES = [
+    dict(directions=1, packed=False, hidden=5, steps=4, bias=True, grads="all"),
+    dict(directions=2, packed=False, hidden=5, steps=4, bias=True, grads="all"),
+    dict(directions=1, packed=True, hidden=17, steps=4, bias=True, grads="all"),
+    dict(directions=2, packed=True, hidden=17, steps=4, bias=False, grads="all"),
+    dict(directions=2, packed=True, hidden=5, steps=4, bias=True, grads="output"),
+    dict(directions=2, packed=False, hidden=17, steps=3, bias=True, grads="final"),
+    dict(directions=1, packed=False, hidden=17, steps=1, bias=False, grads="final"),
+    dict(directions=2, packed=False, hidden=5, steps=1, bias=True, grads="all"),
+]
+
+
+def _ln_lstm_inputs(torch, directions, packed, hidden, steps, bias, batch=3, input_size=6):
+    """Leaf float64 tensors of one layer-normalised LSTM layer (fresh random values, none
+    zero), rows layout: x [N, I]; batch_sizes for the reference (always) and the op (None
+    when dense)."""
+    sizes = LN_BATCH_SIZES if packed else [batch] * steps
+    rows, four_h = sum(sizes), 4 * hidden
+    rnd = lambda *shape, scale=0.5: (scale * torch.randn(*shape, dtype=torch.float64)).requires_grad_()  # noqa: E731
+    gamma = lambda n: (1 + 0.3 * torch.randn(n, dtype=torch.float64)).requires_grad_()  # noqa: E731
+    dirs = []
+    for _ in range(directions):
+        dirs.append(dict(
+            w_ih=rnd(four_h, input_size), w_hh=rnd(four_h, hidden),
+            b_ih=rnd(four_h) if bias else None, b_hh=rnd(four_h) if bias else None,
+            ln_ih=gamma(four_h), ln_hh=gamma(four_h), ln_c_weight=gamma(hidden),
+            ln_c_bias=rnd(hidden) if bias else None))
+    return dict(x=rnd(rows, input_size, scale=1.0), dirs=dirs, bias=bias,
+                h0=rnd(directions, sizes[0], hidden), c0=rnd(directions, sizes[0], hidden),
+                sizes=torch.tensor(sizes), op_sizes=torch.tensor(sizes) if packed else None)
+
+
+def _ln_x_side(torch, a):
+    """x_side [N, D*4H] of the op, differentiable w.r.t. x and the input-side parameters."""
+    import torch.nn.functional as F
+
+    from rnnkernels.reference import LAYER_NORM_EPS
+
+    cols = []
+    for p in a["dirs"]:
+        side = F.layer_norm(a["x"] @ p["w_ih"].t(), (p["w_ih"].shape[0],), p["ln_ih"], None,
+                            LAYER_NORM_EPS)
+        cols.append(side + p["b_ih"] + p["b_hh"] if a["bias"] else side)
+    return torch.cat(cols, 1)
+
+
+def _ln_op_args(a, dtype=None):
+    """The op's parameter lists (detached, in dtype when given)."""
+    conv = lambda t: t.detach() if dtype is None else t.detach().to(dtype)  # noqa: E731
+    dirs = a["dirs"]
+    return dict(w_hh=[conv(p["w_hh"]) for p in dirs], ln_hh=[conv(p["ln_hh"]) for p in dirs],
+                ln_c_weight=[conv(p["ln_c_weight"]) for p in dirs],
+                ln_c_bias=[conv(p["ln_c_bias"]) for p in dirs] if a["bias"] else [],
+                h0=conv(a["h0"]), c0=conv(a["c0"]))
+
+
+def _ln_forward_backward(ops, x_side, w, batch_sizes, grads):
+    """The forward op (with workspace), then the backward op; (forward, backward) flat."""
+    fwd = ops.layer_norm_lstm_forward(x_side, w["w_hh"], w["ln_hh"], w["ln_c_weight"],
+                                      w["ln_c_bias"], w["h0"], w["c0"], batch_sizes, True)
+    bwd = ops.layer_norm_lstm_backward(*grads, w["w_hh"], w["ln_hh"], w["ln_c_weight"],
+                                       w["ln_c_bias"], w["h0"], w["c0"], fwd[0], fwd[3],
+                                       batch_sizes)
+    return list(fwd), _flat(bwd)
+
+
+def _ln_upstream(torch, shapes, grads, dtype=None):
+    """Random upstream gradients for (output, h_n, c_n) in dtype (default float64), None
+    where `grads` leaves them out."""
+    given = {"all": (True, True, True), "output": (True, False, False),
+             "final": (False, True, True)}[grads]
+    return [torch.randn(shape, dtype=torch.float64).to(dtype or torch.float64) if g else None
+            for shape, g in zip(shapes, given)]
+
+
+@pytest.mark.parametrize("case", LN_CASES, ids=_case_id)
+def test_emulated_layer_norm_lstm_matches_reference_float64(emulated, case):
+    import torch
+
+    from rnnkernels import reference
+
+    emu, _ = emulated
+    a = _ln_lstm_inputs(torch, case["directions"], case["packed"], case["hidden"], case["steps"],
+                        case["bias"])
+    D, H = case["directions"], case["hidden"]
+    x_side = _ln_x_side(torch, a)
+    w = _ln_op_args(a)
+    N, B = x_side.shape[0], a["h0"].shape[1]
+    grads = _ln_upstream(torch, [(N, D * H), (D, B, H), (D, B, H)], case["grads"])
+    fwd, bwd = _ln_forward_backward(emu, x_side.detach(), w, a["op_sizes"], grads)
+    out, h_n, c_n, ws = fwd
+    assert ws.shape == (D, N, 10 * H + 2) and ws.dtype == torch.float64
+
+    # The reference, differentiated by autograd.
+    params, layer_norm = [], []
+    for p in a["dirs"]:
+        params += [p["w_ih"], p["w_hh"]] + ([p["b_ih"], p["b_hh"]] if case["bias"] else [])
+        layer_norm += [p["ln_ih"], p["ln_hh"], p["ln_c_weight"]] + (
+            [p["ln_c_bias"]] if case["bias"] else [])
+    ref = reference.lstm(a["x"], (a["h0"], a["c0"]), params, case["bias"], 1, 0.0, False, D == 2,
+                         batch_sizes=a["sizes"], layer_norm=layer_norm)
+    for k, (got, expected) in enumerate(zip((out, h_n, c_n), ref)):
+        torch.testing.assert_close(got, expected.detach(), msg=lambda m, k=k: f"forward {k}: {m}")
+    leaves = [a["x"], a["h0"], a["c0"]] + [p[name] for p in a["dirs"] for name in
+                                           ("w_ih", "w_hh", "b_ih", "b_hh", "ln_ih", "ln_hh",
+                                            "ln_c_weight", "ln_c_bias") if p[name] is not None]
+    given = [(r, g) for r, g in zip(ref, grads) if g is not None]
+    expected = torch.autograd.grad([r for r, _ in given], leaves, [g for _, g in given])
+
+    # The op's gradients: grad_x_side through x_side's graph, the rest directly.
+    grad_x_side, grad_h0, grad_c0, *lists = bwd
+    assert grad_x_side.shape == x_side.shape
+    input_leaves = [a["x"]] + [p[name] for p in a["dirs"] for name in ("w_ih", "b_ih", "b_hh",
+                                                                       "ln_ih")
+                               if p[name] is not None]
+    through_x_side = dict(zip(map(id, input_leaves),
+                              torch.autograd.grad(x_side, input_leaves, grad_x_side)))
+    grad_w_hh, grad_ln_hh, grad_ln_c_weight = lists[:D], lists[D:2 * D], lists[2 * D:3 * D]
+    grad_ln_c_bias = lists[3 * D:]
+    assert len(grad_ln_c_bias) == (D if case["bias"] else 0)
+    direct = {id(a["h0"]): grad_h0, id(a["c0"]): grad_c0}
+    for d, p in enumerate(a["dirs"]):
+        direct[id(p["w_hh"])] = grad_w_hh[d]
+        direct[id(p["ln_hh"])] = grad_ln_hh[d]
+        direct[id(p["ln_c_weight"])] = grad_ln_c_weight[d]
+        if case["bias"]:
+            direct[id(p["ln_c_bias"])] = grad_ln_c_bias[d]
+    got = {**through_x_side, **direct}
+    assert len(got) == len(leaves)
+    for k, (leaf, exp) in enumerate(zip(leaves, expected)):
+        torch.testing.assert_close(got[id(leaf)], exp, msg=lambda m, k=k: f"gradient {k}: {m}")
+
+
+@pytest.mark.parametrize("products", ["float", "input"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_emulated_layer_norm_lstm_low_precision(emulated, monkeypatch, dtype, products, bias):
+    # As test_emulated_cuda_ops_low_precision: outputs and gradients in the input dtype,
+    # workspace in float32, relative error against the float64 op (checked against the
+    # reference above) on the same rounded inputs of a few units of roundoff: 8 with the
+    # GEMM results in fp32. With products in the input dtype (the fallback for a torch
+    # without mm.dtype_out) the bound is 16: there the recurrent product is rounded to 16
+    # bits before layer norm subtracts its mean, and the backward's dR @ W_hh too, and the
+    # layer-norm backward amplifies such perturbations of the forward state a few times
+    # (in float32 as well: gradients 5-15 units of roundoff where the forward has 2).
+    # Measured over 24 random draws, the largest error of any output: fp32 products
+    # <= 4.8 units, input-dtype products <= 14.5 (the plain LSTM: <= 1.1 in both modes).
+    import torch
+
+    monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", products)
+    emu, _ = emulated
+    dt = getattr(torch, dtype)
+    unit_roundoff = {"float16": 2.0**-11, "bfloat16": 2.0**-8}[dtype]
+    a = _ln_lstm_inputs(torch, 2, True, 17, 4, bias)
+    D, H = 2, 17
+    x_side = _ln_x_side(torch, a).detach().to(dt)
+    w = _ln_op_args(a, dt)
+    N, B = x_side.shape[0], a["h0"].shape[1]
+    grads = _ln_upstream(torch, [(N, D * H), (D, B, H), (D, B, H)], "all", dt)
+    fwd, bwd = _ln_forward_backward(emu, x_side, w, a["op_sizes"], grads)
+    w64 = {k: ([t.double() for t in v] if isinstance(v, list) else v.double())
+           for k, v in w.items()}
+    fwd_ref, bwd_ref = _ln_forward_backward(emu, x_side.double(), w64, a["op_sizes"],
+                                            [g.double() for g in grads])
+    assert fwd[3].dtype == torch.float32
+    assert all(t.dtype == dt for t in fwd[:3] + bwd)
+    assert len(bwd) == len(bwd_ref) == 3 + D * (4 if bias else 3)
+    bound = (8 if products == "float" else 16) * unit_roundoff
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
+        err = ((got.double() - expected).norm() / expected.norm()).item()
+        assert err < bound, f"output {k}: relative error {err:.2e}"
+
+
+def test_emulated_layer_norm_lstm_without_workspace_and_empty(emulated):
+    # need_workspace=False runs the same passes through a scratch (same outputs, empty
+    # workspace); an empty sequence returns the initial states.
+    import torch
+
+    emu, _ = emulated
+    a = _ln_lstm_inputs(torch, 2, True, 5, 4, True)
+    x_side, w = _ln_x_side(torch, a).detach(), _ln_op_args(a)
+    args = (w["w_hh"], w["ln_hh"], w["ln_c_weight"], w["ln_c_bias"], w["h0"], w["c0"],
+            a["op_sizes"])
+    with_ws = emu.layer_norm_lstm_forward(x_side, *args, True)
+    without = emu.layer_norm_lstm_forward(x_side, *args, False)
+    assert without[3].shape == (2, 0, 52)
+    for got, expected in zip(without[:3], with_ws[:3]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    empty = emu.layer_norm_lstm_forward(x_side[:0], *args[:-1], None, True)
+    assert empty[0].shape == (0, 10)
+    torch.testing.assert_close(empty[1], w["h0"])
+    torch.testing.assert_close(empty[2], w["c0"])
+    with pytest.raises(RuntimeError, match=r"ln_c_weight must hold one tensor per direction"):
+        emu.layer_norm_lstm_forward(x_side, w["w_hh"], w["ln_hh"], w["ln_c_weight"][:1],
+                                    *args[3:], True)
+
+
 # ---------------------------------------------------------------- setup.py's CUDA switches
 
 # Runs setup.py's top level with setuptools.setup stubbed out, after pretending that torch

@@ -3,6 +3,7 @@
 // translation units kernels_{f32,f64,f16,bf16}.cu (one nvcc job each).
 
 #include "cuda/gru_kernels.cuh"
+#include "cuda/ln_lstm_kernels.cuh"
 #include "cuda/lstm_kernels.cuh"
 #include "cuda/rnn_kernels.cuh"
 #include "cuda/state_kernels.cuh"
@@ -16,7 +17,10 @@
   template cudaError_t lstm_backward_step<S, G>(const LstmBackwardStep<S, G>&, cudaStream_t); \
   template cudaError_t step_grad_h<S, G>(const StepGradH<S, G>&, cudaStream_t);               \
   template cudaError_t gru_backward_step<S, G>(const GruBackwardStep<S, G>&, cudaStream_t);   \
-  template cudaError_t rnn_backward_step<S, G>(const RnnBackwardStep<S, G>&, cudaStream_t);
+  template cudaError_t rnn_backward_step<S, G>(const RnnBackwardStep<S, G>&, cudaStream_t);     \
+  template cudaError_t ln_lstm_forward_step<S, G>(const LnLstmForwardStep<S, G>&, cudaStream_t); \
+  template cudaError_t ln_lstm_backward_step<S, G>(const LnLstmBackwardStep<S, G>&,             \
+                                                   cudaStream_t);
 
 // The launchers that depend on the storage type only.
 #define RNNKERNELS_INSTANTIATE_STORAGE(S) \

@@ -274,6 +274,77 @@ struct RnnBackwardStep {
   } dir[kMaxDirections];
 };
 
+// ================================================================ layer-normalised LSTM
+
+// Lanes of the two-pass row reductions of the layer-normalised LSTM (Note [cuda layer-norm
+// rows] in ln_lstm_kernels.cuh): a row of `width` values is split into ln_row_lanes(width)
+// interleaved lanes (lane k: elements k, k + lanes, ...), each summed by one thread.
+constexpr int64_t kLnMaxLanes = 32;
+inline int64_t ln_row_lanes(int64_t width) { return width < kLnMaxLanes ? width : kLnMaxLanes; }
+
+// Layer-normalised LSTM, one step (Note [layer-normalised LSTM] in cell_math.h). The
+// launcher enqueues the step's passes in order: statistics of the recurrent product, the
+// gates and c, statistics of c, then h. Workspace row: math::LnLstmWorkspaceSlot.
+template <typename S, typename G>
+struct LnLstmForwardStep {
+  int64_t hidden = 0;      // H
+  int64_t directions = 1;  // D, gridDim.y
+  int64_t ld_x_side = 0;   // D*4H
+  int64_t ld_out = 0;      // D*H
+  struct Dir {
+    int64_t rows = 0;                        // active rows of this step
+    const G* product = nullptr;              // [rows, 4H] h_prev @ W_hh^T, row stride 4H
+    const S* x_side = nullptr;               // [rows, 4H] row stride ld_x_side
+    const S* ln_hh_weight = nullptr;         // [4H] gamma of the recurrent product
+    const S* ln_c_weight = nullptr;          // [H] gamma of c
+    const S* ln_c_bias = nullptr;            // [H] beta of c, or null (0)
+    acc_t<S>* c = nullptr;                   // [B, H] cell state, rows [0, rows) updated in place
+    S* h = nullptr;                          // [B, H] hidden state, rows [0, rows) updated
+    S* out = nullptr;                        // [rows, H] row stride ld_out
+    // [rows, 10H+2] contiguous: the step's rows of the workspace, or a scratch of the same
+    // layout when the caller needs no workspace (the later passes read it).
+    acc_t<S>* workspace = nullptr;
+    acc_t<S>* partials = nullptr;            // [rows, ln_row_lanes(4H), 2] scratch
+    acc_t<S>* product_stats = nullptr;       // [rows, 2] scratch: mean, rstd of the product
+    acc_t<S>* cell_stats = nullptr;          // [rows, 2] scratch: mean, rstd of c
+  } dir[kMaxDirections];
+};
+
+// Layer-normalised LSTM backward at step s (Note [cuda step rows]: rows, next_rows, rec and
+// dh_carry as in LstmBackwardStep without projection). Passes, in order: dh, the gradient
+// of o and of y = LN_c(c); the means LN_c's backward needs; the gradient of c and of
+// i, f, g; the means LN_hh's backward needs; the gradient of the recurrent product dR.
+template <typename S, typename G>
+struct LnLstmBackwardStep {
+  int64_t hidden = 0;
+  int64_t directions = 1;
+  int64_t ld_grad_out = 0;     // D*H
+  int64_t ld_grad_x_side = 0;  // D*4H
+  struct Dir {
+    int64_t rows = 0;       // active at s
+    int64_t next_rows = 0;  // active at s+1 (rows with a `rec` row)
+    int64_t prev_rows = 0;  // active at s-1 (rows whose c_prev is in prev_workspace)
+    const G* rec = nullptr;                    // [next_rows, H] dR_{s+1} @ W_hh, or null
+    const S* grad_out = nullptr;               // [rows, H] row stride ld_grad_out, or null
+    acc_t<S>* dh_carry = nullptr;              // [B, H]
+    acc_t<S>* dc_carry = nullptr;              // [B, H]
+    const acc_t<S>* workspace = nullptr;       // [rows, 10H+2] rows of step s
+    const acc_t<S>* prev_workspace = nullptr;  // [prev_rows, 10H+2] rows of step s-1, or null
+    const S* c0 = nullptr;                     // [B, H]
+    const S* ln_hh_weight = nullptr;           // [4H]
+    const S* ln_c_weight = nullptr;            // [H]
+    const S* ln_c_bias = nullptr;              // [H] or null
+    S* grad_x_side = nullptr;                  // [rows, 4H] row stride ld_grad_x_side
+    acc_t<S>* grad_pre = nullptr;              // [rows, 4H] contiguous scratch: the same, unrounded
+    acc_t<S>* grad_y = nullptr;                // [rows, H] contiguous: dL/dy, y = LN_c(c)
+    S* grad_product = nullptr;                 // [rows, 4H] contiguous: dR (for dW_hh)
+    S* grad_rec = nullptr;                     // [B, 4H]: dR of step s for the next product
+    acc_t<S>* partials = nullptr;              // [rows, ln_row_lanes(4H), 2] scratch
+    acc_t<S>* cell_stats = nullptr;            // [rows, 2] scratch: means of dc^, dc^ * c^
+    acc_t<S>* product_stats = nullptr;         // [rows, 2] scratch: means of dR^, dR^ * R^
+  } dir[kMaxDirections];
+};
+
 // ================================================================ weight gradients
 
 // The hidden state entering every row of one direction, for dW_hh = dG^T @ h_prev:
@@ -313,6 +384,11 @@ template <typename S, typename G>
 cudaError_t gru_backward_step(const GruBackwardStep<S, G>& p, cudaStream_t stream);
 template <typename S, typename G>
 cudaError_t rnn_backward_step(const RnnBackwardStep<S, G>& p, cudaStream_t stream);
+
+template <typename S, typename G>
+cudaError_t ln_lstm_forward_step(const LnLstmForwardStep<S, G>& p, cudaStream_t stream);
+template <typename S, typename G>
+cudaError_t ln_lstm_backward_step(const LnLstmBackwardStep<S, G>& p, cudaStream_t stream);
 
 template <typename S>
 cudaError_t previous_hidden(const PreviousHidden<S>& p, cudaStream_t stream);
