@@ -524,6 +524,27 @@ def test_emulated_layer_norm_lstm_matches_reference_float64(emulated, case):
         torch.testing.assert_close(got[id(leaf)], exp, msg=lambda m, k=k: f"gradient {k}: {m}")
 
 
+@pytest.mark.parametrize("case", LN_CASES, ids=_case_id)
+def test_emulated_layer_norm_lstm_matches_cpu_op_float64(emulated, case):
+    """The CUDA host and kernels (emulated) against the CPU kernels, every result of both ops."""
+    import torch
+
+    emu, _ = emulated
+    a = _ln_lstm_inputs(torch, case["directions"], case["packed"], case["hidden"], case["steps"],
+                        case["bias"])
+    x_side = _ln_x_side(torch, a).detach()
+    w = _ln_op_args(a)
+    D, H, N, B = case["directions"], case["hidden"], x_side.shape[0], a["h0"].shape[1]
+    grads = _ln_upstream(torch, [(N, D * H), (D, B, H), (D, B, H)], case["grads"])
+    got = _ln_forward_backward(emu, x_side, w, a["op_sizes"], grads)
+    with torch.no_grad():
+        expected = _ln_forward_backward(torch.ops.rnnkernels, x_side, w, a["op_sizes"], grads)
+    for part, (g, e) in enumerate(zip(got, expected)):
+        assert len(g) == len(e)
+        for k, (gt, et) in enumerate(zip(g, e)):
+            torch.testing.assert_close(gt, et, msg=lambda m, part=part, k=k: f"{part}/{k}: {m}")
+
+
 @pytest.mark.parametrize("products", ["float", "input"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("bias", [True, False])
