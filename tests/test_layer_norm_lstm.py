@@ -336,3 +336,21 @@ def test_torch_compile_fullgraph_training_matches_eager():
     torch.testing.assert_close(loss, eager)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_cpu_bfloat16_autocast():
+    """Under CPU bfloat16 autocast the result dtypes follow a dense LSTM's (bfloat16, Note
+    [autocast]) and the error against float64 stays within twice the reference's own
+    error when it runs on bfloat16-rounded weights and input."""
+    module = _module(input_size=12, hidden_size=32, num_layers=2, dtype=torch.float32)
+    x = torch.randn(20, 8, 12)
+    expected = copy.deepcopy(module).double()(x.double())[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h_n, c_n) = module(x)
+    assert out.dtype == h_n.dtype == c_n.dtype == torch.bfloat16
+    module16 = copy.deepcopy(module).bfloat16()
+    ref16 = _reference(module16, x.bfloat16(),
+                       (torch.zeros(2, 8, 32, dtype=torch.bfloat16),) * 2)[0].double()
+    ours_error = (out.double() - expected).abs().max().item()
+    ref_error = (ref16 - expected).abs().max().item()
+    assert ours_error <= 2 * ref_error, (ours_error, ref_error)
