@@ -293,9 +293,7 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
     has_biases (rnnkernels.reference); not with zoneout or a projection.
     """
     if layer_norm is not None:
-        if zoneout_h or zoneout_c or hx[0].shape[-1] != hx[1].shape[-1]:
-            raise ValueError("layer_norm: the layer-normalised LSTM supports neither proj_size "
-                             "nor zoneout")
+        reference.check_layer_norm_options(reference._projection_size(hx), zoneout_h, zoneout_c)
         if not kernels_support(input) or not _layer_norm_kernels(input):
             return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                                   bidirectional, batch_first, batch_sizes, layer_norm=layer_norm)

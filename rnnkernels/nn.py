@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as RF
+from . import reference as R
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "NotATensorError",
            "DtypeMismatchError", "StateRankError", "LSTMStateError", "InvalidPackedSequenceError"]
@@ -370,11 +371,7 @@ class LSTM(_RecurrentForward, nn.LSTM):
         super().__init__(*args, **kwargs)
         self.zoneout_c = float(zoneout_c)
         if layer_norm:
-            if self.proj_size > 0 or self.zoneout_h or self.zoneout_c:
-                raise ValueError(
-                    "layer_norm=True supports neither proj_size nor zoneout, got "
-                    f"proj_size={self.proj_size}, zoneout_h={self.zoneout_h}, "
-                    f"zoneout_c={self.zoneout_c}")
+            R.check_layer_norm_options(self.proj_size, self.zoneout_h, self.zoneout_c)
             factory = dict(device=self.weight_hh_l0.device, dtype=self.weight_hh_l0.dtype)
             for name, size in self._layer_norm_shapes():
                 self.register_parameter(name, nn.Parameter(torch.empty(size, **factory)))

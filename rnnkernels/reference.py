@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "zoneout_weights",
-           "LAYER_NORM_EPS", "split_layer_norm"]
+           "LAYER_NORM_EPS", "split_layer_norm", "check_layer_norm_options"]
 
 LAYER_NORM_EPS = 1e-5
 
@@ -120,6 +120,18 @@ def _layer_norm_lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_h
     c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     c_norm = F.layer_norm(c_next, (c.shape[1],), ln["c_weight"], ln["c_bias"], LAYER_NORM_EPS)
     return torch.sigmoid(o) * torch.tanh(c_norm), c_next
+
+
+def check_layer_norm_options(proj_size: int, zoneout_h: float, zoneout_c: float) -> None:
+    """The layer-normalised LSTM has neither a projection nor zoneout (ValueError)."""
+    if proj_size or zoneout_h or zoneout_c:
+        raise ValueError("layer_norm=True supports neither proj_size nor zoneout, got "
+                         f"proj_size={proj_size}, zoneout_h={zoneout_h}, zoneout_c={zoneout_c}")
+
+
+def _projection_size(hx: tuple[Tensor, Tensor]) -> int:
+    """proj_size of an LSTM from its state (h0 [.., P], c0 [.., H]): P when P != H, else 0."""
+    return hx[0].shape[-1] if hx[0].shape[-1] != hx[1].shape[-1] else 0
 
 
 def split_layer_norm(layer_norm, has_biases: bool, num_layers: int, directions: int):
@@ -284,9 +296,8 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params, has_biases: bool, num
     """Multi-layer LSTM. hx = (h0 [L*D, B, P], c0 [L*D, B, H]). Returns (output, h_n, c_n).
 
     layer_norm: the layer-normalised LSTM's parameters (module docstring), or None."""
-    if layer_norm is not None and (zoneout_h or zoneout_c or params[1].shape[1] != hx[1].shape[2]):
-        raise ValueError("layer_norm: the layer-normalised LSTM supports neither proj_size nor "
-                         "zoneout")
+    if layer_norm is not None:
+        check_layer_norm_options(_projection_size(hx), zoneout_h, zoneout_c)
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
                        train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
                        zoneout_c=zoneout_c, layer_norm=layer_norm)

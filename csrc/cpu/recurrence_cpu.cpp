@@ -183,13 +183,15 @@ Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, at::TensorL
   return d;
 }
 
-void check_x_proj(const char* op, const Dims& d, const at::Tensor& x_proj) {
-  TORCH_CHECK(x_proj.device().is_cpu(), op, ": the CPU kernel got x_proj on ", x_proj.device());
+// x_name names x_proj in messages: x_proj, or x_side for the layer-normalised LSTM.
+void check_x_proj(const char* op, const Dims& d, const at::Tensor& x_proj, const char* x_name) {
+  TORCH_CHECK(x_proj.device().is_cpu(), op, ": the CPU kernel got ", x_name, " on ",
+              x_proj.device());
   TORCH_CHECK(x_proj.scalar_type() == at::kFloat || x_proj.scalar_type() == at::kDouble, op,
               ": CPU kernels support float32, float64, bfloat16 and float16, got ",
               x_proj.scalar_type());
   TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
-              ": expected x_proj of shape [rows, ", d.directions * d.gates * d.hidden,
+              ": expected ", x_name, " of shape [rows, ", d.directions * d.gates * d.hidden,
               "] (directions * gates * hidden_size), got ", x_proj.sizes());
 }
 
@@ -391,10 +393,11 @@ struct ForwardInputs {
 ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_proj,
                               at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
                               const at::Tensor& h0,
-                              const std::optional<at::Tensor>& batch_sizes) {
+                              const std::optional<at::Tensor>& batch_sizes,
+                              const char* x_name = "x_proj") {
   ForwardInputs in;
   in.d = check_weights(op, cell, x_proj, w_hh, b_hh, w_hr, h0);
-  check_x_proj(op, in.d, x_proj);
+  check_x_proj(op, in.d, x_proj, x_name);
   in.d.rows = x_proj.size(0);
   in.seq = make_sequence(op, in.d.rows, in.d.batch, batch_sizes);
   in.x_proj = x_proj.contiguous();
@@ -951,7 +954,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
     const at::Tensor& c0_in, const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
   constexpr const char* op = "rnnkernels::layer_norm_lstm_forward";
-  const ForwardInputs in = prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes);
+  const ForwardInputs in =
+      prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes, "x_side");
   const Dims& d = in.d;
   const LayerNormParams ln =
       check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side);
@@ -1007,10 +1011,9 @@ layer_norm_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
                              const at::Tensor& c0_in, const at::Tensor& out,
                              const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
   constexpr const char* op = "rnnkernels::layer_norm_lstm_backward";
-  constexpr int64_t ws_per_hidden = math::kLnRstd, ws_extra = 2;
-  static_assert(math::kLnRstd == 10, "ln_lstm_workspace_width is 10H + 2");
   const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, {}, {},
-                                             h0, out, ws, batch_sizes, ws_per_hidden, ws_extra);
+                                             h0, out, ws, batch_sizes, math::kLnRstd,
+                                             math::kLnRstdValues);
   const Dims& d = in.d;
   const LayerNormParams ln =
       check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out);

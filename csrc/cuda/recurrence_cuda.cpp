@@ -1429,7 +1429,8 @@ layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   const DeviceGuard guard(out.device());
   // Workspace rows: kLnRstd H-wide slots, then the two rstd (Note [layer-normalised LSTM]).
   const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, {}, {},
-                                             h0, out, ws, batch_sizes, math::kLnRstd, 2);
+                                             h0, out, ws, batch_sizes, math::kLnRstd,
+                                             math::kLnRstdValues);
   const Dims& d = in.d;
   const LayerNormParams ln =
       check_layer_norm_params(op, d, out, "output", ln_hh_weight, ln_c_weight, ln_c_bias);

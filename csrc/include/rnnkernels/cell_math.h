@@ -102,8 +102,6 @@ struct LstmGateGrads {
   T i, f, g, o;
 };
 
-// dh: gradient w.r.t. this step's o*tanh(c); dc: on entry the gradient w.r.t. c arriving
-// from the next step, on exit the gradient w.r.t. c_prev.
 // i, f, g of the gate gradients given dc_total, the whole gradient w.r.t. this step's c;
 // returns the gradient w.r.t. c_prev.
 template <typename T>
@@ -115,6 +113,8 @@ RNNK_FN T lstm_state_gates_backward(T dc_total, const LstmGates<T>& a, T c_prev,
   return dc_total * a.f;
 }
 
+// dh: gradient w.r.t. this step's o*tanh(c); dc: on entry the gradient w.r.t. c arriving
+// from the next step, on exit the gradient w.r.t. c_prev.
 template <typename T>
 RNNK_FN LstmGateGrads<T> lstm_cell_backward(T dh, T& dc, const LstmGates<T>& a, T c, T c_prev) {
   const T tanh_c = tanh(c);
@@ -143,10 +143,14 @@ RNNK_FN LstmGateGrads<T> lstm_cell_backward(T dh, T& dc, const LstmGates<T>& a, 
 //   [0, 4H) i, f, g, o | [4H, 8H) the normalised product | [8H, 9H) c |
 //   [9H, 10H) the normalised c | 10H: rstd of the product | 10H + 1: rstd of c.
 constexpr double kLayerNormEps = 1e-5;
-RNNK_FN long long ln_lstm_workspace_width(long long hidden) { return 10 * hidden + 2; }
+// Offsets in units of H; kLnRstd is also the number of H-wide slots before the rstd values.
 enum LnLstmWorkspaceSlot : int {
   kLnGates = 0, kLnProduct = 4, kLnCell = 8, kLnCellNormalized = 9, kLnRstd = 10
 };
+constexpr int kLnRstdValues = 2;
+RNNK_FN long long ln_lstm_workspace_width(long long hidden) {
+  return kLnRstd * hidden + kLnRstdValues;
+}
 
 // rstd from a row's biased variance (scalar types only).
 template <typename T>
