@@ -19,6 +19,7 @@
 
 #include <torch/extension.h>
 
+#include "cpu/memory.h"
 #include "rnnkernels/build_info.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
@@ -89,6 +90,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Which backends, CPU ISAs and dtypes this build contains, and what it was built with.");
   m.def("cpu_capability", &rnnkernels::active_cpu_capability,
         "The CPU kernel variant chosen at run time (honours ATEN_CPU_CAPABILITY).");
+  m.def("cpu_cache_stats", [] {
+        const auto s = rnnkernels::cpu::buffer_cache_stats();
+        pybind11::dict d;
+        d["cached_bytes"] = s.cached_bytes;
+        d["in_use_bytes"] = s.in_use_bytes;
+        d["limit_bytes"] = s.limit_bytes;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        return d;
+      }, "The large-CPU-buffer cache (Note [buffer cache] in csrc/cpu/memory.h).");
+  m.def("empty_cpu_cache", &rnnkernels::cpu::empty_buffer_cache,
+        "Returns the cached CPU buffers to the system.");
+  m.def("set_cpu_cache_limit", &rnnkernels::cpu::set_buffer_cache_limit, pybind11::arg("bytes"),
+        "Caps the bytes of freed CPU buffers kept for reuse (0: keep none).");
   void rnnkernels_register_bench_gemm(pybind11::module_&);  // csrc/bench_gemm.cpp
   rnnkernels_register_bench_gemm(m);
 }

@@ -20,9 +20,34 @@ from .convert import convert, revert
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "ops",
-           "reference", "build_info", "convert", "revert"]
+           "reference", "build_info", "convert", "revert", "cpu_cache_stats", "empty_cpu_cache",
+           "set_cpu_cache_limit"]
 
 
 def build_info():
     """Which backends, CPU ISAs and dtypes this build contains, and the active CPU kernels."""
     return _C.build_info()
+
+
+def cpu_cache_stats() -> dict:
+    """The cache of large CPU buffers (outputs, workspaces, gradients of 4 MiB and more):
+    cached_bytes (freed blocks kept for reuse), in_use_bytes (blocks behind live tensors),
+    limit_bytes, hits and misses. Freed blocks are reused by the next request they fit,
+    which spares a training loop the page faults of fresh memory every iteration."""
+    return _C.cpu_cache_stats()
+
+
+def empty_cpu_cache() -> None:
+    """Returns every cached CPU buffer to the system (live tensors are not affected)."""
+    _C.empty_cpu_cache()
+
+
+def set_cpu_cache_limit(nbytes: int) -> None:
+    """Keeps at most `nbytes` of freed CPU buffers for reuse (default 1 GiB, or the
+    RNNKERNELS_CPU_CACHE_MB environment variable at import); 0 keeps none."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"set_cpu_cache_limit: expected an int number of bytes, got "
+                        f"{type(nbytes).__name__}")
+    if nbytes < 0:
+        raise ValueError(f"set_cpu_cache_limit: expected nbytes >= 0, got {nbytes}")
+    _C.set_cpu_cache_limit(nbytes)

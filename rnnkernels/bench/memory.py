@@ -13,7 +13,8 @@ Why a worker and how it stays sound:
   after frees and later large blocks come from a heap that is not returned);
 - per measurement: build the model and inputs, run the pass once (one-time allocations:
   thread pools, oneDNN primitives, packed weights), free its results, malloc_trim(0),
-  reset the high-water mark (writing 5 to /proc/self/clear_refs, Linux >= 4.0), read
+  empty rnnkernels' buffer cache (else the warm-up's buffers would sit in the baseline
+  and be reused), reset the high-water mark (writing 5 to /proc/self/clear_refs, Linux >= 4.0), read
   VmRSS as the baseline, run the pass again holding its output, read VmHWM.
 - reported: VmHWM - baseline, the extra resident memory the pass needed at its peak
   (activations, saved tensors, gradients of the parameters and the input, scratch).
@@ -83,6 +84,7 @@ def rss_peak_bytes_here(fn) -> int | None:
     """VmHWM - VmRSS around fn() in this process; None when the mark cannot be reset."""
     gc.collect()
     _malloc_trim()
+    rnnkernels.empty_cpu_cache()  # the pass's own buffers count, not the warm-up's reused
     if not _reset_high_water_mark():
         return None
     base = _status_kib("VmRSS")
