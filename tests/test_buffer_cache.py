@@ -197,3 +197,47 @@ def test_kernels_write_every_element_they_read():
     assert child.returncode == 0, report[-6000:]
     assert " passed" in report and " failed" not in report and " skipped" not in report, \
         report[-3000:]
+
+
+def test_bench_script_runs():
+    """bench/buffer_cache.py (the README's cache measurement) on a tiny case."""
+    child = subprocess.run(
+        [sys.executable, str(TESTS.parent / "bench" / "buffer_cache.py"), "--cell", "gru",
+         "--size", "4", "2", "3", "5", "--repeats", "2", "--threads", "1"],
+        cwd=TESTS.parent, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    lines = child.stdout.splitlines()
+    assert lines[0].startswith("gru training (T, B, I, H) = (4, 2, 3, 5)"), child.stdout
+    assert len(lines) == 4, child.stdout
+    for line, name in zip(lines[1:], ("ours, cache", "ours, no cache", "torch.nn")):
+        assert line.strip().startswith(name) and "nn/this" in line and "faults/pass" in line, line
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_use_the_cache(fresh_cache):
+    """The child of a fork (DataLoader workers) inherits the cache and its lock; a pass
+    there must neither hang nor differ from the parent's."""
+    module, x, upstream = _module_and_inputs()
+    expected = _training_pass(module, x, upstream)  # the parent's cache now holds blocks
+    code = (
+        "import os, sys, torch, rnnkernels\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_buffer_cache import _module_and_inputs, _training_pass\n"
+        "module, x, upstream = _module_and_inputs()\n"
+        "_training_pass(module, x, upstream)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    torch.set_num_threads(1)\n"
+        "    torch.save(_training_pass(module, x, upstream), sys.argv[1])\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "child.pt")
+        child = subprocess.run([sys.executable, "-c", code, path], cwd=TESTS.parent,
+                               capture_output=True, text=True, timeout=120)
+        assert child.returncode == 0, child.stderr
+        got = torch.load(path)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

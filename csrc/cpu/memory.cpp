@@ -9,10 +9,14 @@
 #include <cstring>
 #include <list>
 #include <mutex>
+#include <new>
 #include <string>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__unix__)
+#include <pthread.h>
 #endif
 
 namespace rnnkernels::cpu {
@@ -185,7 +189,15 @@ class BufferCache final : public c10::Allocator {
  public:
   // Never destroyed: tensors may be freed during interpreter shutdown, after statics.
   static BufferCache& instance() {
-    static BufferCache* cache = new BufferCache();
+    static BufferCache* cache = [] {
+      auto* c = new BufferCache();
+#if defined(__unix__)
+      // A fork while another thread held the lock would leave the child's copy locked
+      // for ever (DataLoader workers fork); the child starts from a fresh lock.
+      pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex(); });
+#endif
+      return c;
+    }();
     return *cache;
   }
 
