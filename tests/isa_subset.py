@@ -4,9 +4,11 @@ child process per CPU kernel variant (ATEN_CPU_CAPABILITY=default|avx2|avx512).
 Not collected by a plain `pytest tests` (the name does not match test_*.py); run it
 through test_isa_paths.py, which sets RNNKERNELS_EXPECTED_ISA to the forced variant.
 Sizes are odd so every vector width has a tail: H=17 and I=33 (16+1, 32+1), H=65 with
-B=128 so each cell's step is big enough for a two-thread team, proj_size 5, and H=1040
+B=128 so each cell's step is big enough for a two-thread team (the LSTM's team splits the
+batch there and in the packed B=64 case, Note [row-split teams]), proj_size 5, and H=1040
 so the LSTM backward's recurrent product is cut into K slices on every variant (Note
-[sliced recurrent product]; 4H = 4160 exceeds two slices at every vector width).
+[sliced recurrent product]; 4H = 4160 exceeds two slices at every vector width; B=6
+keeps that team splitting columns).
 """
 
 import os
@@ -33,6 +35,8 @@ SEQUENCE_CASES = {
                               given_hx=True),
     "nobias_batch_first": dict(bias=False, layout="batch_first"),
     "B128_H65": dict(batch=128, hidden_size=65, steps=6, given_hx=True),
+    "packed_bi_B64": dict(batch=64, hidden_size=33, steps=5, bidirectional=True,
+                          layout="packed_unsorted", given_hx=True),
     "packed_bi_H1040": dict(batch=6, input_size=9, hidden_size=1040, steps=4,
                             bidirectional=True, layout="packed_unsorted", given_hx=True),
 }

@@ -38,6 +38,7 @@ struct SequenceLayout {
 struct Team {
   std::atomic<int64_t> arrived{0};
   int64_t size = 1;  // slices
+  bool split_rows = false;  // Note [row-split teams]
 };
 
 struct SliceRange {

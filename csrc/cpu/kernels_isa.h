@@ -86,6 +86,24 @@ class SliceWorker {
     return {n * mine_.begin / team_.size, n * mine_.end / team_.size};
   }
 
+  bool split_rows() const { return team_.split_rows; }
+
+  // The batch rows this thread owns for the whole sequence in a row-split team.
+  std::pair<int64_t, int64_t> own_rows(int64_t batch) const {
+    return team_.split_rows ? share(batch) : std::pair<int64_t, int64_t>{0, batch};
+  }
+
+  // The step's work items [first, second) of n for this thread: all of them in a
+  // row-split team (whose StepRows hold only its own rows), else a share.
+  std::pair<int64_t, int64_t> step_items(int64_t n) const {
+    return team_.split_rows ? std::pair<int64_t, int64_t>{0, n} : share(n);
+  }
+
+  // The end of a step: a row-split team's threads never read each other's rows.
+  void step_done() {
+    if (!team_.split_rows) sync();
+  }
+
   // Every slice of the team has finished the current phase once this returns.
   void sync() {
     ++phase_;
@@ -148,9 +166,13 @@ struct RowChunk {
 // most `max_rows` rows.
 class StepRows {
  public:
-  explicit StepRows(int64_t max_rows) : max_rows_(max_rows) {}
+  // Only rows in [row_lo, row_hi) are kept (a row-split team's own rows).
+  explicit StepRows(int64_t max_rows, std::pair<int64_t, int64_t> own = {0, INT64_MAX})
+      : max_rows_(max_rows), row_lo_(own.first), row_hi_(own.second) {}
 
   void add(int64_t begin, int64_t end, int kind, bool has_prev) {
+    begin = std::max(begin, row_lo_);
+    end = std::min(end, row_hi_);
     if (end <= begin) return;
     Segment& g = seg_[count_++];
     g.begin = begin;
@@ -197,7 +219,7 @@ class StepRows {
     int kind;
     bool has_prev;
   };
-  int64_t max_rows_;
+  int64_t max_rows_, row_lo_, row_hi_;
   Segment seg_[5];
   int count_ = 0;
   int64_t chunks_ = 0;
@@ -516,11 +538,11 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
     const S* c_prev = w.c_state + cur * B * w.ld_c;
     S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
     S* c_next = w.c_state + (1 - cur) * B * w.ld_c;
-    StepRows rows(MR);
+    StepRows rows(MR, worker.own_rows(B));
     rows.forward(a.seq.rows_at(s));
     const int64_t nch = rows.chunks();
     {
-      const auto [i0, i1] = worker.share(w.gate_blocks * nch);
+      const auto [i0, i1] = worker.step_items(w.gate_blocks * nch);
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = rows.chunk(i % nch);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
@@ -528,10 +550,10 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
                                                     h_prev, c_prev, h_next, c_next);
         });
       }
-      worker.sync();
+      worker.step_done();
     }
     if (proj) {
-      const auto [i0, i1] = worker.share(w.proj_blocks * nch);
+      const auto [i0, i1] = worker.step_items(w.proj_blocks * nch);
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = rows.chunk(i % nch);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
@@ -539,7 +561,7 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
                                                        h_prev, h_next);
         });
       }
-      worker.sync();
+      worker.step_done();
     }
   }
 
@@ -757,11 +779,11 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
   const int64_t last_step = a.skip_initial_product ? 0 : -1;
   for (int64_t s = T - 1; s >= last_step; --s) {
     const int64_t active = a.seq.rows_at(s);
-    StepRows rows(MR);
+    StepRows rows(MR, worker.own_rows(B));
     rows.backward(active, a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
     const int64_t nch = rows.chunks();
     {
-      const auto [i0, i1] = worker.share(w.out_blocks * nch);
+      const auto [i0, i1] = worker.step_items(w.out_blocks * nch);
       for (int64_t run = i0; run < i1;) {  // the chunks of one block, slice by slice
         const int64_t blk = run / nch, run_end = std::min(i1, (blk + 1) * nch);
         for (int64_t k0 = 0; k0 < 4 * H; k0 += w.k_slice) {
@@ -775,22 +797,22 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
         }
         run = run_end;
       }
-      worker.sync();
+      worker.step_done();
     }
     if (proj && s >= 0) {
-      StepRows cell_rows(MR);
+      StepRows cell_rows(MR, worker.own_rows(B));
       const int64_t prev_active = a.seq.rows_at(s - 1);
       cell_rows.add(0, std::min(active, prev_active), kActive, true);
       cell_rows.add(std::min(active, prev_active), active, kActive, false);
       const int64_t n = cell_rows.chunks();
-      const auto [i0, i1] = worker.share(w.hidden_blocks * n);
+      const auto [i0, i1] = worker.step_items(w.hidden_blocks * n);
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = cell_rows.chunk(i % n);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
           lstm_backward_projection_tile<S, decltype(mr)::value>(a, w, s, i / n, ch);
         });
       }
-      worker.sync();
+      worker.step_done();
     }
   }
 
