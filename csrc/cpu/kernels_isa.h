@@ -86,8 +86,6 @@ class SliceWorker {
     return {n * mine_.begin / team_.size, n * mine_.end / team_.size};
   }
 
-  bool split_rows() const { return team_.split_rows; }
-
   // The batch rows this thread owns for the whole sequence in a row-split team.
   std::pair<int64_t, int64_t> own_rows(int64_t batch) const {
     return team_.split_rows ? share(batch) : std::pair<int64_t, int64_t>{0, batch};
@@ -150,6 +148,14 @@ class ScratchCarver {
   char* base_;
   int64_t offset_ = 0;
 };
+
+// The scratch bytes a kernel needs: its Scratch layout carved out of nothing.
+template <typename Scratch, typename Args>
+int64_t measure_scratch(const Args& a, int64_t /*team_size*/) {
+  ScratchCarver sc(nullptr);
+  Scratch w(a, sc);
+  return sc.bytes();
+}
 
 // ---------------------------------------------------------------- rows
 
@@ -389,13 +395,6 @@ struct LstmForwardScratch {
   }
 };
 
-template <typename S>
-int64_t lstm_forward_scratch(const LstmForwardArgs<S>& a, int64_t /*team_size*/) {
-  ScratchCarver sc(nullptr);
-  LstmForwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
-
 template <typename S, int MR>
 inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScratch<S>& w,
                               int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
@@ -595,13 +594,6 @@ struct LstmBackwardScratch {
     dh_partial = sc.take<S>(k_slice < 4 * H ? B * ld_h : 0);
   }
 };
-
-template <typename S>
-int64_t lstm_backward_scratch(const LstmBackwardArgs<S>& a, int64_t /*team_size*/) {
-  ScratchCarver sc(nullptr);
-  LstmBackwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
 
 // The cell backward for 4V hidden units of a chunk's rows. dh_partial holds the
 // product part of dL/d(o*tanh c); with `add_carried` the carried state and grad_out are
@@ -844,13 +836,6 @@ struct GruForwardScratch {
   }
 };
 
-template <typename S>
-int64_t gru_forward_scratch(const GruForwardArgs<S>& a, int64_t) {
-  ScratchCarver sc(nullptr);
-  GruForwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
-
 template <typename S, int MR>
 inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch<S>& w,
                              int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
@@ -954,13 +939,6 @@ struct GruBackwardScratch {
     dh_state = sc.take<S>(B * ld_h);
   }
 };
-
-template <typename S>
-int64_t gru_backward_scratch(const GruBackwardArgs<S>& a, int64_t) {
-  ScratchCarver sc(nullptr);
-  GruBackwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
 
 template <typename S, int MR>
 inline void gru_backward_tile(const GruBackwardArgs<S>& a, const GruBackwardScratch<S>& w,
@@ -1077,13 +1055,6 @@ struct RnnForwardScratch {
   }
 };
 
-template <typename S>
-int64_t rnn_forward_scratch(const RnnForwardArgs<S>& a, int64_t) {
-  ScratchCarver sc(nullptr);
-  RnnForwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
-
 template <typename S, int MR, math::Nonlinearity kAct>
 inline void rnn_forward_tile(const RnnForwardArgs<S>& a, const RnnForwardScratch<S>& w,
                              int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
@@ -1194,13 +1165,6 @@ struct RnnBackwardScratch {
     dh_state = sc.take<S>(B * ld_h);
   }
 };
-
-template <typename S>
-int64_t rnn_backward_scratch(const RnnBackwardArgs<S>& a, int64_t) {
-  ScratchCarver sc(nullptr);
-  RnnBackwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
 
 template <typename S, int MR, math::Nonlinearity kAct>
 inline void rnn_backward_tile(const RnnBackwardArgs<S>& a, const RnnBackwardScratch<S>& w,
@@ -1423,11 +1387,14 @@ void gemm_compute(const GemmArgs<S>& g, const S* panels, int64_t item_begin, int
 template <typename S>
 constexpr CellKernels<S> make_cell_kernels() {
   return CellKernels<S>{
-      &lstm_forward_scratch<S>, &lstm_forward<S>, &lstm_backward_scratch<S>, &lstm_backward<S>,
-      &ln_lstm_forward_scratch<S>, &ln_lstm_forward<S>, &ln_lstm_backward_scratch<S>,
-      &ln_lstm_backward<S>,
-      &gru_forward_scratch<S>,  &gru_forward<S>,  &gru_backward_scratch<S>,  &gru_backward<S>,
-      &rnn_forward_scratch<S>,  &rnn_forward<S>,  &rnn_backward_scratch<S>,  &rnn_backward<S>,
+      &measure_scratch<LstmForwardScratch<S>, LstmForwardArgs<S>>, &lstm_forward<S>,
+      &measure_scratch<LstmBackwardScratch<S>, LstmBackwardArgs<S>>, &lstm_backward<S>,
+      &measure_scratch<LnLstmForwardScratch<S>, LnLstmForwardArgs<S>>, &ln_lstm_forward<S>,
+      &measure_scratch<LnLstmBackwardScratch<S>, LnLstmBackwardArgs<S>>, &ln_lstm_backward<S>,
+      &measure_scratch<GruForwardScratch<S>, GruForwardArgs<S>>, &gru_forward<S>,
+      &measure_scratch<GruBackwardScratch<S>, GruBackwardArgs<S>>, &gru_backward<S>,
+      &measure_scratch<RnnForwardScratch<S>, RnnForwardArgs<S>>, &rnn_forward<S>,
+      &measure_scratch<RnnBackwardScratch<S>, RnnBackwardArgs<S>>, &rnn_backward<S>,
       kGemmPanelVectors * Vectorized<S>::size(), tile_rows<kGemmPanelVectors>(),
       &gemm_pack<S>, &gemm_compute<S>,
   };

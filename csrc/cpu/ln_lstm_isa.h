@@ -67,13 +67,6 @@ struct LnLstmForwardScratch {
   }
 };
 
-template <typename S>
-int64_t ln_lstm_forward_scratch(const LnLstmForwardArgs<S>& a, int64_t /*team_size*/) {
-  ScratchCarver sc(nullptr);
-  LnLstmForwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
-
 // Phase 1: h_prev @ W_hh^T for V units (4 gates) of a chunk's rows -> product [B, 4H].
 template <typename S, int MR>
 inline void ln_lstm_product_tile(const LnLstmForwardArgs<S>& a, const LnLstmForwardScratch<S>& w,
@@ -214,13 +207,6 @@ struct LnLstmBackwardScratch {
     dc_state = sc.take<S>(B * ld_state);
   }
 };
-
-template <typename S>
-int64_t ln_lstm_backward_scratch(const LnLstmBackwardArgs<S>& a, int64_t /*team_size*/) {
-  ScratchCarver sc(nullptr);
-  LnLstmBackwardScratch<S> w(a, sc);
-  return sc.bytes();
-}
 
 // Phase 1 of step s: dh_state += dR_{s+1} @ W_hh for 4V units of a chunk's rows (rows
 // active at s+1; for a row not active at s this is its dL/dh0).
