@@ -11,19 +11,43 @@
 //
 // Each forward op saves its inputs' weights, h0 (c0), its output and workspace; the
 // backward op returns the gradients of x_proj, h0 (c0) and the recurrent weights. The
-// backward ops have no derivative: double backward raises.
+// backward ops have no derivative: a backward with create_graph=True recomputes through
+// the reference instead (Note [double backward] in double_backward.h).
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <c10/util/irange.h>
+
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "double_backward.h"
+
 namespace rnnkernels {
+
+namespace {
+RecomputeFn& recompute_slot() {
+  static RecomputeFn fn;
+  return fn;
+}
+}  // namespace
+
+void set_recompute_backward(RecomputeFn fn) { recompute_slot() = std::move(fn); }
+
+std::vector<std::optional<at::Tensor>> recompute_backward(const RecomputeRequest& request) {
+  TORCH_CHECK(static_cast<bool>(recompute_slot()), request.op,
+              ": a backward with create_graph=True needs the rnnkernels Python package "
+              "(import rnnkernels), which registers the reference it recomputes through");
+  return recompute_slot()(request);
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -81,6 +105,40 @@ void check_workspace(const char* op, const at::Tensor& workspace, const at::Tens
               "need_workspace=True when gradients are needed");
 }
 
+// create_graph=True: grad mode is on inside the backward.
+bool building_graph() { return at::GradMode::is_enabled(); }
+
+// The Functions that take x_proj cannot recompute (Note [double backward]).
+void refuse_double_backward(const char* op) {
+  TORCH_CHECK(false, op,
+              ": a backward with create_graph=True (double backward) is not supported on this "
+              "path (CUDA layers and cells, the layer-normalised LSTM), which keeps no input "
+              "to recompute from; rnnkernels' CPU layers and cells support it, as torch.nn's "
+              "CPU path does (torch.nn's cuDNN RNNs refuse it too)");
+}
+
+// The fused Functions' backward with create_graph=True: gradients of request.inputs from
+// the reference, one slot each, then `trailing` empty slots for the non-tensor arguments.
+variable_list recompute_grads(AutogradContext* ctx, RecomputeRequest request,
+                              std::initializer_list<at::Tensor> output_grads, size_t trailing) {
+  for (const auto& g : output_grads) request.grads.push_back(defined_or_none(g));
+  for (const auto i : c10::irange(request.inputs.size()))
+    request.needs.push_back(ctx->needs_input_grad(i));
+  const auto got = recompute_backward(request);
+  TORCH_CHECK(got.size() == request.inputs.size(), request.op, ": the reference returned ",
+              got.size(), " gradients for ", request.inputs.size(), " inputs");
+  variable_list result;
+  for (const auto& g : got) result.push_back(g.has_value() ? *g : at::Tensor());
+  result.resize(result.size() + trailing);
+  return result;
+}
+
+TensorVec concat(std::initializer_list<at::TensorList> lists) {
+  TensorVec out;
+  for (const auto& l : lists) out.insert(out.end(), l.begin(), l.end());
+  return out;
+}
+
 // ---------------------------------------------------------------- LSTM
 
 using LstmForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
@@ -123,6 +181,7 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     const at::Tensor h0 = s.take(), c0 = s.take(), out = s.take(), ws = s.take();
     const TensorVec w_hh = s.take(sizes[0]), b_hh = s.take(sizes[1]), w_hr = s.take(sizes[2]);
     const auto [batch_sizes, zoneout] = s.take_optionals(sizes[3]);
+    if (building_graph()) refuse_double_backward("rnnkernels::lstm_forward");
     check_workspace("rnnkernels::lstm_forward", ws, out);
     static const auto op = find_op<LstmBackwardSig>("rnnkernels::lstm_backward");
     auto [gx, gh0, gc0, gw_hh, gb_hh, gw_hr] =
@@ -170,6 +229,7 @@ class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
         op.call(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace, zoneout);
     variable_list saved{x, h0, c0, out, ws};
     append(saved, w_ih);
+    append(saved, b_ih);
     append(saved, w_hh);
     append(saved, b_hh);
     append(saved, w_hr);
@@ -188,9 +248,16 @@ class LstmFusedFunction : public torch::autograd::Function<LstmFusedFunction> {
     const int64_t D = sizes[0], n_b_ih = sizes[1], n_b_hh = sizes[2], n_w_hr = sizes[3];
     SavedLists s{ctx->get_saved_variables()};
     const at::Tensor x = s.take(), h0 = s.take(), c0 = s.take(), out = s.take(), ws = s.take();
-    const TensorVec w_ih = s.take(D), w_hh = s.take(D), b_hh = s.take(n_b_hh),
-                    w_hr = s.take(n_w_hr);
+    const TensorVec w_ih = s.take(D), b_ih = s.take(n_b_ih), w_hh = s.take(D),
+                    b_hh = s.take(n_b_hh), w_hr = s.take(n_w_hr);
     const auto [batch_sizes, zoneout] = s.take_optionals(sizes[4]);
+    if (building_graph()) {
+      return recompute_grads(
+          ctx,
+          {"rnnkernels::lstm_forward_fused", concat({{x}, w_ih, b_ih, w_hh, b_hh, w_hr, {h0, c0}}),
+           {D, n_b_ih, n_w_hr}, batch_sizes, zoneout, "", {}, {}},
+          {grads[0], grads[1], grads[2]}, /*batch_sizes, need_workspace, zoneout*/ 3);
+    }
     check_workspace("rnnkernels::lstm_forward_fused", ws, out);
     static const auto recurrence = find_op<LstmBackwardSig>("rnnkernels::lstm_backward");
     static const auto projection =
@@ -279,6 +346,7 @@ class LnLstmFunction : public torch::autograd::Function<LnLstmFunction> {
     const TensorVec w_hh = s.take(D), ln_hh = s.take(D), ln_c = s.take(D),
                     ln_c_bias = s.take(sizes[1]);
     const auto batch_sizes = s.take_optionals(sizes[2]).first;
+    if (building_graph()) refuse_double_backward("rnnkernels::layer_norm_lstm_forward");
     check_workspace("rnnkernels::layer_norm_lstm_forward", ws, out);
     static const auto op = find_op<LnLstmBackwardSig>("rnnkernels::layer_norm_lstm_backward");
     auto [gx, gh0, gc0, gw_hh, g_ln_hh, g_ln_c, g_ln_c_bias] =
@@ -383,6 +451,7 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (building_graph()) refuse_double_backward("rnnkernels::gru_forward");
     const SingleStateSaved s = load_single_state(ctx);
     check_workspace("rnnkernels::gru_forward", s.ws, s.out);
     static const auto op = find_op<GruBackwardSig>("rnnkernels::gru_backward");
@@ -410,6 +479,7 @@ class RnnFunction : public torch::autograd::Function<RnnFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (building_graph()) refuse_double_backward("rnnkernels::rnn_forward");
     const SingleStateSaved s = load_single_state(ctx);
     check_workspace("rnnkernels::rnn_forward", s.ws, s.out);
     const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
@@ -436,6 +506,182 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autograd(
     bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   auto r = RnnFunction::apply(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity,
                               need_workspace, zoneout);
+  return {r[0], r[1], r[2]};
+}
+
+// gru_forward_fused / rnn_forward_fused: x and W_ih instead of x_proj. The backward is
+// gru_backward / rnn_backward, whose grad_x_proj then goes through
+// input_projection_backward.
+using GruFusedSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+    const at::Tensor&, const std::optional<at::Tensor>&, bool, const std::optional<at::Tensor>&);
+using RnnFusedSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+    const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view, bool,
+    const std::optional<at::Tensor>&);
+
+struct FusedSingleStateSaved {
+  at::Tensor x, h0, out, ws;
+  TensorVec w_ih, b_ih, w_hh, b_hh;
+  std::optional<at::Tensor> batch_sizes, zoneout;
+
+  // The differentiable inputs in slot order (Note [double backward]).
+  TensorVec inputs() const { return concat({{x}, w_ih, b_ih, w_hh, b_hh, {h0}}); }
+};
+
+void save_fused_single_state(AutogradContext* ctx, const at::Tensor& x, at::TensorList w_ih,
+                             at::TensorList b_ih, at::TensorList w_hh, at::TensorList b_hh,
+                             const at::Tensor& h0, const at::Tensor& out, const at::Tensor& ws,
+                             const std::optional<at::Tensor>& batch_sizes,
+                             const std::optional<at::Tensor>& zoneout) {
+  variable_list saved{x, h0, out, ws};
+  append(saved, w_ih);
+  append(saved, b_ih);
+  append(saved, w_hh);
+  append(saved, b_hh);
+  const int64_t optionals = save_optionals(saved, batch_sizes, zoneout);
+  ctx->save_for_backward(saved);
+  ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_ih.size()),
+                                                  static_cast<int64_t>(b_ih.size()), optionals};
+  ctx->mark_non_differentiable({ws});
+  ctx->set_materialize_grads(false);
+}
+
+FusedSingleStateSaved load_fused_single_state(AutogradContext* ctx) {
+  const auto sizes = ctx->saved_data["sizes"].toIntVector();
+  SavedLists s{ctx->get_saved_variables()};
+  FusedSingleStateSaved r;
+  r.x = s.take();
+  r.h0 = s.take();
+  r.out = s.take();
+  r.ws = s.take();
+  r.w_ih = s.take(sizes[0]);
+  r.b_ih = s.take(sizes[1]);
+  r.w_hh = s.take(sizes[0]);
+  r.b_hh = s.take(sizes[1]);
+  std::tie(r.batch_sizes, r.zoneout) = s.take_optionals(sizes[2]);
+  return r;
+}
+
+// From the recurrence's gradients to one slot per forward argument: grad_x_proj through
+// input_projection_backward. equal_bias_grads: b_ih enters like b_hh (RNN), so its
+// gradient is a copy of b_hh's (copies: the two .grad tensors never share storage).
+variable_list fused_single_state_grads(AutogradContext* ctx, const FusedSingleStateSaved& s,
+                                       const at::Tensor& gx_proj, const at::Tensor& gh0,
+                                       const TensorVec& gw_hh, const TensorVec& gb_hh,
+                                       bool equal_bias_grads, int64_t trailing_args) {
+  static const auto projection =
+      find_op<ProjectionBackwardSig>("rnnkernels::input_projection_backward");
+  const bool need_input_grad = ctx->needs_input_grad(0);
+  const bool has_bias = !s.b_ih.empty();
+  auto [gx, gw_ih, gb_ih] =
+      projection.call(gx_proj, s.x, s.w_ih, need_input_grad, has_bias && !equal_bias_grads);
+  if (has_bias && equal_bias_grads) {
+    gb_ih.clear();
+    for (const auto& g : gb_hh) gb_ih.push_back(g.clone());
+  }
+  variable_list result{need_input_grad ? gx : at::Tensor()};
+  append(result, gw_ih);
+  append(result, gb_ih);
+  append(result, gw_hh);
+  append(result, gb_hh);
+  result.push_back(gh0);
+  for (int64_t i = 0; i < trailing_args; ++i) result.emplace_back();
+  return result;
+}
+
+class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList w_ih,
+                               at::TensorList b_ih, at::TensorList w_hh, at::TensorList b_hh,
+                               const at::Tensor& h0,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               bool need_workspace, const std::optional<at::Tensor>& zoneout) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<GruFusedSig>("rnnkernels::gru_forward_fused");
+    auto [out, h_n, ws] =
+        op.call(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
+    save_fused_single_state(ctx, x, w_ih, b_ih, w_hh, b_hh, h0, out, ws, batch_sizes, zoneout);
+    return {out, h_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    constexpr int64_t kTrailing = 3;  // batch_sizes, need_workspace, zoneout
+    const FusedSingleStateSaved s = load_fused_single_state(ctx);
+    if (building_graph()) {
+      return recompute_grads(ctx,
+                             {"rnnkernels::gru_forward_fused", s.inputs(),
+                              {static_cast<int64_t>(s.w_ih.size()),
+                               static_cast<int64_t>(s.b_ih.size())},
+                              s.batch_sizes, s.zoneout, "", {}, {}},
+                             {grads[0], grads[1]}, kTrailing);
+    }
+    check_workspace("rnnkernels::gru_forward_fused", s.ws, s.out);
+    static const auto op = find_op<GruBackwardSig>("rnnkernels::gru_backward");
+    auto [gx_proj, gh0, gw_hh, gb_hh] =
+        op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), s.w_hh, s.b_hh, s.h0,
+                s.out, s.ws, s.batch_sizes, s.zoneout);
+    // GRU: b_hn sits inside r * (W_hn h + b_hn), so b_ih's gradient differs from b_hh's.
+    return fused_single_state_grads(ctx, s, gx_proj, gh0, gw_hh, gb_hh,
+                                    /*equal_bias_grads=*/false, kTrailing);
+  }
+};
+
+class RnnFusedFunction : public torch::autograd::Function<RnnFusedFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList w_ih,
+                               at::TensorList b_ih, at::TensorList w_hh, at::TensorList b_hh,
+                               const at::Tensor& h0,
+                               const std::optional<at::Tensor>& batch_sizes,
+                               c10::string_view nonlinearity, bool need_workspace,
+                               const std::optional<at::Tensor>& zoneout) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<RnnFusedSig>("rnnkernels::rnn_forward_fused");
+    auto [out, h_n, ws] = op.call(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, nonlinearity,
+                                  need_workspace, zoneout);
+    save_fused_single_state(ctx, x, w_ih, b_ih, w_hh, b_hh, h0, out, ws, batch_sizes, zoneout);
+    ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
+    return {out, h_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    constexpr int64_t kTrailing = 4;  // batch_sizes, nonlinearity, need_workspace, zoneout
+    const FusedSingleStateSaved s = load_fused_single_state(ctx);
+    const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
+    if (building_graph()) {
+      return recompute_grads(ctx,
+                             {"rnnkernels::rnn_forward_fused", s.inputs(),
+                              {static_cast<int64_t>(s.w_ih.size()),
+                               static_cast<int64_t>(s.b_ih.size())},
+                              s.batch_sizes, s.zoneout, nonlinearity, {}, {}},
+                             {grads[0], grads[1]}, kTrailing);
+    }
+    check_workspace("rnnkernels::rnn_forward_fused", s.ws, s.out);
+    static const auto op = find_op<RnnBackwardSig>("rnnkernels::rnn_backward");
+    auto [gx_proj, gh0, gw_hh, gb_hh] =
+        op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), s.w_hh, s.b_hh, s.h0,
+                s.out, s.ws, s.batch_sizes, nonlinearity, s.zoneout);
+    return fused_single_state_grads(ctx, s, gx_proj, gh0, gw_hh, gb_hh,
+                                    /*equal_bias_grads=*/true, kTrailing);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_fused_autograd(
+    const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
+    at::TensorList b_hh, const at::Tensor& h0, const std::optional<at::Tensor>& batch_sizes,
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
+  auto r = GruFusedFunction::apply(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, need_workspace,
+                                   zoneout);
+  return {r[0], r[1], r[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_fused_autograd(
+    const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
+    at::TensorList b_hh, const at::Tensor& h0, const std::optional<at::Tensor>& batch_sizes,
+    c10::string_view nonlinearity, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
+  auto r = RnnFusedFunction::apply(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, nonlinearity,
+                                   need_workspace, zoneout);
   return {r[0], r[1], r[2]};
 }
 
@@ -468,6 +714,22 @@ class ProjectionFunction : public torch::autograd::Function<ProjectionFunction> 
       result.resize(1 + sizes[0] + sizes[1]);
       return result;
     }
+    if (building_graph()) {
+      // x_proj is linear in x, W_ih and b_ih: its gradients as differentiable ATen ops.
+      const int64_t GH = w_ih[0].size(0);
+      at::Tensor gx;
+      TensorVec gw, gb;
+      for (const auto d : c10::irange(w_ih.size())) {
+        const at::Tensor g = grads[0].narrow(1, d * GH, GH);
+        if (need_input_grad) gx = gx.defined() ? gx + g.mm(w_ih[d]) : g.mm(w_ih[d]);
+        gw.push_back(g.t().mm(x));
+        if (sizes[1] > 0) gb.push_back(g.sum(0));
+      }
+      result.push_back(gx);
+      append(result, gw);
+      append(result, gb);
+      return result;
+    }
     static const auto op = find_op<ProjectionBackwardSig>("rnnkernels::input_projection_backward");
     auto [gx, gw, gb] = op.call(grads[0], x, w_ih, need_input_grad, sizes[1] > 0);
     result.push_back(need_input_grad ? gx : at::Tensor());
@@ -491,6 +753,8 @@ TORCH_LIBRARY_IMPL(rnnkernels, Autograd, m) {
   m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward_autograd);
   m.impl("gru_forward", &gru_forward_autograd);
   m.impl("rnn_forward", &rnn_forward_autograd);
+  m.impl("gru_forward_fused", &gru_forward_fused_autograd);
+  m.impl("rnn_forward_fused", &rnn_forward_fused_autograd);
 }
 
 }  // namespace rnnkernels

@@ -1,6 +1,8 @@
 // input_projection and lstm_forward_fused on devices without kernels of their own: ATen
 // GEMMs (cuBLAS on CUDA), and the fused op as input_projection then lstm_forward. The CPU
 // kernels (cpu/gemm_cpu.cpp, cpu/recurrence_cpu.cpp) take precedence on CPU.
+// gru_forward_fused and rnn_forward_fused are input_projection then gru_forward /
+// rnn_forward on every device (fused for autograd, not in the time loop).
 
 #include "input_projection.h"
 
@@ -61,8 +63,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_unfused(
                       need_workspace, zoneout);
 }
 
+namespace {
+
+at::Tensor project_for(const char* op, const at::Tensor& x, at::TensorList w_ih,
+                       at::TensorList b_ih, at::TensorList w_hh, at::TensorList b_hh) {
+  TORCH_CHECK(w_ih.size() == w_hh.size(), op, ": w_ih has ", w_ih.size(),
+              " weights but w_hh has ", w_hh.size());
+  TORCH_CHECK(b_ih.size() == b_hh.size(), op, ": b_ih has ", b_ih.size(),
+              " biases but b_hh has ", b_hh.size());
+  static const auto projection = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("rnnkernels::input_projection", "")
+      .typed<at::Tensor(const at::Tensor&, at::TensorList, at::TensorList)>();
+  return projection.call(x, w_ih, b_ih);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_composite(
+    const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
+    at::TensorList b_hh, const at::Tensor& h0, const std::optional<at::Tensor>& batch_sizes,
+    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
+  static const auto forward = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("rnnkernels::gru_forward", "")
+      .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+          const at::Tensor&, at::TensorList, at::TensorList, const at::Tensor&,
+          const std::optional<at::Tensor>&, bool, const std::optional<at::Tensor>&)>();
+  const at::Tensor x_proj = project_for("rnnkernels::gru_forward_fused", x, w_ih, b_ih, w_hh, b_hh);
+  return forward.call(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_composite(
+    const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
+    at::TensorList b_hh, const at::Tensor& h0, const std::optional<at::Tensor>& batch_sizes,
+    c10::string_view nonlinearity, bool need_workspace,
+    const std::optional<at::Tensor>& zoneout) {
+  static const auto forward = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("rnnkernels::rnn_forward", "")
+      .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+          const at::Tensor&, at::TensorList, at::TensorList, const at::Tensor&,
+          const std::optional<at::Tensor>&, c10::string_view, bool,
+          const std::optional<at::Tensor>&)>();
+  const at::Tensor x_proj = project_for("rnnkernels::rnn_forward_fused", x, w_ih, b_ih, w_hh, b_hh);
+  return forward.call(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace,
+                      zoneout);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(rnnkernels, CompositeExplicitAutograd, m) {
   m.impl("lstm_forward_fused", &lstm_forward_unfused);
+  m.impl("gru_forward_fused", &gru_forward_composite);
+  m.impl("rnn_forward_fused", &rnn_forward_composite);
   m.impl("input_projection", &input_projection_aten);
   m.impl("input_projection_backward", &input_projection_backward_aten);
 }

@@ -20,6 +20,7 @@
 #include <torch/extension.h>
 
 #include "cpu/memory.h"
+#include "double_backward.h"
 #include "rnnkernels/build_info.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
@@ -82,6 +83,18 @@ TORCH_LIBRARY(rnnkernels, m) {
       "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes, str nonlinearity, "
       "Tensor? zoneout=None) "
       "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor[] grad_w_hh, Tensor[] grad_b_hh)");
+  // gru_forward and rnn_forward from x [N, I], w_ih[d] [G*H, I], b_ih[d] [G*H]: the two
+  // ops input_projection then *_forward as one autograd node, which keeps x and W_ih
+  // (alive anyway) instead of x_proj; the backward is *_backward followed by
+  // input_projection_backward.
+  m.def(
+      "gru_forward_fused(Tensor x, Tensor[] w_ih, Tensor[] b_ih, Tensor[] w_hh, Tensor[] b_hh, "
+      "Tensor h0, Tensor? batch_sizes, bool need_workspace, Tensor? zoneout=None) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "rnn_forward_fused(Tensor x, Tensor[] w_ih, Tensor[] b_ih, Tensor[] w_hh, Tensor[] b_hh, "
+      "Tensor h0, Tensor? batch_sizes, str nonlinearity, bool need_workspace, "
+      "Tensor? zoneout=None) -> (Tensor output, Tensor h_n, Tensor workspace)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -104,6 +117,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Returns the cached CPU buffers to the system.");
   m.def("set_cpu_cache_limit", &rnnkernels::cpu::set_buffer_cache_limit, pybind11::arg("bytes"),
         "Caps the bytes of freed CPU buffers kept for reuse (0: keep none).");
+  m.def("_set_recompute_backward", [](pybind11::function fn) {
+        // Kept for the life of the process: a Python object must not be released after
+        // the interpreter has gone (static destruction at exit).
+        auto* keep = new pybind11::function(std::move(fn));
+        rnnkernels::set_recompute_backward([keep](const rnnkernels::RecomputeRequest& r) {
+          pybind11::gil_scoped_acquire gil;
+          try {
+            std::vector<bool> needs(r.needs.begin(), r.needs.end());
+            return (*keep)(r.op, r.inputs, r.counts, r.batch_sizes, r.zoneout, r.nonlinearity,
+                           r.grads, needs)
+                .cast<std::vector<std::optional<at::Tensor>>>();
+          } catch (pybind11::error_already_set& e) {
+            // The autograd engine reports C++ exceptions; keep Python's message.
+            throw std::runtime_error(e.what());
+          }
+        });
+      }, "Registers the reference that fused ops recompute through for create_graph=True "
+         "(Note [double backward] in csrc/double_backward.h).");
   void rnnkernels_register_bench_gemm(pybind11::module_&);  // csrc/bench_gemm.cpp
   rnnkernels_register_bench_gemm(m);
 }

@@ -12,6 +12,7 @@ parameters, state_dict, forward signature, outputs and exceptions.
 
 from ._ext import _C
 from . import ops  # noqa: F401  (fake kernels and autograd for torch.ops.rnnkernels)
+from . import _double_backward  # noqa: F401  (create_graph=True through the fused ops)
 from . import functional  # noqa: F401
 from . import reference  # noqa: F401  (pure-PyTorch reference of the functional API)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell

@@ -104,8 +104,11 @@ def _layer_range(cell: str, layer: int):
 
 
 def _fused_input(x: Tensor) -> bool:
-    """CPU float32/float64 LSTM layers run the input projection inside the time loop."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    """CPU layers and cells call the *_forward_fused ops, which take x and W_ih: one
+    autograd node that keeps x (alive anyway) rather than x_proj, so that a backward with
+    create_graph=True can recompute (Note [double backward] in csrc/double_backward.h).
+    The float32/float64 LSTM also runs the input projection inside its time loop."""
+    return x.device.type == "cpu"
 
 
 def _layer_norm_input_side(x: Tensor, dirs, ln_dirs) -> Tensor:
@@ -148,13 +151,22 @@ def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, nee
             [ln["c_bias"] for ln in ln_dirs] if has_biases else [], h0, c0, batch_sizes,
             need_workspace)
         return out, h_n, c_n
-    if cell == "lstm" and _fused_input(x):
-        w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
-        out, h_n, c_n, _ = ops.lstm_forward_fused(
-            x, [d[0] for d in dirs], [d[2] for d in dirs] if has_biases else [],
-            [d[1] for d in dirs], [d[3] for d in dirs] if has_biases else [], w_hr, h0, c0,
-            batch_sizes, need_workspace, zoneout)
-        return out, h_n, c_n
+    if _fused_input(x):
+        w_ih, w_hh = [d[0] for d in dirs], [d[1] for d in dirs]
+        b_ih = [d[2] for d in dirs] if has_biases else []
+        b_hh = [d[3] for d in dirs] if has_biases else []
+        if cell == "lstm":
+            w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
+            out, h_n, c_n, _ = ops.lstm_forward_fused(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0,
+                                                      batch_sizes, need_workspace, zoneout)
+            return out, h_n, c_n
+        if cell == "gru":
+            out, h_n, _ = ops.gru_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes,
+                                                need_workspace, zoneout)
+        else:
+            out, h_n, _ = ops.rnn_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes,
+                                                nonlinearity, need_workspace, zoneout)
+        return out, h_n, None
     x_proj = _input_projection(x, dirs)
     w_hh = [d[1] for d in dirs]
     b_hh = [d[3] for d in dirs] if has_biases else []
@@ -371,10 +383,16 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     h, c = hx
     if not kernels_support(input):
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    x_proj = _cell_projection(input, w_ih, b_ih)
     need_workspace = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    _, h_n, c_n, _ = ops.lstm_forward(x_proj, [w_hh], [b_hh] if b_hh is not None else [], [],
-                                      h.unsqueeze(0), c.unsqueeze(0), None, need_workspace)
+    b_hh = [b_hh] if b_hh is not None else []
+    if _fused_input(input):
+        _, h_n, c_n, _ = ops.lstm_forward_fused(
+            input, [w_ih], [b_ih] if b_ih is not None else [], [w_hh], b_hh, [],
+            h.unsqueeze(0), c.unsqueeze(0), None, need_workspace)
+        return h_n[0], c_n[0]
+    x_proj = _cell_projection(input, w_ih, b_ih)
+    _, h_n, c_n, _ = ops.lstm_forward(x_proj, [w_hh], b_hh, [], h.unsqueeze(0), c.unsqueeze(0),
+                                      None, need_workspace)
     return h_n[0], c_n[0]
 
 
@@ -384,10 +402,14 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
     if not kernels_support(input):
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    x_proj = _cell_projection(input, w_ih, b_ih)
     need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    _, h_n, _ = ops.gru_forward(x_proj, [w_hh], [b_hh] if b_hh is not None else [],
-                                hx.unsqueeze(0), None, need_workspace)
+    b_hh = [b_hh] if b_hh is not None else []
+    if _fused_input(input):
+        _, h_n, _ = ops.gru_forward_fused(input, [w_ih], [b_ih] if b_ih is not None else [],
+                                          [w_hh], b_hh, hx.unsqueeze(0), None, need_workspace)
+        return h_n[0]
+    x_proj = _cell_projection(input, w_ih, b_ih)
+    _, h_n, _ = ops.gru_forward(x_proj, [w_hh], b_hh, hx.unsqueeze(0), None, need_workspace)
     return h_n[0]
 
 
@@ -400,8 +422,14 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     if not kernels_support(input):
         impl = _VF.rnn_tanh_cell if nonlinearity == "tanh" else _VF.rnn_relu_cell
         return impl(input, hx, w_ih, w_hh, b_ih, b_hh)
-    x_proj = _cell_projection(input, w_ih, b_ih)
     need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    _, h_n, _ = ops.rnn_forward(x_proj, [w_hh], [b_hh] if b_hh is not None else [],
-                                hx.unsqueeze(0), None, nonlinearity, need_workspace)
+    b_hh = [b_hh] if b_hh is not None else []
+    if _fused_input(input):
+        _, h_n, _ = ops.rnn_forward_fused(input, [w_ih], [b_ih] if b_ih is not None else [],
+                                          [w_hh], b_hh, hx.unsqueeze(0), None, nonlinearity,
+                                          need_workspace)
+        return h_n[0]
+    x_proj = _cell_projection(input, w_ih, b_ih)
+    _, h_n, _ = ops.rnn_forward(x_proj, [w_hh], b_hh, hx.unsqueeze(0), None, nonlinearity,
+                                need_workspace)
     return h_n[0]

@@ -176,6 +176,20 @@ def _rnn_backward_fake(grad_output, grad_h_n, w_hh, b_hh, h0, output, workspace,
     )
 
 
+@torch.library.register_fake("rnnkernels::gru_forward_fused")
+def _gru_forward_fused_fake(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, need_workspace,
+                            zoneout=None):
+    # The results of gru_forward: x has the rows and dtype x_proj would have.
+    return _gru_forward_fake(x, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout)
+
+
+@torch.library.register_fake("rnnkernels::rnn_forward_fused")
+def _rnn_forward_fused_fake(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, nonlinearity,
+                            need_workspace, zoneout=None):
+    return _rnn_forward_fake(x, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace,
+                             zoneout)
+
+
 # Autograd: C++ autograd Functions registered at the Autograd key (csrc/autograd.cpp,
 # see Note [autograd in C++] there).
 
@@ -189,4 +203,6 @@ layer_norm_lstm_backward = _ops.layer_norm_lstm_backward
 gru_forward = _ops.gru_forward
 gru_backward = _ops.gru_backward
 rnn_forward = _ops.rnn_forward
+gru_forward_fused = _ops.gru_forward_fused
+rnn_forward_fused = _ops.rnn_forward_fused
 rnn_backward = _ops.rnn_backward

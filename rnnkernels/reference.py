@@ -224,6 +224,46 @@ def _run_direction(step, x: Tensor, batch_sizes: list[int], states: list[Tensor]
     return torch.cat(outputs, 0), states
 
 
+def run_layer(cell: str, x: Tensor, dirs, h0: Tensor, c0: Tensor | None, batch_sizes: list[int],
+              keep: Tensor | None = None, nonlinearity: str = "tanh", ln_dirs=None):
+    """One layer, every direction, in rows layout: the op-level form of the recurrence.
+
+    x [N, I]; dirs: per direction a dict of w_ih, w_hh, b_ih, b_hh, w_hr (None where
+    absent); h0 [D, B, P]; c0 [D, B, H] (LSTM) or None; keep: zoneout weights [D, N, W]
+    or None; ln_dirs: the layer-normalised LSTM's per-direction dicts or None. Returns
+    (output [N, D*P], h_n [D, B, P], c_n [D, B, H] or None).
+    """
+    outputs, h_n, c_n = [], [], []
+    for d, w in enumerate(dirs):
+        if cell == "lstm" and ln_dirs is not None:
+            def step(x_t, h, c, w=w, ln=ln_dirs[d]):
+                return _layer_norm_lstm_step(x_t, h, c, w["w_ih"], w["w_hh"], w["b_ih"],
+                                             w["b_hh"], ln)
+            states = [h0[d], c0[d]]
+        elif cell == "lstm":
+            def step(x_t, h, c, w=w):
+                return _lstm_step(x_t, h, c, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
+                                  w["w_hr"])
+            states = [h0[d], c0[d]]
+        elif cell == "gru":
+            def step(x_t, h, w=w):
+                return (gru_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"]),)
+            states = [h0[d]]
+        else:
+            def step(x_t, h, w=w):
+                return (rnn_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
+                                 nonlinearity),)
+            states = [h0[d]]
+        out, final = _run_direction(step, x, batch_sizes, states, reverse=d == 1,
+                                    keep=None if keep is None else keep[d])
+        outputs.append(out)
+        h_n.append(final[0])
+        if cell == "lstm":
+            c_n.append(final[1])
+    return (torch.cat(outputs, 1), torch.stack(h_n, 0),
+            torch.stack(c_n, 0) if cell == "lstm" else None)
+
+
 def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
                 has_biases: bool, num_layers: int, dropout: float, train: bool,
                 bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None,
@@ -244,37 +284,14 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
 
     h_n, c_n = [], []
     for layer, dirs in enumerate(layers):
-        outputs = []
         keep = zoneout_weights(zoneout_h, zoneout_c, directions, x.shape[0], h0.shape[2],
                                h0.shape[2] if c0 is None else c0.shape[2], train, x)
-        for d, w in enumerate(dirs):
-            k = layer * directions + d
-            if cell == "lstm" and ln_layers is not None:
-                def step(x_t, h, c, w=w, ln=ln_layers[layer][d]):
-                    return _layer_norm_lstm_step(x_t, h, c, w["w_ih"], w["w_hh"], w["b_ih"],
-                                                 w["b_hh"], ln)
-                states = [h0[k], c0[k]]
-            elif cell == "lstm":
-                def step(x_t, h, c, w=w):
-                    return _lstm_step(x_t, h, c, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
-                                      w["w_hr"])
-                states = [h0[k], c0[k]]
-            elif cell == "gru":
-                def step(x_t, h, w=w):
-                    return (gru_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"]),)
-                states = [h0[k]]
-            else:
-                def step(x_t, h, w=w):
-                    return (rnn_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
-                                     nonlinearity),)
-                states = [h0[k]]
-            out, final = _run_direction(step, x, sizes, states, reverse=d == 1,
-                                        keep=None if keep is None else keep[d])
-            outputs.append(out)
-            h_n.append(final[0])
-            if cell == "lstm":
-                c_n.append(final[1])
-        x = torch.cat(outputs, 1)  # [N, D*P]
+        first, last = layer * directions, (layer + 1) * directions
+        x, h_last, c_last = run_layer(cell, x, dirs, h0[first:last],
+                                      None if c0 is None else c0[first:last], sizes, keep,
+                                      nonlinearity, None if ln_layers is None else ln_layers[layer])
+        h_n.append(h_last)
+        c_n.append(c_last)
         if dropout > 0 and train and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
 
@@ -285,8 +302,8 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
     else:
         output = x
     if cell == "lstm":
-        return output, torch.stack(h_n, 0), torch.stack(c_n, 0)
-    return output, torch.stack(h_n, 0)
+        return output, torch.cat(h_n, 0), torch.cat(c_n, 0)
+    return output, torch.cat(h_n, 0)
 
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params, has_biases: bool, num_layers: int,

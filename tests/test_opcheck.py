@@ -88,9 +88,48 @@ def test_forward_opcheck_aot_dispatch(cell, directions, bias, packed, need_works
     torch.library.opcheck(getattr(_ops, f"{cell}_forward").default, args, test_utils=AOT_UTIL)
 
 
+# gru_forward_fused / rnn_forward_fused: x and W_ih instead of x_proj (lstm_forward_fused
+# has its own cases in test_lstm_fused.py).
+INPUT_SIZE = 4
+SINGLE_STATE_FUSED_CASES = [p for p in FORWARD_CASES if p.values[0] in ("gru", "rnn")]
+
+
+def fused_forward_args(cell, directions, bias, packed, need_workspace, nonlinearity="tanh"):
+    """Arguments of rnnkernels::<cell>_forward_fused, in schema order."""
+    x_proj, w_hh, b_hh, h0, batch_sizes = forward_args(cell, directions, bias, packed,
+                                                       need_workspace)[:5]
+    grad, G = need_workspace, GATES[cell]
+    x = _rand(x_proj.shape[0], INPUT_SIZE, requires_grad=grad)
+    w_ih = [_rand(G * HIDDEN, INPUT_SIZE, requires_grad=grad) for _ in range(directions)]
+    b_ih = [_rand(G * HIDDEN, requires_grad=grad) for _ in range(directions)] if bias else []
+    if cell == "gru":
+        return (x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, need_workspace)
+    return (x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace)
+
+
+@pytest.mark.parametrize("test_util", CHEAP_UTILS)
+@pytest.mark.parametrize("cell,directions,bias,packed,need_workspace,proj",
+                         SINGLE_STATE_FUSED_CASES)
+def test_fused_forward_opcheck(cell, directions, bias, packed, need_workspace, proj, test_util):
+    args = fused_forward_args(cell, directions, bias, packed, need_workspace)
+    torch.library.opcheck(getattr(_ops, f"{cell}_forward_fused").default, args,
+                          test_utils=test_util)
+
+
+@pytest.mark.parametrize("cell,directions,bias,packed,need_workspace,proj",
+                         [p for p in SINGLE_STATE_FUSED_CASES if p in AOT_FORWARD_CASES])
+def test_fused_forward_opcheck_aot_dispatch(cell, directions, bias, packed, need_workspace,
+                                            proj):
+    args = fused_forward_args(cell, directions, bias, packed, need_workspace)
+    torch.library.opcheck(getattr(_ops, f"{cell}_forward_fused").default, args,
+                          test_utils=AOT_UTIL)
+
+
 def test_relu_opcheck():
     torch.library.opcheck(_ops.rnn_forward.default,
                           forward_args("rnn", 2, True, True, True, nonlinearity="relu"))
+    torch.library.opcheck(_ops.rnn_forward_fused.default,
+                          fused_forward_args("rnn", 2, True, True, True, nonlinearity="relu"))
     torch.library.opcheck(_ops.rnn_backward.default,
                           backward_args("rnn", 2, True, True, False, "none", nonlinearity="relu"),
                           test_utils=CHEAP_UTILS)

@@ -1,0 +1,252 @@
+"""Gradients of gradients (backward with create_graph=True) through the CPU layers and cells.
+
+torch.nn's CPU recurrent modules support double backward (gradient penalties,
+Hessian-vector products); ours recompute through the reference for it (Note [double
+backward] in csrc/double_backward.h). Checked here: a gradient penalty's gradients with
+respect to the input, the initial state and every parameter against a float64 torch.nn
+module over cells and options; a Hessian-vector product; gradgradcheck of the three
+fused ops (dense, packed, two directions, zoneout); a tensor passed in two argument
+slots; inputs that do not require grad; the paths that refuse (the layer-normalised
+LSTM) with a message, leaving the module usable; and the first-order backward after.
+"""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkernels
+from equivalence import assert_matches
+
+F64 = torch.float64
+TOL64 = dict(rtol=1e-7, atol=1e-7)
+
+SEQUENCE_CASES = [
+    ("LSTM", {}), ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("LSTM", dict(proj_size=3, bias=False)), ("LSTM", dict(batch_first=True, num_layers=2)),
+    ("GRU", {}), ("GRU", dict(num_layers=2, bidirectional=True)), ("GRU", dict(bias=False)),
+    ("RNN", {}), ("RNN", dict(nonlinearity="relu", bidirectional=True)),
+    ("RNN", dict(num_layers=2, bias=False)),
+]
+CELL_CASES = [("LSTMCell", True), ("LSTMCell", False), ("GRUCell", True), ("GRUCell", False),
+              ("RNNCell", True), ("RNNCell", False)]
+
+
+def _pair(name, dtype, **kwargs):
+    torch.manual_seed(0)
+    reference = getattr(torch.nn, name)(5, 7, **kwargs).to(F64)
+    ours = getattr(rnnkernels, name)(5, 7, **kwargs).to(dtype)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def _initial_state(name, kwargs, batch, dtype):
+    if "Cell" in name:
+        h = torch.randn(batch, 7, dtype=dtype)
+        return (h, torch.randn(batch, 7, dtype=dtype)) if name == "LSTMCell" else h
+    layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    h = torch.randn(layers, batch, kwargs.get("proj_size", 0) or 7, dtype=dtype)
+    return (h, torch.randn(layers, batch, 7, dtype=dtype)) if name == "LSTM" else h
+
+
+def _penalty_grads(module, x, hx, packed_lengths=None):
+    """Gradients of |d(sum of squared outputs)/dx|^2 w.r.t. x, hx and the parameters."""
+    x = x.detach().requires_grad_()
+    states = [s.detach().requires_grad_() for s in (hx if isinstance(hx, tuple) else (hx,))]
+    state = tuple(states) if isinstance(hx, tuple) else states[0]
+    inp = x
+    if packed_lengths is not None:
+        inp = pack_padded_sequence(x, packed_lengths, enforce_sorted=False)
+    out = module(inp, state)
+    first = out[0] if isinstance(out, tuple) else out
+    first = first.data if packed_lengths is not None else first
+    h_last = out[1][0] if isinstance(out, tuple) and isinstance(out[1], tuple) else (
+        out[1] if isinstance(out, tuple) else None)
+    loss = first.pow(2).sum() + (h_last.pow(3).sum() if h_last is not None else 0)
+    grad_x, = torch.autograd.grad(loss, x, create_graph=True)
+    penalty = grad_x.pow(2).sum()
+    wrt = [x, *states, *module.parameters()]
+    return torch.autograd.grad(penalty, wrt)
+
+
+def _compare(reference_grads, our_grads, tol):
+    assert len(reference_grads) == len(our_grads)
+    for i, (expected, actual) in enumerate(zip(reference_grads, our_grads)):
+        torch.testing.assert_close(actual.to(F64), expected, **tol, msg=lambda m: f"grad {i}: {m}")
+
+
+@pytest.mark.parametrize("name,kwargs", SEQUENCE_CASES,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}"
+                              for n, kw in SEQUENCE_CASES])
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["float64", "float32"])
+def test_gradient_penalty_matches_torch_nn(name, kwargs, dtype):
+    """float32: the error rule of the equivalence tests (equivalence.assert_matches):
+    within the float32 defaults plus twice torch.nn's own float32 error on the case."""
+    reference, ours = _pair(name, dtype, **kwargs)
+    torch.manual_seed(1)
+    shape = (3, 6, 5) if kwargs.get("batch_first") else (6, 3, 5)
+    x = torch.randn(*shape, dtype=F64)
+    hx = _initial_state(name, kwargs, 3, F64)
+    expected = _penalty_grads(reference, x, hx)
+    cast = tuple(s.to(dtype) for s in hx) if isinstance(hx, tuple) else hx.to(dtype)
+    actual = _penalty_grads(ours, x.to(dtype), cast)
+    if dtype == F64:
+        _compare(expected, actual, TOL64)
+        return
+    torch_fp32 = _penalty_grads(reference.float(), x.float(), cast)
+    for i, (e, a, t) in enumerate(zip(expected, actual, torch_fp32)):
+        assert_matches(f"grad {i}", a, e, torch.float32, torch_fp32=t)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_gradient_penalty_packed(name):
+    reference, ours = _pair(name, F64, bidirectional=True)
+    torch.manual_seed(2)
+    x = torch.randn(6, 4, 5, dtype=F64)
+    lengths = torch.tensor([3, 6, 1, 4])
+    hx = _initial_state(name, dict(bidirectional=True), 4, F64)
+    _compare(_penalty_grads(reference, x, hx, lengths), _penalty_grads(ours, x, hx, lengths),
+             TOL64)
+
+
+@pytest.mark.parametrize("name,bias", CELL_CASES)
+def test_cell_gradient_penalty_matches_torch_nn(name, bias):
+    reference, ours = _pair(name, F64, bias=bias)
+    torch.manual_seed(3)
+    x = torch.randn(4, 5, dtype=F64)
+    hx = _initial_state(name, {}, 4, F64)
+    _compare(_penalty_grads(reference, x, hx), _penalty_grads(ours, x, hx), TOL64)
+
+
+def test_hessian_vector_product_matches_torch_nn():
+    reference, ours = _pair("LSTM", F64, num_layers=2)
+    torch.manual_seed(4)
+    x = torch.randn(5, 2, 5, dtype=F64)
+    vector = [torch.randn_like(p) for p in reference.parameters()]
+
+    def hvp(module):
+        params = list(module.parameters())
+        loss = module(x)[0].tanh().sum()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * v).sum() for g, v in zip(grads, vector))
+        return torch.autograd.grad(dot, params)
+
+    _compare(hvp(reference), hvp(ours), TOL64)
+
+
+def test_inputs_without_grad_and_frozen_parameters():
+    reference, ours = _pair("GRU", F64, num_layers=2)
+    for module in (reference, ours):
+        module.weight_hh_l0.requires_grad_(False)
+        module.bias_ih_l1.requires_grad_(False)
+    torch.manual_seed(5)
+    x = torch.randn(4, 2, 5, dtype=F64)
+
+    def grads(module):
+        params = [p for p in module.parameters() if p.requires_grad]
+        loss = module(x)[0].pow(2).sum()
+        first = torch.autograd.grad(loss, params, create_graph=True)
+        return torch.autograd.grad(sum(g.pow(2).sum() for g in first), params)
+
+    _compare(grads(reference), grads(ours), TOL64)
+
+
+def _rand(*shape):
+    return (0.5 * torch.randn(*shape, dtype=F64)).requires_grad_()
+
+
+FUSED_CASES = [
+    pytest.param(cell, directions, packed, zoneout,
+                 id=f"{cell}-D{directions}-{'packed' if packed else 'dense'}"
+                    f"{'-zoneout' if zoneout else ''}")
+    for cell in ("lstm", "gru", "rnn")
+    for directions, packed, zoneout in [(1, False, False), (2, True, False), (1, False, True)]
+]
+
+
+@pytest.mark.parametrize("cell,directions,packed,zoneout", FUSED_CASES)
+def test_fused_op_gradgradcheck(cell, directions, packed, zoneout):
+    torch.manual_seed(6)
+    H, I, G = 3, 2, {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    batch_sizes = torch.tensor([3, 2, 1]) if packed else None
+    rows, batch = (6, 3) if packed else (6, 2)
+    width = 2 * H if cell == "lstm" else H
+    keep = (torch.rand(directions, rows, width) < 0.5).to(F64) if zoneout else None
+    x = _rand(rows, I)
+    w_ih = [_rand(G * H, I) for _ in range(directions)]
+    b_ih = [_rand(G * H) for _ in range(directions)]
+    w_hh = [_rand(G * H, H) for _ in range(directions)]
+    b_hh = [_rand(G * H) for _ in range(directions)]
+    h0 = _rand(directions, batch, H)
+    c0 = _rand(directions, batch, H)
+    D = directions
+    flat = [x, *w_ih, *b_ih, *w_hh, *b_hh, h0] + ([c0] if cell == "lstm" else [])
+
+    def run(*t):
+        x, w_ih, b_ih, w_hh, b_hh = t[0], t[1:1 + D], t[1 + D:1 + 2 * D], t[1 + 2 * D:1 + 3 * D], \
+            t[1 + 3 * D:1 + 4 * D]
+        h0, c0 = t[1 + 4 * D], (t[2 + 4 * D] if cell == "lstm" else None)
+        ops = torch.ops.rnnkernels
+        if cell == "lstm":
+            return ops.lstm_forward_fused(x, w_ih, b_ih, w_hh, b_hh, [], h0, c0, batch_sizes,
+                                          True, keep)[:3]
+        if cell == "gru":
+            return ops.gru_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, True,
+                                         keep)[:2]
+        return ops.rnn_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, "tanh", True,
+                                     keep)[:2]
+
+    # gradgradcheck differentiates the create_graph=True gradients, which come from the
+    # recompute; they must also equal the kernels' own (create_graph=False) gradients.
+    outputs = run(*flat)
+    upstream = [torch.randn_like(o) for o in outputs]
+    kernels = torch.autograd.grad(outputs, flat, upstream, retain_graph=True)
+    recomputed = torch.autograd.grad(outputs, flat, upstream, create_graph=True)
+    _compare(kernels, recomputed, TOL64)
+    assert torch.autograd.gradgradcheck(run, tuple(flat))
+
+
+def test_tensor_in_two_slots_gets_each_slots_gradient():
+    # An RNN whose input and recurrent weights are one tensor (I == H): the gradient of the
+    # tied tensor is the sum over both slots, once each, as with the reference.
+    torch.manual_seed(7)
+    w = _rand(4, 4)
+    b = _rand(4)
+    x = _rand(6, 4)
+    h0 = _rand(1, 2, 4)
+
+    def penalty(run):
+        out, h_n = run()
+        grads = torch.autograd.grad(out.pow(2).sum() + h_n.sum(), [x, w], create_graph=True)
+        return torch.autograd.grad(sum(g.pow(2).sum() for g in grads), [x, w, b, h0])
+
+    ours = penalty(lambda: torch.ops.rnnkernels.rnn_forward_fused(
+        x, [w], [b], [w], [b], h0, None, "tanh", True)[:2])
+    dirs = [dict(w_ih=w, w_hh=w, b_ih=b, b_hh=b, w_hr=None)]
+    expected = penalty(lambda: rnnkernels.reference.run_layer("rnn", x, dirs, h0, None, [2] * 3)[:2])
+    _compare(expected, ours, TOL64)
+
+
+def test_layer_norm_lstm_refuses_and_stays_usable():
+    torch.manual_seed(8)
+    module = rnnkernels.LSTM(5, 7, layer_norm=True).to(F64)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    x = torch.randn(4, 2, 5, dtype=F64, requires_grad=True)
+    loss = module(x)[0].pow(2).sum()
+    with pytest.raises(RuntimeError, match="create_graph=True.*not supported"):
+        torch.autograd.grad(loss, x, create_graph=True)
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, state[k])
+    module(x)[0].sum().backward()  # the first-order backward still runs
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_first_order_backward_after_double_backward():
+    reference, ours = _pair("LSTM", F64)
+    torch.manual_seed(9)
+    x = torch.randn(5, 2, 5, dtype=F64)
+    _penalty_grads(ours, x, _initial_state("LSTM", {}, 2, F64))
+    for module in (reference, ours):
+        module.zero_grad()
+        module(x)[0].pow(2).sum().backward()
+    for p_ref, p_ours in zip(reference.parameters(), ours.parameters()):
+        torch.testing.assert_close(p_ours.grad, p_ref.grad, **TOL64)
