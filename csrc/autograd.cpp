@@ -580,13 +580,12 @@ variable_list fused_single_state_grads(AutogradContext* ctx, const FusedSingleSt
     gb_ih.clear();
     for (const auto& g : gb_hh) gb_ih.push_back(g.clone());
   }
-  variable_list result{need_input_grad ? gx : at::Tensor()};
-  append(result, gw_ih);
-  append(result, gb_ih);
-  append(result, gw_hh);
-  append(result, gb_hh);
-  result.push_back(gh0);
-  for (int64_t i = 0; i < trailing_args; ++i) result.emplace_back();
+  variable_list result = single_state_grads(need_input_grad ? gx : at::Tensor(), gw_hh, gb_hh,
+                                            gh0, trailing_args);
+  // x's slot, then W_ih's and b_ih's before the recurrent weights'.
+  result.insert(result.begin() + 1, gw_ih.begin(), gw_ih.end());
+  result.insert(result.begin() + 1 + static_cast<std::ptrdiff_t>(gw_ih.size()), gb_ih.begin(),
+                gb_ih.end());
   return result;
 }
 
