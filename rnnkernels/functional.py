@@ -18,6 +18,7 @@ import contextlib
 import functools
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor, _VF
 
@@ -46,6 +47,24 @@ def kernels_support(x: Tensor) -> bool:
     if x.device.type == "cuda":
         return x.dtype in _CUDA_DTYPES
     return False
+
+
+def _kernels_run(input: Tensor, *tensors) -> bool:
+    """Whether the rnnkernels ops run this call: kernels for input's device and dtype, and
+    no autograd mode that C++ autograd Functions cannot serve: torch.func transforms
+    (grad, vjp, jacrev, vmap) and forward-mode AD (a tangent on input or any of
+    `tensors`). Those calls run torch's implementation (the reference for options torch
+    lacks), so they behave as with torch.nn, at its speed."""
+    if not kernels_support(input):
+        return False
+    if torch.compiler.is_compiling():
+        return True
+    if torch._C._are_functorch_transforms_active():
+        return False
+    if forward_ad._current_level >= 0:  # inside a dual level
+        return all(t is None or forward_ad.unpack_dual(t).tangent is None
+                   for t in (input, *tensors))
+    return True
 
 
 def _needs_grad(*tensors) -> bool:
@@ -306,10 +325,10 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
     """
     if layer_norm is not None:
         reference.check_layer_norm_options(reference._projection_size(hx), zoneout_h, zoneout_c)
-        if not kernels_support(input) or not _layer_norm_kernels(input):
+        if not _kernels_run(input, *hx, *params, *layer_norm) or not _layer_norm_kernels(input):
             return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                                   bidirectional, batch_first, batch_sizes, layer_norm=layer_norm)
-    elif not kernels_support(input):
+    elif not _kernels_run(input, *hx, *params):
         if zoneout_h or zoneout_c:  # torch has no zoneout: the reference runs it
             return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                                   bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
@@ -329,7 +348,7 @@ def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0):
     """Multi-layer GRU. Returns (output, h_n) like torch._VF.gru; zoneout_h as in lstm."""
-    if not kernels_support(input):
+    if not _kernels_run(input, hx, *params):
         if zoneout_h:
             return reference.gru(input, hx, params, has_biases, num_layers, dropout, train,
                                  bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
@@ -351,7 +370,7 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
     zoneout_h as in lstm."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    if not kernels_support(input):
+    if not _kernels_run(input, hx, *params):
         if zoneout_h:
             return reference.rnn(input, hx, params, has_biases, num_layers, dropout, train,
                                  bidirectional, batch_first, batch_sizes, nonlinearity,
@@ -381,7 +400,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
     h, c = hx
-    if not kernels_support(input):
+    if not _kernels_run(input, h, c, w_ih, w_hh, b_ih, b_hh):
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     need_workspace = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
     b_hh = [b_hh] if b_hh is not None else []
@@ -400,7 +419,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
-    if not kernels_support(input):
+    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
     b_hh = [b_hh] if b_hh is not None else []
@@ -419,7 +438,7 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    if not kernels_support(input):
+    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh):
         impl = _VF.rnn_tanh_cell if nonlinearity == "tanh" else _VF.rnn_relu_cell
         return impl(input, hx, w_ih, w_hh, b_ih, b_hh)
     need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
