@@ -905,10 +905,10 @@ void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
     const int cur = s & 1;
     const S* h_prev = w.h_state + cur * B * w.ld_h;
     S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
-    StepRows rows(MR);
+    StepRows rows(MR, worker.own_rows(B));
     rows.forward(a.seq.rows_at(s));
     const int64_t nch = rows.chunks();
-    const auto [i0, i1] = worker.share(w.gate_blocks * nch);
+    const auto [i0, i1] = worker.step_items(w.gate_blocks * nch);
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
@@ -916,7 +916,7 @@ void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
                                                  h_next);
       });
     }
-    worker.sync();
+    worker.step_done();
   }
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b) {
@@ -1021,17 +1021,17 @@ void gru_backward(const GruBackwardArgs<S>& a, Team& team, SliceRange mine) {
   }
   const int64_t last_step = a.skip_initial_product ? 0 : -1;
   for (int64_t s = T - 1; s >= last_step; --s) {
-    StepRows rows(MR);
+    StepRows rows(MR, worker.own_rows(B));
     rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
     const int64_t nch = rows.chunks();
-    const auto [i0, i1] = worker.share(w.blocks * nch);
+    const auto [i0, i1] = worker.step_items(w.blocks * nch);
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
         gru_backward_tile<S, decltype(mr)::value>(a, w, s, i / nch, ch);
       });
     }
-    worker.sync();
+    worker.step_done();
   }
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b)
@@ -1122,10 +1122,10 @@ void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
     const int cur = s & 1;
     const S* h_prev = w.h_state + cur * B * w.ld_h;
     S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
-    StepRows rows(MR);
+    StepRows rows(MR, worker.own_rows(B));
     rows.forward(a.seq.rows_at(s));
     const int64_t nch = rows.chunks();
-    const auto [i0, i1] = worker.share(w.blocks * nch);
+    const auto [i0, i1] = worker.step_items(w.blocks * nch);
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
@@ -1133,7 +1133,7 @@ void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
                                                        h_prev, h_next);
       });
     }
-    worker.sync();
+    worker.step_done();
   }
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b) {
@@ -1236,17 +1236,17 @@ void rnn_backward_impl(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine)
   }
   const int64_t last_step = a.skip_initial_product ? 0 : -1;
   for (int64_t s = T - 1; s >= last_step; --s) {
-    StepRows rows(MR);
+    StepRows rows(MR, worker.own_rows(B));
     rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
     const int64_t nch = rows.chunks();
-    const auto [i0, i1] = worker.share(w.blocks * nch);
+    const auto [i0, i1] = worker.step_items(w.blocks * nch);
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
         rnn_backward_tile<S, decltype(mr)::value, kAct>(a, w, s, i / nch, ch);
       });
     }
-    worker.sync();
+    worker.step_done();
   }
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b)

@@ -277,7 +277,12 @@ struct DirectionNames {
 // 6.11 ms; (100,32,256,256) 65.5 -> 59.0 / 19.4 -> 17.7 ms; (1000,8,64,64) 14.2 -> 13.7
 // / 4.41 -> 3.99 ms; (100,64,512,512) 400 -> 396 / 125 -> 123 ms; but B = 2 or 4 (one or
 // two rows a slice) lost 5-20%, and (50,16,1024,1024), 32 MB of weights a step, lost 6%
-// in training and 17% in inference. Only the LSTM kernels take a row split so far.
+// in training and 17% in inference. The RNN kernels take it too (A/B, columns -> rows,
+// training / inference: (200,16,128,128) 5.19 -> 4.53 / 1.47 -> 1.24 ms; (100,8,256,256)
+// 3.96 -> 3.77 / 1.22 -> 1.18 ms; (100,64,512,512) 117.8 -> 115.5 / 34.0 -> 33.2 ms;
+// (100,32,256,256) and (1000,8,64,64) within +-3% in one run, 1.0-1.3x in another). The
+// GRU kernels can (same loop shape) but do not: their forward lost 4% at (200,16,128,128)
+// in two runs and the backward alone gained nothing beyond the +-3% noise.
 struct RowSplit {
   int64_t batch = 0;          // 0: never split rows
   int64_t element_bytes = 0;  // of the weights
@@ -665,7 +670,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     }
     run_directions(op, D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.rnn_forward(args[i], team, mine);
-    });
+    }, RowSplit{B, static_cast<int64_t>(sizeof(scalar_t))});
   });
   return {out, h_n, ws};
 }
@@ -926,7 +931,7 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
     }
     run_directions(op, D, B * H * H, [&](int64_t i, Team& team, SliceRange mine) {
       kern.rnn_backward(args[i], team, mine);
-    });
+    }, RowSplit{B, static_cast<int64_t>(sizeof(scalar_t))});
     for (const auto i : c10::irange(D)) {
       const at::Tensor grad_pre = grad_x_proj.narrow(1, i * H, H);
       if (single_step) grad_h0[i].addmm_(grad_pre, in.w_hh[i]);
