@@ -49,6 +49,11 @@ def kernels_support(x: Tensor) -> bool:
     return False
 
 
+# Private torch APIs (present since torch 2.0); should one go away, assume the mode may be
+# on and check the tensors / run torch's implementation rather than fail every call.
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
 def _kernels_run(input: Tensor, *tensors) -> bool:
     """Whether the rnnkernels ops run this call: kernels for input's device and dtype, and
     no autograd mode that C++ autograd Functions cannot serve: torch.func transforms
@@ -59,9 +64,9 @@ def _kernels_run(input: Tensor, *tensors) -> bool:
         return False
     if torch.compiler.is_compiling():
         return True
-    if torch._C._are_functorch_transforms_active():
+    if _functorch_active():
         return False
-    if forward_ad._current_level >= 0:  # inside a dual level
+    if getattr(forward_ad, "_current_level", 0) >= 0:  # inside a dual level (or unknown)
         return all(t is None or forward_ad.unpack_dual(t).tangent is None
                    for t in (input, *tensors))
     return True
