@@ -392,26 +392,41 @@ using RnnBackwardSig = std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec>(
     at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, c10::string_view, const std::optional<at::Tensor>&);
 
-void save_single_state(AutogradContext* ctx, const at::Tensor& h0, const at::Tensor& out,
-                       const at::Tensor& ws, at::TensorList w_hh, at::TensorList b_hh,
-                       const std::optional<at::Tensor>& batch_sizes,
-                       const std::optional<at::Tensor>& zoneout) {
-  variable_list saved{h0, out, ws};
-  append(saved, w_hh);
-  append(saved, b_hh);
-  const int64_t optionals = save_optionals(saved, batch_sizes, zoneout);
-  ctx->save_for_backward(saved);
-  ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_hh.size()),
-                                                  static_cast<int64_t>(b_hh.size()), optionals};
-  ctx->mark_non_differentiable({ws});
-  ctx->set_materialize_grads(false);
-}
-
+// The single-state Functions' saved tensors. The fused ones (x and W_ih in) also keep
+// their input side, x, w_ih[D] and b_ih[nb] (as many as w_hh and b_hh: the ops check
+// it), after the rest; the others pass none.
 struct SingleStateSaved {
   at::Tensor h0, out, ws;
   TensorVec w_hh, b_hh;
   std::optional<at::Tensor> batch_sizes, zoneout;
+  at::Tensor x;  // fused only
+  TensorVec w_ih, b_ih;
+
+  // The fused Functions' differentiable inputs in slot order (Note [double backward]).
+  TensorVec fused_inputs() const { return concat({{x}, w_ih, b_ih, w_hh, b_hh, {h0}}); }
 };
+
+void save_single_state(AutogradContext* ctx, const at::Tensor& h0, const at::Tensor& out,
+                       const at::Tensor& ws, at::TensorList w_hh, at::TensorList b_hh,
+                       const std::optional<at::Tensor>& batch_sizes,
+                       const std::optional<at::Tensor>& zoneout, const at::Tensor& x = {},
+                       at::TensorList w_ih = {}, at::TensorList b_ih = {}) {
+  variable_list saved{h0, out, ws};
+  append(saved, w_hh);
+  append(saved, b_hh);
+  const int64_t optionals = save_optionals(saved, batch_sizes, zoneout);
+  if (x.defined()) {
+    saved.push_back(x);
+    append(saved, w_ih);
+    append(saved, b_ih);
+  }
+  ctx->save_for_backward(saved);
+  ctx->saved_data["sizes"] =
+      std::vector<int64_t>{static_cast<int64_t>(w_hh.size()), static_cast<int64_t>(b_hh.size()),
+                           optionals, static_cast<int64_t>(x.defined())};
+  ctx->mark_non_differentiable({ws});
+  ctx->set_materialize_grads(false);
+}
 
 SingleStateSaved load_single_state(AutogradContext* ctx) {
   const auto sizes = ctx->saved_data["sizes"].toIntVector();
@@ -423,6 +438,11 @@ SingleStateSaved load_single_state(AutogradContext* ctx) {
   r.w_hh = s.take(sizes[0]);
   r.b_hh = s.take(sizes[1]);
   std::tie(r.batch_sizes, r.zoneout) = s.take_optionals(sizes[2]);
+  if (sizes[3] != 0) {
+    r.x = s.take();
+    r.w_ih = s.take(sizes[0]);
+    r.b_ih = s.take(sizes[1]);
+  }
   return r;
 }
 
@@ -520,53 +540,10 @@ using RnnFusedSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view, bool,
     const std::optional<at::Tensor>&);
 
-struct FusedSingleStateSaved {
-  at::Tensor x, h0, out, ws;
-  TensorVec w_ih, b_ih, w_hh, b_hh;
-  std::optional<at::Tensor> batch_sizes, zoneout;
-
-  // The differentiable inputs in slot order (Note [double backward]).
-  TensorVec inputs() const { return concat({{x}, w_ih, b_ih, w_hh, b_hh, {h0}}); }
-};
-
-void save_fused_single_state(AutogradContext* ctx, const at::Tensor& x, at::TensorList w_ih,
-                             at::TensorList b_ih, at::TensorList w_hh, at::TensorList b_hh,
-                             const at::Tensor& h0, const at::Tensor& out, const at::Tensor& ws,
-                             const std::optional<at::Tensor>& batch_sizes,
-                             const std::optional<at::Tensor>& zoneout) {
-  variable_list saved{x, h0, out, ws};
-  append(saved, w_ih);
-  append(saved, b_ih);
-  append(saved, w_hh);
-  append(saved, b_hh);
-  const int64_t optionals = save_optionals(saved, batch_sizes, zoneout);
-  ctx->save_for_backward(saved);
-  ctx->saved_data["sizes"] = std::vector<int64_t>{static_cast<int64_t>(w_ih.size()),
-                                                  static_cast<int64_t>(b_ih.size()), optionals};
-  ctx->mark_non_differentiable({ws});
-  ctx->set_materialize_grads(false);
-}
-
-FusedSingleStateSaved load_fused_single_state(AutogradContext* ctx) {
-  const auto sizes = ctx->saved_data["sizes"].toIntVector();
-  SavedLists s{ctx->get_saved_variables()};
-  FusedSingleStateSaved r;
-  r.x = s.take();
-  r.h0 = s.take();
-  r.out = s.take();
-  r.ws = s.take();
-  r.w_ih = s.take(sizes[0]);
-  r.b_ih = s.take(sizes[1]);
-  r.w_hh = s.take(sizes[0]);
-  r.b_hh = s.take(sizes[1]);
-  std::tie(r.batch_sizes, r.zoneout) = s.take_optionals(sizes[2]);
-  return r;
-}
-
 // From the recurrence's gradients to one slot per forward argument: grad_x_proj through
 // input_projection_backward. equal_bias_grads: b_ih enters like b_hh (RNN), so its
 // gradient is a copy of b_hh's (copies: the two .grad tensors never share storage).
-variable_list fused_single_state_grads(AutogradContext* ctx, const FusedSingleStateSaved& s,
+variable_list fused_single_state_grads(AutogradContext* ctx, const SingleStateSaved& s,
                                        const at::Tensor& gx_proj, const at::Tensor& gh0,
                                        const TensorVec& gw_hh, const TensorVec& gb_hh,
                                        bool equal_bias_grads, int64_t trailing_args) {
@@ -589,6 +566,17 @@ variable_list fused_single_state_grads(AutogradContext* ctx, const FusedSingleSt
   return result;
 }
 
+// A fused single-state Function's backward with create_graph=True (Note [double backward]).
+variable_list recompute_single_state(AutogradContext* ctx, const char* op,
+                                     const SingleStateSaved& s, const variable_list& grads,
+                                     const std::string& nonlinearity, size_t trailing_args) {
+  return recompute_grads(ctx,
+                         {op, s.fused_inputs(),
+                          {static_cast<int64_t>(s.w_ih.size()), static_cast<int64_t>(s.b_ih.size())},
+                          s.batch_sizes, s.zoneout, nonlinearity, {}, {}},
+                         {grads[0], grads[1]}, trailing_args);
+}
+
 class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList w_ih,
@@ -600,20 +588,16 @@ class GruFusedFunction : public torch::autograd::Function<GruFusedFunction> {
     static const auto op = find_op<GruFusedSig>("rnnkernels::gru_forward_fused");
     auto [out, h_n, ws] =
         op.call(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
-    save_fused_single_state(ctx, x, w_ih, b_ih, w_hh, b_hh, h0, out, ws, batch_sizes, zoneout);
+    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes, zoneout, x, w_ih, b_ih);
     return {out, h_n, ws};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     constexpr int64_t kTrailing = 3;  // batch_sizes, need_workspace, zoneout
-    const FusedSingleStateSaved s = load_fused_single_state(ctx);
+    const SingleStateSaved s = load_single_state(ctx);
     if (building_graph()) {
-      return recompute_grads(ctx,
-                             {"rnnkernels::gru_forward_fused", s.inputs(),
-                              {static_cast<int64_t>(s.w_ih.size()),
-                               static_cast<int64_t>(s.b_ih.size())},
-                              s.batch_sizes, s.zoneout, "", {}, {}},
-                             {grads[0], grads[1]}, kTrailing);
+      return recompute_single_state(ctx, "rnnkernels::gru_forward_fused", s, grads, "",
+                                    kTrailing);
     }
     check_workspace("rnnkernels::gru_forward_fused", s.ws, s.out);
     static const auto op = find_op<GruBackwardSig>("rnnkernels::gru_backward");
@@ -638,22 +622,18 @@ class RnnFusedFunction : public torch::autograd::Function<RnnFusedFunction> {
     static const auto op = find_op<RnnFusedSig>("rnnkernels::rnn_forward_fused");
     auto [out, h_n, ws] = op.call(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, nonlinearity,
                                   need_workspace, zoneout);
-    save_fused_single_state(ctx, x, w_ih, b_ih, w_hh, b_hh, h0, out, ws, batch_sizes, zoneout);
+    save_single_state(ctx, h0, out, ws, w_hh, b_hh, batch_sizes, zoneout, x, w_ih, b_ih);
     ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
     return {out, h_n, ws};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     constexpr int64_t kTrailing = 4;  // batch_sizes, nonlinearity, need_workspace, zoneout
-    const FusedSingleStateSaved s = load_fused_single_state(ctx);
+    const SingleStateSaved s = load_single_state(ctx);
     const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
     if (building_graph()) {
-      return recompute_grads(ctx,
-                             {"rnnkernels::rnn_forward_fused", s.inputs(),
-                              {static_cast<int64_t>(s.w_ih.size()),
-                               static_cast<int64_t>(s.b_ih.size())},
-                              s.batch_sizes, s.zoneout, nonlinearity, {}, {}},
-                             {grads[0], grads[1]}, kTrailing);
+      return recompute_single_state(ctx, "rnnkernels::rnn_forward_fused", s, grads, nonlinearity,
+                                    kTrailing);
     }
     check_workspace("rnnkernels::rnn_forward_fused", s.ws, s.out);
     static const auto op = find_op<RnnBackwardSig>("rnnkernels::rnn_backward");

@@ -87,11 +87,20 @@ def torch_module(kind: str, dtype: torch.dtype, **options) -> nn.Module:
     return _module(nn, kind, **options).to(dtype)
 
 
+def module_pair(class_name: str, dtype: torch.dtype, golden_dtype: torch.dtype = torch.float64,
+                **options):
+    """(torch.nn in `golden_dtype`, ours in `dtype`) of one class, torch.nn's state_dict
+    loaded into ours."""
+    golden = getattr(nn, class_name)(**options).to(golden_dtype)
+    ours = getattr(rnnkernels, class_name)(**options).to(dtype)
+    ours.load_state_dict(golden.state_dict())
+    return golden, ours
+
+
 def build_pair(kind: str, dtype: torch.dtype, **options):
     """(ours in `dtype`, golden torch.nn in float64), golden's state_dict loaded into ours."""
-    golden = torch_module(kind, torch.float64, **options)
-    ours = _module(rnnkernels, kind, **options).to(dtype)
-    ours.load_state_dict(golden.state_dict())
+    class_name, kind_options = {**SEQUENCE_KINDS, **CELL_KINDS}[kind]
+    golden, ours = module_pair(class_name, dtype, **{**kind_options, **options})
     return ours, golden
 
 

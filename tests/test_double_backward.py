@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkernels
-from equivalence import assert_matches
+from equivalence import assert_matches, module_pair
 
 F64 = torch.float64
 TOL64 = dict(rtol=1e-7, atol=1e-7)
@@ -32,11 +32,9 @@ CELL_CASES = [("LSTMCell", True), ("LSTMCell", False), ("GRUCell", True), ("GRUC
 
 
 def _pair(name, dtype, **kwargs):
+    """(float64 torch.nn, ours in dtype), input size 5, hidden size 7."""
     torch.manual_seed(0)
-    reference = getattr(torch.nn, name)(5, 7, **kwargs).to(F64)
-    ours = getattr(rnnkernels, name)(5, 7, **kwargs).to(dtype)
-    ours.load_state_dict(reference.state_dict())
-    return reference, ours
+    return module_pair(name, dtype, input_size=5, hidden_size=7, **kwargs)
 
 
 def _initial_state(name, kwargs, batch, dtype):

@@ -12,17 +12,16 @@ import torch.autograd.forward_ad as forward_ad
 from torch.func import functional_call, grad, jvp, vjp
 
 import rnnkernels
+from equivalence import module_pair
 
 NAMES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 F64 = torch.float64
 
 
 def _pair(name, dtype, **kwargs):
+    """(torch.nn, ours), both in dtype, input size 5, hidden size 7."""
     torch.manual_seed(0)
-    reference = getattr(torch.nn, name)(5, 7, **kwargs).to(dtype)
-    ours = getattr(rnnkernels, name)(5, 7, **kwargs).to(dtype)
-    ours.load_state_dict(reference.state_dict())
-    return reference, ours
+    return module_pair(name, dtype, golden_dtype=dtype, input_size=5, hidden_size=7, **kwargs)
 
 
 def _input(name, dtype):
