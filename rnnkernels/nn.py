@@ -47,9 +47,10 @@ class StateRankError(RuntimeError, IndexError):
     where its kernel indexes a dimension the state does not have)."""
 
 
-class LSTMStateError(RuntimeError, TypeError, IndexError):
+class LSTMStateError(RuntimeError, TypeError, IndexError, ValueError):
     """LSTM state is not a pair (h_0, c_0) (torch.nn: RuntimeError for a 3-tuple, IndexError
-    for a 1-tuple, TypeError for a single tensor it cannot unpack)."""
+    for a 1-tuple, TypeError for a single tensor it cannot unpack, ValueError where it first
+    rejects the input's dtype or, in LSTMCell, a state's rank)."""
 
 
 class InvalidPackedSequenceError(RuntimeError, ValueError, TypeError, IndexError):
@@ -61,6 +62,18 @@ def _describe(x) -> str:
     if isinstance(x, Tensor):
         return f"Tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     return type(x).__name__
+
+
+def _lstm_state_pair(hx, any_indexable: bool):
+    """(hx[0], hx[1]) when hx is a pair, or with any_indexable anything torch.nn indexes
+    twice without error (a tuple or list of two or more, a tensor of two or more rows);
+    else None."""
+    if isinstance(hx, (tuple, list)):
+        if len(hx) == 2 or (any_indexable and len(hx) > 2):
+            return hx[0], hx[1]
+    elif any_indexable and isinstance(hx, Tensor) and hx.dim() >= 1 and hx.size(0) >= 2:
+        return hx[0], hx[1]
+    return None
 
 
 def _check_state_tensor(name: str, value, input: Tensor, promote: bool = False) -> Tensor:
@@ -302,12 +315,15 @@ class _RecurrentForward(_ConstructorMessages):
         name = type(self).__name__
         kind = "batched 3-D" if expected_dim == 3 else "unbatched 2-D"
         if is_lstm:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            # torch.nn's unbatched path reads hx[0] and hx[1] of anything that has them (a
+            # longer tuple, a stacked [2, L, H] tensor); its other paths need a pair.
+            pair = _lstm_state_pair(hx, any_indexable=expected_dim == 2)
+            if pair is None:
                 raise LSTMStateError(
                     f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}"
                     + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-            h0 = _check_state_tensor("hx[0] (h_0)", hx[0], input)
-            c0 = _check_state_tensor("hx[1] (c_0)", hx[1], input, promote=True)
+            h0 = _check_state_tensor("hx[0] (h_0)", pair[0], input)
+            c0 = _check_state_tensor("hx[1] (c_0)", pair[1], input, promote=True)
             if h0.dim() != expected_dim or c0.dim() != expected_dim:
                 raise StateRankError(
                     f"For {kind} input, hx and cx should also be {expected_dim}-D but got "
@@ -417,6 +433,13 @@ class LSTM(_RecurrentForward, nn.LSTM):
 # ---------------------------------------------------------------- cells
 
 
+def _check_cell_state_rank(name: str, label: str, value) -> None:
+    if not isinstance(value, Tensor):
+        raise NotATensorError(f"{name}: {label} must be a Tensor, got {_describe(value)}")
+    if value.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {value.dim()}D instead")
+
+
 class _CellForward(_ConstructorMessages):
     """Argument handling shared by the cells: torch.nn's checks, plus the ones its C++
     makes (input_size, batch and hidden sizes, dtype, device)."""
@@ -432,21 +455,21 @@ class _CellForward(_ConstructorMessages):
         states = None
         if hx is not None:
             if is_lstm:
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                # torch.nn checks the rank of every element of hx first (a tensor's rows
+                # too), then reads hx[0] and hx[1]; only the batched kernel needs a pair.
+                if isinstance(hx, (tuple, list)) or (isinstance(hx, Tensor) and hx.dim() >= 1):
+                    for index, value in enumerate(hx):
+                        _check_cell_state_rank(name, f"hx[{index}]", value)
+                pair = _lstm_state_pair(hx, any_indexable=input.dim() == 1)
+                if pair is None:
                     raise LSTMStateError(
                         f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got "
                         f"{_describe(hx)}"
                         + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-                states, labels = list(hx), ["hx[0]", "hx[1]"]
+                states, labels = list(pair), ["hx[0]", "hx[1]"]
             else:
                 states, labels = [hx], ["hidden"]
-            for label, value in zip(labels, states):
-                if not isinstance(value, Tensor):
-                    raise NotATensorError(f"{name}: {label} must be a Tensor, got "
-                                          f"{_describe(value)}")
-                if value.dim() not in (1, 2):
-                    raise ValueError(
-                        f"{name}: Expected {label} to be 1D or 2D, got {value.dim()}D instead")
+                _check_cell_state_rank(name, "hidden", hx)
             # torch.nn unsqueezes a state of the wrong rank and lets its kernel see a 3-D or
             # 1-D state: an error, a wrong answer (RNNCell) or, with hidden_size 1, a crash.
             for label, value in zip(labels, states):

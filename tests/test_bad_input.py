@@ -219,6 +219,12 @@ def _layer_cases(kind: str) -> list[Case]:
                  ("(h_0, c_0)", "length 3")),
             Case("hx_1_tuple", kind, lambda: (rand(T, B, I), (rand(L, B, H),)),
                  ("(h_0, c_0)", "length 1")),
+            # torch.nn rejects the input's dtype before it needs a pair: ValueError.
+            Case("hx_3_tuple_input_int", kind,
+                 lambda: (torch.ones(T, B, I, dtype=torch.int64), (rand(L, B, H),) * 3),
+                 ("(h_0, c_0)", "length 3")),
+            Case("unbatched_hx_single_row", kind, lambda: (rand(T, I), rand(1, L, H)),
+                 ("(h_0, c_0)", "(1, 2, 7)")),
             Case("hx_1_list", kind, lambda: (rand(T, B, I), [rand(L, B, H)]),
                  ("(h_0, c_0)", "length 1")),
             Case("packed_hx_single_tensor", kind, lambda: (packed(), rand(L, B, H)),
@@ -322,6 +328,13 @@ def _cell_cases(kind: str) -> list[Case]:
                  ("(h_0, c_0)", "length 3")),
             Case("hx_1_tuple", kind, lambda: (rand(B, I), (rand(B, H),)),
                  ("(h_0, c_0)", "length 1")),
+            # torch.nn checks every element's rank before it needs a pair: ValueError.
+            Case("hx_3_tuple_rank3", kind,
+                 lambda: (rand(B, I), (rand(B, H), rand(B, H), rand(B, H, 1))),
+                 ("hx[2]", "3D")),
+            Case("hx_single_tensor_1d", kind, lambda: (rand(I), rand(H)), ("hx[0]", "0D")),
+            Case("unbatched_hx_single_row", kind, lambda: (rand(I), rand(1, H)),
+                 ("(h_0, c_0)", "(1, 7)")),
             Case("c_batch", kind, lambda: (rand(B, I), (rand(B, H), rand(4, H))),
                  ("hidden1", "batch size 3", "batch size 4")),
             Case("c_hidden", kind, lambda: (rand(B, I), (rand(B, H), rand(B, 11))),
@@ -470,6 +483,13 @@ ACCEPTED = [
     Case("c_int_unbatched", "LSTMCell", lambda: (rand(I), (rand(H), torch.randint(-2, 3, (H,)))),
          ()),
     Case("hx_list", "LSTM", lambda: (rand(T, B, I), [rand(L, B, H), rand(L, B, H)]), ()),
+    # Unbatched, torch.nn reads hx[0] and hx[1] of any longer tuple or stacked tensor.
+    Case("unbatched_hx_stacked", "LSTM", lambda: (rand(T, I), rand(2, L, H)), ()),
+    Case("unbatched_hx_3_stacked", "LSTM", lambda: (rand(T, I), rand(3, L, H)), ()),
+    Case("unbatched_hx_3_tuple", "LSTM", lambda: (rand(T, I), (rand(L, H),) * 3), ()),
+    Case("unbatched_hx_stacked", "LSTMCell", lambda: (rand(I), rand(2, H)), ()),
+    Case("unbatched_hx_3_stacked", "LSTMCell", lambda: (rand(I), rand(3, H)), ()),
+    Case("unbatched_hx_3_tuple", "LSTMCell", lambda: (rand(I), (rand(H),) * 3), ()),
     Case("hx_list", "LSTMCell", lambda: (rand(B, I), [rand(B, H), rand(B, H)]), ()),
 ] + [Case("batch_0", kind, lambda: (rand(T, 0, I),), ()) for kind in LAYERS] + \
     [Case("batch_0", kind, lambda: (rand(0, I),), ()) for kind in CELLS]
