@@ -260,10 +260,14 @@ class _RecurrentForward(_ConstructorMessages):
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
             _check_packed_sequence(input, batch_sizes, sorted_indices, unsorted_indices)
+            # torch.nn reads the state (permute_hidden: hx[0], hx[1] of anything that has
+            # them when the sequence is unsorted) before its kernel checks the input.
+            if hx is not None:
+                hx = self._check_hx_structure(hx, is_lstm, input, expected_dim=3,
+                                              any_indexable=sorted_indices is not None)
             self.check_input(input, batch_sizes)
             max_batch = int(batch_sizes[0])
             if hx is not None:
-                hx = self._check_hx_structure(hx, is_lstm, input, expected_dim=3)
                 # torch.nn permutes first and never checks a packed LSTM's state: a larger
                 # batch is silently cut by index_select, fewer c_0 layers crash torch 2.13.
                 self.check_forward_args(input, hx, batch_sizes)
@@ -282,7 +286,8 @@ class _RecurrentForward(_ConstructorMessages):
                 input = input.unsqueeze(batch_dim)
             if hx is not None:
                 hx = self._check_hx_structure(hx, is_lstm, input,
-                                              expected_dim=3 if is_batched else 2)
+                                              expected_dim=3 if is_batched else 2,
+                                              any_indexable=not is_batched)
                 if not is_batched:
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
             self.check_input(input, batch_sizes)
@@ -311,13 +316,15 @@ class _RecurrentForward(_ConstructorMessages):
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
         return output, hidden
 
-    def _check_hx_structure(self, hx, is_lstm: bool, input: Tensor, expected_dim: int):
+    def _check_hx_structure(self, hx, is_lstm: bool, input: Tensor, expected_dim: int,
+                            any_indexable: bool):
         name = type(self).__name__
         kind = "batched 3-D" if expected_dim == 3 else "unbatched 2-D"
         if is_lstm:
-            # torch.nn's unbatched path reads hx[0] and hx[1] of anything that has them (a
-            # longer tuple, a stacked [2, L, H] tensor); its other paths need a pair.
-            pair = _lstm_state_pair(hx, any_indexable=expected_dim == 2)
+            # torch.nn's unbatched and unsorted packed paths read hx[0] and hx[1] of
+            # anything that has them (a longer tuple, a stacked [2, L, ...] tensor); its
+            # other paths need a pair.
+            pair = _lstm_state_pair(hx, any_indexable)
             if pair is None:
                 raise LSTMStateError(
                     f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}"
@@ -325,9 +332,11 @@ class _RecurrentForward(_ConstructorMessages):
             h0 = _check_state_tensor("hx[0] (h_0)", pair[0], input)
             c0 = _check_state_tensor("hx[1] (c_0)", pair[1], input, promote=True)
             if h0.dim() != expected_dim or c0.dim() != expected_dim:
+                read_as = (f": hx is one tensor of shape {tuple(hx.shape)}, read as (h_0, c_0) = "
+                           f"(hx[0], hx[1])" if isinstance(hx, Tensor) else "")
                 raise StateRankError(
                     f"For {kind} input, hx and cx should also be {expected_dim}-D but got "
-                    f"({h0.dim()}-D, {c0.dim()}-D) tensors")
+                    f"({h0.dim()}-D, {c0.dim()}-D) tensors{read_as}")
             return (h0, c0)
         hx = _check_state_tensor("hx", hx, input)
         if hx.dim() != expected_dim:

@@ -487,6 +487,9 @@ ACCEPTED = [
     Case("unbatched_hx_stacked", "LSTM", lambda: (rand(T, I), rand(2, L, H)), ()),
     Case("unbatched_hx_3_stacked", "LSTM", lambda: (rand(T, I), rand(3, L, H)), ()),
     Case("unbatched_hx_3_tuple", "LSTM", lambda: (rand(T, I), (rand(L, H),) * 3), ()),
+    # So does its path for an unsorted PackedSequence (permute_hidden).
+    Case("packed_unsorted_hx_stacked", "LSTM", lambda: (packed(), rand(2, L, B, H)), ()),
+    Case("packed_unsorted_hx_3_tuple", "LSTM", lambda: (packed(), (rand(L, B, H),) * 3), ()),
     Case("unbatched_hx_stacked", "LSTMCell", lambda: (rand(I), rand(2, H)), ()),
     Case("unbatched_hx_3_stacked", "LSTMCell", lambda: (rand(I), rand(3, H)), ()),
     Case("unbatched_hx_3_tuple", "LSTMCell", lambda: (rand(I), (rand(H),) * 3), ()),
