@@ -72,6 +72,13 @@ def _kernels_run(input: Tensor, *tensors) -> bool:
     return True
 
 
+def plain_cpu_call() -> bool:
+    """No mode that changes how a CPU call must run: autocast, a torch.func transform, a
+    forward-mode AD level, or torch.compile tracing (the cells' fast path)."""
+    return (getattr(forward_ad, "_current_level", 0) < 0 and not _functorch_active()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
 def _needs_grad(*tensors) -> bool:
     if not torch.is_grad_enabled():
         return False
@@ -418,6 +425,41 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     _, h_n, c_n, _ = ops.lstm_forward(x_proj, [w_hh], b_hh, [], h.unsqueeze(0), c.unsqueeze(0),
                                       None, need_workspace)
     return h_n[0], c_n[0]
+
+
+# The cells' fast path (nn.py: _CellForward._fast_cell_weights has checked the arguments
+# and the modes): the fused op directly on CPU float32/float64 [B, I] input.
+_lstm_forward_fused = torch.ops.rnnkernels.lstm_forward_fused.default
+_gru_forward_fused = torch.ops.rnnkernels.gru_forward_fused.default
+_rnn_forward_fused = torch.ops.rnnkernels.rnn_forward_fused.default
+
+
+def _requires_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def lstm_cell_cpu(input, h, c, w_ih, w_hh, b_ih, b_hh):
+    need = _requires_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    biases = b_ih is not None
+    _, h_n, c_n, _ = _lstm_forward_fused(
+        input, [w_ih], [b_ih] if biases else [], [w_hh], [b_hh] if biases else [], [],
+        h.unsqueeze(0), c.unsqueeze(0), None, need)
+    return h_n[0], c_n[0]
+
+
+def gru_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh):
+    need = _requires_grad(input, h, w_ih, w_hh, b_ih, b_hh)
+    biases = b_ih is not None
+    return _gru_forward_fused(input, [w_ih], [b_ih] if biases else [], [w_hh],
+                              [b_hh] if biases else [], h.unsqueeze(0), None, need)[1][0]
+
+
+def rnn_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    need = _requires_grad(input, h, w_ih, w_hh, b_ih, b_hh)
+    biases = b_ih is not None
+    return _rnn_forward_fused(input, [w_ih], [b_ih] if biases else [], [w_hh],
+                              [b_hh] if biases else [], h.unsqueeze(0), None, nonlinearity,
+                              need)[1][0]
 
 
 @_autocast_aware("gru_cell")

@@ -524,6 +524,36 @@ class _CellForward(_ConstructorMessages):
         return input, checked, is_batched
 
 
+    def _fast_cell_weights(self, input, states):
+        """(w_ih, w_hh, b_ih, b_hh) when this call may skip the full argument checks: CPU
+        float32/float64 batched input and states (None or tensors) of exactly the shapes,
+        dtype and device the weights expect, plain parameters (no parametrization), no
+        autocast, torch.func transform or forward-mode AD. Else None: the full path then
+        checks, raises as torch.nn does, or routes the call."""
+        params = self._parameters
+        w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
+        if (type(input) is not Tensor or w_ih is None or w_hh is None or input.dim() != 2
+                or input.dtype is not w_ih.dtype or input.dtype not in _FAST_DTYPES
+                or input.device.type != "cpu" or w_ih.device.type != "cpu"
+                or input.shape[1] != self.input_size):
+            return None
+        batch, hidden = input.shape[0], self.hidden_size
+        for s in states:
+            if s is not None and (type(s) is not Tensor or s.dtype is not input.dtype
+                                  or s.dim() != 2 or s.shape[0] != batch or s.shape[1] != hidden
+                                  or s.device.type != "cpu"):
+                return None
+        if not RF.plain_cpu_call():
+            return None
+        return w_ih, w_hh, params.get("bias_ih"), params.get("bias_hh")
+
+    def _zeros_state(self, input: Tensor) -> Tensor:
+        return torch.zeros(input.shape[0], self.hidden_size, dtype=input.dtype)
+
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
 class RNNCell(_CellForward, nn.RNNCell):
     __doc__ = "rnnkernels drop-in for torch.nn.RNNCell.\n\n" + (nn.RNNCell.__doc__ or "")
     _positional_names = ("input_size", "hidden_size", "bias", "nonlinearity", "device", "dtype")
@@ -531,6 +561,10 @@ class RNNCell(_CellForward, nn.RNNCell):
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: D102
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        weights = self._fast_cell_weights(input, (hx,))
+        if weights is not None:
+            return RF.rnn_cell_cpu(input, hx if hx is not None else self._zeros_state(input),
+                                   *weights, self.nonlinearity)
         input, (h,), is_batched = self._cell_inputs(input, hx, is_lstm=False)
         out = RF.rnn_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                           self.nonlinearity)
@@ -541,6 +575,10 @@ class GRUCell(_CellForward, nn.GRUCell):
     __doc__ = "rnnkernels drop-in for torch.nn.GRUCell.\n\n" + (nn.GRUCell.__doc__ or "")
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: D102
+        weights = self._fast_cell_weights(input, (hx,))
+        if weights is not None:
+            return RF.gru_cell_cpu(input, hx if hx is not None else self._zeros_state(input),
+                                   *weights)
         input, (h,), is_batched = self._cell_inputs(input, hx, is_lstm=False)
         out = RF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return out if is_batched else out.squeeze(0)
@@ -551,6 +589,13 @@ class LSTMCell(_CellForward, nn.LSTMCell):
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None  # noqa: D102
                 ) -> tuple[Tensor, Tensor]:
+        if hx is None or (type(hx) is tuple and len(hx) == 2):
+            h, c = (None, None) if hx is None else hx
+            weights = self._fast_cell_weights(input, (h, c))
+            if weights is not None:
+                zeros = self._zeros_state(input) if hx is None else None
+                return RF.lstm_cell_cpu(input, h if h is not None else zeros,
+                                        c if c is not None else zeros, *weights)
         input, (h, c), is_batched = self._cell_inputs(input, hx, is_lstm=True)
         h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
                             self.bias_hh)

@@ -74,11 +74,16 @@ void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                         a.size(1) == b.size(0));
   const auto dtype = out.scalar_type();
   // Below K = 256 the tile's fixed costs (bias/C loads, stores) are not amortised and MKL's
-  // small-K kernels measured faster; from 256 up the panel kernel won on every shape we
-  // measured (Note [own GEMM]).
+  // small-K kernels measured faster. Packing b costs about one pass over it, paid back
+  // over the M rows of a: against at::addmm on 2-core Zen 4 (same process, medians) the
+  // panel kernel won from M = 256 where b is row-major (dW = g^T x: 1.16x at M = 512)
+  // but only from M ~ 1024 where b is a transposed weight (x W^T: 0.23-0.44x at M = 1-8,
+  // 0.8-0.9x at M = 100-160, 0.95-1.13x at M = 512-800, 1.1-1.4x at M >= 1600), which is
+  // where a cell step or a short batch-1 sequence lands (Note [own GEMM]).
   constexpr int64_t kMinDepth = 256;
+  const int64_t min_rows = b.stride(1) == 1 ? 256 : 1024;
   if ((dtype != at::kFloat && dtype != at::kDouble) || out.stride(1) != 1 ||
-      a.size(1) < kMinDepth) {
+      a.size(1) < kMinDepth || a.size(0) < min_rows) {
     if (accumulate) {
       out.addmm_(a, b);
     } else if (bias.has_value()) {
