@@ -66,16 +66,21 @@ def _kernels_run(input: Tensor, *tensors) -> bool:
         return True
     if _functorch_active():
         return False
-    if getattr(forward_ad, "_current_level", 0) >= 0:  # inside a dual level (or unknown)
+    if _dual_level_active():
         return all(t is None or forward_ad.unpack_dual(t).tangent is None
                    for t in (input, *tensors))
     return True
 
 
+def _dual_level_active() -> bool:
+    """Inside a forward-AD dual level (or the level cannot be read)."""
+    return getattr(forward_ad, "_current_level", 0) >= 0
+
+
 def plain_cpu_call() -> bool:
     """No mode that changes how a CPU call must run: autocast, a torch.func transform, a
     forward-mode AD level, or torch.compile tracing (the cells' fast path)."""
-    return (getattr(forward_ad, "_current_level", 0) < 0 and not _functorch_active()
+    return (not _dual_level_active() and not _functorch_active()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
@@ -407,6 +412,38 @@ def _cell_projection(input: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor
     return torch.addmm(b_ih, input, w_ih.t())
 
 
+# One CPU cell step as the fused op on [B, I] input: the functional cells' CPU path and
+# the modules' fast path (nn.py: _CellForward._fast_cell_weights has checked the arguments
+# and the modes).
+_lstm_forward_fused = torch.ops.rnnkernels.lstm_forward_fused.default
+_gru_forward_fused = torch.ops.rnnkernels.gru_forward_fused.default
+_rnn_forward_fused = torch.ops.rnnkernels.rnn_forward_fused.default
+
+
+def _listed(bias: Tensor | None) -> list[Tensor]:
+    return [bias] if bias is not None else []
+
+
+def lstm_cell_cpu(input, h, c, w_ih, w_hh, b_ih, b_hh):
+    need = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    _, h_n, c_n, _ = _lstm_forward_fused(
+        input, [w_ih], _listed(b_ih), [w_hh], _listed(b_hh), [],
+        h.unsqueeze(0), c.unsqueeze(0), None, need)
+    return h_n[0], c_n[0]
+
+
+def gru_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh):
+    need = _needs_grad(input, h, w_ih, w_hh, b_ih, b_hh)
+    return _gru_forward_fused(input, [w_ih], _listed(b_ih), [w_hh], _listed(b_hh),
+                              h.unsqueeze(0), None, need)[1][0]
+
+
+def rnn_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    need = _needs_grad(input, h, w_ih, w_hh, b_ih, b_hh)
+    return _rnn_forward_fused(input, [w_ih], _listed(b_ih), [w_hh], _listed(b_hh),
+                              h.unsqueeze(0), None, nonlinearity, need)[1][0]
+
+
 @_autocast_aware("lstm_cell")
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
@@ -414,52 +451,14 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     h, c = hx
     if not _kernels_run(input, h, c, w_ih, w_hh, b_ih, b_hh):
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _fused_input(input):
+        return lstm_cell_cpu(input, h, c, w_ih, w_hh, b_ih, b_hh)
     need_workspace = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
     b_hh = [b_hh] if b_hh is not None else []
-    if _fused_input(input):
-        _, h_n, c_n, _ = ops.lstm_forward_fused(
-            input, [w_ih], [b_ih] if b_ih is not None else [], [w_hh], b_hh, [],
-            h.unsqueeze(0), c.unsqueeze(0), None, need_workspace)
-        return h_n[0], c_n[0]
     x_proj = _cell_projection(input, w_ih, b_ih)
     _, h_n, c_n, _ = ops.lstm_forward(x_proj, [w_hh], b_hh, [], h.unsqueeze(0), c.unsqueeze(0),
                                       None, need_workspace)
     return h_n[0], c_n[0]
-
-
-# The cells' fast path (nn.py: _CellForward._fast_cell_weights has checked the arguments
-# and the modes): the fused op directly on CPU float32/float64 [B, I] input.
-_lstm_forward_fused = torch.ops.rnnkernels.lstm_forward_fused.default
-_gru_forward_fused = torch.ops.rnnkernels.gru_forward_fused.default
-_rnn_forward_fused = torch.ops.rnnkernels.rnn_forward_fused.default
-
-
-def _requires_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def lstm_cell_cpu(input, h, c, w_ih, w_hh, b_ih, b_hh):
-    need = _requires_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    biases = b_ih is not None
-    _, h_n, c_n, _ = _lstm_forward_fused(
-        input, [w_ih], [b_ih] if biases else [], [w_hh], [b_hh] if biases else [], [],
-        h.unsqueeze(0), c.unsqueeze(0), None, need)
-    return h_n[0], c_n[0]
-
-
-def gru_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh):
-    need = _requires_grad(input, h, w_ih, w_hh, b_ih, b_hh)
-    biases = b_ih is not None
-    return _gru_forward_fused(input, [w_ih], [b_ih] if biases else [], [w_hh],
-                              [b_hh] if biases else [], h.unsqueeze(0), None, need)[1][0]
-
-
-def rnn_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
-    need = _requires_grad(input, h, w_ih, w_hh, b_ih, b_hh)
-    biases = b_ih is not None
-    return _rnn_forward_fused(input, [w_ih], [b_ih] if biases else [], [w_hh],
-                              [b_hh] if biases else [], h.unsqueeze(0), None, nonlinearity,
-                              need)[1][0]
 
 
 @_autocast_aware("gru_cell")
@@ -468,12 +467,10 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
     if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _fused_input(input):
+        return gru_cell_cpu(input, hx, w_ih, w_hh, b_ih, b_hh)
     need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
     b_hh = [b_hh] if b_hh is not None else []
-    if _fused_input(input):
-        _, h_n, _ = ops.gru_forward_fused(input, [w_ih], [b_ih] if b_ih is not None else [],
-                                          [w_hh], b_hh, hx.unsqueeze(0), None, need_workspace)
-        return h_n[0]
     x_proj = _cell_projection(input, w_ih, b_ih)
     _, h_n, _ = ops.gru_forward(x_proj, [w_hh], b_hh, hx.unsqueeze(0), None, need_workspace)
     return h_n[0]
@@ -488,13 +485,10 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh):
         impl = _VF.rnn_tanh_cell if nonlinearity == "tanh" else _VF.rnn_relu_cell
         return impl(input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _fused_input(input):
+        return rnn_cell_cpu(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
     b_hh = [b_hh] if b_hh is not None else []
-    if _fused_input(input):
-        _, h_n, _ = ops.rnn_forward_fused(input, [w_ih], [b_ih] if b_ih is not None else [],
-                                          [w_hh], b_hh, hx.unsqueeze(0), None, nonlinearity,
-                                          need_workspace)
-        return h_n[0]
     x_proj = _cell_projection(input, w_ih, b_ih)
     _, h_n, _ = ops.rnn_forward(x_proj, [w_hh], b_hh, hx.unsqueeze(0), None, nonlinearity,
                                 need_workspace)

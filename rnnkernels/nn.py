@@ -449,6 +449,9 @@ def _check_cell_state_rank(name: str, label: str, value) -> None:
         raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {value.dim()}D instead")
 
 
+_FAST_DTYPES = (torch.float32, torch.float64)  # the cells' fast path
+
+
 class _CellForward(_ConstructorMessages):
     """Argument handling shared by the cells: torch.nn's checks, plus the ones its C++
     makes (input_size, batch and hidden sizes, dtype, device)."""
@@ -504,8 +507,7 @@ class _CellForward(_ConstructorMessages):
             raise RuntimeError(
                 f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         if states is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
-                                device=input.device)
+            zeros = self._zeros_state(input)
             states = [zeros, zeros] if is_lstm else [zeros]
         checked = []
         for idx, value in enumerate(states):
@@ -522,7 +524,6 @@ class _CellForward(_ConstructorMessages):
                     f"{self.hidden_size}")
             checked.append(value)
         return input, checked, is_batched
-
 
     def _fast_cell_weights(self, input, states):
         """(w_ih, w_hh, b_ih, b_hh) when this call may skip the full argument checks: CPU
@@ -548,10 +549,9 @@ class _CellForward(_ConstructorMessages):
         return w_ih, w_hh, params.get("bias_ih"), params.get("bias_hh")
 
     def _zeros_state(self, input: Tensor) -> Tensor:
-        return torch.zeros(input.shape[0], self.hidden_size, dtype=input.dtype)
-
-
-_FAST_DTYPES = (torch.float32, torch.float64)
+        """The default state for batched input [B, I]: zeros [B, hidden_size]."""
+        return torch.zeros(input.shape[0], self.hidden_size, dtype=input.dtype,
+                           device=input.device)
 
 
 class RNNCell(_CellForward, nn.RNNCell):
