@@ -26,9 +26,12 @@ class Model(torch.nn.Module):
 
 
 @pytest.fixture(autouse=True)
-def _allow_rnn(monkeypatch):
+def _allow_rnn():
     # dynamo refuses to trace nn.RNNBase subclasses without it (README, Limitations).
-    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
+    # torch's own patch, not monkeypatch: pytest 9.2 undoes setattr with a delattr, which
+    # torch's config module takes as "hide this key" for every later test.
+    with torch._dynamo.config.patch(allow_rnn=True):
+        yield
 
 
 @pytest.mark.parametrize("dynamic_batch", [False, True], ids=["static", "dynamic_batch"])
