@@ -65,12 +65,15 @@ ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    # bfloat16 kernels only, beside avx512 (kernels_avx512_bf16.cpp explains the namespace).
+    "avx512_bf16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                    "-mavx512bf16", "-DCPU_CAPABILITY=AVX512_BF16", "-DCPU_CAPABILITY_AVX512"],
 }
 
 
 def _isas():
     wanted = os.environ.get("RNNKERNELS_ISAS")
-    isas = ["default", "avx2", "avx512"] if IS_X86 else ["default"]
+    isas = ["default", "avx2", "avx512", "avx512_bf16"] if IS_X86 else ["default"]
     if wanted:
         isas = [i for i in isas if i in wanted.split(",")] or ["default"]
     return isas

@@ -24,14 +24,20 @@ std::string active_cpu_capability() { return cpu::active_isa_kernels().name; }
 pybind11::dict build_info_dict() {
   pybind11::dict info;
   pybind11::list isas;
-  isas.append("default");
-#if defined(__x86_64__) || defined(_M_X64)
-  isas.append("avx2");
-  isas.append("avx512");
-#endif
+  for (const auto& name : cpu::built_isa_names()) isas.append(name);
   info["cpu_isas"] = isas;
   info["cpu_capability"] = active_cpu_capability();
-  info["cpu_dtypes"] = pybind11::make_tuple("float32", "float64");
+  // Storage dtypes the CPU kernels run natively, and those they widen to float32 first
+  // (Note [reduced precision on CPU] in cpu/recurrence_cpu.cpp).
+  const bool native_bf16 = cpu::active_bf16_kernels() != nullptr;
+  info["cpu_bf16_kernels"] = cpu::active_bf16_kernels_name();
+  pybind11::list native, widened;
+  native.append("float32");
+  native.append("float64");
+  (native_bf16 ? native : widened).append("bfloat16");
+  widened.append("float16");
+  info["cpu_dtypes"] = pybind11::tuple(native);
+  info["cpu_widened_dtypes"] = pybind11::tuple(widened);
   info["torch_version"] = TORCH_VERSION;
   info["source_hash"] = RNNKERNELS_SOURCE_HASH;
   info["parallel"] = at::get_parallel_info();

@@ -18,7 +18,7 @@ import torch
 
 import rnnkernels
 from equivalence import (CELL_KINDS, SEQUENCE_KINDS, CellCase, SequenceCase, check_cell_case,
-                         check_sequence_case)
+                         check_low_precision_sequence_case, check_sequence_case)
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
@@ -54,6 +54,15 @@ def test_sequence_matches_torch(kind, case, dtype):
 @pytest.mark.parametrize("kind", list(CELL_KINDS))
 def test_cell_matches_torch(kind, dtype):
     check_cell_case(CellCase(kind, batch=5), dtype)
+
+
+@pytest.mark.parametrize("kind", list(SEQUENCE_KINDS))
+def test_bfloat16_within_twice_torch_nn_error(kind):
+    """bfloat16: the native kernels under avx512 on CPUs with AVX512-BF16, else the float32
+    kernels of this variant after widening (Note [reduced precision on CPU])."""
+    case = SequenceCase(kind, batch=9, steps=7, bidirectional=True, layout="packed_unsorted",
+                        given_hx=True)
+    check_low_precision_sequence_case(case, torch.bfloat16)
 
 
 LAYER_NORM_CASES = {

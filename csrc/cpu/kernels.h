@@ -9,8 +9,30 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
+#include <vector>
+
+#include <c10/util/BFloat16.h>
 
 namespace rnnkernels::cpu {
+
+// Note [storage and compute types]
+// A kernel is instantiated for the storage type T of the user-visible tensors (x, the
+// weights, states, outputs, gradients) and computes in compute_t<T>: float for bfloat16.
+// The products read T operands and accumulate in compute_t<T> (bfloat16: AVX512-BF16 dot
+// products on pairs of k); gates, cell state, the workspace, biases and zoneout weights
+// are compute_t<T>, so a bfloat16 step rounds only what the module's dtype must hold
+// (h, c_n, outputs, gradients), as torch.nn's bfloat16 modules do.
+template <typename T>
+struct ComputeType {
+  using type = T;
+};
+template <>
+struct ComputeType<c10::BFloat16> {
+  using type = float;
+};
+template <typename T>
+using compute_t = typename ComputeType<T>::type;
 
 // Rows of a time-major sequence: time t owns rows [offsets[t], offsets[t] + batch_sizes[t])
 // of every [N, ...] tensor; batch_sizes is non-increasing (PackedSequence order), and
@@ -46,20 +68,22 @@ struct SliceRange {
   int64_t end = 1;
 };
 
-template <typename S>
+// Pointers to T or S: see Note [storage and compute types].
+template <typename T>
 struct LstmForwardArgs {
+  using S = compute_t<T>;
   SequenceLayout seq;
   int64_t hidden = 0;   // H
   int64_t output = 0;   // P: proj_size, or H without projection
-  const S* x_proj = nullptr;  int64_t ld_x_proj = 0;   // [N, 4H], b_ih included
-  const S* w_hh = nullptr;                             // [4H, P] contiguous
+  const T* x_proj = nullptr;  int64_t ld_x_proj = 0;   // [N, 4H], b_ih included
+  const T* w_hh = nullptr;                             // [4H, P] contiguous
   const S* b_hh = nullptr;                             // [4H] or null
-  const S* w_hr = nullptr;                             // [P, H] contiguous or null
-  const S* h0 = nullptr;                               // [B, P] contiguous
-  const S* c0 = nullptr;                               // [B, H] contiguous
-  S* out = nullptr;  int64_t ld_out = 0;               // [N, P]
-  S* h_n = nullptr;                                    // [B, P]
-  S* c_n = nullptr;                                    // [B, H]
+  const T* w_hr = nullptr;                             // [P, H] contiguous or null
+  const T* h0 = nullptr;                               // [B, P] contiguous
+  const T* c0 = nullptr;                               // [B, H] contiguous
+  T* out = nullptr;  int64_t ld_out = 0;               // [N, P]
+  T* h_n = nullptr;                                    // [B, P]
+  T* c_n = nullptr;                                    // [B, H]
   S* workspace = nullptr;  // [N, 5H]: i, f, g, o, c; with zoneout [N, 6H]: i, f, g, o,
                            // c before zoneout, c after; or null
   // Zoneout (Note [zoneout] in cell_math.h): row n holds the weights of the previous h
@@ -68,33 +92,34 @@ struct LstmForwardArgs {
   const S* zoneout = nullptr;  int64_t ld_zoneout = 0;
   // Single-step calls (T = 1, no projection): h0 @ W_hh^T + b_hh computed by the host,
   // [B, 4H]; the kernel then packs nothing and runs only the gate math.
-  const S* h_pre = nullptr;
+  const T* h_pre = nullptr;
   // Fused input projection (x_proj is then null): every step's tile also accumulates
   // x_t @ W_ih^T + b_ih (Note [fused input projection] in kernels_isa.h).
-  const S* x = nullptr;  int64_t ld_x = 0;             // [N, I]
+  const T* x = nullptr;  int64_t ld_x = 0;             // [N, I]
   int64_t input = 0;                                   // I
-  const S* w_ih = nullptr;                             // [4H, I] contiguous
+  const T* w_ih = nullptr;                             // [4H, I] contiguous
   const S* b_ih = nullptr;                             // [4H] or null
   void* scratch = nullptr;                             // forward_scratch_bytes(args)
 };
 
-template <typename S>
+template <typename T>
 struct LstmBackwardArgs {
+  using S = compute_t<T>;
   SequenceLayout seq;
   int64_t hidden = 0;
   int64_t output = 0;
-  const S* grad_out = nullptr;  int64_t ld_grad_out = 0;  // [N, P] or null
-  const S* grad_h_n = nullptr;                            // [B, P] or null
-  const S* grad_c_n = nullptr;                            // [B, H] or null
-  const S* w_hh = nullptr;                                // [4H, P]
-  const S* w_hr = nullptr;                                // [P, H] or null
-  const S* c0 = nullptr;                                  // [B, H]
+  const T* grad_out = nullptr;  int64_t ld_grad_out = 0;  // [N, P] or null
+  const T* grad_h_n = nullptr;                            // [B, P] or null
+  const T* grad_c_n = nullptr;                            // [B, H] or null
+  const T* w_hh = nullptr;                                // [4H, P]
+  const T* w_hr = nullptr;                                // [P, H] or null
+  const T* c0 = nullptr;                                  // [B, H]
   const S* workspace = nullptr;                           // [N, 5H] (zoneout: [N, 6H])
   const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in LstmForwardArgs
-  S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 4H]
-  S* grad_h0 = nullptr;                                   // [B, P]
-  S* grad_c0 = nullptr;                                   // [B, H]
-  S* grad_h = nullptr;                                    // [N, P] dL/dh_t (projection only)
+  T* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 4H]
+  T* grad_h0 = nullptr;                                   // [B, P]
+  T* grad_c0 = nullptr;                                   // [B, H]
+  T* grad_h = nullptr;                                    // [N, P] dL/dh_t (projection only)
   // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
   bool skip_initial_product = false;
   void* scratch = nullptr;
@@ -140,72 +165,76 @@ struct LnLstmBackwardArgs {
   void* scratch = nullptr;
 };
 
-template <typename S>
+template <typename T>
 struct GruForwardArgs {
+  using S = compute_t<T>;
   SequenceLayout seq;
   int64_t hidden = 0;
-  const S* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, 3H]
-  const S* w_hh = nullptr;                            // [3H, H]
+  const T* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, 3H]
+  const T* w_hh = nullptr;                            // [3H, H]
   const S* b_hh = nullptr;                            // [3H] or null
-  const S* h0 = nullptr;                              // [B, H]
-  S* out = nullptr;  int64_t ld_out = 0;              // [N, H]
-  S* h_n = nullptr;                                   // [B, H]
+  const T* h0 = nullptr;                              // [B, H]
+  T* out = nullptr;  int64_t ld_out = 0;              // [N, H]
+  T* h_n = nullptr;                                   // [B, H]
   S* workspace = nullptr;                             // [N, 4H]: r, z, n, hn; or null
-  const S* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, 3H] from the host
+  const T* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, 3H] from the host
   // Zoneout (Note [zoneout] in cell_math.h): [N, H] weights of the previous h, row stride
   // ld_zoneout (0: one row for all); null without zoneout.
   const S* zoneout = nullptr;  int64_t ld_zoneout = 0;
   void* scratch = nullptr;
 };
 
-template <typename S>
+template <typename T>
 struct GruBackwardArgs {
+  using S = compute_t<T>;
   SequenceLayout seq;
   int64_t hidden = 0;
-  const S* grad_out = nullptr;  int64_t ld_grad_out = 0;
-  const S* grad_h_n = nullptr;
-  const S* w_hh = nullptr;
-  const S* h0 = nullptr;
-  const S* out = nullptr;  int64_t ld_out = 0;        // forward output: h_t
+  const T* grad_out = nullptr;  int64_t ld_grad_out = 0;
+  const T* grad_h_n = nullptr;
+  const T* w_hh = nullptr;
+  const T* h0 = nullptr;
+  const T* out = nullptr;  int64_t ld_out = 0;        // forward output: h_t
   const S* workspace = nullptr;                       // [N, 4H]
-  S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 3H]: r, z, n_x
-  S* grad_hidden_pre = nullptr;                       // [N, 3H]: r, z, n_h (for dW_hh, db_hh)
-  S* grad_h0 = nullptr;
+  T* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, 3H]: r, z, n_x
+  T* grad_hidden_pre = nullptr;                       // [N, 3H]: r, z, n_h (for dW_hh, db_hh)
+  T* grad_h0 = nullptr;
   const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in GruForwardArgs
   // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
   bool skip_initial_product = false;
   void* scratch = nullptr;
 };
 
-template <typename S>
+template <typename T>
 struct RnnForwardArgs {
+  using S = compute_t<T>;
   SequenceLayout seq;
   int64_t hidden = 0;
   bool relu = false;
-  const S* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, H]
-  const S* w_hh = nullptr;                            // [H, H]
+  const T* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, H]
+  const T* w_hh = nullptr;                            // [H, H]
   const S* b_hh = nullptr;
-  const S* h0 = nullptr;
-  S* out = nullptr;  int64_t ld_out = 0;
-  S* h_n = nullptr;
-  const S* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, H] from the host
+  const T* h0 = nullptr;
+  T* out = nullptr;  int64_t ld_out = 0;
+  T* h_n = nullptr;
+  const T* h_pre = nullptr;  // T = 1: h0 @ W_hh^T + b_hh [B, H] from the host
   const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in GruForwardArgs
   S* workspace = nullptr;  // zoneout only: [N, H] h before zoneout (its activation's
                            // backward needs it); or null
   void* scratch = nullptr;
 };
 
-template <typename S>
+template <typename T>
 struct RnnBackwardArgs {
+  using S = compute_t<T>;
   SequenceLayout seq;
   int64_t hidden = 0;
   bool relu = false;
-  const S* grad_out = nullptr;  int64_t ld_grad_out = 0;
-  const S* grad_h_n = nullptr;
-  const S* w_hh = nullptr;
-  const S* out = nullptr;  int64_t ld_out = 0;
-  S* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, H]
-  S* grad_h0 = nullptr;
+  const T* grad_out = nullptr;  int64_t ld_grad_out = 0;
+  const T* grad_h_n = nullptr;
+  const T* w_hh = nullptr;
+  const T* out = nullptr;  int64_t ld_out = 0;
+  T* grad_x_proj = nullptr;  int64_t ld_grad_x_proj = 0;  // [N, H]
+  T* grad_h0 = nullptr;
   const S* zoneout = nullptr;  int64_t ld_zoneout = 0;    // as in GruForwardArgs
   const S* workspace = nullptr;  // zoneout only: [N, H] h before zoneout
   // T = 1: skip dG_0 @ W_hh (no packed weights); the host adds it to grad_h0.
@@ -231,33 +260,40 @@ struct GemmArgs {
   int64_t rows_per_group = 0, k_per_pass = 0, segments = 1;
 };
 
-// One ISA's kernels for one scalar type. *_scratch returns the bytes the host must
+// One ISA's kernels for one storage type. *_scratch returns the bytes the host must
 // allocate for args.scratch; the run functions are called by every thread of the team
-// with the slices it owns.
-template <typename S>
+// with the slices it owns. The bfloat16 tables hold the LSTM, GRU and RNN loops only
+// (the layer-normalised LSTM and the GEMM entries are null: the host widens those).
+template <typename T>
 struct CellKernels {
-  int64_t (*lstm_forward_scratch)(const LstmForwardArgs<S>&, int64_t team_size);
-  void (*lstm_forward)(const LstmForwardArgs<S>&, Team&, SliceRange);
-  int64_t (*lstm_backward_scratch)(const LstmBackwardArgs<S>&, int64_t team_size);
-  void (*lstm_backward)(const LstmBackwardArgs<S>&, Team&, SliceRange);
-  int64_t (*ln_lstm_forward_scratch)(const LnLstmForwardArgs<S>&, int64_t team_size);
-  void (*ln_lstm_forward)(const LnLstmForwardArgs<S>&, Team&, SliceRange);
-  int64_t (*ln_lstm_backward_scratch)(const LnLstmBackwardArgs<S>&, int64_t team_size);
-  void (*ln_lstm_backward)(const LnLstmBackwardArgs<S>&, Team&, SliceRange);
-  int64_t (*gru_forward_scratch)(const GruForwardArgs<S>&, int64_t team_size);
-  void (*gru_forward)(const GruForwardArgs<S>&, Team&, SliceRange);
-  int64_t (*gru_backward_scratch)(const GruBackwardArgs<S>&, int64_t team_size);
-  void (*gru_backward)(const GruBackwardArgs<S>&, Team&, SliceRange);
-  int64_t (*rnn_forward_scratch)(const RnnForwardArgs<S>&, int64_t team_size);
-  void (*rnn_forward)(const RnnForwardArgs<S>&, Team&, SliceRange);
-  int64_t (*rnn_backward_scratch)(const RnnBackwardArgs<S>&, int64_t team_size);
-  void (*rnn_backward)(const RnnBackwardArgs<S>&, Team&, SliceRange);
+  int64_t (*lstm_forward_scratch)(const LstmForwardArgs<T>&, int64_t team_size);
+  void (*lstm_forward)(const LstmForwardArgs<T>&, Team&, SliceRange);
+  int64_t (*lstm_backward_scratch)(const LstmBackwardArgs<T>&, int64_t team_size);
+  void (*lstm_backward)(const LstmBackwardArgs<T>&, Team&, SliceRange);
+  int64_t (*ln_lstm_forward_scratch)(const LnLstmForwardArgs<T>&, int64_t team_size);
+  void (*ln_lstm_forward)(const LnLstmForwardArgs<T>&, Team&, SliceRange);
+  int64_t (*ln_lstm_backward_scratch)(const LnLstmBackwardArgs<T>&, int64_t team_size);
+  void (*ln_lstm_backward)(const LnLstmBackwardArgs<T>&, Team&, SliceRange);
+  int64_t (*gru_forward_scratch)(const GruForwardArgs<T>&, int64_t team_size);
+  void (*gru_forward)(const GruForwardArgs<T>&, Team&, SliceRange);
+  int64_t (*gru_backward_scratch)(const GruBackwardArgs<T>&, int64_t team_size);
+  void (*gru_backward)(const GruBackwardArgs<T>&, Team&, SliceRange);
+  int64_t (*rnn_forward_scratch)(const RnnForwardArgs<T>&, int64_t team_size);
+  void (*rnn_forward)(const RnnForwardArgs<T>&, Team&, SliceRange);
+  int64_t (*rnn_backward_scratch)(const RnnBackwardArgs<T>&, int64_t team_size);
+  void (*rnn_backward)(const RnnBackwardArgs<T>&, Team&, SliceRange);
   int64_t gemm_panel_width;  // columns of one packed panel of B
   int64_t gemm_tile_rows;    // rows of one register tile of C
-  void (*gemm_pack)(const GemmArgs<S>&, S* panels, int64_t block_begin, int64_t block_end);
-  void (*gemm_compute)(const GemmArgs<S>&, const S* panels, int64_t item_begin, int64_t item_end);
+  void (*gemm_pack)(const GemmArgs<T>&, T* panels, int64_t block_begin, int64_t block_end);
+  void (*gemm_compute)(const GemmArgs<T>&, const T* panels, int64_t item_begin, int64_t item_end);
 };
 
+// Note [kernel registry]
+// Each kernels_<isa>.cpp that was built registers its table at load time (a static
+// registrar, as ATen's REGISTER_DISPATCH does), so the host names no ISA symbol and a
+// build with any subset of the variants links and runs. The bfloat16 kernels are a
+// variant of their own (kernels_avx512_bf16.cpp, built with -mavx512bf16) that extends the
+// avx512 table on CPUs with AVX512-BF16.
 struct IsaKernels {
   const char* name;       // "avx512", "avx2", "default"
   int vector_bytes;       // SIMD register width used
@@ -265,12 +301,21 @@ struct IsaKernels {
   CellKernels<double> f64;
 };
 
-// Defined in kernels_{avx512,avx2,default}.cpp; avx512 and avx2 only on x86-64.
-const IsaKernels& isa_kernels_default();
-const IsaKernels& isa_kernels_avx2();
-const IsaKernels& isa_kernels_avx512();
+enum class IsaLevel : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// The variant for this machine, chosen once from at::get_cpu_capability().
+void register_isa_kernels(IsaLevel level, const IsaKernels& kernels);
+// bfloat16 kernels for `level`; `cpu_supports` is asked once, when the table is first used.
+void register_bf16_kernels(IsaLevel level, const CellKernels<c10::BFloat16>& kernels,
+                           const char* name, bool (*cpu_supports)());
+
+// The variant for this machine, chosen once from at::get_cpu_capability() among the
+// registered ones (the best one at or below it).
 const IsaKernels& active_isa_kernels();
+// The native bfloat16 kernels of the active variant, or null (the host then widens).
+const CellKernels<c10::BFloat16>* active_bf16_kernels();
+// "avx512_bf16" or "" (none).
+const char* active_bf16_kernels_name();
+// The variants this build holds, e.g. "default", "avx2", "avx512", "avx512_bf16".
+std::vector<std::string> built_isa_names();
 
 }  // namespace rnnkernels::cpu

@@ -4,8 +4,8 @@
 #include "cpu/kernels_isa.h"
 
 namespace rnnkernels::cpu {
-const IsaKernels& isa_kernels_avx2() {
-  static const IsaKernels kernels = isa_avx2::make_isa_kernels("avx2");
-  return kernels;
-}
+namespace {
+const IsaKernels kKernels = isa_avx2::make_isa_kernels("avx2");
+[[maybe_unused]] const bool kRegistered = (register_isa_kernels(IsaLevel::kAvx2, kKernels), true);
+}  // namespace
 }  // namespace rnnkernels::cpu

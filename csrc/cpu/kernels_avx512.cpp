@@ -5,8 +5,8 @@
 #include "cpu/kernels_isa.h"
 
 namespace rnnkernels::cpu {
-const IsaKernels& isa_kernels_avx512() {
-  static const IsaKernels kernels = isa_avx512::make_isa_kernels("avx512");
-  return kernels;
-}
+namespace {
+const IsaKernels kKernels = isa_avx512::make_isa_kernels("avx512");
+[[maybe_unused]] const bool kRegistered = (register_isa_kernels(IsaLevel::kAvx512, kKernels), true);
+}  // namespace
 }  // namespace rnnkernels::cpu

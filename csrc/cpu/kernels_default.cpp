@@ -3,8 +3,8 @@
 #include "cpu/kernels_isa.h"
 
 namespace rnnkernels::cpu {
-const IsaKernels& isa_kernels_default() {
-  static const IsaKernels kernels = isa_default::make_isa_kernels("default");
-  return kernels;
-}
+namespace {
+const IsaKernels kKernels = isa_default::make_isa_kernels("default");
+[[maybe_unused]] const bool kRegistered = (register_isa_kernels(IsaLevel::kDefault, kKernels), true);
+}  // namespace
 }  // namespace rnnkernels::cpu

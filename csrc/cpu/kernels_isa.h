@@ -50,6 +50,13 @@ inline namespace RNNKERNELS_ISA_NAMESPACE {
 
 using at::vec::Vectorized;
 
+// Note [storage and compute types] in kernels.h: T is stored, compute_t<T> computed.
+template <typename T>
+using VecOf = Vectorized<compute_t<T>>;
+
+template <typename T>
+constexpr bool is_bf16 = std::is_same_v<T, c10::BFloat16>;
+
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kVectorRegisters = 32;
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -68,6 +75,65 @@ constexpr int tile_rows() {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// ---------------------------------------------------------------- storage
+
+// Elements of k one panel row holds: bfloat16 dot products take pairs of k.
+template <typename T>
+constexpr int k_pack() {
+  return is_bf16<T> ? 2 : 1;
+}
+
+// Elements of one packed block of K rows by NV vectors (K padded to whole k_pack rows).
+// Row k of a block (k a multiple of k_pack) starts at k * NV * V.
+template <typename T, int NV>
+constexpr int64_t panel_elems(int64_t K) {
+  return round_up(K, k_pack<T>()) * NV * VecOf<T>::size();
+}
+
+#if defined(__AVX512BF16__)
+inline __mmask16 lane_mask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+#endif
+
+// V (or n < V) values of T as one compute vector, and back (bfloat16: round to nearest
+// even, as c10::BFloat16 does).
+template <typename T>
+inline VecOf<T> load_vec(const T* p, int64_t n = VecOf<T>::size()) {
+  if constexpr (is_bf16<T>) {
+#if defined(__AVX512BF16__)
+    const __m256i bits = _mm256_maskz_loadu_epi16(lane_mask(n), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+#else
+    static_assert(!is_bf16<T>, "bfloat16 kernels need AVX512-BF16");
+#endif
+  } else {
+    return VecOf<T>::loadu(p, n);
+  }
+}
+
+template <typename T>
+inline void store_vec(T* p, const VecOf<T>& v, int64_t n = VecOf<T>::size()) {
+  if constexpr (is_bf16<T>) {
+#if defined(__AVX512BF16__)
+    const __m256i bits = (__m256i)_mm512_cvtneps_pbh(v);
+    _mm256_mask_storeu_epi16(p, lane_mask(n), bits);
+#endif
+  } else {
+    v.store(p, n);
+  }
+}
+
+// Converting row copies (states in and out of the kernels' buffers).
+template <typename Dst, typename Src>
+inline void copy_row(Dst* dst, const Src* src, int64_t n) {
+  if constexpr (std::is_same_v<Dst, Src>) {
+    std::memcpy(dst, src, n * sizeof(Src));
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Dst>(static_cast<float>(src[i]));
+  }
+}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -265,22 +331,74 @@ inline int64_t final_state_buffer(const Seq& seq, int64_t b) {
 
 // ---------------------------------------------------------------- GEMM tile
 
-// acc[m][q] += sum_k a[m*lda + k] * panel[(k*NV + q)*V .. +V]
-template <typename S, int MR, int NV>
-inline void panel_gemm(int64_t K, const S* a, int64_t lda, const S* panel,
-                       Vectorized<S> (&acc)[MR][NV]) {
-  using Vec = Vectorized<S>;
-  constexpr int V = Vec::size();
-  const S* w = panel;
-  for (int64_t k = 0; k < K; ++k, w += NV * V) {
-    Vec wv[NV];
+#if defined(__AVX512BF16__)
+// Note [bfloat16 products]
+// vdpbf16ps multiplies pairs of bfloat16 and adds both products to a float lane: a panel
+// row holds k and k+1 of each column side by side ([K/2][NV*V][2]), and A's pair
+// (a[k], a[k+1]) is broadcast as one 32-bit value. An odd K ends with the pair (a[K-1], 0)
+// against the zero padding row, so no element past a row of A is read.
+template <int MR, int NV>
+inline void panel_gemm_bf16(int64_t K, const c10::BFloat16* a, int64_t lda,
+                            const c10::BFloat16* panel, Vectorized<float> (&acc)[MR][NV]) {
+  constexpr int V = 16;
+  __m512 c[MR][NV];
 #pragma GCC unroll 8
-    for (int q = 0; q < NV; ++q) wv[q] = Vec::loadu(w + q * V);
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) c[m][q] = acc[m][q];
+  const c10::BFloat16* w = panel;
+  const int64_t pairs = K / 2;
+  for (int64_t p = 0; p < pairs; ++p, w += NV * V * 2) {
+    __m512bh wv[NV];
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) wv[q] = (__m512bh)_mm512_loadu_si512(w + q * V * 2);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
-      const Vec x(a[m * lda + k]);
+      uint32_t pair;
+      std::memcpy(&pair, a + m * lda + 2 * p, sizeof(pair));
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
 #pragma GCC unroll 8
-      for (int q = 0; q < NV; ++q) acc[m][q] = at::vec::fmadd(x, wv[q], acc[m][q]);
+      for (int q = 0; q < NV; ++q) c[m][q] = _mm512_dpbf16_ps(c[m][q], x, wv[q]);
+    }
+  }
+  if (K % 2 != 0) {
+    __m512bh wv[NV];
+    for (int q = 0; q < NV; ++q) wv[q] = (__m512bh)_mm512_loadu_si512(w + q * V * 2);
+    for (int m = 0; m < MR; ++m) {
+      const uint32_t lone = a[m * lda + K - 1].x;
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(lone));
+      for (int q = 0; q < NV; ++q) c[m][q] = _mm512_dpbf16_ps(c[m][q], x, wv[q]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) acc[m][q] = c[m][q];
+}
+#endif
+
+// acc[m][q] += sum_k a[m*lda + k] * B[k][q*V .. +V], B packed as panel_elems<T, NV>.
+template <typename T, int MR, int NV>
+inline void panel_gemm(int64_t K, const T* a, int64_t lda, const T* panel,
+                       VecOf<T> (&acc)[MR][NV]) {
+  if constexpr (is_bf16<T>) {
+#if defined(__AVX512BF16__)
+    panel_gemm_bf16<MR, NV>(K, a, lda, panel, acc);
+#endif
+  } else {
+    using Vec = Vectorized<T>;
+    constexpr int V = Vec::size();
+    const T* w = panel;
+    for (int64_t k = 0; k < K; ++k, w += NV * V) {
+      Vec wv[NV];
+#pragma GCC unroll 8
+      for (int q = 0; q < NV; ++q) wv[q] = Vec::loadu(w + q * V);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const Vec x(a[m * lda + k]);
+#pragma GCC unroll 8
+        for (int q = 0; q < NV; ++q) acc[m][q] = at::vec::fmadd(x, wv[q], acc[m][q]);
+      }
     }
   }
 }
@@ -292,10 +410,11 @@ inline void panel_gemm(int64_t K, const S* a, int64_t lda, const S* panel,
 // panel part fits L2, with the partial sums of each chunk through memory between
 // slices, keeps the panel in L2 across a block's chunks. The sums run in the same
 // order, so the result is bit-identical to the unsliced product.
-template <typename S, int NV>
+template <typename T, int NV>
 constexpr int64_t product_k_slice(int64_t K) {
   constexpr int64_t kPanelSliceBytes = 256 * 1024;
-  constexpr int64_t slice = kPanelSliceBytes / (NV * Vectorized<S>::size() * sizeof(S));
+  constexpr int64_t slice = kPanelSliceBytes / (NV * VecOf<T>::size() * sizeof(T)) /
+                            k_pack<T>() * k_pack<T>();
   return K > 2 * slice ? slice : K;
 }
 
@@ -307,62 +426,72 @@ inline void zero_tile(Vectorized<S> (&acc)[MR][NV]) {
 
 // ---------------------------------------------------------------- packing
 
+// Element (k, column j) of a block in panel_elems layout: whole k_pack rows of NV*V
+// columns, the k_pack values of one column adjacent.
+template <typename T, int NV>
+inline int64_t panel_index(int64_t k, int64_t j) {
+  constexpr int KP = k_pack<T>();
+  return (k / KP * NV * VecOf<T>::size() + j) * KP + k % KP;
+}
+
 // Gate panel block `blk` of W [gates*units, K] (row stride ld_w); see Note [fused step].
-template <typename S, int NV>
-void pack_gate_panel(const S* w, int64_t ld_w, int64_t units, int64_t gates, int64_t K,
-                     int64_t blk, S* panels) {
-  constexpr int V = Vectorized<S>::size();
-  S* panel = panels + blk * K * NV * V;
+template <typename T, int NV>
+void pack_gate_panel(const T* w, int64_t ld_w, int64_t units, int64_t gates, int64_t K,
+                     int64_t blk, T* panels) {
+  constexpr int V = VecOf<T>::size();
+  const int64_t K_padded = round_up(K, k_pack<T>());
+  T* panel = panels + blk * panel_elems<T, NV>(K);
   for (int q = 0; q < NV; ++q) {
     for (int v = 0; v < V; ++v) {
       const int64_t unit = gates > 1 ? blk * V + v : (blk * NV + q) * V + v;
       const int64_t row = gates > 1 ? q * units + unit : unit;
-      S* d = panel + q * V + v;
-      if (unit < units) {
-        const S* src = w + row * ld_w;
-        for (int64_t k = 0; k < K; ++k) d[k * NV * V] = src[k];
-      } else {
-        for (int64_t k = 0; k < K; ++k) d[k * NV * V] = S(0);
-      }
+      const T* src = unit < units ? w + row * ld_w : nullptr;
+      for (int64_t k = 0; k < K_padded; ++k)
+        panel[panel_index<T, NV>(k, q * V + v)] = src != nullptr && k < K ? src[k] : T(0);
     }
   }
 }
 
 // Column panel block `blk` of W [K, cols] (row stride ld_w).
-template <typename S, int NV>
-void pack_column_panel(const S* w, int64_t ld_w, int64_t cols, int64_t K, int64_t blk,
-                       S* panels) {
-  constexpr int V = Vectorized<S>::size();
-  constexpr int W = NV * V;
-  S* panel = panels + blk * K * W;
+template <typename T, int NV>
+void pack_column_panel(const T* w, int64_t ld_w, int64_t cols, int64_t K, int64_t blk,
+                       T* panels) {
+  constexpr int W = NV * VecOf<T>::size();
+  T* panel = panels + blk * panel_elems<T, NV>(K);
   const int64_t c0 = blk * W;
   const int64_t n = std::max<int64_t>(0, std::min<int64_t>(W, cols - c0));
-  for (int64_t k = 0; k < K; ++k) {
-    S* d = panel + k * W;
-    if (n > 0) std::memcpy(d, w + k * ld_w + c0, n * sizeof(S));
-    for (int64_t j = n; j < W; ++j) d[j] = S(0);
-  }
-}
-
-// Copies rows [0, B) of src [B, cols] into dst [B, ld] and zeroes the padding; a null
-// src gives zeros.
-template <typename S>
-void init_state_rows(const S* src, int64_t cols, int64_t ld, int64_t row_begin,
-                     int64_t row_end, S* dst) {
-  for (int64_t b = row_begin; b < row_end; ++b) {
-    S* d = dst + b * ld;
-    if (src != nullptr) {
-      std::memcpy(d, src + b * cols, cols * sizeof(S));
-    } else {
-      std::fill(d, d + cols, S(0));
+  if constexpr (k_pack<T>() == 1) {
+    for (int64_t k = 0; k < K; ++k) {
+      T* d = panel + k * W;
+      if (n > 0) std::memcpy(d, w + k * ld_w + c0, n * sizeof(T));
+      for (int64_t j = n; j < W; ++j) d[j] = T(0);
     }
-    std::fill(d + cols, d + ld, S(0));
+  } else {
+    for (int64_t k = 0; k < round_up(K, k_pack<T>()); ++k)
+      for (int64_t j = 0; j < W; ++j)
+        panel[panel_index<T, NV>(k, j)] = k < K && j < n ? w[k * ld_w + c0 + j] : T(0);
   }
 }
 
-template <typename S>
-inline Vectorized<S> load_or_zero(const S* p, int64_t n) {
-  return p != nullptr ? Vectorized<S>::loadu(p, n) : Vectorized<S>(S(0));
+// Copies rows [row_begin, row_end) of src [B, cols] into dst [B, ld] and zeroes the
+// padding; a null src gives zeros.
+template <typename Dst, typename Src>
+void init_state_rows(const Src* src, int64_t cols, int64_t ld, int64_t row_begin,
+                     int64_t row_end, Dst* dst) {
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    Dst* d = dst + b * ld;
+    if (src != nullptr) {
+      copy_row(d, src + b * cols, cols);
+    } else {
+      std::fill(d, d + cols, Dst(0));
+    }
+    std::fill(d + cols, d + ld, Dst(0));
+  }
+}
+
+template <typename T>
+inline VecOf<T> load_or_zero(const T* p, int64_t n) {
+  return p != nullptr ? load_vec(p, n) : VecOf<T>(compute_t<T>(0));
 }
 
 // ================================================================ LSTM
@@ -373,33 +502,36 @@ inline Vectorized<S> load_or_zero(const S* p, int64_t n) {
 // h_{t-1} @ W_hh^T (K = P) before the gate math. Compared with one large GEMM before the
 // loop this never writes or reads the [N, 4H] pre-activations (up to tens of MB a layer,
 // whose loads cost 10-20% of a step), and the deeper K amortises a tile's fixed costs.
-template <typename S>
+template <typename T>
 struct LstmForwardScratch {
-  static constexpr int V = Vectorized<S>::size();
+  using S = compute_t<T>;
+  static constexpr int V = VecOf<T>::size();
   int64_t gate_blocks, proj_blocks, ld_h, ld_c;
-  S *packed_hh, *packed_ih, *packed_hr, *h_state, *c_state, *m;
+  T *packed_hh, *packed_ih, *packed_hr, *h_state, *m;
+  S* c_state;
 
-  LstmForwardScratch(const LstmForwardArgs<S>& a, ScratchCarver& sc) {
+  LstmForwardScratch(const LstmForwardArgs<T>& a, ScratchCarver& sc) {
     const int64_t H = a.hidden, P = a.output, B = a.seq.batch;
     const bool proj = a.w_hr != nullptr;
     gate_blocks = ceil_div(H, V);
     proj_blocks = proj ? ceil_div(P, 4 * V) : 0;
     ld_h = round_up(P, V);
     ld_c = round_up(H, V);
-    packed_hh = sc.take<S>(gate_blocks * P * 4 * V);
-    packed_ih = sc.take<S>(a.x != nullptr ? gate_blocks * a.input * 4 * V : 0);
-    packed_hr = sc.take<S>(proj_blocks * H * 4 * V);
-    h_state = sc.take<S>(2 * B * ld_h);
+    packed_hh = sc.take<T>(gate_blocks * panel_elems<T, 4>(P));
+    packed_ih = sc.take<T>(a.x != nullptr ? gate_blocks * panel_elems<T, 4>(a.input) : 0);
+    packed_hr = sc.take<T>(proj_blocks * panel_elems<T, 4>(H));
+    h_state = sc.take<T>(2 * B * ld_h);
     c_state = sc.take<S>(2 * B * ld_c);
-    m = sc.take<S>(proj ? B * ld_c : 0);
+    m = sc.take<T>(proj ? B * ld_c : 0);
   }
 };
 
-template <typename S, int MR>
-inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScratch<S>& w,
-                              int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
-                              const S* c_prev, S* h_next, S* c_next) {
-  using Vec = Vectorized<S>;
+template <typename T, int MR>
+inline void lstm_forward_tile(const LstmForwardArgs<T>& a, const LstmForwardScratch<T>& w,
+                              int64_t blk, int64_t r0, int64_t row0, const T* h_prev,
+                              const compute_t<T>* c_prev, T* h_next, compute_t<T>* c_next) {
+  using S = compute_t<T>;
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden, P = a.output;
   const int64_t u0 = blk * V;
@@ -409,24 +541,26 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
   if (a.h_pre != nullptr) {  // single step: the recurrent product came from the host
     for (int q = 0; q < 4; ++q)
       for (int m = 0; m < MR; ++m)
-        acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) +
-                    Vec::loadu(a.h_pre + (r0 + m) * 4 * H + q * H + u0, nu);
+        acc[m][q] = load_vec(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) +
+                    load_vec(a.h_pre + (r0 + m) * 4 * H + q * H + u0, nu);
   } else if (a.x != nullptr) {  // Note [fused input projection]
     for (int q = 0; q < 4; ++q) {
       const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu) +
                        load_or_zero(a.b_ih != nullptr ? a.b_ih + q * H + u0 : nullptr, nu);
       for (int m = 0; m < MR; ++m) acc[m][q] = bias;
     }
-    panel_gemm<S, MR, 4>(a.input, a.x + row0 * a.ld_x, a.ld_x,
-                         w.packed_ih + blk * a.input * 4 * V, acc);
-    panel_gemm<S, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * P * 4 * V, acc);
+    panel_gemm<T, MR, 4>(a.input, a.x + row0 * a.ld_x, a.ld_x,
+                         w.packed_ih + blk * panel_elems<T, 4>(a.input), acc);
+    panel_gemm<T, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h,
+                         w.packed_hh + blk * panel_elems<T, 4>(P), acc);
   } else {
     for (int q = 0; q < 4; ++q) {
       const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
       for (int m = 0; m < MR; ++m)
-        acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) + bias;
+        acc[m][q] = load_vec(a.x_proj + (row0 + m) * a.ld_x_proj + q * H + u0, nu) + bias;
     }
-    panel_gemm<S, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * P * 4 * V, acc);
+    panel_gemm<T, MR, 4>(P, h_prev + r0 * w.ld_h, w.ld_h,
+                         w.packed_hh + blk * panel_elems<T, 4>(P), acc);
   }
   // Stage by stage over the tile's rows (not row by row): each stage's MR rows are
   // independent, so their long exp/tanh chains overlap instead of waiting on each other
@@ -450,15 +584,15 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
       c_state = math::zoneout(c[m], Vec::loadu(c_prev + r * w.ld_c + u0),
                               Vec::loadu(keep + P + u0, nu));
       if (!proj)
-        h_state = math::zoneout(h[m], Vec::loadu(h_prev + r * w.ld_h + u0),
+        h_state = math::zoneout(h[m], load_vec(h_prev + r * w.ld_h + u0),
                                 Vec::loadu(keep + u0, nu));
     }
     c_state.store(c_next + r * w.ld_c + u0);
     if (!proj) {
-      h_state.store(h_next + r * w.ld_h + u0);
-      h_state.store(a.out + row * a.ld_out + u0, nu);
+      store_vec(h_next + r * w.ld_h + u0, h_state);
+      store_vec(a.out + row * a.ld_out + u0, h_state, nu);
     } else {
-      h[m].store(w.m + r * w.ld_c + u0);
+      store_vec(w.m + r * w.ld_c + u0, h[m]);
     }
     if (a.workspace != nullptr) {
       S* ws = a.workspace + row * ws_width + u0;
@@ -473,16 +607,17 @@ inline void lstm_forward_tile(const LstmForwardArgs<S>& a, const LstmForwardScra
 }
 
 // h_t = m_t @ W_hr^T for an output block of 4V columns (then zoneout on h_t).
-template <typename S, int MR>
-inline void lstm_projection_tile(const LstmForwardArgs<S>& a, const LstmForwardScratch<S>& w,
-                                 int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
-                                 S* h_next) {
-  using Vec = Vectorized<S>;
+template <typename T, int MR>
+inline void lstm_projection_tile(const LstmForwardArgs<T>& a, const LstmForwardScratch<T>& w,
+                                 int64_t blk, int64_t r0, int64_t row0, const T* h_prev,
+                                 T* h_next) {
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden, P = a.output;
   Vec acc[MR][4];
   zero_tile(acc);
-  panel_gemm<S, MR, 4>(H, w.m + r0 * w.ld_c, w.ld_c, w.packed_hr + blk * H * 4 * V, acc);
+  panel_gemm<T, MR, 4>(H, w.m + r0 * w.ld_c, w.ld_c, w.packed_hr + blk * panel_elems<T, 4>(H),
+                       acc);
   for (int m = 0; m < MR; ++m) {
     for (int q = 0; q < 4; ++q) {
       const int64_t p0 = (blk * 4 + q) * V;
@@ -490,22 +625,22 @@ inline void lstm_projection_tile(const LstmForwardArgs<S>& a, const LstmForwardS
       const int64_t np = std::min<int64_t>(V, P - p0);
       Vec h = acc[m][q];
       if (a.zoneout != nullptr)
-        h = math::zoneout(h, Vec::loadu(h_prev + (r0 + m) * w.ld_h + p0),
+        h = math::zoneout(h, load_vec(h_prev + (r0 + m) * w.ld_h + p0),
                           Vec::loadu(a.zoneout + (row0 + m) * a.ld_zoneout + p0, np));
-      h.store(h_next + (r0 + m) * w.ld_h + p0);
-      h.store(a.out + (row0 + m) * a.ld_out + p0, np);
+      store_vec(h_next + (r0 + m) * w.ld_h + p0, h);
+      store_vec(a.out + (row0 + m) * a.ld_out + p0, h, np);
     }
   }
 }
 
-template <typename S>
-void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
-  constexpr int V = Vectorized<S>::size();
+template <typename T>
+void lstm_forward(const LstmForwardArgs<T>& a, Team& team, SliceRange mine) {
+  using S = compute_t<T>;
   constexpr int MR = tile_rows<4>();
   SliceWorker worker(team, mine);
   ScratchCarver sc(a.scratch);
-  const LstmForwardScratch<S> w(a, sc);
-  const int64_t H = a.hidden, P = a.output, B = a.seq.batch, T = a.seq.steps;
+  const LstmForwardScratch<T> w(a, sc);
+  const int64_t H = a.hidden, P = a.output, B = a.seq.batch, steps = a.seq.steps;
   const bool proj = a.w_hr != nullptr;
 
   {  // pack W_hh (and W_hr^T), load h0 and c0 into both state buffers
@@ -515,11 +650,11 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
     const auto [i0, i1] = worker.share(items);
     for (int64_t i = i0; i < i1; ++i) {
       if (i < gate_blocks) {
-        pack_gate_panel<S, 4>(a.w_hh, P, H, 4, P, i, w.packed_hh);
+        pack_gate_panel<T, 4>(a.w_hh, P, H, 4, P, i, w.packed_hh);
       } else if (i < gate_blocks + input_blocks) {
-        pack_gate_panel<S, 4>(a.w_ih, a.input, H, 4, a.input, i - gate_blocks, w.packed_ih);
+        pack_gate_panel<T, 4>(a.w_ih, a.input, H, 4, a.input, i - gate_blocks, w.packed_ih);
       } else if (i < gate_blocks + input_blocks + w.proj_blocks) {
-        pack_gate_panel<S, 4>(a.w_hr, H, P, 1, H, i - gate_blocks - input_blocks, w.packed_hr);
+        pack_gate_panel<T, 4>(a.w_hr, H, P, 1, H, i - gate_blocks - input_blocks, w.packed_hr);
       } else {
         for (int buf = 0; buf < 2; ++buf) {
           init_state_rows(a.h0, P, w.ld_h, 0, B, w.h_state + buf * B * w.ld_h);
@@ -530,12 +665,12 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
     worker.sync();
   }
 
-  for (int64_t s = 0; s < T; ++s) {
+  for (int64_t s = 0; s < steps; ++s) {
     const int64_t row_off = a.seq.offset_at(s);
     const int cur = s & 1;
-    const S* h_prev = w.h_state + cur * B * w.ld_h;
+    const T* h_prev = w.h_state + cur * B * w.ld_h;
     const S* c_prev = w.c_state + cur * B * w.ld_c;
-    S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
+    T* h_next = w.h_state + (1 - cur) * B * w.ld_h;
     S* c_next = w.c_state + (1 - cur) * B * w.ld_c;
     StepRows rows(MR, worker.own_rows(B));
     rows.forward(a.seq.rows_at(s));
@@ -545,7 +680,7 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = rows.chunk(i % nch);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
-          lstm_forward_tile<S, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row,
+          lstm_forward_tile<T, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row,
                                                     h_prev, c_prev, h_next, c_next);
         });
       }
@@ -556,7 +691,7 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = rows.chunk(i % nch);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
-          lstm_projection_tile<S, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row,
+          lstm_projection_tile<T, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row,
                                                        h_prev, h_next);
         });
       }
@@ -567,30 +702,31 @@ void lstm_forward(const LstmForwardArgs<S>& a, Team& team, SliceRange mine) {
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t buf = final_state_buffer(a.seq, b);
-    std::memcpy(a.h_n + b * P, w.h_state + (buf * B + b) * w.ld_h, P * sizeof(S));
-    std::memcpy(a.c_n + b * H, w.c_state + (buf * B + b) * w.ld_c, H * sizeof(S));
+    copy_row(a.h_n + b * P, w.h_state + (buf * B + b) * w.ld_h, P);
+    copy_row(a.c_n + b * H, w.c_state + (buf * B + b) * w.ld_c, H);
   }
-  (void)V;
 }
 
-template <typename S>
+template <typename T>
 struct LstmBackwardScratch {
-  static constexpr int V = Vectorized<S>::size();
+  using S = compute_t<T>;
+  static constexpr int V = VecOf<T>::size();
   int64_t out_blocks, hidden_blocks, ld_h, ld_c, k_slice;
-  S *packed_hh, *packed_hr, *dh_state, *dc_state, *dh_partial;
+  T *packed_hh, *packed_hr;
+  S *dh_state, *dc_state, *dh_partial;
 
-  LstmBackwardScratch(const LstmBackwardArgs<S>& a, ScratchCarver& sc) {
+  LstmBackwardScratch(const LstmBackwardArgs<T>& a, ScratchCarver& sc) {
     const int64_t H = a.hidden, P = a.output, B = a.seq.batch;
     const bool proj = a.w_hr != nullptr;
     out_blocks = ceil_div(P, 4 * V);
     hidden_blocks = ceil_div(H, 4 * V);
     ld_h = round_up(P, 4 * V);
     ld_c = round_up(H, 4 * V);
-    packed_hh = sc.take<S>(out_blocks * 4 * H * 4 * V);
-    packed_hr = sc.take<S>(proj ? hidden_blocks * P * 4 * V : 0);
+    packed_hh = sc.take<T>(out_blocks * panel_elems<T, 4>(4 * H));
+    packed_hr = sc.take<T>(proj ? hidden_blocks * panel_elems<T, 4>(P) : 0);
     dh_state = sc.take<S>(B * ld_h);
     dc_state = sc.take<S>(B * ld_c);
-    k_slice = product_k_slice<S, 4>(4 * H);
+    k_slice = product_k_slice<T, 4>(4 * H);
     dh_partial = sc.take<S>(k_slice < 4 * H ? B * ld_h : 0);
   }
 };
@@ -598,12 +734,13 @@ struct LstmBackwardScratch {
 // The cell backward for 4V hidden units of a chunk's rows. dh_partial holds the
 // product part of dL/d(o*tanh c); with `add_carried` the carried state and grad_out are
 // added (no projection), otherwise dh_partial is complete (projection: dm).
-template <typename S, int MR>
-inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
-                                    const LstmBackwardScratch<S>& w, int64_t s, int64_t blk,
-                                    const RowChunk& ch, Vectorized<S> (&dh_partial)[MR][4],
+template <typename T, int MR>
+inline void lstm_cell_backward_tile(const LstmBackwardArgs<T>& a,
+                                    const LstmBackwardScratch<T>& w, int64_t s, int64_t blk,
+                                    const RowChunk& ch, VecOf<T> (&dh_partial)[MR][4],
                                     bool add_carried) {
-  using Vec = Vectorized<S>;
+  using S = compute_t<T>;
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden;
   const int64_t row_off = a.seq.offset_at(s);
@@ -615,9 +752,9 @@ inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
     const int64_t r = ch.row + m, row = row_off + r;
     const S* ws = a.workspace + row * ws_width;
     const S* keep = zoneout ? a.zoneout + row * a.ld_zoneout : nullptr;
-    const S* c_prev_src = ch.has_prev ? a.workspace + (prev_off + r) * ws_width + c_state_slot
-                                      : a.c0 + r * H;
-    S* gx = a.grad_x_proj + row * a.ld_grad_x_proj;
+    const S* c_prev_ws = ch.has_prev ? a.workspace + (prev_off + r) * ws_width + c_state_slot
+                                     : nullptr;
+    T* gx = a.grad_x_proj + row * a.ld_grad_x_proj;
     for (int q = 0; q < 4; ++q) {
       const int64_t u0 = (blk * 4 + q) * V;
       if (u0 >= H) break;
@@ -648,12 +785,13 @@ inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
                                    Vec::loadu(ws + 2 * H + u0, nu),
                                    Vec::loadu(ws + 3 * H + u0, nu)};
       const Vec c = Vec::loadu(ws + 4 * H + u0, nu);
-      const Vec c_prev = Vec::loadu(c_prev_src + u0, nu);
+      const Vec c_prev = c_prev_ws != nullptr ? Vec::loadu(c_prev_ws + u0, nu)
+                                              : load_vec(a.c0 + r * H + u0, nu);
       const auto d = math::lstm_cell_backward(dh, dc, g, c, c_prev);
-      d.i.store(gx + u0, nu);
-      d.f.store(gx + H + u0, nu);
-      d.g.store(gx + 2 * H + u0, nu);
-      d.o.store(gx + 3 * H + u0, nu);
+      store_vec(gx + u0, d.i, nu);
+      store_vec(gx + H + u0, d.f, nu);
+      store_vec(gx + 2 * H + u0, d.g, nu);
+      store_vec(gx + 3 * H + u0, d.o, nu);
       (zoneout ? dc + dc_skip : dc).store(dc_ptr);
     }
   }
@@ -662,11 +800,12 @@ inline void lstm_cell_backward_tile(const LstmBackwardArgs<S>& a,
 // Phase A of step s: the product dG_{s+1} @ W_hh for a block of 4V output columns, over
 // the K slice [k0, k1) of 4H (Note [sliced recurrent product]); the last slice runs the
 // cell backward.
-template <typename S, int MR>
-inline void lstm_backward_tile(const LstmBackwardArgs<S>& a, const LstmBackwardScratch<S>& w,
+template <typename T, int MR>
+inline void lstm_backward_tile(const LstmBackwardArgs<T>& a, const LstmBackwardScratch<T>& w,
                                int64_t s, int64_t blk, const RowChunk& ch, int64_t k0,
                                int64_t k1) {
-  using Vec = Vectorized<S>;
+  using S = compute_t<T>;
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden, P = a.output;
   const bool proj = a.w_hr != nullptr;
@@ -681,9 +820,10 @@ inline void lstm_backward_tile(const LstmBackwardArgs<S>& a, const LstmBackwardS
   }
   if (ch.kind != kActiveFirst) {
     const int64_t next_off = a.seq.offset_at(s + 1);
-    panel_gemm<S, MR, 4>(k1 - k0,
+    panel_gemm<T, MR, 4>(k1 - k0,
                          a.grad_x_proj + (next_off + ch.row) * a.ld_grad_x_proj + k0,
-                         a.ld_grad_x_proj, w.packed_hh + (blk * 4 * H + k0) * 4 * V, acc);
+                         a.ld_grad_x_proj,
+                         w.packed_hh + blk * panel_elems<T, 4>(4 * H) + k0 * 4 * V, acc);
   }
   if (k1 < 4 * H) {
     for (int m = 0; m < MR; ++m)
@@ -699,7 +839,7 @@ inline void lstm_backward_tile(const LstmBackwardArgs<S>& a, const LstmBackwardS
     return;
   }
   if (!proj) {
-    lstm_cell_backward_tile<S, MR>(a, w, s, blk, ch, acc, /*add_carried=*/true);
+    lstm_cell_backward_tile<T, MR>(a, w, s, blk, ch, acc, /*add_carried=*/true);
     return;
   }
   // Projection: complete dL/dh_t and keep it for phase B and for dW_hr.
@@ -722,34 +862,32 @@ inline void lstm_backward_tile(const LstmBackwardArgs<S>& a, const LstmBackwardS
       } else {
         Vec(S(0)).store(carried);
       }
-      dh.store(a.grad_h + row * P + p0, np);
+      store_vec(a.grad_h + row * P + p0, dh, np);
     }
   }
 }
 
 // Phase B of step s (projection only): dm = dh_t @ W_hr, then the cell backward.
-template <typename S, int MR>
-inline void lstm_backward_projection_tile(const LstmBackwardArgs<S>& a,
-                                          const LstmBackwardScratch<S>& w, int64_t s,
+template <typename T, int MR>
+inline void lstm_backward_projection_tile(const LstmBackwardArgs<T>& a,
+                                          const LstmBackwardScratch<T>& w, int64_t s,
                                           int64_t blk, const RowChunk& ch) {
-  using Vec = Vectorized<S>;
-  constexpr int V = Vec::size();
   const int64_t P = a.output;
-  Vec acc[MR][4];
+  VecOf<T> acc[MR][4];
   zero_tile(acc);
   const int64_t row_off = a.seq.offset_at(s);
-  panel_gemm<S, MR, 4>(P, a.grad_h + (row_off + ch.row) * P, P,
-                       w.packed_hr + blk * P * 4 * V, acc);
-  lstm_cell_backward_tile<S, MR>(a, w, s, blk, ch, acc, /*add_carried=*/false);
+  panel_gemm<T, MR, 4>(P, a.grad_h + (row_off + ch.row) * P, P,
+                       w.packed_hr + blk * panel_elems<T, 4>(P), acc);
+  lstm_cell_backward_tile<T, MR>(a, w, s, blk, ch, acc, /*add_carried=*/false);
 }
 
-template <typename S>
-void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
+template <typename T>
+void lstm_backward(const LstmBackwardArgs<T>& a, Team& team, SliceRange mine) {
   constexpr int MR = tile_rows<4>();
   SliceWorker worker(team, mine);
   ScratchCarver sc(a.scratch);
-  const LstmBackwardScratch<S> w(a, sc);
-  const int64_t H = a.hidden, P = a.output, B = a.seq.batch, T = a.seq.steps;
+  const LstmBackwardScratch<T> w(a, sc);
+  const int64_t H = a.hidden, P = a.output, B = a.seq.batch, steps = a.seq.steps;
   const bool proj = a.w_hr != nullptr;
   {
     const int64_t out_blocks = a.skip_initial_product ? 0 : w.out_blocks;
@@ -757,9 +895,9 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
     const auto [i0, i1] = worker.share(items);
     for (int64_t i = i0; i < i1; ++i) {
       if (i < out_blocks) {
-        pack_column_panel<S, 4>(a.w_hh, P, P, 4 * H, i, w.packed_hh);
+        pack_column_panel<T, 4>(a.w_hh, P, P, 4 * H, i, w.packed_hh);
       } else if (proj && i < out_blocks + w.hidden_blocks) {
-        pack_column_panel<S, 4>(a.w_hr, H, H, P, i - out_blocks, w.packed_hr);
+        pack_column_panel<T, 4>(a.w_hr, H, H, P, i - out_blocks, w.packed_hr);
       } else {
         init_state_rows(a.grad_h_n, P, w.ld_h, 0, B, w.dh_state);
         init_state_rows(a.grad_c_n, H, w.ld_c, 0, B, w.dc_state);
@@ -769,7 +907,7 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
   }
 
   const int64_t last_step = a.skip_initial_product ? 0 : -1;
-  for (int64_t s = T - 1; s >= last_step; --s) {
+  for (int64_t s = steps - 1; s >= last_step; --s) {
     const int64_t active = a.seq.rows_at(s);
     StepRows rows(MR, worker.own_rows(B));
     rows.backward(active, a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
@@ -783,7 +921,7 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
           for (int64_t i = run; i < run_end; ++i) {
             const RowChunk ch = rows.chunk(i % nch);
             with_tile_rows<MR>(ch.rows, [&](auto mr) {
-              lstm_backward_tile<S, decltype(mr)::value>(a, w, s, blk, ch, k0, k1);
+              lstm_backward_tile<T, decltype(mr)::value>(a, w, s, blk, ch, k0, k1);
             });
           }
         }
@@ -801,7 +939,7 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = cell_rows.chunk(i % n);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
-          lstm_backward_projection_tile<S, decltype(mr)::value>(a, w, s, i / n, ch);
+          lstm_backward_projection_tile<T, decltype(mr)::value>(a, w, s, i / n, ch);
         });
       }
       worker.step_done();
@@ -810,8 +948,8 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
 
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b) {
-    std::memcpy(a.grad_h0 + b * P, w.dh_state + b * w.ld_h, P * sizeof(S));
-    std::memcpy(a.grad_c0 + b * H, w.dc_state + b * w.ld_c, H * sizeof(S));
+    copy_row(a.grad_h0 + b * P, w.dh_state + b * w.ld_h, P);
+    copy_row(a.grad_c0 + b * H, w.dc_state + b * w.ld_c, H);
   }
 }
 
@@ -821,26 +959,27 @@ void lstm_backward(const LstmBackwardArgs<S>& a, Team& team, SliceRange mine) {
 
 // ================================================================ GRU
 
-template <typename S>
+template <typename T>
 struct GruForwardScratch {
-  static constexpr int V = Vectorized<S>::size();
+  static constexpr int V = VecOf<T>::size();
   int64_t gate_blocks, ld_h;
-  S *packed_hh, *h_state;
+  T *packed_hh, *h_state;
 
-  GruForwardScratch(const GruForwardArgs<S>& a, ScratchCarver& sc) {
+  GruForwardScratch(const GruForwardArgs<T>& a, ScratchCarver& sc) {
     const int64_t H = a.hidden, B = a.seq.batch;
     gate_blocks = ceil_div(H, V);
     ld_h = round_up(H, V);
-    packed_hh = sc.take<S>(gate_blocks * H * 3 * V);
-    h_state = sc.take<S>(2 * B * ld_h);
+    packed_hh = sc.take<T>(gate_blocks * panel_elems<T, 3>(H));
+    h_state = sc.take<T>(2 * B * ld_h);
   }
 };
 
-template <typename S, int MR>
-inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch<S>& w,
-                             int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
-                             S* h_next) {
-  using Vec = Vectorized<S>;
+template <typename T, int MR>
+inline void gru_forward_tile(const GruForwardArgs<T>& a, const GruForwardScratch<T>& w,
+                             int64_t blk, int64_t r0, int64_t row0, const T* h_prev,
+                             T* h_next) {
+  using S = compute_t<T>;
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden;
   const int64_t u0 = blk * V;
@@ -849,27 +988,28 @@ inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch
   if (a.h_pre != nullptr) {  // single step: the recurrent product came from the host
     for (int q = 0; q < 3; ++q)
       for (int m = 0; m < MR; ++m)
-        acc[m][q] = Vec::loadu(a.h_pre + (r0 + m) * 3 * H + q * H + u0, nu);
+        acc[m][q] = load_vec(a.h_pre + (r0 + m) * 3 * H + q * H + u0, nu);
   } else {
     for (int q = 0; q < 3; ++q) {
       const Vec bias = load_or_zero(a.b_hh != nullptr ? a.b_hh + q * H + u0 : nullptr, nu);
       for (int m = 0; m < MR; ++m) acc[m][q] = bias;
     }
-    panel_gemm<S, MR, 3>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 3 * V, acc);
+    panel_gemm<T, MR, 3>(H, h_prev + r0 * w.ld_h, w.ld_h,
+                         w.packed_hh + blk * panel_elems<T, 3>(H), acc);
   }
   // Row by row: unlike the LSTM tile (Note in lstm_forward_tile), staging all 8 rows of
   // r, z, n, hn would need the whole register file and measured slower.
   for (int m = 0; m < MR; ++m) {
     const int64_t r = r0 + m, row = row0 + m;
-    const S* x = a.x_proj + row * a.ld_x_proj + u0;
-    const auto g = math::gru_activate(Vec::loadu(x, nu), Vec::loadu(x + H, nu),
-                                      Vec::loadu(x + 2 * H, nu), acc[m][0], acc[m][1], acc[m][2]);
-    const Vec h_before = Vec::loadu(h_prev + r * w.ld_h + u0);
+    const T* x = a.x_proj + row * a.ld_x_proj + u0;
+    const auto g = math::gru_activate(load_vec(x, nu), load_vec(x + H, nu),
+                                      load_vec(x + 2 * H, nu), acc[m][0], acc[m][1], acc[m][2]);
+    const Vec h_before = load_vec(h_prev + r * w.ld_h + u0);
     Vec h = math::gru_hidden(g, h_before);
     if (a.zoneout != nullptr)  // Note [zoneout]
       h = math::zoneout(h, h_before, Vec::loadu(a.zoneout + row * a.ld_zoneout + u0, nu));
-    h.store(h_next + r * w.ld_h + u0);
-    h.store(a.out + row * a.ld_out + u0, nu);
+    store_vec(h_next + r * w.ld_h + u0, h);
+    store_vec(a.out + row * a.ld_out + u0, h, nu);
     if (a.workspace != nullptr) {
       S* ws = a.workspace + row * 4 * H + u0;
       g.r.store(ws, nu);
@@ -880,19 +1020,19 @@ inline void gru_forward_tile(const GruForwardArgs<S>& a, const GruForwardScratch
   }
 }
 
-template <typename S>
-void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
+template <typename T>
+void gru_forward(const GruForwardArgs<T>& a, Team& team, SliceRange mine) {
   constexpr int MR = tile_rows<3>();
   SliceWorker worker(team, mine);
   ScratchCarver sc(a.scratch);
-  const GruForwardScratch<S> w(a, sc);
-  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  const GruForwardScratch<T> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, steps = a.seq.steps;
   {
     const int64_t gate_blocks = a.h_pre != nullptr ? 0 : w.gate_blocks;
     const auto [i0, i1] = worker.share(gate_blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
       if (i < gate_blocks) {
-        pack_gate_panel<S, 3>(a.w_hh, H, H, 3, H, i, w.packed_hh);
+        pack_gate_panel<T, 3>(a.w_hh, H, H, 3, H, i, w.packed_hh);
       } else {
         for (int buf = 0; buf < 2; ++buf)
           init_state_rows(a.h0, H, w.ld_h, 0, B, w.h_state + buf * B * w.ld_h);
@@ -900,11 +1040,11 @@ void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
     }
     worker.sync();
   }
-  for (int64_t s = 0; s < T; ++s) {
+  for (int64_t s = 0; s < steps; ++s) {
     const int64_t row_off = a.seq.offset_at(s);
     const int cur = s & 1;
-    const S* h_prev = w.h_state + cur * B * w.ld_h;
-    S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
+    const T* h_prev = w.h_state + cur * B * w.ld_h;
+    T* h_next = w.h_state + (1 - cur) * B * w.ld_h;
     StepRows rows(MR, worker.own_rows(B));
     rows.forward(a.seq.rows_at(s));
     const int64_t nch = rows.chunks();
@@ -912,7 +1052,7 @@ void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
-        gru_forward_tile<S, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row, h_prev,
+        gru_forward_tile<T, decltype(mr)::value>(a, w, i / nch, ch.row, row_off + ch.row, h_prev,
                                                  h_next);
       });
     }
@@ -921,37 +1061,40 @@ void gru_forward(const GruForwardArgs<S>& a, Team& team, SliceRange mine) {
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t buf = final_state_buffer(a.seq, b);
-    std::memcpy(a.h_n + b * H, w.h_state + (buf * B + b) * w.ld_h, H * sizeof(S));
+    copy_row(a.h_n + b * H, w.h_state + (buf * B + b) * w.ld_h, H);
   }
 }
 
-template <typename S>
+template <typename T>
 struct GruBackwardScratch {
-  static constexpr int V = Vectorized<S>::size();
+  using S = compute_t<T>;
+  static constexpr int V = VecOf<T>::size();
   int64_t blocks, ld_h;
-  S *packed_hh, *dh_state;
+  T* packed_hh;
+  S* dh_state;
 
-  GruBackwardScratch(const GruBackwardArgs<S>& a, ScratchCarver& sc) {
+  GruBackwardScratch(const GruBackwardArgs<T>& a, ScratchCarver& sc) {
     const int64_t H = a.hidden, B = a.seq.batch;
     blocks = ceil_div(H, 4 * V);
     ld_h = round_up(H, 4 * V);
-    packed_hh = sc.take<S>(blocks * 3 * H * 4 * V);
+    packed_hh = sc.take<T>(blocks * panel_elems<T, 4>(3 * H));
     dh_state = sc.take<S>(B * ld_h);
   }
 };
 
-template <typename S, int MR>
-inline void gru_backward_tile(const GruBackwardArgs<S>& a, const GruBackwardScratch<S>& w,
+template <typename T, int MR>
+inline void gru_backward_tile(const GruBackwardArgs<T>& a, const GruBackwardScratch<T>& w,
                               int64_t s, int64_t blk, const RowChunk& ch) {
-  using Vec = Vectorized<S>;
+  using S = compute_t<T>;
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden;
   Vec acc[MR][4];
   zero_tile(acc);
   if (ch.kind != kActiveFirst) {
     const int64_t next_off = a.seq.offset_at(s + 1);
-    panel_gemm<S, MR, 4>(3 * H, a.grad_hidden_pre + (next_off + ch.row) * 3 * H, 3 * H,
-                         w.packed_hh + blk * 3 * H * 4 * V, acc);
+    panel_gemm<T, MR, 4>(3 * H, a.grad_hidden_pre + (next_off + ch.row) * 3 * H, 3 * H,
+                         w.packed_hh + blk * panel_elems<T, 4>(3 * H), acc);
   }
   if (ch.kind == kInitial) {
     for (int m = 0; m < MR; ++m) {
@@ -966,9 +1109,9 @@ inline void gru_backward_tile(const GruBackwardArgs<S>& a, const GruBackwardScra
   for (int m = 0; m < MR; ++m) {
     const int64_t r = ch.row + m, row = row_off + r;
     const S* ws = a.workspace + row * 4 * H;
-    const S* h_prev_src = ch.has_prev ? a.out + (prev_off + r) * a.ld_out : a.h0 + r * H;
-    S* gx = a.grad_x_proj + row * a.ld_grad_x_proj;
-    S* gh = a.grad_hidden_pre + row * 3 * H;
+    const T* h_prev_src = ch.has_prev ? a.out + (prev_off + r) * a.ld_out : a.h0 + r * H;
+    T* gx = a.grad_x_proj + row * a.ld_grad_x_proj;
+    T* gh = a.grad_hidden_pre + row * 3 * H;
     for (int q = 0; q < 4; ++q) {
       const int64_t u0 = (blk * 4 + q) * V;
       if (u0 >= H) break;
@@ -988,31 +1131,31 @@ inline void gru_backward_tile(const GruBackwardArgs<S>& a, const GruBackwardScra
                                   Vec::loadu(ws + 2 * H + u0, nu),
                                   Vec::loadu(ws + 3 * H + u0, nu)};
       Vec direct;
-      const auto d = math::gru_cell_backward(dh, g, Vec::loadu(h_prev_src + u0, nu), direct);
-      d.r.store(gx + u0, nu);
-      d.z.store(gx + H + u0, nu);
-      d.n_x.store(gx + 2 * H + u0, nu);
-      d.r.store(gh + u0, nu);
-      d.z.store(gh + H + u0, nu);
-      d.n_h.store(gh + 2 * H + u0, nu);
+      const auto d = math::gru_cell_backward(dh, g, load_vec(h_prev_src + u0, nu), direct);
+      store_vec(gx + u0, d.r, nu);
+      store_vec(gx + H + u0, d.z, nu);
+      store_vec(gx + 2 * H + u0, d.n_x, nu);
+      store_vec(gh + u0, d.r, nu);
+      store_vec(gh + H + u0, d.z, nu);
+      store_vec(gh + 2 * H + u0, d.n_h, nu);
       (a.zoneout != nullptr ? direct + dh_skip : direct).store(carried);
     }
   }
 }
 
-template <typename S>
-void gru_backward(const GruBackwardArgs<S>& a, Team& team, SliceRange mine) {
+template <typename T>
+void gru_backward(const GruBackwardArgs<T>& a, Team& team, SliceRange mine) {
   constexpr int MR = tile_rows<4>();
   SliceWorker worker(team, mine);
   ScratchCarver sc(a.scratch);
-  const GruBackwardScratch<S> w(a, sc);
-  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  const GruBackwardScratch<T> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, steps = a.seq.steps;
   {
     const int64_t blocks = a.skip_initial_product ? 0 : w.blocks;
     const auto [i0, i1] = worker.share(blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
       if (i < blocks) {
-        pack_column_panel<S, 4>(a.w_hh, H, H, 3 * H, i, w.packed_hh);
+        pack_column_panel<T, 4>(a.w_hh, H, H, 3 * H, i, w.packed_hh);
       } else {
         init_state_rows(a.grad_h_n, H, w.ld_h, 0, B, w.dh_state);
       }
@@ -1020,7 +1163,7 @@ void gru_backward(const GruBackwardArgs<S>& a, Team& team, SliceRange mine) {
     worker.sync();
   }
   const int64_t last_step = a.skip_initial_product ? 0 : -1;
-  for (int64_t s = T - 1; s >= last_step; --s) {
+  for (int64_t s = steps - 1; s >= last_step; --s) {
     StepRows rows(MR, worker.own_rows(B));
     rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
     const int64_t nch = rows.chunks();
@@ -1028,38 +1171,38 @@ void gru_backward(const GruBackwardArgs<S>& a, Team& team, SliceRange mine) {
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
-        gru_backward_tile<S, decltype(mr)::value>(a, w, s, i / nch, ch);
+        gru_backward_tile<T, decltype(mr)::value>(a, w, s, i / nch, ch);
       });
     }
     worker.step_done();
   }
   const auto [b0, b1] = worker.share(B);
-  for (int64_t b = b0; b < b1; ++b)
-    std::memcpy(a.grad_h0 + b * H, w.dh_state + b * w.ld_h, H * sizeof(S));
+  for (int64_t b = b0; b < b1; ++b) copy_row(a.grad_h0 + b * H, w.dh_state + b * w.ld_h, H);
 }
 
 // ================================================================ RNN
 
-template <typename S>
+template <typename T>
 struct RnnForwardScratch {
-  static constexpr int V = Vectorized<S>::size();
+  static constexpr int V = VecOf<T>::size();
   int64_t blocks, ld_h;
-  S *packed_hh, *h_state;
+  T *packed_hh, *h_state;
 
-  RnnForwardScratch(const RnnForwardArgs<S>& a, ScratchCarver& sc) {
+  RnnForwardScratch(const RnnForwardArgs<T>& a, ScratchCarver& sc) {
     const int64_t H = a.hidden, B = a.seq.batch;
     blocks = ceil_div(H, 4 * V);
     ld_h = round_up(H, 4 * V);
-    packed_hh = sc.take<S>(blocks * H * 4 * V);
-    h_state = sc.take<S>(2 * B * ld_h);
+    packed_hh = sc.take<T>(blocks * panel_elems<T, 4>(H));
+    h_state = sc.take<T>(2 * B * ld_h);
   }
 };
 
-template <typename S, int MR, math::Nonlinearity kAct>
-inline void rnn_forward_tile(const RnnForwardArgs<S>& a, const RnnForwardScratch<S>& w,
-                             int64_t blk, int64_t r0, int64_t row0, const S* h_prev,
-                             S* h_next) {
-  using Vec = Vectorized<S>;
+template <typename T, int MR, math::Nonlinearity kAct>
+inline void rnn_forward_tile(const RnnForwardArgs<T>& a, const RnnForwardScratch<T>& w,
+                             int64_t blk, int64_t r0, int64_t row0, const T* h_prev,
+                             T* h_next) {
+  using S = compute_t<T>;
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden;
   Vec acc[MR][4];
@@ -1074,12 +1217,13 @@ inline void rnn_forward_tile(const RnnForwardArgs<S>& a, const RnnForwardScratch
         acc[m][q] = Vec(S(0));
         continue;
       }
-      acc[m][q] = Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + u0, nu) +
-                  (a.h_pre != nullptr ? Vec::loadu(a.h_pre + (r0 + m) * H + u0, nu) : bias);
+      acc[m][q] = load_vec(a.x_proj + (row0 + m) * a.ld_x_proj + u0, nu) +
+                  (a.h_pre != nullptr ? load_vec(a.h_pre + (r0 + m) * H + u0, nu) : bias);
     }
   }
   if (a.h_pre == nullptr)
-    panel_gemm<S, MR, 4>(H, h_prev + r0 * w.ld_h, w.ld_h, w.packed_hh + blk * H * 4 * V, acc);
+    panel_gemm<T, MR, 4>(H, h_prev + r0 * w.ld_h, w.ld_h,
+                         w.packed_hh + blk * panel_elems<T, 4>(H), acc);
   for (int m = 0; m < MR; ++m) {
     for (int q = 0; q < 4; ++q) {
       const int64_t u0 = (blk * 4 + q) * V;
@@ -1088,28 +1232,28 @@ inline void rnn_forward_tile(const RnnForwardArgs<S>& a, const RnnForwardScratch
       Vec h = math::rnn_activate<kAct>(acc[m][q]);
       if (a.zoneout != nullptr) {  // Note [zoneout]; the backward needs h before it
         if (a.workspace != nullptr) h.store(a.workspace + (row0 + m) * H + u0, nu);
-        h = math::zoneout(h, Vec::loadu(h_prev + (r0 + m) * w.ld_h + u0),
+        h = math::zoneout(h, load_vec(h_prev + (r0 + m) * w.ld_h + u0),
                           Vec::loadu(a.zoneout + (row0 + m) * a.ld_zoneout + u0, nu));
       }
-      h.store(h_next + (r0 + m) * w.ld_h + u0);
-      h.store(a.out + (row0 + m) * a.ld_out + u0, nu);
+      store_vec(h_next + (r0 + m) * w.ld_h + u0, h);
+      store_vec(a.out + (row0 + m) * a.ld_out + u0, h, nu);
     }
   }
 }
 
-template <typename S, math::Nonlinearity kAct>
-void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
+template <typename T, math::Nonlinearity kAct>
+void rnn_forward_impl(const RnnForwardArgs<T>& a, Team& team, SliceRange mine) {
   constexpr int MR = tile_rows<4>();
   SliceWorker worker(team, mine);
   ScratchCarver sc(a.scratch);
-  const RnnForwardScratch<S> w(a, sc);
-  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  const RnnForwardScratch<T> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, steps = a.seq.steps;
   {
     const int64_t blocks = a.h_pre != nullptr ? 0 : w.blocks;
     const auto [i0, i1] = worker.share(blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
       if (i < blocks) {
-        pack_gate_panel<S, 4>(a.w_hh, H, H, 1, H, i, w.packed_hh);
+        pack_gate_panel<T, 4>(a.w_hh, H, H, 1, H, i, w.packed_hh);
       } else {
         for (int buf = 0; buf < 2; ++buf)
           init_state_rows(a.h0, H, w.ld_h, 0, B, w.h_state + buf * B * w.ld_h);
@@ -1117,11 +1261,11 @@ void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
     }
     worker.sync();
   }
-  for (int64_t s = 0; s < T; ++s) {
+  for (int64_t s = 0; s < steps; ++s) {
     const int64_t row_off = a.seq.offset_at(s);
     const int cur = s & 1;
-    const S* h_prev = w.h_state + cur * B * w.ld_h;
-    S* h_next = w.h_state + (1 - cur) * B * w.ld_h;
+    const T* h_prev = w.h_state + cur * B * w.ld_h;
+    T* h_next = w.h_state + (1 - cur) * B * w.ld_h;
     StepRows rows(MR, worker.own_rows(B));
     rows.forward(a.seq.rows_at(s));
     const int64_t nch = rows.chunks();
@@ -1129,7 +1273,7 @@ void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
-        rnn_forward_tile<S, decltype(mr)::value, kAct>(a, w, i / nch, ch.row, row_off + ch.row,
+        rnn_forward_tile<T, decltype(mr)::value, kAct>(a, w, i / nch, ch.row, row_off + ch.row,
                                                        h_prev, h_next);
       });
     }
@@ -1138,46 +1282,49 @@ void rnn_forward_impl(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
   const auto [b0, b1] = worker.share(B);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t buf = final_state_buffer(a.seq, b);
-    std::memcpy(a.h_n + b * H, w.h_state + (buf * B + b) * w.ld_h, H * sizeof(S));
+    copy_row(a.h_n + b * H, w.h_state + (buf * B + b) * w.ld_h, H);
   }
 }
 
-template <typename S>
-void rnn_forward(const RnnForwardArgs<S>& a, Team& team, SliceRange mine) {
+template <typename T>
+void rnn_forward(const RnnForwardArgs<T>& a, Team& team, SliceRange mine) {
   if (a.relu) {
-    rnn_forward_impl<S, math::Nonlinearity::kRelu>(a, team, mine);
+    rnn_forward_impl<T, math::Nonlinearity::kRelu>(a, team, mine);
   } else {
-    rnn_forward_impl<S, math::Nonlinearity::kTanh>(a, team, mine);
+    rnn_forward_impl<T, math::Nonlinearity::kTanh>(a, team, mine);
   }
 }
 
-template <typename S>
+template <typename T>
 struct RnnBackwardScratch {
-  static constexpr int V = Vectorized<S>::size();
+  using S = compute_t<T>;
+  static constexpr int V = VecOf<T>::size();
   int64_t blocks, ld_h;
-  S *packed_hh, *dh_state;
+  T* packed_hh;
+  S* dh_state;
 
-  RnnBackwardScratch(const RnnBackwardArgs<S>& a, ScratchCarver& sc) {
+  RnnBackwardScratch(const RnnBackwardArgs<T>& a, ScratchCarver& sc) {
     const int64_t H = a.hidden, B = a.seq.batch;
     blocks = ceil_div(H, 4 * V);
     ld_h = round_up(H, 4 * V);
-    packed_hh = sc.take<S>(blocks * H * 4 * V);
+    packed_hh = sc.take<T>(blocks * panel_elems<T, 4>(H));
     dh_state = sc.take<S>(B * ld_h);
   }
 };
 
-template <typename S, int MR, math::Nonlinearity kAct>
-inline void rnn_backward_tile(const RnnBackwardArgs<S>& a, const RnnBackwardScratch<S>& w,
+template <typename T, int MR, math::Nonlinearity kAct>
+inline void rnn_backward_tile(const RnnBackwardArgs<T>& a, const RnnBackwardScratch<T>& w,
                               int64_t s, int64_t blk, const RowChunk& ch) {
-  using Vec = Vectorized<S>;
+  using S = compute_t<T>;
+  using Vec = VecOf<T>;
   constexpr int V = Vec::size();
   const int64_t H = a.hidden;
   Vec acc[MR][4];
   zero_tile(acc);
   if (ch.kind != kActiveFirst) {
     const int64_t next_off = a.seq.offset_at(s + 1);
-    panel_gemm<S, MR, 4>(H, a.grad_x_proj + (next_off + ch.row) * a.ld_grad_x_proj,
-                         a.ld_grad_x_proj, w.packed_hh + blk * H * 4 * V, acc);
+    panel_gemm<T, MR, 4>(H, a.grad_x_proj + (next_off + ch.row) * a.ld_grad_x_proj,
+                         a.ld_grad_x_proj, w.packed_hh + blk * panel_elems<T, 4>(H), acc);
   }
   if (ch.kind == kInitial) {
     for (int m = 0; m < MR; ++m) {
@@ -1207,27 +1354,27 @@ inline void rnn_backward_tile(const RnnBackwardArgs<S>& a, const RnnBackwardScra
         h = Vec::loadu(a.workspace + row * H + u0, nu);
       } else {
         Vec(S(0)).store(carried);
-        h = Vec::loadu(a.out + row * a.ld_out + u0, nu);
+        h = load_vec(a.out + row * a.ld_out + u0, nu);
       }
-      math::rnn_activate_backward<kAct>(dh, h).store(
-          a.grad_x_proj + row * a.ld_grad_x_proj + u0, nu);
+      store_vec(a.grad_x_proj + row * a.ld_grad_x_proj + u0,
+                math::rnn_activate_backward<kAct>(dh, h), nu);
     }
   }
 }
 
-template <typename S, math::Nonlinearity kAct>
-void rnn_backward_impl(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine) {
+template <typename T, math::Nonlinearity kAct>
+void rnn_backward_impl(const RnnBackwardArgs<T>& a, Team& team, SliceRange mine) {
   constexpr int MR = tile_rows<4>();
   SliceWorker worker(team, mine);
   ScratchCarver sc(a.scratch);
-  const RnnBackwardScratch<S> w(a, sc);
-  const int64_t H = a.hidden, B = a.seq.batch, T = a.seq.steps;
+  const RnnBackwardScratch<T> w(a, sc);
+  const int64_t H = a.hidden, B = a.seq.batch, steps = a.seq.steps;
   {
     const int64_t blocks = a.skip_initial_product ? 0 : w.blocks;
     const auto [i0, i1] = worker.share(blocks + 1);
     for (int64_t i = i0; i < i1; ++i) {
       if (i < blocks) {
-        pack_column_panel<S, 4>(a.w_hh, H, H, H, i, w.packed_hh);
+        pack_column_panel<T, 4>(a.w_hh, H, H, H, i, w.packed_hh);
       } else {
         init_state_rows(a.grad_h_n, H, w.ld_h, 0, B, w.dh_state);
       }
@@ -1235,7 +1382,7 @@ void rnn_backward_impl(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine)
     worker.sync();
   }
   const int64_t last_step = a.skip_initial_product ? 0 : -1;
-  for (int64_t s = T - 1; s >= last_step; --s) {
+  for (int64_t s = steps - 1; s >= last_step; --s) {
     StepRows rows(MR, worker.own_rows(B));
     rows.backward(a.seq.rows_at(s), a.seq.rows_at(s + 1), a.seq.rows_at(s - 1));
     const int64_t nch = rows.chunks();
@@ -1243,22 +1390,21 @@ void rnn_backward_impl(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine)
     for (int64_t i = i0; i < i1; ++i) {
       const RowChunk ch = rows.chunk(i % nch);
       with_tile_rows<MR>(ch.rows, [&](auto mr) {
-        rnn_backward_tile<S, decltype(mr)::value, kAct>(a, w, s, i / nch, ch);
+        rnn_backward_tile<T, decltype(mr)::value, kAct>(a, w, s, i / nch, ch);
       });
     }
     worker.step_done();
   }
   const auto [b0, b1] = worker.share(B);
-  for (int64_t b = b0; b < b1; ++b)
-    std::memcpy(a.grad_h0 + b * H, w.dh_state + b * w.ld_h, H * sizeof(S));
+  for (int64_t b = b0; b < b1; ++b) copy_row(a.grad_h0 + b * H, w.dh_state + b * w.ld_h, H);
 }
 
-template <typename S>
-void rnn_backward(const RnnBackwardArgs<S>& a, Team& team, SliceRange mine) {
+template <typename T>
+void rnn_backward(const RnnBackwardArgs<T>& a, Team& team, SliceRange mine) {
   if (a.relu) {
-    rnn_backward_impl<S, math::Nonlinearity::kRelu>(a, team, mine);
+    rnn_backward_impl<T, math::Nonlinearity::kRelu>(a, team, mine);
   } else {
-    rnn_backward_impl<S, math::Nonlinearity::kTanh>(a, team, mine);
+    rnn_backward_impl<T, math::Nonlinearity::kTanh>(a, team, mine);
   }
 }
 
@@ -1399,6 +1545,23 @@ constexpr CellKernels<S> make_cell_kernels() {
       &gemm_pack<S>, &gemm_compute<S>,
   };
 }
+
+#if defined(__AVX512BF16__)
+// The bfloat16 table: the LSTM, GRU and RNN loops only (kernels.h, CellKernels).
+inline CellKernels<c10::BFloat16> make_bf16_kernels() {
+  using T = c10::BFloat16;
+  return CellKernels<T>{
+      &measure_scratch<LstmForwardScratch<T>, LstmForwardArgs<T>>, &lstm_forward<T>,
+      &measure_scratch<LstmBackwardScratch<T>, LstmBackwardArgs<T>>, &lstm_backward<T>,
+      nullptr, nullptr, nullptr, nullptr,
+      &measure_scratch<GruForwardScratch<T>, GruForwardArgs<T>>, &gru_forward<T>,
+      &measure_scratch<GruBackwardScratch<T>, GruBackwardArgs<T>>, &gru_backward<T>,
+      &measure_scratch<RnnForwardScratch<T>, RnnForwardArgs<T>>, &rnn_forward<T>,
+      &measure_scratch<RnnBackwardScratch<T>, RnnBackwardArgs<T>>, &rnn_backward<T>,
+      0, 0, nullptr, nullptr,
+  };
+}
+#endif
 
 inline IsaKernels make_isa_kernels(const char* name) {
   return IsaKernels{name, static_cast<int>(sizeof(Vectorized<float>)),

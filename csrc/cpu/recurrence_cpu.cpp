@@ -133,6 +133,27 @@ void check_shape(const char* op, const std::string& name, const at::Tensor& t,
               ", got ", t.sizes());
 }
 
+// Note [reduced precision on CPU]
+// bfloat16 runs its own kernels where the CPU has AVX512-BF16 dot products (Note
+// [storage and compute types] in kernels.h): the op reads and writes bfloat16 tensors
+// and keeps the workspace, gates and cell state in float32. Elsewhere, and for float16
+// (no x86 CPU we target has float16 dot products with float32 sums short of AMX-FP16),
+// the op widens its inputs to float32, runs the float32 kernels and rounds its results
+// back (the *_entry functions below).
+bool has_native_kernels(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble ||
+         (t == at::kBFloat16 && active_bf16_kernels() != nullptr);
+}
+
+// The dtype a kernel computes in for storage dtype t: float32 for bfloat16.
+at::ScalarType compute_dtype(at::ScalarType t) { return t == at::kBFloat16 ? at::kFloat : t; }
+
+// Biases and zoneout weights enter the kernels in the compute dtype.
+std::vector<at::Tensor> in_compute_dtype(std::vector<at::Tensor> ts) {
+  for (auto& t : ts) t = t.to(compute_dtype(t.scalar_type()));
+  return ts;
+}
+
 // The shapes every op of a cell agrees on.
 struct Dims {
   int64_t directions = 1;  // D
@@ -188,7 +209,7 @@ Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, at::TensorL
 void check_x_proj(const char* op, const Dims& d, const at::Tensor& x_proj, const char* x_name) {
   TORCH_CHECK(x_proj.device().is_cpu(), op, ": the CPU kernel got ", x_name, " on ",
               x_proj.device());
-  TORCH_CHECK(x_proj.scalar_type() == at::kFloat || x_proj.scalar_type() == at::kDouble, op,
+  TORCH_CHECK(has_native_kernels(x_proj.scalar_type()), op,
               ": CPU kernels support float32, float64, bfloat16 and float16, got ",
               x_proj.scalar_type());
   TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
@@ -227,7 +248,8 @@ std::optional<at::Tensor> check_zoneout(const char* op, const std::optional<at::
   const at::Tensor& z = *zoneout;
   check_same(op, "zoneout", z, like);
   check_shape(op, "zoneout", z, {d.directions, d.rows, width});
-  return z.stride(2) == 1 ? z : z.contiguous();
+  const at::Tensor zc = z.to(compute_dtype(z.scalar_type()));
+  return zc.stride(2) == 1 ? zc : zc.contiguous();
 }
 
 template <typename S>
@@ -334,12 +356,20 @@ void run_directions(const char* op, int64_t directions, int64_t step_macs, Run&&
   }
 }
 
-template <typename S>
-const CellKernels<S>& cell_kernels();
+template <typename T>
+const CellKernels<T>& cell_kernels();
 template <>
 const CellKernels<float>& cell_kernels<float>() { return active_isa_kernels().f32; }
 template <>
 const CellKernels<double>& cell_kernels<double>() { return active_isa_kernels().f64; }
+template <>
+const CellKernels<c10::BFloat16>& cell_kernels<c10::BFloat16>() {
+  return *active_bf16_kernels();  // has_native_kernels(kBFloat16) was checked
+}
+
+// The dispatch of the native kernels' storage types (has_native_kernels).
+#define RNNKERNELS_DISPATCH_KERNEL_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor scratch_bytes(int64_t bytes, const at::Tensor& like) {
   return empty_large({bytes}, like.options().dtype(at::kByte));
@@ -354,10 +384,11 @@ bool is_single_step(const Sequence& seq, bool has_projection) {
   return seq.batch_sizes.size() == 1 && !has_projection;
 }
 
-// h0[d] @ W_hh[d]^T + b_hh[d]: [B, G*H].
+// h0[d] @ W_hh[d]^T + b_hh[d]: [B, G*H], in h0's dtype (b_hh may be in the compute dtype).
 at::Tensor recurrent_product(const at::Tensor& h0_dir, const at::Tensor& w_hh,
                              const std::vector<at::Tensor>& b_hh, int64_t dir) {
-  return b_hh.empty() ? at::mm(h0_dir, w_hh.t()) : at::addmm(b_hh[dir], h0_dir, w_hh.t());
+  return b_hh.empty() ? at::mm(h0_dir, w_hh.t())
+                      : at::addmm(b_hh[dir].to(h0_dir.scalar_type()), h0_dir, w_hh.t());
 }
 
 // ---------------------------------------------------------------- h_prev rows
@@ -388,7 +419,8 @@ at::Tensor previous_hidden(const Sequence& seq, bool reverse, const at::Tensor& 
   return prev;
 }
 
-// grad_w [G*H, P] = dG^T @ h_prev over all rows of one direction.
+// grad_w [G*H, P] = dG^T @ h_prev over all rows of one direction. bfloat16 gathers h_prev
+// and runs one product, so that the sum over all rows is rounded once.
 template <typename S>
 void recurrent_weight_grad(const Sequence& seq, bool reverse, const at::Tensor& grad_pre,
                            const at::Tensor& out_dir, const at::Tensor& h0_dir,
@@ -398,7 +430,7 @@ void recurrent_weight_grad(const Sequence& seq, bool reverse, const at::Tensor& 
     grad_w.zero_();
     return;
   }
-  if (seq.uniform()) {
+  if (seq.uniform() && std::is_same_v<S, compute_t<S>>) {
     // Unpacked: h_prev is the output shifted by one step, and h0 for the first step.
     const at::Tensor first = reverse ? grad_pre.narrow(0, N - B, B) : grad_pre.narrow(0, 0, B);
     matmul_into(grad_w, first.t(), h0_dir, std::nullopt, /*accumulate=*/false);
@@ -436,7 +468,7 @@ ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_pro
   in.x_proj = x_proj.contiguous();
   in.h0 = h0.contiguous();
   in.w_hh = contiguous_all(w_hh);
-  in.b_hh = contiguous_all(b_hh);
+  in.b_hh = in_compute_dtype(contiguous_all(b_hh));
   in.w_hr = contiguous_all(w_hr);
   return in;
 }
@@ -463,9 +495,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
   at::Tensor c_n = empty_large({D, B, H}, opts);
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, like, d, P + H);
   const int64_t ws_width = math::lstm_workspace_slots(zoneout.has_value()) * H;
-  at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width}, opts);
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width},
+                              opts.dtype(compute_dtype(like.scalar_type())));
 
-  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "rnnkernels_lstm_forward", [&] {
+  RNNKERNELS_DISPATCH_KERNEL_TYPES(like.scalar_type(), "rnnkernels_lstm_forward", [&] {
+    using S = compute_t<scalar_t>;
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<LstmForwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D), h_pre(D);
@@ -484,13 +518,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
         a.ld_x = fused->x.size(1);
         a.input = fused->x.size(1);
         a.w_ih = fused->w_ih[i].data_ptr<scalar_t>();
-        a.b_ih = ptr_or_null<scalar_t>(fused->b_ih, i);
+        a.b_ih = ptr_or_null<S>(fused->b_ih, i);
       } else {
         a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * 4 * H;
         a.ld_x_proj = D * 4 * H;
       }
       a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
-      a.b_hh = ptr_or_null<scalar_t>(in.b_hh, i);
+      a.b_hh = ptr_or_null<S>(in.b_hh, i);
       a.w_hr = ptr_or_null<scalar_t>(in.w_hr, i);
       a.h0 = in.h0.data_ptr<scalar_t>() + i * B * P;
       a.c0 = c0.data_ptr<scalar_t>() + i * B * H;
@@ -498,8 +532,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
       a.ld_out = D * P;
       a.h_n = h_n.data_ptr<scalar_t>() + i * B * P;
       a.c_n = c_n.data_ptr<scalar_t>() + i * B * H;
-      a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * ws_width : nullptr;
-      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.workspace = need_workspace ? ws.data_ptr<S>() + i * N * ws_width : nullptr;
+      a.zoneout = zoneout_ptr<S>(zoneout, i);
       a.ld_zoneout = zoneout_ld(zoneout);
       scratch[i] = scratch_bytes(kern.lstm_forward_scratch(a, 1), like);
       a.scratch = scratch[i].data_ptr();
@@ -555,17 +589,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cp
   TORCH_CHECK(x.device().is_cpu(), op, ": the CPU kernel got x on ", x.device());
   in.d.rows = x.size(0);
   in.seq = make_sequence(op, in.d.rows, in.d.batch, batch_sizes);
-  const bool kernel_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  if (!kernel_dtype || is_single_step(in.seq, !w_hr.empty()) || x.size(1) == 0 ||
+  if (!has_native_kernels(x.scalar_type()) || is_single_step(in.seq, !w_hr.empty()) || x.size(1) == 0 ||
       in.d.batch < kMinFusedBatch) {
     return lstm_forward_unfused(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
                                 need_workspace, zoneout);
   }
   in.h0 = h0.contiguous();
   in.w_hh = contiguous_all(w_hh);
-  in.b_hh = contiguous_all(b_hh);
+  in.b_hh = in_compute_dtype(contiguous_all(b_hh));
   in.w_hr = contiguous_all(w_hr);
-  FusedInput fused{x.contiguous(), contiguous_all(w_ih), contiguous_all(b_ih)};
+  FusedInput fused{x.contiguous(), contiguous_all(w_ih), in_compute_dtype(contiguous_all(b_ih))};
   return lstm_forward_run(op, in, &fused, c0, need_workspace, zoneout);
 }
 
@@ -580,10 +613,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   const auto opts = in.x_proj.options();
   at::Tensor out = empty_large({N, D * H}, opts);
   at::Tensor h_n = empty_large({D, B, H}, opts);
-  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 4 * H}, opts);
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 4 * H},
+                              opts.dtype(compute_dtype(in.x_proj.scalar_type())));
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, d, H);
 
-  AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_gru_forward", [&] {
+  RNNKERNELS_DISPATCH_KERNEL_TYPES(in.x_proj.scalar_type(), "rnnkernels_gru_forward", [&] {
+    using S = compute_t<scalar_t>;
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<GruForwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D), h_pre(D);
@@ -599,13 +634,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
       a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * 3 * H;
       a.ld_x_proj = D * 3 * H;
       a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
-      a.b_hh = ptr_or_null<scalar_t>(in.b_hh, i);
+      a.b_hh = ptr_or_null<S>(in.b_hh, i);
       a.h0 = in.h0.data_ptr<scalar_t>() + i * B * H;
       a.out = out.data_ptr<scalar_t>() + i * H;
       a.ld_out = D * H;
       a.h_n = h_n.data_ptr<scalar_t>() + i * B * H;
-      a.workspace = need_workspace ? ws.data_ptr<scalar_t>() + i * N * 4 * H : nullptr;
-      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.workspace = need_workspace ? ws.data_ptr<S>() + i * N * 4 * H : nullptr;
+      a.zoneout = zoneout_ptr<S>(zoneout, i);
       a.ld_zoneout = zoneout_ld(zoneout);
       scratch[i] = scratch_bytes(kern.gru_forward_scratch(a, 1), in.x_proj);
       a.scratch = scratch[i].data_ptr();
@@ -638,9 +673,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, d, H);
   // With zoneout the workspace keeps h before zoneout, for the activation's backward.
   const int64_t ws_width = zoneout ? H : 0;
-  at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width}, opts);
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width},
+                              opts.dtype(compute_dtype(in.x_proj.scalar_type())));
 
-  AT_DISPATCH_FLOATING_TYPES(in.x_proj.scalar_type(), "rnnkernels_rnn_forward", [&] {
+  RNNKERNELS_DISPATCH_KERNEL_TYPES(in.x_proj.scalar_type(), "rnnkernels_rnn_forward", [&] {
+    using S = compute_t<scalar_t>;
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<RnnForwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D), h_pre(D);
@@ -657,14 +694,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
       a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * H;
       a.ld_x_proj = D * H;
       a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
-      a.b_hh = ptr_or_null<scalar_t>(in.b_hh, i);
+      a.b_hh = ptr_or_null<S>(in.b_hh, i);
       a.h0 = in.h0.data_ptr<scalar_t>() + i * B * H;
       a.out = out.data_ptr<scalar_t>() + i * H;
       a.ld_out = D * H;
       a.h_n = h_n.data_ptr<scalar_t>() + i * B * H;
-      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.zoneout = zoneout_ptr<S>(zoneout, i);
       a.ld_zoneout = zoneout_ld(zoneout);
-      a.workspace = need_workspace && zoneout ? ws.data_ptr<scalar_t>() + i * N * H : nullptr;
+      a.workspace = need_workspace && zoneout ? ws.data_ptr<S>() + i * N * H : nullptr;
       scratch[i] = scratch_bytes(kern.rnn_forward_scratch(a, 1), in.x_proj);
       a.scratch = scratch[i].data_ptr();
     }
@@ -695,7 +732,7 @@ BackwardInputs prepare_backward(const char* op, Cell cell,
                                 int64_t ws_per_hidden, int64_t ws_extra = 0) {
   BackwardInputs in;
   TORCH_CHECK(out.device().is_cpu(), op, ": the CPU kernel got output on ", out.device());
-  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
+  TORCH_CHECK(has_native_kernels(out.scalar_type()), op,
               ": CPU kernels support float32, float64, bfloat16 and float16, got ",
               out.scalar_type());
   in.d = check_weights(op, cell, out, w_hh, b_hh, w_hr, h0);
@@ -705,7 +742,10 @@ BackwardInputs prepare_backward(const char* op, Cell cell,
               out.sizes());
   in.d.rows = out.size(0);
   in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
-  check_same(op, "workspace", ws, out);
+  TORCH_CHECK(ws.device() == out.device() && ws.scalar_type() == compute_dtype(out.scalar_type()),
+              op, ": expected the workspace on ", out.device(), " in ",
+              compute_dtype(out.scalar_type()), " (the forward's), got ", ws.scalar_type(),
+              " on ", ws.device());
   check_shape(op, "workspace", ws,
               {d.directions, in.d.rows, ws_per_hidden * d.hidden + ws_extra});
   if (grad_out.has_value() && grad_out->defined()) {
@@ -779,7 +819,8 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
   std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh),
                           grad_w_hr = empty_like_all(in.w_hr);
 
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_lstm_backward", [&] {
+  RNNKERNELS_DISPATCH_KERNEL_TYPES(out.scalar_type(), "rnnkernels_lstm_backward", [&] {
+    using S = compute_t<scalar_t>;
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<LstmBackwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D);
@@ -797,8 +838,8 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
       a.w_hh = in.w_hh[i].data_ptr<scalar_t>();
       a.w_hr = ptr_or_null<scalar_t>(in.w_hr, i);
       a.c0 = c0.data_ptr<scalar_t>() + i * B * H;
-      a.workspace = in.ws.data_ptr<scalar_t>() + i * N * ws_per_hidden * H;
-      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.workspace = in.ws.data_ptr<S>() + i * N * ws_per_hidden * H;
+      a.zoneout = zoneout_ptr<S>(zoneout, i);
       a.ld_zoneout = zoneout_ld(zoneout);
       a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * 4 * H;
       a.ld_grad_x_proj = D * 4 * H;
@@ -821,7 +862,11 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
         // dh_t before zoneout).
         const at::Tensor ws_dir = in.ws[i];
         const at::Tensor m = ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H));
-        matmul_into(grad_w_hr[i], grad_h[i].t(), m, std::nullopt, /*accumulate=*/false);
+        if constexpr (std::is_same_v<S, scalar_t>) {
+          matmul_into(grad_w_hr[i], grad_h[i].t(), m, std::nullopt, /*accumulate=*/false);
+        } else {  // m is in the compute dtype: sum there, round once
+          grad_w_hr[i].copy_(at::mm(grad_h[i].t().to(m.scalar_type()), m));
+        }
       }
     }
   });
@@ -846,7 +891,8 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
   at::Tensor grad_h0 = empty_large({D, B, H}, opts);
   std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
 
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_gru_backward", [&] {
+  RNNKERNELS_DISPATCH_KERNEL_TYPES(out.scalar_type(), "rnnkernels_gru_backward", [&] {
+    using S = compute_t<scalar_t>;
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<GruBackwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D);
@@ -863,12 +909,12 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
       a.h0 = in.h0.data_ptr<scalar_t>() + i * B * H;
       a.out = in.out.data_ptr<scalar_t>() + i * H;
       a.ld_out = D * H;
-      a.workspace = in.ws.data_ptr<scalar_t>() + i * N * 4 * H;
+      a.workspace = in.ws.data_ptr<S>() + i * N * 4 * H;
       a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * 3 * H;
       a.ld_grad_x_proj = D * 3 * H;
       a.grad_hidden_pre = grad_hidden_pre.data_ptr<scalar_t>() + i * N * 3 * H;
       a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * H;
-      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.zoneout = zoneout_ptr<S>(zoneout, i);
       a.ld_zoneout = zoneout_ld(zoneout);
       scratch[i] = scratch_bytes(kern.gru_backward_scratch(a, 1), out);
       a.scratch = scratch[i].data_ptr();
@@ -903,7 +949,8 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
   at::Tensor grad_h0 = empty_large({D, B, H}, opts);
   std::vector<at::Tensor> grad_w_hh = empty_like_all(in.w_hh), grad_b_hh = empty_like_all(in.b_hh);
 
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkernels_rnn_backward", [&] {
+  RNNKERNELS_DISPATCH_KERNEL_TYPES(out.scalar_type(), "rnnkernels_rnn_backward", [&] {
+    using S = compute_t<scalar_t>;
     const auto& kern = cell_kernels<scalar_t>();
     std::vector<RnnBackwardArgs<scalar_t>> args(D);
     std::vector<at::Tensor> scratch(D);
@@ -923,9 +970,9 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
       a.grad_x_proj = grad_x_proj.data_ptr<scalar_t>() + i * H;
       a.ld_grad_x_proj = D * H;
       a.grad_h0 = grad_h0.data_ptr<scalar_t>() + i * B * H;
-      a.zoneout = zoneout_ptr<scalar_t>(zoneout, i);
+      a.zoneout = zoneout_ptr<S>(zoneout, i);
       a.ld_zoneout = zoneout_ld(zoneout);
-      a.workspace = zoneout ? in.ws.data_ptr<scalar_t>() + i * N * H : nullptr;
+      a.workspace = zoneout ? in.ws.data_ptr<S>() + i * N * H : nullptr;
       scratch[i] = scratch_bytes(kern.rnn_backward_scratch(a, 1), out);
       a.scratch = scratch[i].data_ptr();
     }
@@ -943,12 +990,6 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
 
 // ---------------------------------------------------------------- reduced precision
 
-// Note [reduced precision on CPU]
-// bfloat16 and float16 run the float32 kernels: the op widens its inputs, accumulates,
-// keeps the cell state and the workspace in float32, and rounds output, h_n, c_n and
-// the gradients back to the input dtype. The caller's input projection and the
-// autograd GEMMs stay in the reduced dtype, as in torch.nn. Widening costs one pass
-// over x_proj and the weights, small beside the recurrence.
 // ---------------------------------------------------------------- layer-normalised LSTM
 
 // The LayerNorm parameters of the recurrent product and the cell state, one per direction
@@ -1156,7 +1197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_entry(
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
     bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   const auto dtype = x_proj.scalar_type();
-  if (!is_reduced_float(dtype))
+  if (has_native_kernels(dtype))
     return lstm_forward_cpu(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace,
                             zoneout);
   constexpr const char* op = "rnnkernels::lstm_forward";
@@ -1174,7 +1215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_entry(
     const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
     const std::optional<at::Tensor>& zoneout) {
   const auto dtype = x_proj.scalar_type();
-  if (!is_reduced_float(dtype))
+  if (has_native_kernels(dtype))
     return gru_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
   check_weights("rnnkernels::gru_forward", Cell::kGru, x_proj, w_hh, b_hh, {}, h0);
   check_optional_same("rnnkernels::gru_forward", "zoneout", zoneout, x_proj);
@@ -1188,7 +1229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_entry(
     const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
     bool need_workspace, const std::optional<at::Tensor>& zoneout) {
   const auto dtype = x_proj.scalar_type();
-  if (!is_reduced_float(dtype))
+  if (has_native_kernels(dtype))
     return rnn_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace,
                            zoneout);
   check_weights("rnnkernels::rnn_forward", Cell::kRnn, x_proj, w_hh, b_hh, {}, h0);
@@ -1209,7 +1250,7 @@ lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
                     const std::optional<at::Tensor>& batch_sizes,
                     const std::optional<at::Tensor>& zoneout) {
   const auto dtype = out.scalar_type();
-  if (!is_reduced_float(dtype))
+  if (has_native_kernels(dtype))
     return lstm_backward_cpu(grad_out, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, out, ws,
                              batch_sizes, zoneout);
   constexpr const char* op = "rnnkernels::lstm_backward";
@@ -1235,7 +1276,7 @@ gru_backward_entry(const std::optional<at::Tensor>& grad_out,
                    const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
                    const std::optional<at::Tensor>& zoneout) {
   const auto dtype = out.scalar_type();
-  if (!is_reduced_float(dtype))
+  if (has_native_kernels(dtype))
     return gru_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes, zoneout);
   constexpr const char* op = "rnnkernels::gru_backward";
   check_weights(op, Cell::kGru, out, w_hh, b_hh, {}, h0);
@@ -1256,7 +1297,7 @@ rnn_backward_entry(const std::optional<at::Tensor>& grad_out,
                    const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
                    c10::string_view nonlinearity, const std::optional<at::Tensor>& zoneout) {
   const auto dtype = out.scalar_type();
-  if (!is_reduced_float(dtype))
+  if (has_native_kernels(dtype))
     return rnn_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes,
                             nonlinearity, zoneout);
   constexpr const char* op = "rnnkernels::rnn_backward";
@@ -1319,20 +1360,6 @@ layer_norm_lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
 }
 
 }  // namespace
-
-const IsaKernels& active_isa_kernels() {
-  static const IsaKernels& kernels = []() -> const IsaKernels& {
-    std::string cap = at::get_cpu_capability();  // "AVX512", "AVX2", "DEFAULT", ...
-    std::transform(cap.begin(), cap.end(), cap.begin(),
-                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-#if defined(__x86_64__) || defined(_M_X64)
-    if (cap == "avx512") return isa_kernels_avx512();
-    if (cap == "avx2") return isa_kernels_avx2();
-#endif
-    return isa_kernels_default();
-  }();
-  return kernels;
-}
 
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_entry);
