@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session for the CUDA backend: build, GPU tests, compute-sanitizer, benchmark.
+# On a machine with a 10-minute limit per command, start with bench/gpu_first_contact.sh
+# (stages under one deadline, results written as each stage ends); this script is for
+# the longer benchmark runs after it.
 #
 #   bash bench/gpu_session.sh [STAGE ...]     (from the repository root, on the GPU machine)
 #
