@@ -273,7 +273,7 @@ def _presets() -> dict[str, Preset]:
                                                 packed=(True,)),)),
         "portable": Preset(
             "portable", "float32, bfloat16 and bfloat16 autocast, layers and *Cells: what a CPU "
-            "without our tuning gets (about 10 min on 2 cores)",
+            "without our tuning gets (estimated under 10 min on a quiet 2-core machine)",
             (Grid(tuple(PORTABLE_LAYER_GEOMETRIES), dtypes=PORTABLE_DTYPES),
              Grid(tuple(PORTABLE_LSTM_GEOMETRIES), cells=("lstm",), dtypes=PORTABLE_DTYPES),
              Grid(tuple(PORTABLE_STEP_GEOMETRIES), cells=STEP_CELLS, dtypes=REDUCED_DTYPES)),
