@@ -1,6 +1,7 @@
-"""Tests of the benchmark tool's logic (rnnkernels.bench): argument parsing, the FLOP and
-byte model checked against hand arithmetic, result files, compare, plot, the GEMM lower
-bound helper, and a tiny end-to-end run. No timing is asserted anywhere."""
+"""Tests of the benchmark tool's logic (rnnkernels.bench): argument parsing, presets, the
+FLOP and byte model checked against hand arithmetic, the passes (autocast, *Cells), the
+engine, result files, compare, plot, the GEMM lower bound helper, the ceilings' cache and
+its trust rules, the CPU record, and tiny end-to-end runs. No timing is asserted anywhere."""
 
 import io
 import json
@@ -14,8 +15,8 @@ import pytest
 import torch
 
 import rnnkernels
-from rnnkernels.bench import ceilings, cli, compare, model, output, timing, workload
-from rnnkernels.bench.cases import (CORE_GEOMETRIES, PRESETS, WORKSPACE_PER_HIDDEN, Case,
+from rnnkernels.bench import ceilings, cli, compare, env, model, output, runner, timing, workload
+from rnnkernels.bench.cases import (CORE_GEOMETRIES, PRESETS, STEP_CELLS, WORKSPACE_PER_HIDDEN, Case,
                                     batch_sizes, custom_cases, preset_cases, sequence_lengths)
 from rnnkernels.bench.progress import Progress
 
@@ -25,6 +26,45 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_cases(argv):
     parser = cli.run_parser()
     return cli.cases_from_args(parser.parse_args(argv), parser)
+
+
+def tiny_options(**overrides):
+    """One timed block of one pass, no warm-up, no lower bound: the logic, not the speed."""
+    return runner.RunOptions(**dict(dict(repeats=1, min_block_s=0.0, warmup_s=0.0, lower_bound=False,
+                                         ceilings=False), **overrides))
+
+
+@pytest.fixture
+def small_quiet_ceilings(monkeypatch):
+    """Ceilings of a 64^3 product and a 1 MiB copy, on a machine whose load reads 0.1."""
+    monkeypatch.setattr(ceilings, "CPU_MATMUL_N", 64)
+    monkeypatch.setattr(ceilings, "CPU_COPY_BYTES", 2**20)
+    monkeypatch.setattr(env, "load_average", lambda: 0.1)
+
+
+AMD_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse avx avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: a second entry, not read
+"""
+INTEL_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: avx2 fma avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
+"""
+
+
+def fake_cpuinfo(monkeypatch, tmp_path, text):
+    path = tmp_path / f"cpuinfo-{abs(hash(text))}"
+    path.write_text(text)
+    monkeypatch.setattr(env, "CPUINFO_PATH", str(path))
 
 
 # ---------------------------------------------------------------- cases and CLI parsing
@@ -100,6 +140,66 @@ def test_case_key_and_validation():
         Case("gru", 5, 2, 4, 4, proj=2)
     with pytest.raises(ValueError, match="mode"):
         Case("gru", 5, 2, 4, 4, mode="train")
+
+
+def test_autocast_is_a_precision_of_its_own():
+    converted = Case("lstm", 5, 2, 4, 4, dtype="bfloat16")
+    autocast = Case("lstm", 5, 2, 4, 4, dtype="autocast_bfloat16")
+    assert (converted.module_dtype, converted.compute_dtype, converted.autocast_dtype) == (
+        "bfloat16", "bfloat16", None)
+    assert (autocast.module_dtype, autocast.compute_dtype, autocast.autocast_dtype) == (
+        "float32", "bfloat16", "bfloat16")
+    assert Case("gru", 5, 2, 4, 4, dtype="autocast_float16").compute_dtype == "float16"
+    # the key keeps the dtype string, so compare matches autocast cases with autocast cases
+    assert "|autocast_bfloat16|" in autocast.key and autocast.key != converted.key
+    cases = parse_cases(["-T", "5", "-B", "2", "-H", "4", "--cells", "rnn",
+                         "--dtype", "autocast_bfloat16", "autocast_float16", "float32"])
+    assert {c.dtype for c in cases} == {"autocast_bfloat16", "autocast_float16", "float32"}
+
+
+def test_cells_are_one_step_cases():
+    with pytest.raises(ValueError, match="one step"):
+        Case("lstm_cell", 5, 2, 4, 4)
+    with pytest.raises(ValueError, match="one step"):
+        Case("gru_cell", 1, 2, 4, 4, layers=2)
+    # -T is forced to 1 for the *Cells (one case, not one per T), kept for the layers
+    cases = parse_cases(["--cells", "lstm", "lstm_cell", "-T", "5", "7", "-B", "2", "-H", "4",
+                         "--modes", "training", "--layers", "1", "2"])
+    assert sorted((c.cell, c.T, c.layers) for c in cases) == [
+        ("lstm", 5, 1), ("lstm", 5, 2), ("lstm", 7, 1), ("lstm", 7, 2), ("lstm_cell", 1, 1)]
+    # only *Cells: no -T needed
+    cases = parse_cases(["--cells", *STEP_CELLS, "-B", "1", "16", "-H", "8"])
+    assert len(cases) == 3 * 2 * 2 and {c.T for c in cases} == {1}
+    assert Case("rnn_cell", 1, 16, 8, 8).label() == "rnn_cell infer B=16 I=8 H=8"
+    with pytest.raises(SystemExit):  # a layer cell still needs -T
+        parse_cases(["--cells", "gru", "gru_cell", "-B", "1", "-H", "8"])
+
+
+def test_portable_and_cells_presets():
+    cases = preset_cases("portable")
+    layers = [c for c in cases if not c.is_step_cell]
+    steps = [c for c in cases if c.is_step_cell]
+    portable_dtypes = {"float32", "bfloat16", "autocast_bfloat16"}
+    assert {(c.cell, c.T, c.B, c.I, c.H) for c in layers} == {
+        (cell, *shape) for cell in ("lstm", "gru", "rnn")
+        for shape in ((100, 32, 256, 256), (200, 16, 128, 128))} | {("lstm", 100, 64, 512, 512)}
+    assert {(c.cell, c.dtype, c.mode) for c in layers if (c.B, c.H) == (64, 512)} == {
+        ("lstm", dtype, mode) for dtype in portable_dtypes for mode in ("inference", "training")}
+    assert {c.dtype for c in layers} == portable_dtypes
+    assert {(c.cell, c.B, c.I, c.H, c.dtype, c.mode) for c in steps} == {
+        (cell, b, h, h, dtype, mode) for cell in STEP_CELLS for b, h in ((1, 256), (16, 128))
+        for dtype in ("float32", "bfloat16") for mode in ("inference", "training")}
+    assert len(cases) == 3 * 2 * 3 * 2 + 3 * 2 + 3 * 2 * 2 * 2 == 66
+    cells = preset_cases("cells")
+    assert {(c.cell, c.B, c.H, c.dtype, c.mode) for c in cells} == {
+        (cell, b, h, dtype, mode) for cell in STEP_CELLS for b, h in ((1, 256), (16, 128), (1, 32), (64, 512))
+        for dtype in ("float32", "bfloat16") for mode in ("inference", "training")}
+    # --cells picks in the grids of its kind: the layer grids take lstm, the *Cell grid lstm_cell
+    narrowed = parse_cases(["--preset", "portable", "--cells", "lstm", "lstm_cell", "--dtype", "float32"])
+    assert {(c.cell, c.B) for c in narrowed} == {("lstm", 32), ("lstm", 16), ("lstm", 64),
+                                                 ("lstm_cell", 1), ("lstm_cell", 16)}
+    with pytest.raises(SystemExit):  # the cells preset has no layer grid
+        cli.run_main(["--preset", "cells", "--cells", "lstm", "--dry-run"])
 
 
 def test_packed_lengths_are_seeded_and_in_range():
@@ -195,6 +295,30 @@ def test_lstm_projection_two_layers_flops_by_hand():
     assert phases[:4] == ["fwd input projection", "fwd recurrent", "fwd projection", "fwd recurrent"]
 
 
+def test_lstm_cell_training_flops_and_bytes_by_hand():
+    case = Case("lstm_cell", T=1, B=3, I=5, H=2, mode="training")
+    # one step, N = B = 3, G*H = 8, the given state (h, c) requiring grad.
+    # forward:  input [3, 5] x [5, 8] = 2*3*8*5 = 240; recurrent [3, 2] x [2, 8] = 96
+    # backward: recurrent [3, 8] x [8, 2] (dh) = 96; dW_hh [8, 3] x [3, 2] = 96;
+    #           dW_ih [5, 3] x [3, 8] = 240; dx [3, 8] x [8, 5] = 240
+    assert model.gemm_flops(case) == 240 + 96 + 96 + 96 + 240 + 240
+    # fwd input projection: x 15, W_ih 40, b_ih 8, x_proj 24                       = 87
+    # fwd recurrence: x_proj 24, W_hh 16, b_hh 8, h + c 12, h' 6 (the output),
+    #                 c' 6 (no h_n beside the output), workspace 3*5*2 = 30          = 102
+    elements = model.traffic_elements(case)
+    assert elements["fwd input projection"] == 87 and elements["fwd recurrence"] == 102
+    assert model.kernel_saved_bytes(case) == 3 * (5 * 2 + 2) * 4
+
+
+def test_autocast_cases_count_two_byte_elements():
+    for cell, shape in (("gru", dict(T=7, B=3, I=5, H=4)), ("lstm_cell", dict(T=1, B=3, I=5, H=4))):
+        fp32 = Case(cell, mode="training", **shape)
+        autocast = Case(cell, mode="training", dtype="autocast_bfloat16", **shape)
+        converted = Case(cell, mode="training", dtype="bfloat16", **shape)
+        assert model.gemm_flops(autocast) == model.gemm_flops(fp32)
+        assert model.traffic_bytes(autocast) == model.traffic_bytes(converted) == model.traffic_bytes(fp32) // 2
+
+
 def test_packed_flops_use_the_batch_sizes():
     case = Case("rnn", T=10, B=5, I=3, H=4, packed=True)
     sizes = batch_sizes(case)
@@ -231,6 +355,117 @@ def test_measured_saved_bytes_match_the_kernel_model(cell, state_tensors):
     assert workload.saved_activation_bytes(case, models["nn"], inputs) > 0
 
 
+@pytest.mark.parametrize("cell", STEP_CELLS)
+def test_measured_saved_bytes_of_a_cell_match_the_kernel_model(cell):
+    """A *Cell's state is an input leaf (not counted): our saved bytes are the model's."""
+    case = Case(cell, T=1, B=3, I=5, H=7, mode="training")
+    models = workload.build_models(case)
+    inputs = workload.make_inputs(case)
+    assert workload.saved_activation_bytes(case, models["ours"], inputs) == model.kernel_saved_bytes(case)
+
+
+# ---------------------------------------------------------------- passes and engines
+
+
+def test_autocast_pass_runs_float32_modules_under_autocast():
+    case = Case("rnn", T=4, B=2, I=6, H=5, mode="training", dtype="autocast_bfloat16")
+    models = workload.build_models(case)
+    inputs = workload.make_inputs(case)
+    assert inputs.x.dtype == torch.float32
+    for model_ in models.values():
+        assert {p.dtype for p in model_.parameters()} == {torch.float32}
+        out = workload.make_pass(case, model_, inputs)()
+        # RNN's products run in bfloat16 under CPU autocast; the backward left float32 gradients
+        assert out.dtype == torch.bfloat16
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model_.parameters())
+        assert inputs.x.grad is not None and inputs.x.grad.dtype == torch.float32
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "autocast_bfloat16", "autocast_float16"])
+@pytest.mark.parametrize("cell", STEP_CELLS)
+def test_cell_pass_is_one_call_with_a_given_state(cell, dtype):
+    case = Case(cell, T=1, B=3, I=5, H=4, mode="training", dtype=dtype)
+    models = workload.build_models(case)
+    inputs = workload.make_inputs(case)
+    assert inputs.x.shape == (3, 5)
+    for model_ in models.values():
+        out = workload.make_pass(case, model_, inputs)()
+        assert out.shape == (3, 4)
+        # every leaf (x, h and LSTMCell's c) and every weight got its gradient
+        assert all(leaf.grad is not None for leaf in inputs.leaves())
+        assert len(inputs.leaves()) == (3 if cell == "lstm_cell" else 2)
+        assert all(p.grad is not None for p in model_.parameters())
+    inference = Case(cell, T=1, B=3, I=5, H=4, dtype=dtype)
+    models = workload.build_models(inference)
+    inputs = workload.make_inputs(inference)
+    outs = [workload.make_pass(inference, m, inputs)() for m in models.values()]
+    assert all(o.is_inference() for o in outs)
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), atol=0.05, rtol=0.05)
+
+
+def test_engine_from_op_names():
+    assert workload.engine_from_op_names({"rnnkernels::lstm_forward_fused", "aten::mm"}) == "rnnk"
+    assert workload.engine_from_op_names({"aten::lstm", "aten::mkldnn_rnn_layer"}) == "torch:oneDNN"
+    assert workload.engine_from_op_names({"aten::_cudnn_rnn"}) == "torch:cuDNN"
+    assert workload.engine_from_op_names({"aten::lstm_cell", "aten::linear"}) == "torch:native"
+    assert workload.engine_from_op_names({"rnnkernels::gru_forward", "aten::mkldnn_rnn_layer"}) == "rnnk+torch:oneDNN"
+
+
+def test_training_engine_profiles_the_backward_too(monkeypatch):
+    seen = []
+    monkeypatch.setattr(workload, "engine_from_op_names", lambda names: seen.append(names) or "x")
+    case = Case("gru", T=3, B=2, I=4, H=4, mode="training")
+    models = workload.build_models(case)
+    assert workload.profile_engine(workload.make_pass(case, models["ours"], workload.make_inputs(case))) == "x"
+    assert any(name.startswith("rnnkernels::gru_backward") for name in seen[0]), seen[0]
+
+
+class _LSTMRoutedByBatch(rnnkernels.LSTM):
+    """Stands in for an engine choice that sends batches above 2 to torch's own LSTM."""
+
+    def forward(self, input, hx=None):
+        if input.shape[1] > 2:
+            return torch.nn.LSTM.forward(self, input, hx)
+        return super().forward(input, hx)
+
+
+def test_engine_is_profiled_per_case(monkeypatch):
+    """Not cached per cell and dtype: one module class reports the engine of each case."""
+    monkeypatch.setitem(workload._OUR_CLASSES, "lstm", _LSTMRoutedByBatch)
+    engines = {}
+    for batch in (1, 4):
+        for mode in ("inference", "training"):
+            record = runner.run_case(Case("lstm", T=3, B=batch, I=4, H=4, mode=mode), tiny_options(), {})
+            engines[batch, mode] = record["ours"]["engine"]
+            assert record["ours"]["path"] == workload.ENGINE_PATHS[record["ours"]["engine"]]
+    assert engines[1, "inference"] == engines[1, "training"] == "rnnk"
+    assert engines[4, "inference"] == engines[4, "training"] in ("torch:oneDNN", "torch:native")
+    ours_ms = output.COLUMNS[0][2](record)
+    assert ours_ms.endswith("*") and ours_ms in output.row(record)  # ours ran torch's engine
+
+
+class _RaisingLSTM(torch.nn.LSTM):
+    def forward(self, input, hx=None):
+        raise RuntimeError("could not create a primitive descriptor (as oneDNN under fp16 autocast)")
+
+
+def test_a_torch_nn_error_is_reported_and_ours_still_timed(monkeypatch):
+    monkeypatch.setitem(workload._TORCH_CLASSES, "lstm", _RaisingLSTM)
+    case = Case("lstm", T=3, B=2, I=4, H=4, mode="training", dtype="autocast_float16")
+    record = runner.run_case(case, tiny_options(lower_bound=True), {})
+    assert record["nn"]["median_s"] is None and record["nn"]["engine"] is None
+    assert record["nn"]["error"].startswith("RuntimeError: could not create a primitive descriptor")
+    assert record["ours"]["median_s"] > 0 and record["ours"]["engine"] == "rnnk"
+    assert record["speedup"] is None and record["gflops_nn"] is None and record["nn_over_lb"] is None
+    assert record["lb"]["backend"] == "torch.mm loop (Python)"  # float16 products
+    line = output.row(record)
+    assert " error " in line
+    lines = output.summary([record])
+    assert lines[0] == "torch.nn raised in 1 cases (ours timed alone):"
+    assert "could not create a primitive descriptor" in lines[1]
+
+
 # ---------------------------------------------------------------- timing logic (no timings)
 
 
@@ -256,9 +491,9 @@ def _record(key_cell="lstm", T=10, B=4, H=8, ours=1e-3, nn=2e-3, spread=0.0, rep
     return {
         "schema": "rnnkernels.bench/1", "key": case.key, "case": case.to_dict(),
         "ours": {"median_s": ours, "iqr_s": 0.0, "samples_s": ours_samples, "number": 1,
-                 "repeats": repeats, "path": "rnnkernels"},
+                 "repeats": repeats, "engine": "rnnk", "path": "rnnkernels"},
         "nn": {"median_s": nn, "iqr_s": 0.0, "samples_s": nn_samples, "number": 1,
-               "repeats": repeats, "path": "oneDNN"},
+               "repeats": repeats, "engine": "torch:oneDNN", "path": "oneDNN"},
         "lb": {"median_s": ours / 3, "iqr_s": 0.0, "samples_s": [ours / 3], "backend": "sgemm_ (dlsym)",
                "products": 11},
         "speedup": nn / ours, "ours_over_lb": 3.0, "nn_over_lb": 3 * nn / ours,
@@ -267,7 +502,7 @@ def _record(key_cell="lstm", T=10, B=4, H=8, ours=1e-3, nn=2e-3, spread=0.0, rep
         "gbs_nn": 0.25, "ceilings": None, "frac_peak_flops_ours": None, "frac_peak_bw_ours": None,
         "memory": {"ours_saved_bytes": None, "nn_saved_bytes": None, "ours_peak_bytes": None,
                    "nn_peak_bytes": None},
-        "env": {"cpu_model": cpu, "gpu_name": None, "threads": 2,
+        "env": {"cpu_model": cpu, "cpu_identity": f"{cpu} (family 1 model 2)", "gpu_name": None, "threads": 2,
                 "git": {"commit": "1234e5678", "branch": "main", "dirty": False},
                 "rnnkernels_build": {"source_hash": "0123456789", "cpu_dtypes": ["float32", "float64"]}},
     }
@@ -309,7 +544,8 @@ def test_markdown_table_pairs_the_modes_and_keeps_the_last_run(tmp_path):
                _record("lstm", mode="training", ours=2e-3, nn=3e-3)]
     text = io.StringIO()
     table.render(records, text)
-    lines = text.getvalue().splitlines()
+    machine, blank, *lines = text.getvalue().splitlines()
+    assert machine.startswith("CPU: CPU X (family 1 model 2)") and blank == ""
     assert lines[0].count("nn/ours") == 2  # inference and training columns
     assert len(lines) == 3  # header, rule, one row for the shape's two modes
     assert "**2.00x**" in lines[2] and "**1.50x**" in lines[2]  # the later inference run
@@ -371,6 +607,14 @@ def test_compare_noise_from_repeated_runs():
     assert row.verdict == "REGRESSION"
 
 
+def test_compare_tells_cpu_generations_apart():
+    """Two CPUs with one vague model name ("AMD EPYC") are two machines: speedup metric."""
+    old = [_record(cpu="AMD EPYC")]
+    new = [dict(_record(cpu="AMD EPYC"), env=dict(_record()["env"], cpu_identity="AMD EPYC (family 23 model 49)"))]
+    assert compare.compare_records(old, new)["metric"] == "speedup"
+    assert compare.compare_records(old, old)["metric"] == "time"
+
+
 # ---------------------------------------------------------------- plot
 
 
@@ -428,9 +672,7 @@ def test_lower_bound_measure_reports_its_backend():
     assert lb["backend"] == "torch.mm loop (Python)"
 
 
-def test_ceilings_are_cached_per_key(tmp_path, monkeypatch):
-    monkeypatch.setattr(ceilings, "CPU_MATMUL_N", 64)
-    monkeypatch.setattr(ceilings, "CPU_COPY_BYTES", 2**20)
+def test_ceilings_are_cached_per_key(tmp_path, small_quiet_ceilings):
     path = tmp_path / "c.json"
     first = ceilings.get("cpu", "float32", torch.get_num_threads(), path=path)
     assert first["cached"] is False and first["matmul_gflops"] > 0 and first["copy_gbs"] > 0
@@ -439,6 +681,92 @@ def test_ceilings_are_cached_per_key(tmp_path, monkeypatch):
     assert ceilings.get("cpu", "float32", torch.get_num_threads(), remeasure=True, path=path)["cached"] is False
     assert list(json.loads(path.read_text())) == [first["key"]]
     assert "threads=" in first["key"] and torch.__version__ in first["key"]
+
+
+def _plant(path, key, **entry):
+    fields = dict(matmul_gflops=0.001, copy_gbs=0.001, matmul_n=64, copy_bytes=2**20, device="cpu",
+                  dtype="float32", threads=torch.get_num_threads(), machine=env.machine_name("cpu"),
+                  loadavg_1min=0.1, logical_cpus=2, loaded=False, measured="2026-01-01T00:00:00")
+    fields.update(entry)
+    path.write_text(json.dumps({key: fields}))
+
+
+@pytest.mark.parametrize("planted, reason", [
+    (dict(loadavg_1min=1.9, logical_cpus=2), "under load 1.9 on 2 CPUs"),
+    (dict(loadavg_1min=None), "without a load record"),
+    (dict(machine="AMD EPYC"), "measured on AMD EPYC, this is"),  # an old key's vague model name
+])
+def test_an_untrusted_cached_ceiling_is_measured_again(tmp_path, small_quiet_ceilings, planted, reason):
+    """A ceiling cached under load, without its load, or on another CPU is never reused: its
+    0.001 GFLOP/s would make every fraction of it thousands of percent."""
+    path = tmp_path / "c.json"
+    threads = torch.get_num_threads()
+    key = ceilings.ceiling_key("cpu", "float32", threads)
+    _plant(path, key, **planted)
+    got = ceilings.get("cpu", "float32", threads, path=path)
+    assert got["cached"] is False and got["matmul_gflops"] != 0.001
+    assert reason in got["note"] and "measured again" in got["note"]
+    # the quiet measurement replaced the untrusted entry, and is reused next time
+    assert json.loads(path.read_text())[key]["loadavg_1min"] == 0.1
+    assert ceilings.get("cpu", "float32", threads, path=path)["cached"] is True
+
+
+def test_a_ceiling_cached_on_another_cpu_model_is_not_used(tmp_path, monkeypatch, small_quiet_ceilings):
+    path = tmp_path / "c.json"
+    threads = torch.get_num_threads()
+    fake_cpuinfo(monkeypatch, tmp_path, INTEL_CPUINFO)
+    intel = ceilings.get("cpu", "float32", threads, path=path)
+    assert intel["cached"] is False and "Xeon" in intel["key"] and "family 6 model 143" in intel["key"]
+    fake_cpuinfo(monkeypatch, tmp_path, AMD_CPUINFO)
+    amd = ceilings.get("cpu", "float32", threads, path=path)
+    assert amd["cached"] is False and amd["machine"].startswith("AMD EPYC (AuthenticAMD family 25 model 17")
+    assert set(json.loads(path.read_text())) == {intel["key"], amd["key"]}
+
+
+def test_a_ceiling_measured_under_load_is_used_but_not_cached(tmp_path, monkeypatch, small_quiet_ceilings):
+    path = tmp_path / "c.json"
+    monkeypatch.setattr(env, "load_average", lambda: 2.0 * (os.cpu_count() or 1))
+    got = ceilings.get("cpu", "bfloat16", torch.get_num_threads(), path=path)
+    assert got["loaded"] is True and got["matmul_gflops"] > 0 and got["dtype"] == "bfloat16"
+    assert "not cached" in got["note"]
+    assert not path.exists()
+    row = output.row(dict(_record(), ceilings={"bfloat16": got}, ceiling_dtype="bfloat16",
+                          frac_peak_flops_ours=0.5))
+    assert "50.0%!" in row  # the table marks a fraction of a loaded ceiling
+
+
+def test_every_run_measures_the_fp32_and_bf16_ceilings(monkeypatch, tmp_path):
+    asked = []
+    monkeypatch.setattr(ceilings, "get", lambda device, dtype, threads, remeasure=False: asked.append(
+        (device, dtype, threads)) or {"dtype": dtype})
+    fake_cpuinfo(monkeypatch, tmp_path, AMD_CPUINFO)  # no float16 matrix hardware
+    cases = [Case("lstm", 5, 2, 4, 4), Case("gru", 5, 2, 4, 4, dtype="autocast_float16"),
+             Case("rnn", 5, 2, 4, 4, dtype="float64", threads=1)]
+    found = runner.ceilings_for(cases, runner.RunOptions())
+    assert asked == [("cpu", "float32", 2), ("cpu", "bfloat16", 2), ("cpu", "float32", 1),
+                     ("cpu", "bfloat16", 1), ("cpu", "float64", 1)]
+    assert set(found) == {("cpu", 2), ("cpu", 1)}
+    assert ceilings.ceiling_dtype("float16", "cpu") == "float32"
+    fake_cpuinfo(monkeypatch, tmp_path, INTEL_CPUINFO)  # avx512_fp16: float16 has a ceiling of its own
+    assert ceilings.ceiling_dtype("float16", "cpu") == "float16"
+    assert ceilings.ceiling_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_cpu_record_reads_cpuinfo(monkeypatch, tmp_path):
+    fake_cpuinfo(monkeypatch, tmp_path, INTEL_CPUINFO)
+    info = env.cpu_info()
+    assert info == {"model_name": "Intel(R) Xeon(R) Platinum 8480+", "vendor": "GenuineIntel", "family": "6",
+                    "model": "143", "flags": ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16",
+                                              "amx_tile", "amx_bf16", "amx_int8"]}
+    fake_cpuinfo(monkeypatch, tmp_path, AMD_CPUINFO)
+    assert env.cpu_identity() == ("AMD EPYC (AuthenticAMD family 25 model 17; avx2 fma avx512f avx512bw "
+                                  "avx512vl avx512_bf16)")
+    assert env.machine_name("cpu") == env.cpu_identity()
+    record = env.environment(2)
+    assert record["cpu_model"] == "AMD EPYC" and record["cpu"]["family"] == "25"
+    assert record["cpu_identity"] == env.cpu_identity()
+    assert record["cpu_flags"] == ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"]
+    assert env.is_loaded(1.1, 2) and not env.is_loaded(1.0, 2) and env.is_loaded(None, 2)
 
 
 # ---------------------------------------------------------------- progress
@@ -468,7 +796,9 @@ def test_tiny_end_to_end_run_writes_valid_files(tmp_path, monkeypatch, capsys):
                      "--threads", str(torch.get_num_threads()), "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0] == output.header()
+    machine, header = printed.splitlines()[:2]
+    assert machine.startswith(f"CPU: {env.cpu_identity()}") and "fp32" in machine and "bf16" in machine
+    assert header == output.header() and "engine" in header
     records = output.read_results(out)
     assert len(records) == 6
     assert [r["key"] for r in records] == [c.key for c in custom_cases(
@@ -477,11 +807,21 @@ def test_tiny_end_to_end_run_writes_valid_files(tmp_path, monkeypatch, capsys):
     for r in records:
         case = Case.from_dict(r["case"])
         assert r["gemm_flops"] == model.gemm_flops(case) and r["bytes"] == model.traffic_bytes(case)
-        assert r["ours"]["path"] == "rnnkernels"
+        assert r["ours"]["engine"] == "rnnk" and r["ours"]["path"] == "rnnkernels"
         assert r["nn"]["path"] in ("oneDNN", "ATen native")
+        assert r["nn"]["engine"] in ("torch:oneDNN", "torch:native")
         assert r["lb"]["products"] == len(model.gemm_sequence(case))
         assert math.isclose(r["speedup"], r["nn"]["median_s"] / r["ours"]["median_s"])
-        assert r["ceilings"]["matmul_n"] == 64
+        # both matmul ceilings, and ours' and torch.nn's GFLOP/s as fractions of each
+        assert set(r["ceilings"]) == {"float32", "bfloat16"} and r["ceiling_dtype"] == "float32"
+        assert all(c["matmul_n"] == 64 for c in r["ceilings"].values())
+        for name in ("ours", "nn"):
+            assert math.isclose(r[f"gflops_{name}"], r["gemm_flops"] / r[name]["median_s"] / 1e9)
+            for dtype, short in (("float32", "fp32"), ("bfloat16", "bf16")):
+                assert math.isclose(r[f"frac_{short}_peak_{name}"],
+                                    r[f"gflops_{name}"] / r["ceilings"][dtype]["matmul_gflops"])
+            assert r[f"frac_peak_flops_{name}"] == r[f"frac_fp32_peak_{name}"]
+        assert r["env"]["cpu_identity"] == env.cpu_identity() and r["env"]["cpu"]["model_name"]
         assert r["env"]["torch_version"] == torch.__version__
         assert r["env"]["cpu_capability"] == rnnkernels._C.cpu_capability()
         assert r["env"]["lower_bound_backend"] == records[0]["lb"]["backend"]
@@ -490,9 +830,35 @@ def test_tiny_end_to_end_run_writes_valid_files(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "tiny.csv").exists()
     assert len(output.read_results(tmp_path / "tiny.csv")) == 6
     # LSTM in fp32 on CPU runs oneDNN inside torch.nn; GRU and RNN the native path
-    nn_paths = {r["case"]["cell"]: r["nn"]["path"] for r in records}
+    nn_engines = {r["case"]["cell"]: r["nn"]["engine"] for r in records}
     if torch.backends.mkldnn.is_available():
-        assert nn_paths == {"lstm": "oneDNN", "gru": "ATen native", "rnn": "ATen native"}
+        assert nn_engines == {"lstm": "torch:oneDNN", "gru": "torch:native", "rnn": "torch:native"}
+
+
+def test_tiny_run_of_cells_and_autocast(tmp_path, monkeypatch, capsys, small_quiet_ceilings):
+    monkeypatch.setenv("RNNKERNELS_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "cells.jsonl"
+    code = cli.main(["--cells", "gru", "lstm_cell", "-T", "3", "-B", "2", "-H", "8", "--modes", "training",
+                     "--dtype", "autocast_bfloat16", "float16", "--repeats", "1", "--no-lb", "--min-block-ms", "0",
+                     "--warmup-ms", "0", "--threads", str(torch.get_num_threads()), "--out", str(out),
+                     "--no-progress", "--no-legend"])
+    assert code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("CPU: ") and printed[1] == output.header()
+    records = output.read_results(out)
+    assert [(r["case"]["cell"], r["case"]["T"], r["case"]["dtype"]) for r in records] == [
+        ("gru", 3, "autocast_bfloat16"), ("gru", 3, "float16"),
+        ("lstm_cell", 1, "autocast_bfloat16"), ("lstm_cell", 1, "float16")]
+    for r in records:
+        assert r["ours"]["engine"] == "rnnk" and r["nn"]["engine"] == "torch:native"
+        assert r["ours"]["median_s"] > 0 and r["nn"]["median_s"] > 0
+        # bfloat16 autocast against the bf16 ceiling; float16 on this CPU per ceiling_dtype
+        own = ceilings.ceiling_dtype(r["case"]["dtype"].replace("autocast_", ""), "cpu")
+        assert r["ceiling_dtype"] == own and set(r["ceilings"]) == {"float32", "bfloat16", own}
+        assert r["frac_peak_flops_ours"] == r["frac_bf16_peak_ours" if own == "bfloat16" else "frac_fp32_peak_ours"]
+        assert r["memory"]["ours_saved_bytes"] > 0
+    labels = [line for line in printed if line.startswith(("gru", "lstm_cell"))]
+    assert [line.split()[6] for line in labels[:4]] == ["ac-bf16", "fp16", "ac-bf16", "fp16"]
 
 
 @pytest.mark.parametrize("size, saved", [
@@ -523,3 +889,6 @@ def test_module_entry_point_lists_presets():
     for name in PRESETS:
         assert name in result.stdout
     assert str(CORE_GEOMETRIES[0][:4]) in result.stdout
+    portable = next(line for line in result.stdout.splitlines() if line.startswith("portable"))
+    assert f"{len(preset_cases('portable'))} cases, 5 repeats" in portable
+    assert "(B, I, H) = (1, 256, 256)" in result.stdout

@@ -3,6 +3,16 @@
 A case is one cell type, shape, mode, dtype, device and thread count. Its ``key`` names
 it across runs, so results of two runs (commits, machines) can be matched by ``compare``.
 Importing this module needs torch only, not the compiled extension.
+
+Layer cases (lstm, gru, rnn, rnn_relu) run a whole sequence [T, B, I] through torch.nn.LSTM
+/GRU/RNN and rnnkernels' twin; step cases (lstm_cell, gru_cell, rnn_cell) make ONE call of
+torch.nn.LSTMCell/GRUCell/RNNCell and rnnkernels' twin on x [B, I] with a given state,
+so their T is 1 (one layer, one direction, dense, no projection).
+
+The dtype is a precision: float32, float64, bfloat16 and float16 convert both modules and
+the input to it (``module.to(dtype)``); autocast_bfloat16 and autocast_float16 keep float32
+modules and input and run the forward under ``torch.autocast(device, dtype)``, the backward
+outside it, as a user's training step does.
 """
 
 from __future__ import annotations
@@ -14,17 +24,24 @@ import random
 import zlib
 from dataclasses import dataclass
 
-CELLS = ("lstm", "gru", "rnn", "rnn_relu")  # rnn: tanh nonlinearity
+LAYER_CELLS = ("lstm", "gru", "rnn", "rnn_relu")  # rnn: tanh nonlinearity
+STEP_CELLS = ("lstm_cell", "gru_cell", "rnn_cell")  # torch.nn.LSTMCell, GRUCell, RNNCell
+CELLS = LAYER_CELLS + STEP_CELLS
 MODES = ("inference", "training")
-DTYPES = ("float32", "float64", "bfloat16", "float16")
+AUTOCAST_PREFIX = "autocast_"
+CONVERTED_DTYPES = ("float32", "float64", "bfloat16", "float16")
+DTYPES = CONVERTED_DTYPES + ("autocast_bfloat16", "autocast_float16")
 DEVICES = ("cpu", "cuda")
 
 # Gates per cell: LSTM i, f, g, o; GRU r, z, n; Elman RNN one.
-GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn_relu": 1}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn_relu": 1, "lstm_cell": 4, "gru_cell": 3, "rnn_cell": 1}
 # Floats per hidden unit and row that rnnkernels keeps for the backward (workspace
-# [D, N, S]): LSTM i, f, g, o, c; GRU r, z, n, W_hn h + b_hn; RNN nothing. Must agree
-# with rnnkernels.ops.WORKSPACE_PER_HIDDEN (a test checks).
-WORKSPACE_PER_HIDDEN = {"lstm": 5, "gru": 4, "rnn": 0, "rnn_relu": 0}
+# [D, N, S]): LSTM i, f, g, o, c; GRU r, z, n, W_hn h + b_hn; RNN nothing; a *Cell the
+# same as its layer (one step of the same op). Must agree with
+# rnnkernels.ops.WORKSPACE_PER_HIDDEN (a test checks).
+WORKSPACE_PER_HIDDEN = {"lstm": 5, "gru": 4, "rnn": 0, "rnn_relu": 0,
+                        "lstm_cell": 5, "gru_cell": 4, "rnn_cell": 0}
+# Bytes per element of a case's compute dtype (autocast cases: the autocast dtype).
 ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
 
@@ -65,8 +82,32 @@ class Case:
             problems.append(f"proj (proj_size) must be 0, or > 0 for lstm only; got {self.proj} for {self.cell}")
         if self.proj >= self.H > 0 and self.proj > 0:
             problems.append(f"proj ({self.proj}) must be smaller than H ({self.H})")
+        if self.is_step_cell and (self.T, self.layers, self.bidirectional, self.proj, self.packed) != (
+                1, 1, False, 0, False):
+            problems.append(f"{self.cell} is one call of one step: T and layers must be 1, "
+                            "unidirectional, dense, no proj")
         if problems:
             raise ValueError("invalid benchmark case: " + "; ".join(problems))
+
+    @property
+    def is_step_cell(self) -> bool:
+        """A *Cell case: one call on x [B, I] with a given state."""
+        return self.cell in STEP_CELLS
+
+    @property
+    def autocast_dtype(self) -> str | None:
+        """The dtype the forward runs under torch.autocast with; None for a converted case."""
+        return self.dtype[len(AUTOCAST_PREFIX):] if self.dtype.startswith(AUTOCAST_PREFIX) else None
+
+    @property
+    def module_dtype(self) -> str:
+        """The dtype of the modules and the input: float32 under autocast."""
+        return "float32" if self.autocast_dtype else self.dtype
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype of the matrix products: the autocast dtype, else the case's."""
+        return self.autocast_dtype or self.dtype
 
     @property
     def directions(self) -> int:
@@ -83,7 +124,7 @@ class Case:
 
     @property
     def element_bytes(self) -> int:
-        return ELEMENT_BYTES[self.dtype]
+        return ELEMENT_BYTES[self.compute_dtype]
 
     @property
     def key(self) -> str:
@@ -96,6 +137,9 @@ class Case:
 
     def label(self) -> str:
         """A short human label for tables and progress."""
+        dtype = "" if self.dtype == "float32" else f" {self.dtype}"
+        if self.is_step_cell:
+            return f"{self.cell} {self.mode[:5]} B={self.B} I={self.I} H={self.H}{dtype}"
         extra = []
         if self.layers > 1:
             extra.append(f"L{self.layers}")
@@ -106,7 +150,7 @@ class Case:
         if self.packed:
             extra.append("packed")
         tail = (" " + " ".join(extra)) if extra else ""
-        return f"{self.cell} {self.mode[:5]} T={self.T} B={self.B} I={self.I} H={self.H}{tail}"
+        return f"{self.cell} {self.mode[:5]} T={self.T} B={self.B} I={self.I} H={self.H}{tail}{dtype}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -172,38 +216,83 @@ GPU_GRIDS = {
 GPU_PACKED_GEOMETRIES = [_square(100, 64, 512)]
 
 
+def _step(B, H):
+    """A *Cell geometry: one step (T = 1) of batch B, I = H."""
+    return _square(1, B, H)
+
+
+# The portable preset (issue 15, point 6): layers in float32, bfloat16 (converted) and
+# under bfloat16 autocast, at two core shapes (and LSTM at a third), and the *Cells at
+# a latency and a batched size in float32 and bfloat16.
+PORTABLE_DTYPES = ("float32", "bfloat16", "autocast_bfloat16")
+PORTABLE_LAYER_GEOMETRIES = [(100, 32, 256, 256, 1, False), (200, 16, 128, 128, 1, False)]
+PORTABLE_LSTM_GEOMETRIES = [(100, 64, 512, 512, 1, False)]
+PORTABLE_STEP_GEOMETRIES = [_step(1, 256), _step(16, 128)]
+# The cells preset: bench/cell_step.py's sizes, (B, H = I).
+CELLS_STEP_GEOMETRIES = [_step(1, 256), _step(16, 128), _step(1, 32), _step(64, 512)]
+REDUCED_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One Cartesian product of a preset: geometries x cells x modes x dtypes x packing.
+    A grid holds layer cells or *Cells, not both (a *Cell geometry has T = 1)."""
+
+    geometries: tuple  # of (T, B, I, H, layers, bidirectional)
+    cells: tuple = ("lstm", "gru", "rnn")
+    modes: tuple = MODES
+    dtypes: tuple = ("float32",)
+    packed: tuple = (False,)  # one entry per packing variant to run
+
+    def __post_init__(self):
+        if len({cell in STEP_CELLS for cell in self.cells}) != 1:
+            raise ValueError(f"a grid holds layer cells or *Cells, not both: {self.cells}")
+
+    @property
+    def step_cells(self) -> bool:
+        return self.cells[0] in STEP_CELLS
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    geometries: tuple  # of (T, B, I, H, layers, bidirectional)
+    grids: tuple  # of Grid
     device: str = "cpu"
-    dtypes: tuple = ("float32",)
-    cells: tuple = ("lstm", "gru", "rnn")
-    modes: tuple = MODES
-    packed: tuple = (False,)  # one entry per packing variant to run
     repeats: int | None = None  # None: the CLI's default
 
 
 def _presets() -> dict[str, Preset]:
     presets = {
         "quick": Preset("quick", "the core grid less its largest shape: the README's main-job "
-                        "command (1 to 2 min on 2 cores)", tuple(QUICK_GEOMETRIES), repeats=9),
+                        "command (1 to 2 min on 2 cores)", (Grid(tuple(QUICK_GEOMETRIES)),), repeats=9),
         "core": Preset("core", "the core CPU benchmark of issue 2: 7 shapes x RNN/LSTM/GRU x "
-                       "inference/training", tuple(CORE_GEOMETRIES)),
+                       "inference/training", (Grid(tuple(CORE_GEOMETRIES)),)),
         "cpu-packed": Preset("cpu-packed", "PackedSequence input on CPU (lengths uniform in "
-                             "[T/2, T])", tuple(g for g in CORE_GEOMETRIES if g[4] == 1 and g[2] <= 512),
-                             packed=(True,)),
+                             "[T/2, T])", (Grid(tuple(g for g in CORE_GEOMETRIES if g[4] == 1 and g[2] <= 512),
+                                                packed=(True,)),)),
+        "portable": Preset(
+            "portable", "float32, bfloat16 and bfloat16 autocast, layers and *Cells: what a CPU "
+            "without our tuning gets (estimated under 10 min on a quiet 2-core machine)",
+            (Grid(tuple(PORTABLE_LAYER_GEOMETRIES), dtypes=PORTABLE_DTYPES),
+             Grid(tuple(PORTABLE_LSTM_GEOMETRIES), cells=("lstm",), dtypes=PORTABLE_DTYPES),
+             Grid(tuple(PORTABLE_STEP_GEOMETRIES), cells=STEP_CELLS, dtypes=REDUCED_DTYPES)),
+            repeats=5),
+        "cells": Preset("cells", "one step of LSTMCell/GRUCell/RNNCell, float32 and bfloat16 "
+                        "(bench/cell_step.py's sizes)",
+                        (Grid(tuple(CELLS_STEP_GEOMETRIES), cells=STEP_CELLS, dtypes=REDUCED_DTYPES),)),
     }
     for name, geometries in GPU_GRIDS.items():
-        presets[name] = Preset(name, f"CUDA grid {name[4:]} vs cuDNN", tuple(geometries),
-                               device="cuda", dtypes=GPU_DTYPES)
+        presets[name] = Preset(name, f"CUDA grid {name[4:]} vs cuDNN", (Grid(tuple(geometries), dtypes=GPU_DTYPES),),
+                               device="cuda")
     presets["gpu-packed"] = Preset("gpu-packed", "CUDA, PackedSequence input (lengths uniform "
-                                   "in [T/2, T]) vs cuDNN", tuple(GPU_PACKED_GEOMETRIES),
-                                   device="cuda", dtypes=GPU_DTYPES, packed=(True,))
+                                   "in [T/2, T]) vs cuDNN",
+                                   (Grid(tuple(GPU_PACKED_GEOMETRIES), dtypes=GPU_DTYPES, packed=(True,)),),
+                                   device="cuda")
     everything = [g for name in GPU_GRIDS for g in GPU_GRIDS[name]]
     presets["gpu"] = Preset("gpu", "all CUDA grids (packed input included) vs cuDNN",
-                            tuple(everything), device="cuda", dtypes=GPU_DTYPES)
+                            (Grid(tuple(everything), dtypes=GPU_DTYPES),) + presets["gpu-packed"].grids,
+                            device="cuda")
     return presets
 
 
@@ -212,27 +301,35 @@ PRESETS = _presets()
 
 def preset_cases(name: str, threads: int = 2, cells=None, modes=None, dtypes=None,
                  device=None) -> list[Case]:
-    """The cases of a preset; cells/modes/dtypes/device, when given, replace the preset's."""
+    """The cases of a preset; cells/modes/dtypes/device, when given, replace the preset's
+    (cells in the grids of their kind: layer cells in the layer grids, *Cells in the *Cell
+    grids)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    cases = _grid(preset.geometries, cells or preset.cells, modes or preset.modes,
-                  dtypes or preset.dtypes, device or preset.device, threads, preset.packed)
-    if name == "gpu":  # the packed variant of the CUDA issue rides along with the full grid
-        cases += _grid(GPU_PACKED_GEOMETRIES, cells or preset.cells, modes or preset.modes,
-                       dtypes or preset.dtypes, device or preset.device, threads, (True,))
-    return cases
+    cases = []
+    for grid in preset.grids:
+        grid_cells = [c for c in cells if (c in STEP_CELLS) == grid.step_cells] if cells else grid.cells
+        cases += _grid(grid.geometries, grid_cells, modes or grid.modes, dtypes or grid.dtypes,
+                       device or preset.device, threads, grid.packed)
+    return _unique(cases)
 
 
 def custom_cases(T, B, I, H, layers=(1,), bidirectional=(False,), proj=(0,), cells=("lstm",),  # noqa: E741
                  modes=("inference",), dtypes=("float32",), device="cpu", threads=2,
                  packed=False) -> list[Case]:
-    """The Cartesian product of the given lists; I=None entries mean I = H."""
+    """The Cartesian product of the given lists; I=None entries mean I = H. proj applies to
+    lstm only; a *Cell takes one step of one dense unidirectional layer: its T is 1 whatever
+    T says, and the other layer options leave it out."""
     cases = []
     for cell, mode, dtype, t, b, h, i, n_layers, bi, p in itertools.product(
             cells, modes, dtypes, T, B, H, I, layers, bidirectional, proj):
         if p and cell != "lstm":
             continue
+        if cell in STEP_CELLS:
+            if n_layers > 1 or bi or packed:
+                continue
+            t = 1
         cases.append(Case(cell=cell, T=t, B=b, I=h if i is None else i, H=h, layers=n_layers,
                           bidirectional=bi, proj=p, mode=mode, dtype=dtype, device=device,
                           threads=threads, packed=packed))

@@ -2,6 +2,7 @@
 
     python -m rnnkernels.bench --preset quick                     # the README's main job
     python -m rnnkernels.bench --cells lstm gru -T 100 -B 1 32 -H 256 512 --modes training
+    python -m rnnkernels.bench --cells lstm_cell -B 1 16 -H 256 --dtype float32 autocast_bfloat16
     python -m rnnkernels.bench plot results.jsonl
     python -m rnnkernels.bench compare old.jsonl new.jsonl
     python -m rnnkernels.bench presets
@@ -16,7 +17,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from .cases import CELLS, DEVICES, DTYPES, MODES, PRESETS, Case, custom_cases, preset_cases
+from .cases import CELLS, DEVICES, DTYPES, LAYER_CELLS, MODES, PRESETS, Case, custom_cases, preset_cases
 
 COMMANDS = ("run", "plot", "compare", "table", "presets")
 
@@ -44,8 +45,13 @@ def run_parser() -> argparse.ArgumentParser:
                     "compare, presets (python -m rnnkernels.bench COMMAND -h).")
     grid = p.add_argument_group("cases: a preset, or a grid (the Cartesian product of the lists)")
     grid.add_argument("--preset", choices=sorted(PRESETS), help="a named grid (see `presets`)")
-    grid.add_argument("--cells", nargs="+", choices=CELLS, help="default: lstm gru rnn")
-    grid.add_argument("-T", "--T", nargs="+", type=_positive_int, help="sequence lengths")
+    grid.add_argument("--cells", nargs="+", choices=CELLS,
+                      help="default: lstm gru rnn (layers over a sequence); lstm_cell gru_cell "
+                           "rnn_cell: one call of torch.nn.LSTMCell/GRUCell/RNNCell on x [B, I] with "
+                           "a given state, so T is 1 for them")
+    grid.add_argument("-T", "--T", nargs="+", type=_positive_int,
+                      help="sequence lengths (layers only: the *_cell cases run one step, T = 1, "
+                           "whatever -T says; not needed when only *_cell cells are chosen)")
     grid.add_argument("-B", "--B", nargs="+", type=_positive_int, help="batch sizes")
     grid.add_argument("-I", "--I", nargs="+", type=_positive_int, help="input sizes (default: = H)")
     grid.add_argument("-H", "--H", nargs="+", type=_positive_int, help="hidden sizes")
@@ -56,7 +62,10 @@ def run_parser() -> argparse.ArgumentParser:
                       help="PackedSequence input, lengths uniform in [T/2, T]")
     grid.add_argument("--modes", nargs="+", choices=MODES, help="default: inference training")
     grid.add_argument("--dtype", nargs="+", choices=DTYPES, dest="dtypes",
-                      help="default: float32 (GPU presets: float32 bfloat16 float16)")
+                      help="float32 float64 bfloat16 float16: modules and input converted; "
+                           "autocast_bfloat16 autocast_float16: float32 modules and input, the "
+                           "forward under torch.autocast, the backward outside it. Default: "
+                           "float32 (GPU presets: float32 bfloat16 float16)")
     grid.add_argument("--device", choices=DEVICES, help="default: cpu (GPU presets: cuda)")
     grid.add_argument("--threads", type=_positive_int, default=2,
                       help="torch.set_num_threads for the whole run, LB included (default 2)")
@@ -78,7 +87,8 @@ def run_parser() -> argparse.ArgumentParser:
                             "(CUDA peaks are always measured)")
     extra.add_argument("--no-ceilings", action="store_true", help="skip the matmul/copy ceilings")
     extra.add_argument("--remeasure-ceilings", action="store_true",
-                       help="measure the ceilings again instead of using the cache")
+                       help="measure the ceilings again instead of using the cache (a cached "
+                            "ceiling measured under load or on another CPU is never reused)")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="JSON-lines file (default: rnnkernels-bench-<preset|grid>-<time>.jsonl "
                                    "in the current directory); records are appended as cases finish")
@@ -135,14 +145,16 @@ def cases_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         if args.packed:
             parser.error("--packed applies to a grid; the packed presets are cpu-packed and gpu-packed")
         return preset_cases(args.preset, args.threads, args.cells, args.modes, args.dtypes, args.device)
-    if args.T is None or args.B is None or args.H is None:
+    cells = args.cells or ("lstm", "gru", "rnn")
+    needs_t = any(cell in LAYER_CELLS for cell in cells)
+    if (args.T is None and needs_t) or args.B is None or args.H is None:
         parser.error("choose cases: --preset NAME, or a grid with at least -T, -B and -H "
-                     "(e.g. --preset quick, or -T 100 -B 32 -H 256)")
+                     "(-B and -H for *_cell cells only; e.g. --preset quick, or -T 100 -B 32 -H 256)")
     bidirectional = {"uni": (False,), "bi": (True,), "both": (False, True), None: (False,)}[args.direction]
     try:
         return custom_cases(
-            T=args.T, B=args.B, I=args.I or [None], H=args.H, layers=args.layers or [1],
-            bidirectional=bidirectional, proj=args.proj or [0], cells=args.cells or ("lstm", "gru", "rnn"),
+            T=args.T or [1], B=args.B, I=args.I or [None], H=args.H, layers=args.layers or [1],
+            bidirectional=bidirectional, proj=args.proj or [0], cells=cells,
             modes=args.modes or MODES, dtypes=args.dtypes or ("float32",), device=args.device or "cpu",
             threads=args.threads, packed=args.packed)
     except ValueError as err:
@@ -170,7 +182,9 @@ def run_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cases = cases_from_args(args, parser)
     if not cases:
-        parser.error("the chosen options give no case (--proj applies to lstm only)")
+        parser.error("the chosen options give no case (--proj applies to lstm only; a preset's "
+                     "layer grids take layer cells and its *Cell grids *_cell cells; *_cell cells "
+                     "take one dense unidirectional layer)")
     if args.dry_run:
         return _dry_run(cases)
 
@@ -203,9 +217,14 @@ def run_main(argv: list[str]) -> int:
     progress.show("measuring ceilings" if options.ceilings else "")
     all_ceilings = runner.ceilings_for(cases, options)
     env = env_mod.environment(args.threads)
+    progress.clear()
+    for ceilings in all_ceilings.values():
+        for record in ceilings.values():
+            if record.get("note"):
+                print(f"ceilings ({record['device']}, {record['threads']} threads): {record['note']}",
+                      file=sys.stderr)
     busy = env.get("loadavg_1min")
-    if busy is not None and busy > 0.5 * (env.get("logical_cpus") or 1):
-        progress.clear()
+    if busy is not None and env_mod.is_loaded(busy, env.get("logical_cpus")):
         print(f"warning: load average {busy:.1f} on {env.get('logical_cpus')} CPUs: other processes are "
               "running, so these timings (2-thread ones most) will be slow and noisy", file=sys.stderr)
     lb_seen = False
@@ -214,13 +233,14 @@ def run_main(argv: list[str]) -> int:
     needs_worker = options.memory and any(c.device == "cpu" for c in cases)
     worker = RssWorker() if needs_worker else None
     try:
-        progress.clear()
+        for ceilings in all_ceilings.values() or [None]:
+            print(output.machine_line(env, ceilings))
         print(output.header(), flush=True)
         for case in cases:
             progress.show(case.label())
             try:
-                record = runner.run_case(case, options, env,
-                                         all_ceilings.get((case.device, case.dtype, case.threads)), worker)
+                record = runner.run_case(case, options, env, all_ceilings.get((case.device, case.threads)),
+                                         worker)
             except (RuntimeError, ValueError, MemoryError) as err:  # one bad case does not end a sweep
                 progress.advance()
                 progress.clear()
@@ -264,13 +284,15 @@ def presets_main(argv: list[str]) -> int:
                             description="Lists the named grids.").parse_args(argv)
     for name, preset in PRESETS.items():
         count = len(preset_cases(name))
-        print(f"{name:<12} {count:>4} cases  {preset.description}")
-        for t, b, i, h, layers, bi in preset.geometries:
-            extra = (f", {layers} layers" if layers > 1 else "") + (", bidirectional" if bi else "")
-            print(f"{'':<19}(T, B, I, H) = ({t}, {b}, {i}, {h}){extra}")
-        print(f"{'':<19}cells {' '.join(preset.cells)}; modes {' '.join(preset.modes)}; "
-              f"dtypes {' '.join(preset.dtypes)}; device {preset.device}"
-              + ("; packed input" if True in preset.packed else ""))
+        repeats = f", {preset.repeats} repeats" if preset.repeats else ""
+        print(f"{name:<12} {count:>4} cases{repeats}  {preset.description}; device {preset.device}")
+        for grid in preset.grids:
+            for t, b, i, h, layers, bi in grid.geometries:
+                extra = (f", {layers} layers" if layers > 1 else "") + (", bidirectional" if bi else "")
+                shape = f"(B, I, H) = ({b}, {i}, {h})" if grid.step_cells else f"(T, B, I, H) = ({t}, {b}, {i}, {h})"
+                print(f"{'':<19}{shape}{extra}")
+            print(f"{'':<21}cells {' '.join(grid.cells)}; modes {' '.join(grid.modes)}; "
+                  f"dtypes {' '.join(grid.dtypes)}" + ("; packed input" if True in grid.packed else ""))
     return 0
 
 

@@ -81,9 +81,11 @@ def group_by_key(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def machine_of(records: list[dict]) -> str | None:
+    """The GPU's name, or the CPU identity (the model name alone in older files)."""
     for r in records:
         env = r.get("env") or {}
-        name = env.get("gpu_name") if r.get("case", {}).get("device") == "cuda" else env.get("cpu_model")
+        name = (env.get("gpu_name") if r.get("case", {}).get("device") == "cuda"
+                else env.get("cpu_identity") or env.get("cpu_model"))
         if name:
             return name
     return None

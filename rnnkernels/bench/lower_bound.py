@@ -5,7 +5,8 @@ calls (dlsym; at::mm_out where torch has no MKL), Note [gemm lower bound] in
 csrc/bench_gemm.cpp. CPU, other dtypes: a Python loop of torch.mm(out=) (it includes the
 dispatcher's few microseconds per product, so it is a looser bound). CUDA: the products
 captured once in a CUDA graph and replayed, timed with CUDA events (no launch gaps); a
-plain stream of torch.mm(out=) when capture fails. Runs with the thread count of the run.
+plain stream of torch.mm(out=) when capture fails. Runs with the thread count of the run,
+in the case's compute dtype (an autocast case's products run in the autocast dtype).
 """
 
 from __future__ import annotations
@@ -81,16 +82,17 @@ def _cuda_seconds(shapes, repeats, dtype) -> tuple[list[float], str]:
 def measure(case: Case, repeats: int, backend: str = "auto") -> dict:
     """{'median_s', 'iqr_s', 'samples_s', 'backend', 'products', ...} for one pass."""
     shapes = model.gemm_sequence(case)
+    dtype = case.compute_dtype
     info: dict = {}
     if case.device == "cuda":
-        samples, used = _cuda_seconds(shapes, repeats, case.dtype)
-    elif case.dtype in ("float32", "float64") and backend != "python":
+        samples, used = _cuda_seconds(shapes, repeats, dtype)
+    elif dtype in ("float32", "float64") and backend != "python":
         from rnnkernels import _C
 
-        result = _C._gemm_sequence_seconds(shapes, repeats, case.dtype, 1, backend)
+        result = _C._gemm_sequence_seconds(shapes, repeats, dtype, 1, backend)
         samples, used = list(result["seconds"]), result["backend"]
         info = {"blas_version": result["blas_version"], "threads": result["threads"]}
     else:
-        samples, used = _torch_cpu_seconds(shapes, repeats, case.dtype), "torch.mm loop (Python)"
+        samples, used = _torch_cpu_seconds(shapes, repeats, dtype), "torch.mm loop (Python)"
     return dict(info, median_s=statistics.median(samples), iqr_s=iqr(samples), samples_s=samples,
                 backend=used, products=len(shapes))

@@ -47,6 +47,18 @@ loop, as a fused kernel keeps them). Kernels of one pass, per layer l:
             dW_ih                  reads X_l, dgates;             writes dW_ih
             dX_l (if counted)      reads dgates, W_ih;            writes dX_l [N, I_l]
 GB/s is those bytes per second of measured time: a floor on what the kernels moved.
+
+*Cell cases are one step of the same decomposition (T = 1, N = B). Their given state
+requires grad in training (in a user's unrolled loop it comes from the previous step), so
+the backward's recurrent product, which gives its gradient, is counted; and as a cell
+returns h' (and c'), no h_n beside the output is written.
+
+Autocast cases count every element at the autocast dtype's 2 bytes: autocast runs each
+product on 2-byte copies of the float32 weights and input (rnnkernels casts them once per
+call). The casts' own traffic (4 bytes read and 2 written per weight and input element,
+each call) is left out, and so are float32 results (on CPU torch.nn's GRU, LSTMCell and
+GRUCell return float32 under autocast, and rnnkernels matches them), so GB/s stays a floor.
+FLOPs do not depend on the dtype.
 """
 
 from __future__ import annotations
@@ -152,10 +164,12 @@ def traffic_elements(case: Case, input_requires_grad: bool | None = None) -> dic
         input_requires_grad = case.mode == "training"
     g, h, p, d, b = case.gates, case.H, case.output_size, case.directions, case.B
     n_rows = _rows(case)
-    is_lstm, has_proj = case.cell == "lstm", case.proj > 0
+    is_lstm, has_proj = case.cell in ("lstm", "lstm_cell"), case.proj > 0
     training = case.mode == "training"
     workspace = d * n_rows * WORKSPACE_PER_HIDDEN[case.cell] * h if training else 0
     state = d * b * p + (d * b * h if is_lstm else 0)  # h0 (+ c0): one state of all directions
+    # h_n (+ c_n) beside the output; a *Cell's h' is its output, only c' comes beside it
+    state_written = state - d * b * p if case.is_step_cell else state
     w_hr = d * p * h if has_proj else 0
     out: dict[str, int] = {}
 
@@ -168,7 +182,7 @@ def traffic_elements(case: Case, input_requires_grad: bool | None = None) -> dic
         output = n_rows * d * p
         add("fwd input projection", n_rows * i_l + d * g * h * i_l + d * g * h + x_proj)
         add("fwd recurrence", x_proj + d * g * h * p + d * g * h + w_hr + state
-            + output + state + workspace)
+            + output + state_written + workspace)
         if not training:
             continue
         add("bwd recurrence", output + output + workspace + d * g * h * p + w_hr + x_proj + state)

@@ -143,7 +143,9 @@ def plot_time_vs_t(records: list[dict], path: Path) -> bool:
     for ax, (title, members) in zip(axes, groups):
         ts = [r["case"]["T"] for r in members]
         ax.plot(ts, [r["ours"]["median_s"] * 1e3 for r in members], "o-", label="rnnkernels")
-        ax.plot(ts, [r["nn"]["median_s"] * 1e3 for r in members], "s--", label="torch.nn")
+        nn_points = [(r["case"]["T"], r["nn"]["median_s"] * 1e3) for r in members if r["nn"]["median_s"]]
+        if nn_points:  # torch.nn may have raised (its median is then null)
+            ax.plot(*zip(*nn_points), "s--", label="torch.nn")
         if all(r.get("lb") for r in members):
             ax.plot(ts, [r["lb"]["median_s"] * 1e3 for r in members], ":", label="GEMM lower bound")
         ax.set_xscale("log")

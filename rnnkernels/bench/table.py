@@ -2,9 +2,10 @@
 
     python -m rnnkernels.bench table results.jsonl
 
-One row per case, in file order (when a key appears more than once, its last run), with
-both modes of a shape side by side: our median time, torch.nn's, the ratio nn/ours, our
-GFLOP/s and the GEMM lower bound (LB) with torch.nn's time over it.
+The machine (CPU identity, torch, threads, ceilings) first, then one row per case, in
+file order (when a key appears more than once, its last run), with both modes of a shape
+side by side: our median time, torch.nn's ("error" where it raised), the ratio nn/ours,
+our GFLOP/s and the GEMM lower bound (LB) with torch.nn's time over it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from .output import read_results
+from .output import machine_lines, read_results
 
 
 def _shape(case: dict) -> str:
@@ -43,9 +44,10 @@ def _cell(record: dict) -> str:
     lb = (record.get("lb") or {}).get("median_s")
     gflops = record.get("gflops_ours")
     return " | ".join([
-        _ms(ours), _ms(nn), f"**{nn / ours:.2f}x**",
+        _ms(ours), "error" if record["nn"].get("error") else _ms(nn),
+        f"**{nn / ours:.2f}x**" if nn else "-",
         f"{gflops:.0f}" if gflops else "-",
-        _ms(lb), f"{nn / lb:.2f}" if lb else "-",
+        _ms(lb), f"{nn / lb:.2f}" if lb and nn else "-",
     ])
 
 
@@ -58,6 +60,8 @@ def render(records: list[dict], out: TextIO = sys.stdout) -> None:
         c = r["case"]
         rows.setdefault((c["cell"], _shape(c)), {})[c["mode"]] = r
     modes = [m for m in ("inference", "training") if any(m in v for v in rows.values())]
+    for line in machine_lines(list(latest.values())):
+        out.write(line + "\n\n")
     header = ["cell", "(T, B, I, H)"]
     for m in modes:
         header += [f"{m} ours ms", "nn ms", "nn/ours", "GFLOP/s", "LB ms", "nn/LB"]

@@ -1,4 +1,5 @@
-"""The two models of a case (torch.nn and rnnkernels, one state_dict) and their passes."""
+"""The two models of a case (torch.nn and rnnkernels, one state_dict), their passes, and
+the engine each pass runs."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ from .cases import Case, sequence_lengths
 
 VARIANTS = ("nn", "ours")
 
-_TORCH_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN, "rnn_relu": nn.RNN}
+_TORCH_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN, "rnn_relu": nn.RNN,
+                  "lstm_cell": nn.LSTMCell, "gru_cell": nn.GRUCell, "rnn_cell": nn.RNNCell}
 _OUR_CLASSES = {"lstm": rnnkernels.LSTM, "gru": rnnkernels.GRU, "rnn": rnnkernels.RNN,
-                "rnn_relu": rnnkernels.RNN}
+                "rnn_relu": rnnkernels.RNN, "lstm_cell": rnnkernels.LSTMCell,
+                "gru_cell": rnnkernels.GRUCell, "rnn_cell": rnnkernels.RNNCell}
 
 
 def module_kwargs(case: Case) -> dict:
+    if case.is_step_cell:
+        return dict(input_size=case.I, hidden_size=case.H)
     kwargs = dict(input_size=case.I, hidden_size=case.H, num_layers=case.layers,
                   bidirectional=case.bidirectional, batch_first=False)
     if case.proj:
@@ -34,12 +39,13 @@ def module_kwargs(case: Case) -> dict:
 
 
 def build_models(case: Case, seed: int = 0) -> dict[str, nn.Module]:
-    """torch.nn's module and ours with the same state_dict, on the case's device and dtype."""
+    """torch.nn's module and ours with the same state_dict, on the case's device and in
+    its module dtype (float32 for autocast cases)."""
     torch.manual_seed(seed)
     reference = _TORCH_CLASSES[case.cell](**module_kwargs(case))
     ours = _OUR_CLASSES[case.cell](**module_kwargs(case))
     ours.load_state_dict(reference.state_dict())
-    dtype = getattr(torch, case.dtype)
+    dtype = getattr(torch, case.module_dtype)
     models = {"nn": reference, "ours": ours}
     for model in models.values():
         model.to(device=case.device, dtype=dtype)
@@ -54,60 +60,88 @@ def build_model(case: Case, variant: str, seed: int = 0) -> nn.Module:
 @dataclass
 class Inputs:
     x: torch.Tensor | PackedSequence
+    state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None  # a *Cell's hx; None for layers
     grad_output: torch.Tensor | None  # upstream gradient of the output (training)
+
+    def leaves(self) -> list[torch.Tensor]:
+        """The input tensors a training pass takes gradients of: x (its packed data), and
+        a *Cell's state, which in a user's unrolled loop comes from the previous step."""
+        x = self.x.data if isinstance(self.x, PackedSequence) else self.x
+        if self.state is None:
+            return [x]
+        return [x, self.state] if isinstance(self.state, torch.Tensor) else [x, *self.state]
 
 
 def make_inputs(case: Case, seed: int = 1) -> Inputs:
-    """x [T, B, I] (or its PackedSequence), requiring grad in training mode, and a fixed
-    upstream gradient for the output."""
+    """Layers: x [T, B, I] (or its PackedSequence), no state. *Cells: x [B, I] and the state
+    h [B, H] (LSTMCell: (h, c)). In the module dtype; requiring grad in training mode; and
+    a fixed upstream gradient for the output ([T, B, D*P], packed [N, D*P]; *Cells [B, H])."""
     generator = torch.Generator().manual_seed(seed)
-    dtype = getattr(torch, case.dtype)
-    x = torch.randn(case.T, case.B, case.I, generator=generator).to(device=case.device, dtype=dtype)
+    dtype = getattr(torch, case.module_dtype)
+    training = case.mode == "training"
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=generator).to(device=case.device, dtype=dtype)
+
+    if case.is_step_cell:
+        x = draw(case.B, case.I).requires_grad_(training)
+        h = draw(case.B, case.H).requires_grad_(training)
+        state = (h, draw(case.B, case.H).requires_grad_(training)) if case.cell == "lstm_cell" else h
+        return Inputs(x, state, draw(case.B, case.H) if training else None)
+    x = draw(case.T, case.B, case.I)
     out_features = case.directions * case.output_size
     if case.packed:
         lengths = torch.tensor(sequence_lengths(case), dtype=torch.int64)
         packed = pack_padded_sequence(x, lengths, enforce_sorted=True)
-        data = packed.data.detach().clone()
-        if case.mode == "training":
-            data.requires_grad_()  # a leaf, so every pass can run backward
+        data = packed.data.detach().clone().requires_grad_(training)  # a leaf: every pass runs backward
         x_in = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         grad_shape = (data.shape[0], out_features)
     else:
-        x_in = x.requires_grad_() if case.mode == "training" else x
+        x_in = x.requires_grad_(training)
         grad_shape = (case.T, case.B, out_features)
-    grad = None
-    if case.mode == "training":
-        grad = torch.randn(*grad_shape, generator=generator).to(device=case.device, dtype=dtype)
-    return Inputs(x_in, grad)
+    return Inputs(x_in, None, draw(*grad_shape) if training else None)
 
 
-def _leaf_input(inputs: Inputs) -> torch.Tensor:
-    return inputs.x.data if isinstance(inputs.x, PackedSequence) else inputs.x
+def _precision(case: Case):
+    """torch.autocast for an autocast case; nothing for a converted one."""
+    if case.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(case.device, dtype=getattr(torch, case.autocast_dtype))
+
+
+def forward(case: Case, model: nn.Module, inputs: Inputs) -> torch.Tensor:
+    """One forward call, under torch.autocast for an autocast case; returns the output
+    tensor (a layer's output or its PackedSequence's data; a *Cell's h')."""
+    with _precision(case):
+        result = model(inputs.x) if inputs.state is None else model(inputs.x, inputs.state)
+    out = result[0] if isinstance(result, tuple) else result
+    return out.data if isinstance(out, PackedSequence) else out
 
 
 def make_pass(case: Case, model: nn.Module, inputs: Inputs) -> Callable[[], object]:
     """One pass: the forward under torch.inference_mode(), or in training the forward and
-    the backward of output.backward(grad_output), with the gradients set to None first as
-    a training loop's zero_grad(set_to_none=True) does. Returns the output."""
-    x = inputs.x
+    the backward of output.backward(grad_output) outside autocast, with the gradients set
+    to None first as a training loop's zero_grad(set_to_none=True) does. The upstream
+    gradient takes the output's dtype (under autocast torch.nn returns float32 for some
+    cells, the autocast dtype for others), cast once. Returns the output."""
     if case.mode == "inference":
         def inference_pass():
             with torch.inference_mode():
-                return model(x)[0]
+                return forward(case, model, inputs)
         return inference_pass
 
     params = [p for p in model.parameters() if p.requires_grad]
-    leaf = _leaf_input(inputs)
-    grad = inputs.grad_output
+    leaves = inputs.leaves()
+    grad_by_dtype = {inputs.grad_output.dtype: inputs.grad_output}
 
     def training_pass():
-        for p in params:
-            p.grad = None
-        leaf.grad = None
-        out = model(x)[0]
-        out_tensor = out.data if isinstance(out, PackedSequence) else out
-        out_tensor.backward(grad)
-        return out_tensor
+        for tensor in params + leaves:
+            tensor.grad = None
+        out = forward(case, model, inputs)
+        if out.dtype not in grad_by_dtype:
+            grad_by_dtype[out.dtype] = inputs.grad_output.to(out.dtype)
+        out.backward(grad_by_dtype[out.dtype])
+        return out
 
     return training_pass
 
@@ -118,8 +152,7 @@ def saved_activation_bytes(case: Case, model: nn.Module, inputs: Inputs) -> int:
     backward. Measured with torch.autograd.graph.saved_tensors_hooks."""
     if case.mode != "training":
         return 0
-    exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    exclude.add(_leaf_input(inputs).untyped_storage().data_ptr())
+    exclude = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + inputs.leaves()}
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -130,7 +163,7 @@ def saved_activation_bytes(case: Case, model: nn.Module, inputs: Inputs) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(inputs.x)
+        out = forward(case, model, inputs)
     del out
     return sum(seen.values())
 
@@ -153,31 +186,31 @@ def _quiet_stderr():
         os.close(saved)
 
 
-_PATH_CACHE: dict[tuple, str] = {}
+# The engine names of the results table and the old records' `path` for each.
+ENGINE_PATHS = {"rnnk": "rnnkernels", "torch:oneDNN": "oneDNN", "torch:cuDNN": "cuDNN",
+                "torch:native": "ATen native"}
 
 
-def implementation_path(case: Case, variant: str, model: nn.Module, inputs: Inputs) -> str:
-    """Which implementation one inference call runs, from the profiler's op names:
-    'rnnkernels', 'oneDNN', 'cuDNN' or 'ATen native'. It depends on the cell, dtype,
-    device, packing and projection only, so it is profiled once per such combination."""
-    cache_key = (variant, case.cell, case.dtype, case.device, case.packed, case.proj > 0)
-    if cache_key in _PATH_CACHE:
-        return _PATH_CACHE[cache_key]
+def engine_from_op_names(names: set[str]) -> str:
+    """The engine that ran, from the profiler's op names: 'rnnk' (an rnnkernels:: op),
+    'torch:oneDNN' (mkldnn_rnn*), 'torch:cuDNN' (cudnn_rnn*), 'torch:native' (none of
+    these: ATen's composite cells and layers); '+' joins engines that ran in one call."""
+    engines = [engine for engine, marker in (("rnnk", "rnnkernels::"), ("torch:oneDNN", "mkldnn_rnn"),
+                                             ("torch:cuDNN", "cudnn_rnn"))
+               if any(marker in name for name in names)]
+    return "+".join(engines) or "torch:native"
+
+
+def profile_engine(run_pass: Callable[[], object]) -> str:
+    """Which engine one run of the pass uses (inference: the forward; training: forward
+    and backward), profiled on the case's own call: the engine can depend on the shape,
+    mode and dtype, so nothing is cached. 'unknown (...)' when the profiler fails."""
     try:
         from torch.profiler import ProfilerActivity, profile
 
-        with _quiet_stderr(), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            model(inputs.x)
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            run_pass()
         names = {event.key for event in prof.key_averages()}
     except Exception as err:  # the profiler is a diagnostic; never fail the benchmark on it
         return f"unknown ({type(err).__name__})"
-    if any(name.startswith("rnnkernels::") for name in names):
-        path = "rnnkernels"
-    elif any("mkldnn_rnn" in name for name in names):
-        path = "oneDNN"
-    elif any("cudnn_rnn" in name for name in names):
-        path = "cuDNN"
-    else:
-        path = "ATen native"
-    _PATH_CACHE[cache_key] = path
-    return path
+    return engine_from_op_names(names)
