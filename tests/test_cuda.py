@@ -252,7 +252,8 @@ def test_low_precision_error_at_most_twice_torch_nn(name, kind, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["lstm_proj_2l_bi", "gru_2l_bi_bf", "rnn_tanh_2l_bi"])
 def test_low_precision_with_products_in_input_dtype(monkeypatch, name, dtype):
-    # The fallback for a torch without mm.dtype_out: GEMM results rounded to the input dtype.
+    # The fallback should ATen refuse mm.dtype_out at run time (Note [cuda precision]): GEMM
+    # results rounded to the input dtype.
     monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", "input")
     _check_low_precision(name, "packed", dtype)
 

@@ -185,6 +185,26 @@ def test_cu_files_include_no_torch_header():
         assert not torch_like, f"{path.name} includes {torch_like}"
 
 
+def test_cuda_host_code_refuses_torch_older_than_2_8(tmp_path):
+    """Note [cuda torch floor]: recurrence_cuda.cpp, compiled against a torch whose
+    torch/version.h says 2.7, stops with the requirement as its first error (the real
+    version.h, 2.8 or newer, compiles: the emulation build below)."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "version.h").write_text("#pragma once\n#define TORCH_VERSION_MAJOR 2\n"
+                                    "#define TORCH_VERSION_MINOR 7\n#define TORCH_VERSION_PATCH 1\n")
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    includes = [str(tmp_path), str(EMULATION_DIR), str(CSRC), str(CSRC / "include")]
+    cmd = [cxx, "-std=c++20", "-fsyntax-only", "-Wfatal-errors", "-DRNNKERNELS_CUDA_EMULATION"]
+    cmd += [f"-I{p}" for p in includes]
+    for p in _torch_include_dirs() + [sysconfig.get_paths()["include"]]:
+        cmd += ["-isystem", p]
+    result = subprocess.run(cmd + [str(CUDA_DIR / "recurrence_cuda.cpp")], capture_output=True,
+                            text=True, timeout=TIMEOUT_S)
+    assert result.returncode != 0
+    assert "need torch >= 2.8" in result.stderr, result.stderr[-4000:]
+
+
 @needs_nvcc
 def test_compile_check_detects_an_error(tmp_path):
     """The harness itself: a broken kernel must fail, so a passing run means something."""
@@ -326,7 +346,7 @@ def test_emulated_cuda_ops_low_precision(emulated, monkeypatch, case, dtype, pro
     # Outputs and gradients in the input dtype, workspace in float32, and a relative error
     # against float64 (on the same rounded inputs) of a few units of roundoff: the 16-bit
     # storage and fp32 math. products: GEMM results in fp32 (mm.dtype_out) or in the input
-    # dtype (the fallback for a torch without it).
+    # dtype (the fallback should ATen refuse mm.dtype_out at run time).
     import torch
 
     monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", products)
@@ -552,8 +572,8 @@ def test_emulated_layer_norm_lstm_low_precision(emulated, monkeypatch, dtype, pr
     # As test_emulated_cuda_ops_low_precision: outputs and gradients in the input dtype,
     # workspace in float32, relative error against the float64 op (checked against the
     # reference above) on the same rounded inputs of a few units of roundoff: 8 with the
-    # GEMM results in fp32. With products in the input dtype (the fallback for a torch
-    # without mm.dtype_out) the bound is 16: there the recurrent product is rounded to 16
+    # GEMM results in fp32. With products in the input dtype (the fallback should ATen
+    # refuse mm.dtype_out at run time) the bound is 16: there the recurrent product is rounded to 16
     # bits before layer norm subtracts its mean, and the backward's dR @ W_hh too, and the
     # layer-norm backward amplifies such perturbations of the forward state a few times
     # (in float32 as well: gradients 5-15 units of roundoff where the forward has 2).
@@ -613,12 +633,15 @@ def test_emulated_layer_norm_lstm_without_workspace_and_empty(emulated):
 
 # Runs setup.py's top level with setuptools.setup stubbed out, after pretending that torch
 # was built with CUDA `argv[1]` ("none": a CPU build) and, with argv[2] == "no-nvcc", that
-# no nvcc exists; prints what setup.py decided.
+# no nvcc exists, and (argv[3], when given) that torch's version is argv[3]; prints what
+# setup.py decided.
 _SETUP_HARNESS = r"""
 import runpy, shutil, sys
 import setuptools, torch, torch.utils.cpp_extension as ce
 setuptools.setup = lambda **kwargs: None
 torch.version.cuda = None if sys.argv[1] == "none" else sys.argv[1]
+if len(sys.argv) > 3:
+    torch.__version__ = sys.argv[3]
 ce.CUDA_HOME = None if sys.argv[2] == "no-nvcc" else sys.argv[2]
 if sys.argv[2] == "no-nvcc":
     which = shutil.which
@@ -633,11 +656,13 @@ if g["WITH_CUDA"]:
 """
 
 
-def _run_setup(torch_cuda: str, cuda_home: str, **env) -> subprocess.CompletedProcess:
+def _run_setup(torch_cuda: str, cuda_home: str, torch_version: str | None = None,
+               **env) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("FORCE_CUDA", "RNNKERNELS_SKIP_CUDA_BUILD", "TORCH_CUDA_ARCH_LIST")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", _SETUP_HARNESS, torch_cuda, cuda_home],
+    argv = [torch_cuda, cuda_home] + ([torch_version] if torch_version else [])
+    return subprocess.run([sys.executable, "-c", _SETUP_HARNESS, *argv],
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -683,10 +708,46 @@ def test_setup_matching_nvcc_builds_the_cuda_sources():
     assert result.returncode == 0, result.stderr
     assert "WITH_CUDA=True" in result.stdout
     archs = re.search(r"ARCHS=(.*)", result.stdout).group(1)
-    assert "9.0" in archs.split(";")
+    assert archs.split(";") == ["8.0", "9.0+PTX"]
     sources = re.search(r"SOURCES=(.*)", result.stdout).group(1).split(",")
     expected = {str(p.relative_to(ROOT)) for p in CU_SOURCES + HOST_SOURCES}
     assert expected <= set(sources)
+
+
+def test_default_arch_list_embeds_ptx(monkeypatch):
+    """The default TORCH_CUDA_ARCH_LIST ends in +PTX, which torch's extension builder turns
+    into a compute_90 PTX image beside the sm_80/sm_90 code: a GPU newer than sm_90 then
+    JIT-compiles the kernels instead of finding no kernel image."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    source = (ROOT / "setup.py").read_text()
+    default = re.search(r'DEFAULT_CUDA_ARCH_LIST = "([^"]+)"', source).group(1)
+    assert default.split(";")[-1].endswith("+PTX"), default
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", default)
+    flags = _get_cuda_arch_flags()
+    assert "-gencode=arch=compute_90,code=compute_90" in flags, flags
+    assert {"-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"} <= set(flags)
+    # The CMake build's default mirrors it.
+    cmake = (ROOT / "cmake" / "rnnkernels_cuda.cmake").read_text()
+    assert f'set(_rk_arch_list "{default}")' in cmake
+
+
+@needs_nvcc
+@pytest.mark.parametrize("version", ["2.7.1+cu126", "2.4.0"])
+def test_setup_refuses_torch_older_than_the_cuda_floor(version):
+    # The CUDA host code calls at::mm_out / at::bmm_out with an out dtype (torch >= 2.8).
+    major, minor = _nvcc_release()
+    result = _run_setup(f"{major}.{minor}", _nvcc_home(), version)
+    assert result.returncode != 0
+    assert "need torch >= 2.8" in result.stderr and "RNNKERNELS_SKIP_CUDA_BUILD=1" in result.stderr
+
+
+@needs_nvcc
+def test_setup_accepts_the_cuda_floor():
+    major, minor = _nvcc_release()
+    result = _run_setup(f"{major}.{minor}", _nvcc_home(), "2.8.0+cu128")
+    assert result.returncode == 0, result.stderr
+    assert "WITH_CUDA=True" in result.stdout
 
 
 @needs_nvcc

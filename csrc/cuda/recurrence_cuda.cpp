@@ -24,8 +24,10 @@
 // float16 / bfloat16: the math is fp32 (cell_math.h's float instantiation), the cell
 // state and the workspace are fp32 (workspace dtype rule: float32 when x_proj is 16-bit,
 // else x_proj's dtype; rnnkernels/ops.py's fakes follow it), and the GEMM results are
-// written in fp32 through mm.dtype_out / bmm.dtype_out when this torch supports them
-// (probed once; RNNKERNELS_CUDA_LOWP_PRODUCTS=input forces products in the input dtype).
+// written in fp32 through mm.dtype_out / bmm.dtype_out (torch >= 2.8, Note [cuda torch
+// floor]). A probe at the first 16-bit call falls back to products in the input dtype
+// should ATen refuse them at run time; RNNKERNELS_CUDA_LOWP_PRODUCTS=input forces that
+// path (the tests run both).
 // The hidden state h, the outputs and the gradients are in the input dtype: h is the next
 // step's GEMM operand, as in torch.nn. dW and db accumulate in fp32 inside cuBLAS / the
 // reduction and are rounded once.
@@ -47,6 +49,17 @@
 // states are cast with at::autocast::cached_cast (differentiable, and cached for leaf
 // weights like every autocast cast), then the op is redispatched below autocast, where
 // autograd and the CUDA kernel run in that dtype. float64 stays float64, as in autocast.
+
+// Note [cuda torch floor]
+// The GEMMs write 16-bit products in fp32 through at::mm_out / at::bmm_out with an out
+// dtype (mm.dtype_out, bmm.dtype_out), which torch has since 2.8. setup.py
+// (CUDA_MIN_TORCH) and cmake/rnnkernels_cuda.cmake refuse an older torch before compiling;
+// this check says the same to any other build. It comes before the ATen headers so that it
+// is the first error.
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR < 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR < 8)
+#error "rnnkernels' CUDA kernels need torch >= 2.8 (at::mm_out with an out dtype, Note [cuda torch floor])"
+#endif
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
