@@ -7,12 +7,11 @@
    headers but not the generated c10/cuda/impl/cuda_cmake_macros.h; tests/ci_include holds
    a one-line stand-in. The .cu files include no torch header (kernels.h: sizes, raw
    pointers, a stream). Skipped, with the reason, when nvcc is not installed.
-2. CPU emulation: recurrence_cuda.cpp and the kernel templates compiled by g++ with the
-   stand-ins of tests/ci_include/emulation (CUDA runtime, fp16/bf16 conversions, a launch
-   that runs every thread of a grid in turn, at most 2 blocks so every grid-stride loop
-   iterates), registered as torch.ops.rnnkernels_cuda_emulation.*: the very time loops,
-   row bookkeeping and kernel bodies of the CUDA ops, checked against the CPU ops in
-   float64 and against float64 in float16/bfloat16. Needs only a C++ compiler.
+2. CPU emulation (tests/cuda_emulation.py): recurrence_cuda.cpp and the kernel templates
+   compiled by g++ with the stand-ins of tests/ci_include/emulation, registered as
+   torch.ops.rnnkernels_cuda_emulation.*: the very time loops, row bookkeeping and kernel
+   bodies of the CUDA ops, checked against the CPU ops in float64 and against float64 in
+   float16/bfloat16. Needs only a C++ compiler.
 3. setup.py's CUDA switches (FORCE_CUDA, RNNKERNELS_SKIP_CUDA_BUILD, nvcc missing or of
    another CUDA major, TORCH_CUDA_ARCH_LIST), with torch's CUDA version faked.
 
@@ -32,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+import cuda_emulation
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -56,7 +57,7 @@ def _nvcc() -> str | None:
 
 NVCC = _nvcc()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (no CUDA toolkit on this machine)")
-EMULATION_DIR = CI_INCLUDE / "emulation"
+EMULATION_DIR = cuda_emulation.EMULATION_DIR
 
 
 def _nvcc_release() -> tuple[int, int]:
@@ -104,31 +105,6 @@ CU_SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 HOST_SOURCES = sorted(CUDA_DIR.glob("*.cpp"))
 
 
-def _schemas_inc() -> str:
-    """The m.def(...) calls of TORCH_LIBRARY(rnnkernels, m) in csrc/rnnkernels.cpp."""
-    source = (CSRC / "rnnkernels.cpp").read_text()
-    block = source[source.index("TORCH_LIBRARY(rnnkernels, m)"):]
-    block = block[:block.index("\n}\n")]
-    defs = re.findall(r'm\.def\(\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\);', block)
-    names = {re.match(r'"(\w+)\(', d).group(1) for d in defs}
-    recurrence = {f"{cell}_{pass_}" for cell in ("lstm", "gru", "rnn") for pass_ in ("forward", "backward")}
-    assert recurrence <= names, sorted(names)
-    return "".join(f"m.def({d.strip()});\n" for d in defs)
-
-
-def _build_emulation(build_dir: str):
-    from torch.utils.cpp_extension import load
-
-    (Path(build_dir) / "schemas.inc").write_text(_schemas_inc())
-    return load(name="rnnkernels_cuda_emulation",
-                sources=[str(EMULATION_DIR / "rnnkernels_cuda_emulation.cpp")],
-                extra_include_paths=[str(EMULATION_DIR), str(CSRC), str(CSRC / "include"), build_dir],
-                extra_cflags=["-O0", "-DRNNKERNELS_CUDA_EMULATION", "-DRNNKERNELS_MAX_BLOCKS=2",
-                              "-fvisibility=hidden", "-Wall", "-Werror", "-Wno-unused-function",
-                              "-Wno-unknown-pragmas"],
-                build_directory=build_dir, with_cuda=False, verbose=False)
-
-
 class _Jobs:
     """The compile jobs and the emulation build, started together on first use."""
 
@@ -141,9 +117,7 @@ class _Jobs:
             os.makedirs(objects)
             self.compiles = {p.name: self.pool.submit(_compile_cu, p, objects) for p in CU_SOURCES}
             self.compiles.update({p.name: self.pool.submit(_check_host_cpp, p) for p in HOST_SOURCES})
-        emulation_dir = os.path.join(self.tmp.name, "emulation")
-        os.makedirs(emulation_dir)
-        self.emulation = self.pool.submit(_build_emulation, emulation_dir)
+        self.emulation = self.pool.submit(cuda_emulation.build)
 
     def close(self):
         self.pool.shutdown(wait=True)
@@ -368,6 +342,40 @@ def test_emulated_cuda_ops_low_precision(emulated, monkeypatch, case, dtype, pro
             continue
         err = ((got.double() - expected).norm() / expected.norm()).item()
         assert err < 8 * unit_roundoff, f"output {k}: relative error {err:.2e}"
+
+
+_PRODUCTS = ("aten::mm", "aten::matmul", "aten::bmm", "aten::addmm")
+_16BIT = ("c10::BFloat16", "c10::Half")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", [c for c in EMULATION_CASES if c["directions"] == 2 and c["packed"]
+                                  and not c["relu"]], ids=_case_id)
+def test_emulated_weight_gradients_sum_in_float32(emulated, case, dtype):
+    """Note [cuda weight gradients]: the products of the backward that reduce over all N
+    rows of a direction (dW_hh, and dW_hr with a projection) take their sums in a float32
+    tensor, rounded to the weight's dtype once, not in a 16-bit output that cuBLAS may sum
+    in 16 bits (torch's allow_*_reduced_precision_reduction, default True). Inspected in
+    the profile of the ATen calls the host code makes: on a GPU the same call is
+    mm.dtype_out into float32, here a float32 matmul of the widened operands; a 16-bit
+    product over N rows (at::mm_out into the 16-bit gradient) fails. What cuBLAS then does
+    with an fp32 output is for a GPU to confirm."""
+    import torch
+    from torch.profiler import profile
+
+    emu, _ = emulated
+    a = _emulation_args(torch, case["cell"], 2, True, case["proj"], getattr(torch, dtype))
+    rows = a["x_proj"].shape[0]
+    with profile(record_shapes=True) as prof:
+        _forward_backward(torch, emu, case["cell"], case["relu"], a)
+    over_rows = [e for e in prof.events() if e.name in _PRODUCTS and e.input_shapes
+                 and len(e.input_shapes[0]) == 2 and e.input_shapes[0][1] == rows]
+    # dW_hh of each direction, and dW_hr of each with a projection, were seen.
+    assert len(over_rows) >= 2 * (2 if case["proj"] else 1), [e.name for e in over_rows]
+    for e in over_rows:
+        assert not set(e.input_dtypes) & set(_16BIT), (
+            f"{e.name} {e.input_shapes} {e.input_dtypes}: a product over all {rows} rows "
+            "with 16-bit operands or output")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

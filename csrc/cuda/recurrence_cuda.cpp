@@ -58,7 +58,7 @@
 // is the first error.
 #include <torch/version.h>
 #if TORCH_VERSION_MAJOR < 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR < 8)
-#error "rnnkernels' CUDA kernels need torch >= 2.8 (at::mm_out with an out dtype, Note [cuda torch floor])"
+#error "rnnkernels CUDA kernels need torch >= 2.8 (Note [cuda torch floor])"
 #endif
 
 #include <ATen/ATen.h>
@@ -865,9 +865,29 @@ struct BackwardStepRows {
   }
 };
 
+// Note [cuda weight gradients]
+// dW_hh = dG^T @ h_prev (and dW_hr = dh^T @ m) reduces over all N rows of a direction, the
+// longest reduction of the pass. For 16-bit weights the product is written into a float32
+// tensor through mm.dtype_out (cuBLAS with fp32 output, so any split-K partial sums are
+// added in fp32 whatever torch.backends.cuda.matmul.allow_{bf16,fp16}_reduced_precision_
+// reduction say, and both default to True) and rounded to the weight's dtype once, as
+// Note [cuda precision] promises. A 16-bit output would let cuBLAS add the partial sums in
+// 16 bits. With products in the input dtype (G = S, the run-time fallback) the product is
+// written as before.
+template <typename G>
+void weight_grad_out(at::Tensor& grad_w, const at::Tensor& a, const at::Tensor& b) {
+  if (grad_w.scalar_type() == scalar_type_of<G>()) {
+    at::mm_out(grad_w, a, b);
+    return;
+  }
+  at::Tensor sums = at::empty(grad_w.sizes(), grad_w.options().dtype(scalar_type_of<G>()));
+  product_out(sums, a, b);
+  grad_w.copy_(sums);
+}
+
 // grad_w [G*H, P] = grad_pre^T @ h_prev over all rows of direction `dir`; grad_pre [N, G*H]
 // (any row stride).
-template <typename S>
+template <typename S, typename G>
 void recurrent_weight_grad(const BackwardInputs& in, const at::Tensor& steps_on_device,
                            int64_t dir, const at::Tensor& grad_pre, at::Tensor& grad_w) {
   const Dims& d = in.d;
@@ -892,14 +912,14 @@ void recurrent_weight_grad(const BackwardInputs& in, const at::Tensor& steps_on_
   p.h0 = ptr<S>(in.h0) + dir * B * P;
   p.prev = ptr<S>(prev);
   RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
-  at::mm_out(grad_w, grad_pre.t(), prev);
+  weight_grad_out<G>(grad_w, grad_pre.t(), prev);
 }
 
-template <typename S>
+template <typename S, typename G>
 void param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
                  const at::Tensor& steps_on_device, std::vector<at::Tensor>& grad_w_hh,
                  std::vector<at::Tensor>& grad_b_hh) {
-  recurrent_weight_grad<S>(in, steps_on_device, dir, grad_pre, grad_w_hh[dir]);
+  recurrent_weight_grad<S, G>(in, steps_on_device, dir, grad_pre, grad_w_hh[dir]);
   if (!grad_b_hh.empty()) at::sum_out(grad_b_hh[dir], grad_pre, {0});
 }
 
@@ -1150,12 +1170,12 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_lstm_backward<S, typename T::G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h,
-                                        zoneout);
+    using G = typename T::G;
+    run_lstm_backward<S, G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h, zoneout);
     const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i) {
-      param_grads<S>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), steps_on_device,
-                     grad_w_hh, grad_b_hh);
+      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), steps_on_device,
+                        grad_w_hh, grad_b_hh);
       if (proj) {
         // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t (c_t and
         // dh_t before zoneout).
@@ -1163,7 +1183,7 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
         const at::Tensor m =
             (ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H)))
                 .to(out.scalar_type());
-        at::mm_out(grad_w_hr[i], grad_h[i].t(), m);
+        weight_grad_out<G>(grad_w_hr[i], grad_h[i].t(), m);
       }
     }
   });
@@ -1193,10 +1213,11 @@ gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_gru_backward<S, typename T::G>(in, dh_carry, grad_x_proj, grad_hidden, zoneout);
+    using G = typename T::G;
+    run_gru_backward<S, G>(in, dh_carry, grad_x_proj, grad_hidden, zoneout);
     const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i)
-      param_grads<S>(in, i, grad_hidden[i], steps_on_device, grad_w_hh, grad_b_hh);
+      param_grads<S, G>(in, i, grad_hidden[i], steps_on_device, grad_w_hh, grad_b_hh);
   });
   return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
 }
@@ -1224,11 +1245,12 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_rnn_backward<S, typename T::G>(in, relu, dh_carry, grad_x_proj, zoneout);
+    using G = typename T::G;
+    run_rnn_backward<S, G>(in, relu, dh_carry, grad_x_proj, zoneout);
     const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i)
-      param_grads<S>(in, i, grad_x_proj.narrow(1, i * H, H), steps_on_device, grad_w_hh,
-                     grad_b_hh);
+      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * H, H), steps_on_device, grad_w_hh,
+                        grad_b_hh);
   });
   return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
 }
@@ -1472,7 +1494,8 @@ layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
                                                    grad_product, grad_y);
     const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i) {
-      recurrent_weight_grad<S>(in, steps_on_device, i, grad_product[i], grad_w_hh[i]);
+      recurrent_weight_grad<S, typename T::G>(in, steps_on_device, i, grad_product[i],
+                                              grad_w_hh[i]);
       // Column sums over the rows, in the workspace dtype, rounded once.
       const at::Tensor ws_dir = in.ws[i];
       const at::Tensor grad_pre = grad_x_side.narrow(1, i * 4 * H, 4 * H).to(acc_opts.dtype());
