@@ -634,6 +634,52 @@ def test_matmul_tf32_flag_governs_float32():
     assert errors[True] > 10 * errors[False], errors  # and the flag was honoured
 
 
+@needs_kernels
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_packed_backward_replays_in_a_cuda_graph(cell):
+    """Note [cuda step sizes by value]: forward and backward of a packed bidirectional layer
+    captured in a CUDA graph replay with the batch sizes they were captured with, after
+    new input values and after the pinned host memory of the capture has been handed out
+    again (a per-call upload of the sizes from pinned memory would be replayed from it)."""
+    torch.manual_seed(10)
+    sizes = torch.tensor([5] * 70 + [3] * 20 + [2] * 9 + [1] * 6)  # > one 64-step window
+    rows, gates, hidden = int(sizes.sum()), {"lstm": 4, "gru": 3}[cell], 17
+    w_hh = [torch.randn(gates * hidden, hidden, device=DEVICE, requires_grad=True) for _ in range(2)]
+    b_hh = [torch.randn(gates * hidden, device=DEVICE, requires_grad=True) for _ in range(2)]
+    h0 = torch.randn(2, 5, hidden, device=DEVICE, requires_grad=True)
+    c0 = torch.randn(2, 5, hidden, device=DEVICE, requires_grad=True)
+    x_proj = torch.randn(rows, 2 * gates * hidden, device=DEVICE, requires_grad=True)
+    upstream = torch.randn(rows, 2 * hidden, device=DEVICE)
+    leaves = [x_proj, h0, *w_hh, *b_hh] + ([c0] if cell == "lstm" else [])
+
+    def step():
+        if cell == "lstm":
+            out = ops.lstm_forward(x_proj, w_hh, b_hh, [], h0, c0, sizes, True)[0]
+        else:
+            out = ops.gru_forward(x_proj, w_hh, b_hh, h0, sizes, True)[0]
+        return torch.autograd.grad(out, leaves, upstream)
+
+    with no_tf32():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture, as torch.cuda.graph asks
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        reused = [torch.full((1 << 14,), -1, dtype=torch.int64).pin_memory() for _ in range(64)]
+        with torch.no_grad():
+            x_proj.copy_(torch.randn_like(x_proj))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = step()
+    del reused
+    for k, (got, want) in enumerate(zip(captured, expected)):
+        torch.testing.assert_close(got, want, msg=lambda m, k=k: f"gradient {k}: {m}")
+
+
 # ---------------------------------------------------------------- size
 
 

@@ -378,6 +378,74 @@ def test_emulated_weight_gradients_sum_in_float32(emulated, case, dtype):
             "with 16-bit operands or output")
 
 
+def _long_packed_sizes(torch, steps=150, batch=5):
+    """Non-increasing batch sizes over more steps than one launch of the previous-hidden
+    gather covers (kGatherSteps, Note [cuda step sizes by value]), with runs that change
+    inside and across launch windows."""
+    sizes = [batch] * 40 + [4] * 30 + [3] * 25 + [2] * 35 + [1] * (steps - 130)
+    return torch.tensor(sizes[:steps])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_emulated_packed_backward_over_many_launch_windows(emulated, cell):
+    # The gather of every row's previous hidden state (for dW_hh) over several launch
+    # windows, both directions: every result against the CPU ops in float64.
+    import torch
+
+    emu, cpu = emulated
+    a = _emulation_args(torch, cell, 2, True, False, torch.float64, hidden=3)
+    sizes = _long_packed_sizes(torch)
+    rows, gates = int(sizes.sum()), {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    a["batch_sizes"] = sizes
+    a["x_proj"] = 0.5 * torch.randn(rows, 2 * gates * 3, dtype=torch.float64)
+    a["h0"], a["c0"] = (0.5 * torch.randn(2, 5, 3, dtype=torch.float64) for _ in range(2))
+    fwd, bwd, grads = _forward_backward(torch, emu, cell, False, a)
+    fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, cell, False, a, grads)
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
+        torch.testing.assert_close(got, expected, msg=lambda m, k=k: f"output {k}: {m}")
+
+
+_COPIES = ("aten::to", "aten::_to_copy", "aten::copy_")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "layer_norm_lstm"])
+def test_emulated_packed_backward_copies_no_batch_sizes(emulated, cell):
+    """Note [cuda step sizes by value]: the backward of a packed sequence copies no int64
+    tensor (batch sizes, offsets) anywhere. A copy from pinned host memory issued per call
+    is what a CUDA graph cannot replay: the replay would read the host buffer again, long
+    after the caching host allocator has handed it to someone else. The sizes reach the
+    gather kernel as values in its launch parameters instead, which a graph keeps. Seen in
+    the profile of the ATen calls (the emulation runs the host code as the GPU build does;
+    that a captured backward replays correctly is for a GPU to confirm:
+    tests/test_cuda.py::test_packed_backward_replays_in_a_cuda_graph)."""
+    import torch
+    from torch.profiler import profile
+
+    emu, cpu = emulated
+    sizes = _long_packed_sizes(torch)
+    if cell == "layer_norm_lstm":
+        a = _ln_lstm_inputs(torch, 2, True, 5, 4, True)
+        x_side, w = _ln_x_side(torch, a).detach(), _ln_op_args(a)
+        fwd = emu.layer_norm_lstm_forward(x_side, w["w_hh"], w["ln_hh"], w["ln_c_weight"],
+                                          w["ln_c_bias"], w["h0"], w["c0"], a["op_sizes"], True)
+        backward = lambda: emu.layer_norm_lstm_backward(  # noqa: E731
+            torch.randn_like(fwd[0]), None, None, w["w_hh"], w["ln_hh"], w["ln_c_weight"],
+            w["ln_c_bias"], w["h0"], w["c0"], fwd[0], fwd[3], a["op_sizes"])
+    else:
+        a = _emulation_args(torch, cell, 2, True, cell == "lstm", torch.float32, hidden=3)
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        a["batch_sizes"] = sizes
+        a["x_proj"] = torch.randn(int(sizes.sum()), 2 * gates * 3)
+        a["h0"], a["c0"] = torch.randn(2, 5, a["h0"].shape[2]), torch.randn(2, 5, 3)
+        fwd, _, grads = _forward_backward(torch, emu, cell, False, a)
+        backward = lambda: _forward_backward(torch, emu, cell, False, a, grads)  # noqa: E731
+    with profile(record_shapes=True) as prof:
+        backward()
+    copies = [(e.name, e.input_shapes, e.input_dtypes) for e in prof.events()
+              if e.name in _COPIES and "long int" in e.input_dtypes]
+    assert not copies, f"the packed backward copies int64 tensors: {copies}"
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_emulated_cuda_ops_empty_sequence_and_batch(emulated, cell):
     import torch

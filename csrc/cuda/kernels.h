@@ -350,19 +350,39 @@ struct LnLstmBackwardStep {
 // The hidden state entering every row of one direction, for dW_hh = dG^T @ h_prev:
 // prev[row] = out[row of the previous processing step] when the row was active there,
 // else h0[b]. Rows of time t are [offsets[t], offsets[t] + batch_sizes[t]).
+//
+// Note [cuda step sizes by value]
+// A packed sequence's batch sizes and row offsets reach the kernel as values in its launch
+// parameters, for the kGatherSteps steps one launch covers (the host launches once per
+// window of steps), never as a device array copied from host memory. A CUDA graph keeps
+// launch parameters by value, so a captured backward replays with the sizes it was
+// captured with; a copy from a pinned host buffer would instead be replayed from that
+// buffer, which the caching host allocator has long reused. A dense sequence needs no sizes
+// and runs in one launch.
+constexpr int64_t kGatherSteps = 64;
+
 template <typename S>
 struct PreviousHidden {
-  int64_t rows = 0;    // N
-  int64_t steps = 0;   // T
+  int64_t steps = 0;   // T, all steps of the sequence
   int64_t batch = 0;   // B
   int64_t output = 0;  // P
   bool reverse = false;
-  const int64_t* batch_sizes = nullptr;  // device [T], or null for a dense [T, B] sequence
-  const int64_t* offsets = nullptr;      // device [T], or null for a dense sequence
-  const S* out = nullptr;                // [N, P] row stride ld_out
+  // This launch: the rows of steps [first_step, first_step + window_steps), which are rows
+  // [first_row, first_row + rows).
+  int64_t first_step = 0;
+  int64_t window_steps = 0;  // at most kGatherSteps
+  int64_t first_row = 0;
+  int64_t rows = 0;
+  // Packed: batch_sizes[k] and offsets[k] of step first_step - 1 + k for k in
+  // [0, window_steps + 2) (0 and 0 for a step outside [0, T)); dense: unused, every step
+  // has `batch` rows.
+  bool packed = false;
+  int64_t batch_sizes[kGatherSteps + 2] = {};
+  int64_t offsets[kGatherSteps + 2] = {};
+  const S* out = nullptr;  // [N, P] row stride ld_out
   int64_t ld_out = 0;
-  const S* h0 = nullptr;                 // [B, P]
-  S* prev = nullptr;                     // [N, P] contiguous
+  const S* h0 = nullptr;   // [B, P]
+  S* prev = nullptr;       // [N, P] contiguous (this launch writes its rows)
 };
 
 // ================================================================ launchers

@@ -282,19 +282,6 @@ Sequence make_sequence(const char* op, int64_t rows, int64_t batch,
   return seq;
 }
 
-// [2, T] int64 on the device: batch_sizes and offsets, for the previous-hidden gather of a
-// packed sequence. Copied from pinned memory on the current stream; the caching host
-// allocator keeps the pinned block until the copy has run.
-at::Tensor upload_steps(const Sequence& seq, const at::Device& device) {
-  const int64_t T = seq.steps();
-  at::Tensor host =
-      at::empty({2, T}, at::TensorOptions().dtype(at::kLong).pinned_memory(!kEmulation));
-  int64_t* p = host.data_ptr<int64_t>();
-  std::copy(seq.batch_sizes.begin(), seq.batch_sizes.end(), p);
-  std::copy(seq.offsets.begin(), seq.offsets.end(), p + T);
-  return host.to(device, at::kLong, /*non_blocking=*/true);
-}
-
 // ---------------------------------------------------------------- checks
 
 void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
@@ -887,47 +874,64 @@ void weight_grad_out(at::Tensor& grad_w, const at::Tensor& a, const at::Tensor& 
 
 // grad_w [G*H, P] = grad_pre^T @ h_prev over all rows of direction `dir`; grad_pre [N, G*H]
 // (any row stride).
-template <typename S, typename G>
-void recurrent_weight_grad(const BackwardInputs& in, const at::Tensor& steps_on_device,
-                           int64_t dir, const at::Tensor& grad_pre, at::Tensor& grad_w) {
+// prev [N, P] = the hidden state entering every row of direction `dir` (PreviousHidden in
+// kernels.h): one launch for a dense sequence; for a packed one a launch per window of
+// kGatherSteps steps with their sizes as values (Note [cuda step sizes by value]).
+template <typename S>
+void gather_previous_hidden(const BackwardInputs& in, int64_t dir, const at::Tensor& prev) {
   const Dims& d = in.d;
-  const int64_t N = d.rows, P = d.output, B = d.batch;
-  if (N == 0) {
+  const Sequence& seq = in.seq;
+  PreviousHidden<S> p;
+  p.steps = seq.steps();
+  p.batch = d.batch;
+  p.output = d.output;
+  p.reverse = dir == 1;
+  p.out = ptr<S>(in.out) + dir * d.output;
+  p.ld_out = d.directions * d.output;
+  p.h0 = ptr<S>(in.h0) + dir * d.batch * d.output;
+  p.prev = ptr<S>(prev);
+  p.packed = !seq.uniform();
+  if (!p.packed) {
+    p.window_steps = p.steps;
+    p.rows = d.rows;
+    RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
+    return;
+  }
+  for (int64_t first = 0; first < p.steps; first += kGatherSteps) {
+    p.first_step = first;
+    p.window_steps = std::min(kGatherSteps, p.steps - first);
+    p.first_row = seq.offsets[first];
+    const int64_t last = first + p.window_steps - 1;
+    p.rows = seq.offsets[last] + seq.batch_sizes[last] - p.first_row;
+    for (int64_t k = 0; k < p.window_steps + 2; ++k) {
+      const int64_t t = first - 1 + k;
+      const bool inside = t >= 0 && t < p.steps;
+      p.batch_sizes[k] = inside ? seq.batch_sizes[t] : 0;
+      p.offsets[k] = inside ? seq.offsets[t] : 0;
+    }
+    RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
+  }
+}
+
+// grad_w [G*H, P] = grad_pre^T @ h_prev over all rows of direction `dir`; grad_pre [N, G*H]
+// (any row stride).
+template <typename S, typename G>
+void recurrent_weight_grad(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
+                           at::Tensor& grad_w) {
+  if (in.d.rows == 0) {
     grad_w.zero_();
     return;
   }
-  const at::Tensor prev = at::empty({N, P}, in.out.options());
-  PreviousHidden<S> p;
-  p.rows = N;
-  p.steps = in.seq.steps();
-  p.batch = B;
-  p.output = P;
-  p.reverse = dir == 1;
-  if (steps_on_device.defined()) {
-    p.batch_sizes = ptr<int64_t>(steps_on_device);
-    p.offsets = p.batch_sizes + p.steps;
-  }
-  p.out = ptr<S>(in.out) + dir * P;
-  p.ld_out = d.directions * P;
-  p.h0 = ptr<S>(in.h0) + dir * B * P;
-  p.prev = ptr<S>(prev);
-  RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
+  const at::Tensor prev = at::empty({in.d.rows, in.d.output}, in.out.options());
+  gather_previous_hidden<S>(in, dir, prev);
   weight_grad_out<G>(grad_w, grad_pre.t(), prev);
 }
 
 template <typename S, typename G>
 void param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
-                 const at::Tensor& steps_on_device, std::vector<at::Tensor>& grad_w_hh,
-                 std::vector<at::Tensor>& grad_b_hh) {
-  recurrent_weight_grad<S, G>(in, steps_on_device, dir, grad_pre, grad_w_hh[dir]);
+                 std::vector<at::Tensor>& grad_w_hh, std::vector<at::Tensor>& grad_b_hh) {
+  recurrent_weight_grad<S, G>(in, dir, grad_pre, grad_w_hh[dir]);
   if (!grad_b_hh.empty()) at::sum_out(grad_b_hh[dir], grad_pre, {0});
-}
-
-// The device copy of batch_sizes and offsets the previous-hidden gather needs for a
-// packed sequence; undefined for a dense one.
-at::Tensor steps_for_gather(const BackwardInputs& in) {
-  if (in.seq.uniform() || in.seq.steps() == 0) return at::Tensor();
-  return upload_steps(in.seq, in.out.device());
 }
 
 // dh_carry [D, B, P] (A): grad_h_n in, grad_h0 out; dc_carry [D, B, H] (A): grad_c_n in,
@@ -1172,10 +1176,8 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
     using S = typename T::S;
     using G = typename T::G;
     run_lstm_backward<S, G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h, zoneout);
-    const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i) {
-      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), steps_on_device,
-                        grad_w_hh, grad_b_hh);
+      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), grad_w_hh, grad_b_hh);
       if (proj) {
         // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t (c_t and
         // dh_t before zoneout).
@@ -1215,9 +1217,7 @@ gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
     using S = typename T::S;
     using G = typename T::G;
     run_gru_backward<S, G>(in, dh_carry, grad_x_proj, grad_hidden, zoneout);
-    const at::Tensor steps_on_device = steps_for_gather(in);
-    for (int64_t i = 0; i < D; ++i)
-      param_grads<S, G>(in, i, grad_hidden[i], steps_on_device, grad_w_hh, grad_b_hh);
+    for (int64_t i = 0; i < D; ++i) param_grads<S, G>(in, i, grad_hidden[i], grad_w_hh, grad_b_hh);
   });
   return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
 }
@@ -1247,10 +1247,8 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
     using S = typename T::S;
     using G = typename T::G;
     run_rnn_backward<S, G>(in, relu, dh_carry, grad_x_proj, zoneout);
-    const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i)
-      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * H, H), steps_on_device, grad_w_hh,
-                        grad_b_hh);
+      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * H, H), grad_w_hh, grad_b_hh);
   });
   return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
 }
@@ -1492,10 +1490,8 @@ layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
     using S = typename T::S;
     run_layer_norm_lstm_backward<S, typename T::G>(in, ln, c0, dh_carry, dc_carry, grad_x_side,
                                                    grad_product, grad_y);
-    const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i) {
-      recurrent_weight_grad<S, typename T::G>(in, steps_on_device, i, grad_product[i],
-                                              grad_w_hh[i]);
+      recurrent_weight_grad<S, typename T::G>(in, i, grad_product[i], grad_w_hh[i]);
       // Column sums over the rows, in the workspace dtype, rounded once.
       const at::Tensor ws_dir = in.ws[i];
       const at::Tensor grad_pre = grad_x_side.narrow(1, i * 4 * H, 4 * H).to(acc_opts.dtype());
