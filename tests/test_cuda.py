@@ -300,6 +300,10 @@ def test_output_dtypes_and_workspace_rule(dtype):
     out, h_n, ws = torch.ops.rnnkernels.gru_forward(
         x_proj, [torch.randn(6, 2, device=DEVICE, dtype=dtype)], [], h0, None, True)
     assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
+    # x_proj in float32 (Note [cuda x_proj in float32]): the results keep the weights' dtype.
+    out, h_n, ws = torch.ops.rnnkernels.gru_forward(
+        x_proj.float(), [torch.randn(6, 2, device=DEVICE, dtype=dtype)], [], h0, None, True)
+    assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -323,6 +327,26 @@ def test_fake_kernels_follow_the_workspace_dtype_rule(dtype):
                                                "tanh", False)
         assert [t.dtype for t in out] == [dtype, dtype, ws_dtype]
         assert out[2].shape == (1, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fake_kernels_results_have_the_weights_dtype_for_float32_x_proj(dtype):
+    # Note [cuda x_proj in float32]: the CUDA layers pass x_proj in float32 for 16-bit
+    # weights; the results keep the weights' (h0's) dtype, and the fakes must say so.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        h0 = torch.empty(1, 3, 2, dtype=dtype)
+        out = torch.ops.rnnkernels.lstm_forward(torch.empty(6, 8), [torch.empty(8, 2, dtype=dtype)],
+                                                [], [], h0, torch.empty(1, 3, 2, dtype=dtype), None,
+                                                True)
+        assert [t.dtype for t in out] == [dtype, dtype, dtype, torch.float32]
+        out = torch.ops.rnnkernels.gru_forward(torch.empty(6, 6), [torch.empty(6, 2, dtype=dtype)],
+                                               [], h0, None, True)
+        assert [t.dtype for t in out] == [dtype, dtype, torch.float32]
+        out = torch.ops.rnnkernels.rnn_forward(torch.empty(6, 2), [torch.empty(2, 2, dtype=dtype)],
+                                               [], h0, None, "tanh", True)
+        assert [t.dtype for t in out] == [dtype, dtype, torch.float32]
 
 
 # ---------------------------------------------------------------- cells

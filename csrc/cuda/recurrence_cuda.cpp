@@ -73,6 +73,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/kernels.h"
@@ -500,20 +501,56 @@ struct ForwardInputs {
   Sequence seq;
   at::Tensor x_proj, h0;
   std::vector<at::Tensor> w_hh, b_hh, w_hr;
+  at::TensorOptions options;  // device and storage dtype: the weights', h0's, the outputs'
+  bool float_input = false;   // x_proj in float32 for 16-bit weights
+
+  // Calls f(x) with x a value of x_proj's element type: S, or float (Note [cuda x_proj in
+  // float32]).
+  template <typename S, typename F>
+  void dispatch_input(F&& f) const {
+    if constexpr (std::is_same_v<acc_t<S>, S>) {
+      f(S{});
+    } else if (float_input) {
+      f(float{});
+    } else {
+      f(S{});
+    }
+  }
 };
 
+// Note [cuda x_proj in float32]
+// With 16-bit weights the forward ops take x_proj in the weights' dtype or in float32,
+// which the layers and cells pass (rnnkernels/functional.py, _projection.py): the input
+// projection's fp32 sums then join the fp32 gate math without a rounding to 16 bits.
+// Measured in the CPU emulation of these kernels (tests/test_cuda_compile.py::
+// test_emulated_float32_x_proj_error_gain: T=24, B=8, I=48, H=32, 4 seeds), against
+// float64 on the same 16-bit inputs, rounding x_proj to 16 bits first added to the output
+// error 17% / 19% (LSTM, float16 / bfloat16), 16% / 16% (GRU), 36% / 40% (RNN), and to the
+// gradients' 27% / 30%, 23% / 24%, 13% / 18%. Outputs, h, c and every gradient keep the
+// weights' dtype; grad_x_proj too, which autograd casts to x_proj's float32.
+
 // x_proj: the input side of the gates (x_name names it in messages: x_proj, or x_side for
-// the layer-normalised LSTM).
+// the layer-normalised LSTM); float32 for 16-bit weights when float_input_ok.
 ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_proj,
                               at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
                               const at::Tensor& h0,
                               const std::optional<at::Tensor>& batch_sizes,
-                              const char* x_name = "x_proj") {
+                              const char* x_name = "x_proj", bool float_input_ok = true) {
   ForwardInputs in;
   TORCH_CHECK(kEmulation || x_proj.is_cuda(), op, ": the CUDA kernel got ", x_name, " on ",
               x_proj.device());
   check_dtype(op, x_proj, x_name);
-  in.d = check_weights(op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0);
+  in.float_input = float_input_ok && x_proj.scalar_type() == at::kFloat && !w_hh.empty() &&
+                   is_16bit(w_hh[0].scalar_type());
+  if (in.float_input) {
+    // The weights set the storage dtype; x_proj only has to share their device.
+    in.d = check_weights(op, cell, w_hh[0], "w_hh[0]", w_hh, b_hh, w_hr, h0);
+    TORCH_CHECK(x_proj.device() == w_hh[0].device(), op, ": ", x_name, " is on ",
+                x_proj.device(), " but w_hh[0] is on ", w_hh[0].device());
+  } else {
+    in.d = check_weights(op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0);
+  }
+  in.options = h0.options();
   const Dims& d = in.d;
   TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
               ": expected ", x_name, " of shape [rows, ", d.directions * d.gates * d.hidden,
@@ -530,7 +567,7 @@ ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_pro
 
 // out [N, D*P], h_state [D, B, P] (starts as h0, ends as h_n), c_state [D, B, H] (A),
 // ws [D, N, 5H] (A) or empty.
-template <typename S, typename G>
+template <typename S, typename G, typename X>
 void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
                       const at::Tensor& c_state, const at::Tensor& ws, bool need_workspace,
                       const Zoneout& zoneout) {
@@ -540,7 +577,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   const int64_t T = in.seq.steps();
   const bool proj = !in.w_hr.empty();
   const cudaStream_t stream = current_stream();
-  const auto s_opts = in.x_proj.options();
+  const auto s_opts = in.options;
   const auto g_opts = s_opts.dtype(scalar_type_of<G>());
 
   const at::Tensor gates = at::empty({D * B * 4 * H}, g_opts);
@@ -553,7 +590,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
     projection = StepProduct(m, stack_directions(in.w_hr).transpose(1, 2), projected);
   }
 
-  const S* x_proj = ptr<S>(in.x_proj);
+  const X* x_proj = ptr<X>(in.x_proj);
   S* out_p = ptr<S>(out);
   S* h_p = ptr<S>(h_state);
   A* c_p = ptr<A>(c_state);
@@ -561,7 +598,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   const G* gates_p = ptr<G>(gates);
 
   const int64_t ws_width = math::lstm_workspace_slots(zoneout.defined()) * H;
-  LstmForwardStep<S, G> step;
+  LstmForwardStep<S, G, X> step;
   step.hidden = H;
   step.output = P;
   step.directions = D;
@@ -609,7 +646,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   }
 }
 
-template <typename S, typename G>
+template <typename S, typename G, typename X>
 void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
                      const at::Tensor& ws, bool need_workspace, const Zoneout& zoneout) {
   using A = acc_t<S>;
@@ -617,17 +654,17 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
   const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
   const int64_t T = in.seq.steps();
   const cudaStream_t stream = current_stream();
-  const auto g_opts = in.x_proj.options().dtype(scalar_type_of<G>());
+  const auto g_opts = in.options.dtype(scalar_type_of<G>());
 
   const at::Tensor gates = at::empty({D * B * 3 * H}, g_opts);
   StepProduct gate_product(h_state, stack_directions(in.w_hh).transpose(1, 2), gates);
-  const S* x_proj = ptr<S>(in.x_proj);
+  const X* x_proj = ptr<X>(in.x_proj);
   S* out_p = ptr<S>(out);
   S* h_p = ptr<S>(h_state);
   A* ws_p = need_workspace ? ptr<A>(ws) : nullptr;
   const G* gates_p = ptr<G>(gates);
 
-  GruForwardStep<S, G> step;
+  GruForwardStep<S, G, X> step;
   step.hidden = H;
   step.directions = D;
   step.ld_x_proj = D * 3 * H;
@@ -652,7 +689,7 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
   }
 }
 
-template <typename S, typename G>
+template <typename S, typename G, typename X>
 void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
                      const at::Tensor& h_state, const at::Tensor& ws, const Zoneout& zoneout) {
   using A = acc_t<S>;
@@ -661,16 +698,16 @@ void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
   A* ws_p = zoneout.defined() && ws.size(1) > 0 ? ptr<A>(ws) : nullptr;
   const int64_t T = in.seq.steps();
   const cudaStream_t stream = current_stream();
-  const auto g_opts = in.x_proj.options().dtype(scalar_type_of<G>());
+  const auto g_opts = in.options.dtype(scalar_type_of<G>());
 
   const at::Tensor gates = at::empty({D * B * H}, g_opts);
   StepProduct gate_product(h_state, stack_directions(in.w_hh).transpose(1, 2), gates);
-  const S* x_proj = ptr<S>(in.x_proj);
+  const X* x_proj = ptr<X>(in.x_proj);
   S* out_p = ptr<S>(out);
   S* h_p = ptr<S>(h_state);
   const G* gates_p = ptr<G>(gates);
 
-  RnnForwardStep<S, G> step;
+  RnnForwardStep<S, G, X> step;
   step.hidden = H;
   step.directions = D;
   step.ld_x_proj = D * H;
@@ -705,23 +742,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
   const ForwardInputs in =
       prepare_forward(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0, batch_sizes);
   const Dims& d = in.d;
-  check_same(op, "c0", c0, x_proj, "x_proj");
+  check_same(op, "c0", c0, in.h0, "h0");
   check_shape(op, "c0", c0, {d.directions, d.batch, d.hidden});
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
-  const auto opts = in.x_proj.options();
-  const auto acc_opts = opts.dtype(workspace_dtype(x_proj.scalar_type()));
+  const auto opts = in.options;
+  const auto acc_opts = opts.dtype(workspace_dtype(opts.dtype().toScalarType()));
   at::Tensor out = at::empty({N, D * P}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, P}, opts);
   at::Tensor c_state = copy_or_zeros(c0, {D, B, H}, acc_opts);
-  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, P + H);
+  const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, P + H);
   const int64_t ws_width = math::lstm_workspace_slots(zoneout.defined()) * H;
   at::Tensor ws = at::empty({D, need_workspace ? N : 0, ws_width}, acc_opts);
-  dispatch_types(op, in.x_proj, [&](auto types) {
+  dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
-    run_lstm_forward<typename T::S, typename T::G>(in, out, h_n, c_state, ws, need_workspace,
-                                                   zoneout);
+    in.dispatch_input<typename T::S>([&](auto x) {
+      run_lstm_forward<typename T::S, typename T::G, decltype(x)>(in, out, h_n, c_state, ws,
+                                                                  need_workspace, zoneout);
+    });
   });
-  return {out, h_n, to_dtype(c_state, x_proj.scalar_type()), ws};
+  return {out, h_n, to_dtype(c_state, opts.dtype().toScalarType()), ws};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
@@ -733,15 +772,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
   const ForwardInputs in = prepare_forward(op, Cell::kGru, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
-  const auto opts = in.x_proj.options();
-  const auto acc_opts = opts.dtype(workspace_dtype(x_proj.scalar_type()));
+  const auto opts = in.options;
+  const auto acc_opts = opts.dtype(workspace_dtype(opts.dtype().toScalarType()));
   at::Tensor out = at::empty({N, D * H}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
   at::Tensor ws = at::empty({D, need_workspace ? N : 0, 4 * H}, acc_opts);
-  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, H);
-  dispatch_types(op, in.x_proj, [&](auto types) {
+  const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, H);
+  dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
-    run_gru_forward<typename T::S, typename T::G>(in, out, h_n, ws, need_workspace, zoneout);
+    in.dispatch_input<typename T::S>([&](auto x) {
+      run_gru_forward<typename T::S, typename T::G, decltype(x)>(in, out, h_n, ws,
+                                                                 need_workspace, zoneout);
+    });
   });
   return {out, h_n, ws};
 }
@@ -762,16 +804,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
   const ForwardInputs in = prepare_forward(op, Cell::kRnn, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
-  const auto opts = in.x_proj.options();
+  const auto opts = in.options;
   at::Tensor out = at::empty({N, D * H}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
-  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, H);
+  const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, H);
   // With zoneout the workspace keeps h before zoneout, for the activation's backward.
   at::Tensor ws = at::empty({D, need_workspace ? N : 0, zoneout.defined() ? H : 0},
-                            opts.dtype(workspace_dtype(x_proj.scalar_type())));
-  dispatch_types(op, in.x_proj, [&](auto types) {
+                            opts.dtype(workspace_dtype(opts.dtype().toScalarType())));
+  dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
-    run_rnn_forward<typename T::S, typename T::G>(in, relu, out, h_n, ws, zoneout);
+    in.dispatch_input<typename T::S>([&](auto x) {
+      run_rnn_forward<typename T::S, typename T::G, decltype(x)>(in, relu, out, h_n, ws,
+                                                                 zoneout);
+    });
   });
   return {out, h_n, ws};
 }
@@ -1355,7 +1400,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
   constexpr const char* op = "rnnkernels::layer_norm_lstm_forward";
   const DeviceGuard guard(x_side.device());
   const ForwardInputs in =
-      prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes, "x_side");
+      prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes, "x_side",
+                      /*float_input_ok=*/false);
   const Dims& d = in.d;
   const LayerNormParams ln =
       check_layer_norm_params(op, d, x_side, "x_side", ln_hh_weight, ln_c_weight, ln_c_bias);
