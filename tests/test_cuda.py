@@ -72,15 +72,42 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def poison_allocator():
+def poison_allocator(stream=None):
     """Fills blocks of both pools of the caching allocator (small: requests up to 1 MB,
     large: the rest) with all-ones bytes, a NaN in every floating-point format, and frees
-    them, so that an output element a kernel fails to write shows up as NaN."""
-    blocks = [torch.full(((1 << 20) // 4 - 128,), -1, dtype=torch.int32, device=DEVICE)
-              for _ in range(64)]
-    blocks.append(torch.full((1 << 26,), -1, dtype=torch.int32, device=DEVICE))
-    torch.cuda.synchronize()
-    del blocks
+    them, so that an output element a kernel fails to write shows up as NaN. The blocks are
+    allocated on `stream` (default: the current stream): the caching allocator hands a
+    freed block only to later requests on the stream it was allocated on, so a test
+    poisons the stream it then allocates on."""
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        blocks = [torch.full(((1 << 20) // 4 - 128,), -1, dtype=torch.int32, device=DEVICE)
+                  for _ in range(64)]
+        blocks.append(torch.full((1 << 26,), -1, dtype=torch.int32, device=DEVICE))
+        torch.cuda.synchronize()
+        del blocks
+
+
+def test_poison_allocator_poisons_the_stream_it_is_given(monkeypatch):
+    # No GPU needed: every block is allocated while the given stream is current. Blocks
+    # poisoned on the default stream never reach a side stream's allocations, which is how
+    # test_runs_on_the_current_stream checked less than it said (issue 18).
+    current = ["default"]
+
+    @contextlib.contextmanager
+    def stream(s):
+        previous, current[0] = current[0], s
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    allocated_on = []
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(torch, "full", lambda *args, **kwargs: allocated_on.append(current[0]))
+    poison_allocator("side")
+    assert len(allocated_on) == 65 and set(allocated_on) == {"side"}, allocated_on
+    assert current == ["default"]
 
 
 CASES = {
@@ -609,7 +636,11 @@ def test_runs_on_the_current_stream():
     expected = run(reference, inputs, "cpu", torch.float64)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())  # the inputs were made on the default stream
-    poison_allocator()
+    poison_allocator(stream)  # the side stream's own blocks: what its allocations reuse
+    with torch.cuda.stream(stream):
+        probe = torch.empty((1 << 20) // 4 - 128, device=DEVICE)
+        assert torch.isnan(probe).all(), "the side stream's allocations are not poisoned"
+        del probe
     with no_tf32(), torch.cuda.stream(stream):
         # The inputs are rewritten on this stream behind a delay: kernels that ran on any
         # other stream would read them before they exist (poisoned memory: NaN).
