@@ -29,8 +29,9 @@
 // should ATen refuse them at run time; RNNKERNELS_CUDA_LOWP_PRODUCTS=input forces that
 // path (the tests run both).
 // The hidden state h, the outputs and the gradients are in the input dtype: h is the next
-// step's GEMM operand, as in torch.nn. dW and db accumulate in fp32 inside cuBLAS / the
-// reduction and are rounded once.
+// step's GEMM operand, as in torch.nn. dW and db accumulate in fp32 (Note [cuda weight
+// gradients]; db: the reduction's fp32 accumulator) and are rounded once. x_proj may come
+// in fp32 (Note [cuda x_proj in float32]).
 //
 // Note [cuda tf32]
 // Our float32 GEMMs are ATen matmuls, so they follow torch.backends.cuda.matmul.allow_tf32
@@ -917,8 +918,6 @@ void weight_grad_out(at::Tensor& grad_w, const at::Tensor& a, const at::Tensor& 
   grad_w.copy_(sums);
 }
 
-// grad_w [G*H, P] = grad_pre^T @ h_prev over all rows of direction `dir`; grad_pre [N, G*H]
-// (any row stride).
 // prev [N, P] = the hidden state entering every row of direction `dir` (PreviousHidden in
 // kernels.h): one launch for a dense sequence; for a packed one a launch per window of
 // kGatherSteps steps with their sizes as values (Note [cuda step sizes by value]).
