@@ -5,7 +5,8 @@ nvcc is found.
 
 Environment:
     MAX_JOBS                     parallel compile jobs (default: from cores and free memory)
-    TORCH_CUDA_ARCH_LIST         CUDA architectures (default "8.0;9.0")
+    TORCH_CUDA_ARCH_LIST         CUDA architectures (default "8.0;9.0+PTX": sm_80 and sm_90 code,
+                                 and sm_90 PTX that newer GPUs compile at load time)
     RNNKERNELS_SKIP_CUDA_BUILD=1 build the CPU part only
     FORCE_CUDA=1                 build the CUDA part even if torch reports no CUDA device
                                  support detectable here (needs nvcc and a CUDA torch)
@@ -100,6 +101,21 @@ def _nvcc_version(nvcc):
     return int(match.group(1)), int(match.group(2))
 
 
+# The CUDA host code needs at::mm_out / at::bmm_out with an out dtype (16-bit products
+# written in fp32), which torch has since 2.8; csrc/cuda/recurrence_cuda.cpp checks it at
+# compile time too.
+CUDA_MIN_TORCH = (2, 8)
+# With "+PTX" the build also embeds sm_90 PTX, which the driver compiles for GPUs newer
+# than the listed architectures; without it they would find no kernel image.
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def _torch_release(version):
+    """(major, minor) of a torch version string such as "2.13.0+cu130"."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
 def _want_cuda():
     if os.environ.get("RNNKERNELS_SKIP_CUDA_BUILD", "0") == "1":
         return False, "RNNKERNELS_SKIP_CUDA_BUILD=1"
@@ -126,12 +142,18 @@ def _want_cuda():
             f"nvcc at {nvcc} is CUDA {major}.{minor} but torch {torch.__version__} was built with "
             f"CUDA {torch.version.cuda}; the major versions must match. Point CUDA_HOME at a CUDA "
             f"{torch_major}.x toolkit, or set RNNKERNELS_SKIP_CUDA_BUILD=1 for a CPU-only build.")
+    if _torch_release(torch.__version__) < CUDA_MIN_TORCH:
+        raise RuntimeError(
+            f"rnnkernels' CUDA kernels need torch >= {CUDA_MIN_TORCH[0]}.{CUDA_MIN_TORCH[1]} "
+            f"(16-bit products written in float32: at::mm_out with an out dtype), but this is "
+            f"torch {torch.__version__}. Upgrade torch, or set RNNKERNELS_SKIP_CUDA_BUILD=1 for a "
+            f"CPU-only build.")
     return True, f"nvcc {major}.{minor}"
 
 
 WITH_CUDA, CUDA_REASON = _want_cuda()
 if WITH_CUDA:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
 
 CXX_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden", f"-DRNNKERNELS_SOURCE_HASH=\"{_load_source_hash()}\""]
 # No flag here may contain the substring "arch": torch's _get_cuda_arch_flags would then drop

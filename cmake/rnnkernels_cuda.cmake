@@ -7,7 +7,8 @@
 #        RNNKERNELS_TARGET      the extension target, e.g. _C
 #        RNNKERNELS_CSRC        <repo>/csrc
 #        TORCH_CUDA_ARCH_LIST   cache variable or environment variable, setup.py's syntax:
-#                               "8.0;9.0", "9.0+PTX", "9.0a" (default: 9.0)
+#                               "8.0;9.0", "9.0+PTX", "9.0a" (default: setup.py's,
+#                               8.0;9.0+PTX: sm_90 PTX for GPUs newer than the list)
 #        Python_EXECUTABLE      the interpreter whose torch is built against (for the CUDA
 #                               version check)
 #   out  RNNKERNELS_TARGET gets csrc/cuda/*.cu and csrc/cuda/*.cpp, the compile definition
@@ -15,10 +16,12 @@
 #        the nvcc options setup.py uses, and CUDA::cudart.
 #        RNNKERNELS_CUDA_ARCHITECTURES  the architectures, in CMake's syntax ("80-real;90")
 #
-# It stops with a clear message when torch was built without CUDA, or when nvcc's CUDA
-# major version differs from torch's. A CUDA build of torch enables the CUDA language in
-# find_package(Torch) (its Caffe2/public/cuda.cmake) and sets CMAKE_CUDA_ARCHITECTURES
-# OFF; the architectures are therefore set on the target, which that does not override.
+# It stops with a clear message when torch was built without CUDA or is older than 2.8
+# (the host code needs at::mm_out with an out dtype, as setup.py's CUDA_MIN_TORCH says), or
+# when nvcc's CUDA major version differs from torch's. A CUDA build of torch enables the
+# CUDA language in find_package(Torch) (its Caffe2/public/cuda.cmake) and sets
+# CMAKE_CUDA_ARCHITECTURES OFF; the architectures are therefore set on the target, which
+# that does not override.
 
 if(NOT RNNKERNELS_WITH_CUDA)
   return()
@@ -44,6 +47,17 @@ if(_rk_torch_cuda STREQUAL "")
   message(FATAL_ERROR
     "rnnkernels: RNNKERNELS_WITH_CUDA=ON but this torch has no CUDA (torch.version.cuda is "
     "None). Install a CUDA build of torch, or configure with -DRNNKERNELS_WITH_CUDA=OFF.")
+endif()
+execute_process(
+  COMMAND "${Python_EXECUTABLE}" -c "import torch; print(torch.__version__)"
+  OUTPUT_VARIABLE _rk_torch_version
+  OUTPUT_STRIP_TRAILING_WHITESPACE)
+string(REGEX MATCH "^[0-9]+\\.[0-9]+" _rk_torch_release "${_rk_torch_version}")
+if(_rk_torch_release VERSION_LESS 2.8)
+  message(FATAL_ERROR
+    "rnnkernels: the CUDA kernels need torch >= 2.8 (16-bit products written in float32: "
+    "at::mm_out with an out dtype), but this is torch ${_rk_torch_version}. Upgrade torch, or "
+    "configure with -DRNNKERNELS_WITH_CUDA=OFF.")
 endif()
 
 if(NOT CMAKE_CUDA_COMPILER_LOADED)
@@ -77,7 +91,7 @@ if(DEFINED TORCH_CUDA_ARCH_LIST AND NOT "${TORCH_CUDA_ARCH_LIST}" STREQUAL "")
 elseif(DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT "$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL "")
   set(_rk_arch_list "$ENV{TORCH_CUDA_ARCH_LIST}")
 else()
-  set(_rk_arch_list "9.0")
+  set(_rk_arch_list "8.0;9.0+PTX")
 endif()
 string(REPLACE " " ";" _rk_arch_list "${_rk_arch_list}")
 set(RNNKERNELS_CUDA_ARCHITECTURES)

@@ -25,6 +25,7 @@ from torch import Tensor, _VF
 from . import ops
 from . import reference
 from ._ext import _C
+from ._projection import x_proj as _x_proj
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -203,7 +204,8 @@ def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, nee
             out, h_n, _ = ops.rnn_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes,
                                                 nonlinearity, need_workspace, zoneout)
         return out, h_n, None
-    x_proj = _input_projection(x, dirs)
+    # The x_proj ops (CUDA): float32 x_proj for 16-bit x (Note [cuda x_proj in float32]).
+    x_proj = _x_proj(x, [d[0] for d in dirs], [d[2] for d in dirs] if has_biases else None)
     w_hh = [d[1] for d in dirs]
     b_hh = [d[3] for d in dirs] if has_biases else []
     if cell == "lstm":
@@ -407,9 +409,8 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
 
 
 def _cell_projection(input: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
-    if b_ih is None:
-        return torch.mm(input, w_ih.t())
-    return torch.addmm(b_ih, input, w_ih.t())
+    # float32 for 16-bit input, as for the layers (Note [cuda x_proj in float32]).
+    return _x_proj(input, [w_ih], None if b_ih is None else [b_ih])
 
 
 # One CPU cell step as the fused op on [B, I] input: the functional cells' CPU path and

@@ -36,6 +36,11 @@ def _workspace_dtype(x_proj: Tensor) -> torch.dtype:
     return torch.float32 if x_proj.dtype in (torch.bfloat16, torch.float16) else x_proj.dtype
 
 
+# The results of the lstm/gru/rnn forward ops have h0's dtype, which is x_proj's except on
+# CUDA, where x_proj may be float32 for 16-bit weights (Note [cuda x_proj in float32] in
+# csrc/cuda/recurrence_cuda.cpp).
+
+
 # ---------------------------------------------------------------- fakes
 
 
@@ -59,11 +64,11 @@ def _lstm_forward_fake(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_works
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
     h, p = _gates_hidden(w_hh, 4), h0.shape[2]
     return (
-        x_proj.new_empty((n, d * p)),
-        x_proj.new_empty((d, b, p)),
-        x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, _workspace_width("lstm", h, zoneout)),
-                         dtype=_workspace_dtype(x_proj)),
+        h0.new_empty((n, d * p)),
+        h0.new_empty((d, b, p)),
+        h0.new_empty((d, b, h)),
+        h0.new_empty((d, n if need_workspace else 0, _workspace_width("lstm", h, zoneout)),
+                     dtype=_workspace_dtype(h0)),
     )
 
 
@@ -131,9 +136,9 @@ def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneo
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
     h = _gates_hidden(w_hh, 3)
     return (
-        x_proj.new_empty((n, d * h)),
-        x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, 4 * h), dtype=_workspace_dtype(x_proj)),
+        h0.new_empty((n, d * h)),
+        h0.new_empty((d, b, h)),
+        h0.new_empty((d, n if need_workspace else 0, 4 * h), dtype=_workspace_dtype(h0)),
     )
 
 
@@ -156,10 +161,10 @@ def _rnn_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_wo
     n, d, b = x_proj.shape[0], len(w_hh), h0.shape[1]
     h = _gates_hidden(w_hh, 1)
     return (
-        x_proj.new_empty((n, d * h)),
-        x_proj.new_empty((d, b, h)),
-        x_proj.new_empty((d, n if need_workspace else 0, _workspace_width("rnn", h, zoneout)),
-                         dtype=_workspace_dtype(x_proj)),
+        h0.new_empty((n, d * h)),
+        h0.new_empty((d, b, h)),
+        h0.new_empty((d, n if need_workspace else 0, _workspace_width("rnn", h, zoneout)),
+                     dtype=_workspace_dtype(h0)),
     )
 
 

@@ -72,15 +72,42 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def poison_allocator():
+def poison_allocator(stream=None):
     """Fills blocks of both pools of the caching allocator (small: requests up to 1 MB,
     large: the rest) with all-ones bytes, a NaN in every floating-point format, and frees
-    them, so that an output element a kernel fails to write shows up as NaN."""
-    blocks = [torch.full(((1 << 20) // 4 - 128,), -1, dtype=torch.int32, device=DEVICE)
-              for _ in range(64)]
-    blocks.append(torch.full((1 << 26,), -1, dtype=torch.int32, device=DEVICE))
-    torch.cuda.synchronize()
-    del blocks
+    them, so that an output element a kernel fails to write shows up as NaN. The blocks are
+    allocated on `stream` (default: the current stream): the caching allocator hands a
+    freed block only to later requests on the stream it was allocated on, so a test
+    poisons the stream it then allocates on."""
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        blocks = [torch.full(((1 << 20) // 4 - 128,), -1, dtype=torch.int32, device=DEVICE)
+                  for _ in range(64)]
+        blocks.append(torch.full((1 << 26,), -1, dtype=torch.int32, device=DEVICE))
+        torch.cuda.synchronize()
+        del blocks
+
+
+def test_poison_allocator_poisons_the_stream_it_is_given(monkeypatch):
+    # No GPU needed: every block is allocated while the given stream is current. Blocks
+    # poisoned on the default stream never reach a side stream's allocations, which is how
+    # test_runs_on_the_current_stream checked less than it said (issue 18).
+    current = ["default"]
+
+    @contextlib.contextmanager
+    def stream(s):
+        previous, current[0] = current[0], s
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    allocated_on = []
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(torch, "full", lambda *args, **kwargs: allocated_on.append(current[0]))
+    poison_allocator("side")
+    assert len(allocated_on) == 65 and set(allocated_on) == {"side"}, allocated_on
+    assert current == ["default"]
 
 
 CASES = {
@@ -252,7 +279,8 @@ def test_low_precision_error_at_most_twice_torch_nn(name, kind, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["lstm_proj_2l_bi", "gru_2l_bi_bf", "rnn_tanh_2l_bi"])
 def test_low_precision_with_products_in_input_dtype(monkeypatch, name, dtype):
-    # The fallback for a torch without mm.dtype_out: GEMM results rounded to the input dtype.
+    # The fallback should ATen refuse mm.dtype_out at run time (Note [cuda precision]): GEMM
+    # results rounded to the input dtype.
     monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", "input")
     _check_low_precision(name, "packed", dtype)
 
@@ -299,6 +327,10 @@ def test_output_dtypes_and_workspace_rule(dtype):
     out, h_n, ws = torch.ops.rnnkernels.gru_forward(
         x_proj, [torch.randn(6, 2, device=DEVICE, dtype=dtype)], [], h0, None, True)
     assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
+    # x_proj in float32 (Note [cuda x_proj in float32]): the results keep the weights' dtype.
+    out, h_n, ws = torch.ops.rnnkernels.gru_forward(
+        x_proj.float(), [torch.randn(6, 2, device=DEVICE, dtype=dtype)], [], h0, None, True)
+    assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -322,6 +354,26 @@ def test_fake_kernels_follow_the_workspace_dtype_rule(dtype):
                                                "tanh", False)
         assert [t.dtype for t in out] == [dtype, dtype, ws_dtype]
         assert out[2].shape == (1, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fake_kernels_results_have_the_weights_dtype_for_float32_x_proj(dtype):
+    # Note [cuda x_proj in float32]: the CUDA layers pass x_proj in float32 for 16-bit
+    # weights; the results keep the weights' (h0's) dtype, and the fakes must say so.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        h0 = torch.empty(1, 3, 2, dtype=dtype)
+        out = torch.ops.rnnkernels.lstm_forward(torch.empty(6, 8), [torch.empty(8, 2, dtype=dtype)],
+                                                [], [], h0, torch.empty(1, 3, 2, dtype=dtype), None,
+                                                True)
+        assert [t.dtype for t in out] == [dtype, dtype, dtype, torch.float32]
+        out = torch.ops.rnnkernels.gru_forward(torch.empty(6, 6), [torch.empty(6, 2, dtype=dtype)],
+                                               [], h0, None, True)
+        assert [t.dtype for t in out] == [dtype, dtype, torch.float32]
+        out = torch.ops.rnnkernels.rnn_forward(torch.empty(6, 2), [torch.empty(2, 2, dtype=dtype)],
+                                               [], h0, None, "tanh", True)
+        assert [t.dtype for t in out] == [dtype, dtype, torch.float32]
 
 
 # ---------------------------------------------------------------- cells
@@ -584,7 +636,11 @@ def test_runs_on_the_current_stream():
     expected = run(reference, inputs, "cpu", torch.float64)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())  # the inputs were made on the default stream
-    poison_allocator()
+    poison_allocator(stream)  # the side stream's own blocks: what its allocations reuse
+    with torch.cuda.stream(stream):
+        probe = torch.empty((1 << 20) // 4 - 128, device=DEVICE)
+        assert torch.isnan(probe).all(), "the side stream's allocations are not poisoned"
+        del probe
     with no_tf32(), torch.cuda.stream(stream):
         # The inputs are rewritten on this stream behind a delay: kernels that ran on any
         # other stream would read them before they exist (poisoned memory: NaN).
@@ -631,6 +687,52 @@ def test_matmul_tf32_flag_governs_float32():
     assert errors[False] < 1e-5, errors          # full float32
     assert errors[True] < 1e-2, errors           # TF32 keeps 10 mantissa bits
     assert errors[True] > 10 * errors[False], errors  # and the flag was honoured
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_packed_backward_replays_in_a_cuda_graph(cell):
+    """Note [cuda step sizes by value]: forward and backward of a packed bidirectional layer
+    captured in a CUDA graph replay with the batch sizes they were captured with, after
+    new input values and after the pinned host memory of the capture has been handed out
+    again (a per-call upload of the sizes from pinned memory would be replayed from it)."""
+    torch.manual_seed(10)
+    sizes = torch.tensor([5] * 70 + [3] * 20 + [2] * 9 + [1] * 6)  # > one 64-step window
+    rows, gates, hidden = int(sizes.sum()), {"lstm": 4, "gru": 3}[cell], 17
+    w_hh = [torch.randn(gates * hidden, hidden, device=DEVICE, requires_grad=True) for _ in range(2)]
+    b_hh = [torch.randn(gates * hidden, device=DEVICE, requires_grad=True) for _ in range(2)]
+    h0 = torch.randn(2, 5, hidden, device=DEVICE, requires_grad=True)
+    c0 = torch.randn(2, 5, hidden, device=DEVICE, requires_grad=True)
+    x_proj = torch.randn(rows, 2 * gates * hidden, device=DEVICE, requires_grad=True)
+    upstream = torch.randn(rows, 2 * hidden, device=DEVICE)
+    leaves = [x_proj, h0, *w_hh, *b_hh] + ([c0] if cell == "lstm" else [])
+
+    def step():
+        if cell == "lstm":
+            out = ops.lstm_forward(x_proj, w_hh, b_hh, [], h0, c0, sizes, True)[0]
+        else:
+            out = ops.gru_forward(x_proj, w_hh, b_hh, h0, sizes, True)[0]
+        return torch.autograd.grad(out, leaves, upstream)
+
+    with no_tf32():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture, as torch.cuda.graph asks
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        reused = [torch.full((1 << 14,), -1, dtype=torch.int64).pin_memory() for _ in range(64)]
+        with torch.no_grad():
+            x_proj.copy_(torch.randn_like(x_proj))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = step()
+    del reused
+    for k, (got, want) in enumerate(zip(captured, expected)):
+        torch.testing.assert_close(got, want, msg=lambda m, k=k: f"gradient {k}: {m}")
 
 
 # ---------------------------------------------------------------- size

@@ -7,12 +7,11 @@
    headers but not the generated c10/cuda/impl/cuda_cmake_macros.h; tests/ci_include holds
    a one-line stand-in. The .cu files include no torch header (kernels.h: sizes, raw
    pointers, a stream). Skipped, with the reason, when nvcc is not installed.
-2. CPU emulation: recurrence_cuda.cpp and the kernel templates compiled by g++ with the
-   stand-ins of tests/ci_include/emulation (CUDA runtime, fp16/bf16 conversions, a launch
-   that runs every thread of a grid in turn, at most 2 blocks so every grid-stride loop
-   iterates), registered as torch.ops.rnnkernels_cuda_emulation.*: the very time loops,
-   row bookkeeping and kernel bodies of the CUDA ops, checked against the CPU ops in
-   float64 and against float64 in float16/bfloat16. Needs only a C++ compiler.
+2. CPU emulation (tests/cuda_emulation.py): recurrence_cuda.cpp and the kernel templates
+   compiled by g++ with the stand-ins of tests/ci_include/emulation, registered as
+   torch.ops.rnnkernels_cuda_emulation.*: the very time loops, row bookkeeping and kernel
+   bodies of the CUDA ops, checked against the CPU ops in float64 and against float64 in
+   float16/bfloat16. Needs only a C++ compiler.
 3. setup.py's CUDA switches (FORCE_CUDA, RNNKERNELS_SKIP_CUDA_BUILD, nvcc missing or of
    another CUDA major, TORCH_CUDA_ARCH_LIST), with torch's CUDA version faked.
 
@@ -32,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+import cuda_emulation
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -56,7 +57,7 @@ def _nvcc() -> str | None:
 
 NVCC = _nvcc()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (no CUDA toolkit on this machine)")
-EMULATION_DIR = CI_INCLUDE / "emulation"
+EMULATION_DIR = cuda_emulation.EMULATION_DIR
 
 
 def _nvcc_release() -> tuple[int, int]:
@@ -104,31 +105,6 @@ CU_SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 HOST_SOURCES = sorted(CUDA_DIR.glob("*.cpp"))
 
 
-def _schemas_inc() -> str:
-    """The m.def(...) calls of TORCH_LIBRARY(rnnkernels, m) in csrc/rnnkernels.cpp."""
-    source = (CSRC / "rnnkernels.cpp").read_text()
-    block = source[source.index("TORCH_LIBRARY(rnnkernels, m)"):]
-    block = block[:block.index("\n}\n")]
-    defs = re.findall(r'm\.def\(\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\);', block)
-    names = {re.match(r'"(\w+)\(', d).group(1) for d in defs}
-    recurrence = {f"{cell}_{pass_}" for cell in ("lstm", "gru", "rnn") for pass_ in ("forward", "backward")}
-    assert recurrence <= names, sorted(names)
-    return "".join(f"m.def({d.strip()});\n" for d in defs)
-
-
-def _build_emulation(build_dir: str):
-    from torch.utils.cpp_extension import load
-
-    (Path(build_dir) / "schemas.inc").write_text(_schemas_inc())
-    return load(name="rnnkernels_cuda_emulation",
-                sources=[str(EMULATION_DIR / "rnnkernels_cuda_emulation.cpp")],
-                extra_include_paths=[str(EMULATION_DIR), str(CSRC), str(CSRC / "include"), build_dir],
-                extra_cflags=["-O0", "-DRNNKERNELS_CUDA_EMULATION", "-DRNNKERNELS_MAX_BLOCKS=2",
-                              "-fvisibility=hidden", "-Wall", "-Werror", "-Wno-unused-function",
-                              "-Wno-unknown-pragmas"],
-                build_directory=build_dir, with_cuda=False, verbose=False)
-
-
 class _Jobs:
     """The compile jobs and the emulation build, started together on first use."""
 
@@ -141,9 +117,7 @@ class _Jobs:
             os.makedirs(objects)
             self.compiles = {p.name: self.pool.submit(_compile_cu, p, objects) for p in CU_SOURCES}
             self.compiles.update({p.name: self.pool.submit(_check_host_cpp, p) for p in HOST_SOURCES})
-        emulation_dir = os.path.join(self.tmp.name, "emulation")
-        os.makedirs(emulation_dir)
-        self.emulation = self.pool.submit(_build_emulation, emulation_dir)
+        self.emulation = self.pool.submit(cuda_emulation.build)
 
     def close(self):
         self.pool.shutdown(wait=True)
@@ -183,6 +157,26 @@ def test_cu_files_include_no_torch_header():
         includes = re.findall(r'#include\s*[<"]([^>"]+)[>"]', path.read_text())
         torch_like = [i for i in includes if i.split("/")[0] in ("ATen", "c10", "torch", "pybind11")]
         assert not torch_like, f"{path.name} includes {torch_like}"
+
+
+def test_cuda_host_code_refuses_torch_older_than_2_8(tmp_path):
+    """Note [cuda torch floor]: recurrence_cuda.cpp, compiled against a torch whose
+    torch/version.h says 2.7, stops with the requirement as its first error (the real
+    version.h, 2.8 or newer, compiles: the emulation build below)."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "version.h").write_text("#pragma once\n#define TORCH_VERSION_MAJOR 2\n"
+                                    "#define TORCH_VERSION_MINOR 7\n#define TORCH_VERSION_PATCH 1\n")
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    includes = [str(tmp_path), str(EMULATION_DIR), str(CSRC), str(CSRC / "include")]
+    cmd = [cxx, "-std=c++20", "-fsyntax-only", "-Wfatal-errors", "-DRNNKERNELS_CUDA_EMULATION"]
+    cmd += [f"-I{p}" for p in includes]
+    for p in _torch_include_dirs() + [sysconfig.get_paths()["include"]]:
+        cmd += ["-isystem", p]
+    result = subprocess.run(cmd + [str(CUDA_DIR / "recurrence_cuda.cpp")], capture_output=True,
+                            text=True, timeout=TIMEOUT_S)
+    assert result.returncode != 0
+    assert "need torch >= 2.8" in result.stderr, result.stderr[-4000:]
 
 
 @needs_nvcc
@@ -326,7 +320,7 @@ def test_emulated_cuda_ops_low_precision(emulated, monkeypatch, case, dtype, pro
     # Outputs and gradients in the input dtype, workspace in float32, and a relative error
     # against float64 (on the same rounded inputs) of a few units of roundoff: the 16-bit
     # storage and fp32 math. products: GEMM results in fp32 (mm.dtype_out) or in the input
-    # dtype (the fallback for a torch without it).
+    # dtype (the fallback should ATen refuse mm.dtype_out at run time).
     import torch
 
     monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", products)
@@ -348,6 +342,214 @@ def test_emulated_cuda_ops_low_precision(emulated, monkeypatch, case, dtype, pro
             continue
         err = ((got.double() - expected).norm() / expected.norm()).item()
         assert err < 8 * unit_roundoff, f"output {k}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("products", ["float", "input"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", [c for c in EMULATION_CASES if c["directions"] == 2 and c["packed"]],
+                         ids=_case_id)
+def test_emulated_forward_reads_float32_x_proj(emulated, monkeypatch, case, dtype, products):
+    """Note [cuda x_proj in float32]: with 16-bit weights the forward ops take x_proj in
+    float32. Results keep the weights' dtype (workspace float32); a float32 x_proj holding
+    16-bit values gives bit for bit what the 16-bit x_proj gives, so the kernels read it as
+    they read the 16-bit one; a float32 x_proj with values between 16-bit numbers is within
+    a few units of roundoff of the float64 op on it."""
+    import torch
+
+    monkeypatch.setenv("RNNKERNELS_CUDA_LOWP_PRODUCTS", products)
+    emu, cpu = emulated
+    dt = getattr(torch, dtype)
+    unit_roundoff = {"float16": 2.0**-11, "bfloat16": 2.0**-8}[dtype]
+    a = _emulation_args(torch, case["cell"], 2, True, case["proj"], dt)
+    fwd16, bwd16, grads = _forward_backward(torch, emu, case["cell"], case["relu"], a)
+    widened = dict(a, x_proj=a["x_proj"].float())
+    fwd, bwd, _ = _forward_backward(torch, emu, case["cell"], case["relu"], widened, grads)
+    assert fwd[-1].dtype == torch.float32
+    assert all(t.dtype == dt for t in fwd[:-1] + bwd)
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd16 + bwd16)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=lambda m, k=k: f"output {k}: {m}")
+    if case["relu"]:
+        return  # relu's derivative jumps at 0: a rounding of a pre-activation near 0 flips it
+    # Values no 16-bit number holds.
+    wide = dict(a, x_proj=a["x_proj"].float() + 0.37 * unit_roundoff * torch.randn(a["x_proj"].shape))
+    fwd, bwd, _ = _forward_backward(torch, emu, case["cell"], case["relu"], wide, grads)
+    a64 = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point()
+               else [t.double() for t in v] if isinstance(v, list) else v) for k, v in wide.items()}
+    fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, case["cell"], case["relu"], a64,
+                                            [g.double() for g in grads])
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
+        if expected.numel() == 0:
+            continue
+        err = ((got.double() - expected).norm() / expected.norm()).item()
+        assert err < 8 * unit_roundoff, f"output {k}: relative error {err:.2e}"
+
+
+def test_emulated_forward_float32_x_proj_only_for_16bit_weights(emulated):
+    # float32 x_proj with float64 weights is a dtype mismatch, as before; the
+    # layer-normalised LSTM's x_side keeps the weights' dtype.
+    import torch
+
+    emu, _ = emulated
+    a = _emulation_args(torch, "gru", 1, False, False, torch.float64)
+    with pytest.raises(RuntimeError, match="w_hh has dtype Double but x_proj has dtype Float"):
+        emu.gru_forward(a["x_proj"].float(), a["w_hh"], a["b_hh"], a["h0"], None, True)
+    ln = _ln_lstm_inputs(torch, 1, False, 5, 4, True)
+    w = _ln_op_args(ln, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="ln_hh_weight has dtype BFloat16 but x_side has dtype Float|"
+                                           "w_hh has dtype BFloat16 but x_side has dtype Float"):
+        emu.layer_norm_lstm_forward(_ln_x_side(torch, ln).detach().float(), w["w_hh"], w["ln_hh"],
+                                    w["ln_c_weight"], w["ln_c_bias"], w["h0"], w["c0"], None, True)
+
+
+# The figures of Note [cuda x_proj in float32]: relative error against float64 of the
+# outputs (output, h_n, c_n) of a layer whose x_proj = x W_ih^T + b_ih is handed over in
+# float32 (the product's fp32 sums) or rounded to the 16-bit dtype first, averaged over
+# seeds; x, W_ih, b_ih and the recurrent weights 16-bit numbers, the reference the float64
+# op on the exact x_proj. tests print the table with -s.
+def _x_proj_error_gain(torch, emu, cpu, cell, dtype, seeds=4, steps=24, batch=8, inputs=48,
+                       hidden=32):
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    errors = {"16-bit": [], "float32": []}
+    gradient_errors = {"16-bit": [], "float32": []}
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        rnd = lambda *shape, scale=0.5: (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)  # noqa: E731
+        x, w_ih, b_ih = rnd(steps * batch, inputs, scale=1.0), rnd(gates * hidden, inputs, scale=0.3), rnd(gates * hidden)
+        a = dict(w_hh=[rnd(gates * hidden, hidden, scale=0.3)], b_hh=[rnd(gates * hidden)], w_hr=[],
+                 h0=rnd(1, batch, hidden), c0=rnd(1, batch, hidden), batch_sizes=None)
+        x_proj32 = x.float() @ w_ih.float().t() + b_ih.float()
+        grads = [rnd(steps * batch, hidden, scale=1.0), rnd(1, batch, hidden, scale=1.0)] + (
+            [rnd(1, batch, hidden, scale=1.0)] if cell == "lstm" else [])
+        a64 = {k: ([t.double() for t in v] if isinstance(v, list) else v.double() if isinstance(v, torch.Tensor) else v)
+               for k, v in a.items()}
+        a64["x_proj"] = x.double() @ w_ih.double().t() + b_ih.double()
+        fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, cell, False, a64, [t.double() for t in grads])
+        for mode, x_proj in (("16-bit", x_proj32.to(dtype)), ("float32", x_proj32)):
+            fwd, bwd, _ = _forward_backward(torch, emu, cell, False, dict(a, x_proj=x_proj), grads)
+            n = 3 if cell == "lstm" else 2
+            rel = lambda got, ref: ((got.double() - ref).norm() / ref.norm()).item()  # noqa: E731
+            errors[mode].append(sum(rel(f, r) for f, r in zip(fwd[:n], fwd_ref[:n])) / n)
+            gradient_errors[mode].append(sum(rel(b, r) for b, r in zip(bwd, bwd_ref)) / len(bwd))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    return ({k: mean(v) for k, v in errors.items()}, {k: mean(v) for k, v in gradient_errors.items()})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_emulated_float32_x_proj_error_gain(emulated, cell, dtype):
+    """Why the layers pass x_proj in float32 (Note [cuda x_proj in float32]): rounding it
+    to 16 bits first adds a fifth or more to the output error against float64."""
+    import torch
+
+    emu, cpu = emulated
+    out, grad = _x_proj_error_gain(torch, emu, cpu, cell, getattr(torch, dtype))
+    print(f"\n{cell} {dtype}: outputs {out['16-bit']:.3e} (16-bit x_proj) vs {out['float32']:.3e} "
+          f"(float32), +{out['16-bit'] / out['float32'] - 1:.0%}; gradients {grad['16-bit']:.3e} vs "
+          f"{grad['float32']:.3e}, {grad['16-bit'] / grad['float32'] - 1:+.0%}")
+    assert out["16-bit"] > 1.1 * out["float32"], out
+    assert grad["float32"] < 1.05 * grad["16-bit"], grad
+
+
+_PRODUCTS = ("aten::mm", "aten::matmul", "aten::bmm", "aten::addmm")
+_16BIT = ("c10::BFloat16", "c10::Half")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", [c for c in EMULATION_CASES if c["directions"] == 2 and c["packed"]
+                                  and not c["relu"]], ids=_case_id)
+def test_emulated_weight_gradients_sum_in_float32(emulated, case, dtype):
+    """Note [cuda weight gradients]: the products of the backward that reduce over all N
+    rows of a direction (dW_hh, and dW_hr with a projection) take their sums in a float32
+    tensor, rounded to the weight's dtype once, not in a 16-bit output that cuBLAS may sum
+    in 16 bits (torch's allow_*_reduced_precision_reduction, default True). Inspected in
+    the profile of the ATen calls the host code makes: on a GPU the same call is
+    mm.dtype_out into float32, here a float32 matmul of the widened operands; a 16-bit
+    product over N rows (at::mm_out into the 16-bit gradient) fails. What cuBLAS then does
+    with an fp32 output is for a GPU to confirm."""
+    import torch
+    from torch.profiler import profile
+
+    emu, _ = emulated
+    a = _emulation_args(torch, case["cell"], 2, True, case["proj"], getattr(torch, dtype))
+    rows = a["x_proj"].shape[0]
+    with profile(record_shapes=True) as prof:
+        _forward_backward(torch, emu, case["cell"], case["relu"], a)
+    over_rows = [e for e in prof.events() if e.name in _PRODUCTS and e.input_shapes
+                 and len(e.input_shapes[0]) == 2 and e.input_shapes[0][1] == rows]
+    # dW_hh of each direction, and dW_hr of each with a projection, were seen.
+    assert len(over_rows) >= 2 * (2 if case["proj"] else 1), [e.name for e in over_rows]
+    for e in over_rows:
+        assert not set(e.input_dtypes) & set(_16BIT), (
+            f"{e.name} {e.input_shapes} {e.input_dtypes}: a product over all {rows} rows "
+            "with 16-bit operands or output")
+
+
+def _long_packed_sizes(torch, steps=150, batch=5):
+    """Non-increasing batch sizes over more steps than one launch of the previous-hidden
+    gather covers (kGatherSteps, Note [cuda step sizes by value]), with runs that change
+    inside and across launch windows."""
+    sizes = [batch] * 40 + [4] * 30 + [3] * 25 + [2] * 35 + [1] * (steps - 130)
+    return torch.tensor(sizes[:steps])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_emulated_packed_backward_over_many_launch_windows(emulated, cell):
+    # The gather of every row's previous hidden state (for dW_hh) over several launch
+    # windows, both directions: every result against the CPU ops in float64.
+    import torch
+
+    emu, cpu = emulated
+    a = _emulation_args(torch, cell, 2, True, False, torch.float64, hidden=3)
+    sizes = _long_packed_sizes(torch)
+    rows, gates = int(sizes.sum()), {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    a["batch_sizes"] = sizes
+    a["x_proj"] = 0.5 * torch.randn(rows, 2 * gates * 3, dtype=torch.float64)
+    a["h0"], a["c0"] = (0.5 * torch.randn(2, 5, 3, dtype=torch.float64) for _ in range(2))
+    fwd, bwd, grads = _forward_backward(torch, emu, cell, False, a)
+    fwd_ref, bwd_ref, _ = _forward_backward(torch, cpu, cell, False, a, grads)
+    for k, (got, expected) in enumerate(zip(fwd + bwd, fwd_ref + bwd_ref)):
+        torch.testing.assert_close(got, expected, msg=lambda m, k=k: f"output {k}: {m}")
+
+
+_COPIES = ("aten::to", "aten::_to_copy", "aten::copy_")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "layer_norm_lstm"])
+def test_emulated_packed_backward_copies_no_batch_sizes(emulated, cell):
+    """Note [cuda step sizes by value]: the backward of a packed sequence copies no int64
+    tensor (batch sizes, offsets) anywhere. A copy from pinned host memory issued per call
+    is what a CUDA graph cannot replay: the replay would read the host buffer again, long
+    after the caching host allocator has handed it to someone else. The sizes reach the
+    gather kernel as values in its launch parameters instead, which a graph keeps. Seen in
+    the profile of the ATen calls (the emulation runs the host code as the GPU build does;
+    that a captured backward replays correctly is for a GPU to confirm:
+    tests/test_cuda.py::test_packed_backward_replays_in_a_cuda_graph)."""
+    import torch
+    from torch.profiler import profile
+
+    emu, cpu = emulated
+    sizes = _long_packed_sizes(torch)
+    if cell == "layer_norm_lstm":
+        a = _ln_lstm_inputs(torch, 2, True, 5, 4, True)
+        x_side, w = _ln_x_side(torch, a).detach(), _ln_op_args(a)
+        fwd = emu.layer_norm_lstm_forward(x_side, w["w_hh"], w["ln_hh"], w["ln_c_weight"],
+                                          w["ln_c_bias"], w["h0"], w["c0"], a["op_sizes"], True)
+        backward = lambda: emu.layer_norm_lstm_backward(  # noqa: E731
+            torch.randn_like(fwd[0]), None, None, w["w_hh"], w["ln_hh"], w["ln_c_weight"],
+            w["ln_c_bias"], w["h0"], w["c0"], fwd[0], fwd[3], a["op_sizes"])
+    else:
+        a = _emulation_args(torch, cell, 2, True, cell == "lstm", torch.float32, hidden=3)
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        a["batch_sizes"] = sizes
+        a["x_proj"] = torch.randn(int(sizes.sum()), 2 * gates * 3)
+        a["h0"], a["c0"] = torch.randn(2, 5, a["h0"].shape[2]), torch.randn(2, 5, 3)
+        fwd, _, grads = _forward_backward(torch, emu, cell, False, a)
+        backward = lambda: _forward_backward(torch, emu, cell, False, a, grads)  # noqa: E731
+    with profile(record_shapes=True) as prof:
+        backward()
+    copies = [(e.name, e.input_shapes, e.input_dtypes) for e in prof.events()
+              if e.name in _COPIES and "long int" in e.input_dtypes]
+    assert not copies, f"the packed backward copies int64 tensors: {copies}"
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -552,8 +754,8 @@ def test_emulated_layer_norm_lstm_low_precision(emulated, monkeypatch, dtype, pr
     # As test_emulated_cuda_ops_low_precision: outputs and gradients in the input dtype,
     # workspace in float32, relative error against the float64 op (checked against the
     # reference above) on the same rounded inputs of a few units of roundoff: 8 with the
-    # GEMM results in fp32. With products in the input dtype (the fallback for a torch
-    # without mm.dtype_out) the bound is 16: there the recurrent product is rounded to 16
+    # GEMM results in fp32. With products in the input dtype (the fallback should ATen
+    # refuse mm.dtype_out at run time) the bound is 16: there the recurrent product is rounded to 16
     # bits before layer norm subtracts its mean, and the backward's dR @ W_hh too, and the
     # layer-norm backward amplifies such perturbations of the forward state a few times
     # (in float32 as well: gradients 5-15 units of roundoff where the forward has 2).
@@ -613,12 +815,15 @@ def test_emulated_layer_norm_lstm_without_workspace_and_empty(emulated):
 
 # Runs setup.py's top level with setuptools.setup stubbed out, after pretending that torch
 # was built with CUDA `argv[1]` ("none": a CPU build) and, with argv[2] == "no-nvcc", that
-# no nvcc exists; prints what setup.py decided.
+# no nvcc exists, and (argv[3], when given) that torch's version is argv[3]; prints what
+# setup.py decided.
 _SETUP_HARNESS = r"""
 import runpy, shutil, sys
 import setuptools, torch, torch.utils.cpp_extension as ce
 setuptools.setup = lambda **kwargs: None
 torch.version.cuda = None if sys.argv[1] == "none" else sys.argv[1]
+if len(sys.argv) > 3:
+    torch.__version__ = sys.argv[3]
 ce.CUDA_HOME = None if sys.argv[2] == "no-nvcc" else sys.argv[2]
 if sys.argv[2] == "no-nvcc":
     which = shutil.which
@@ -633,11 +838,13 @@ if g["WITH_CUDA"]:
 """
 
 
-def _run_setup(torch_cuda: str, cuda_home: str, **env) -> subprocess.CompletedProcess:
+def _run_setup(torch_cuda: str, cuda_home: str, torch_version: str | None = None,
+               **env) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("FORCE_CUDA", "RNNKERNELS_SKIP_CUDA_BUILD", "TORCH_CUDA_ARCH_LIST")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", _SETUP_HARNESS, torch_cuda, cuda_home],
+    argv = [torch_cuda, cuda_home] + ([torch_version] if torch_version else [])
+    return subprocess.run([sys.executable, "-c", _SETUP_HARNESS, *argv],
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -683,10 +890,46 @@ def test_setup_matching_nvcc_builds_the_cuda_sources():
     assert result.returncode == 0, result.stderr
     assert "WITH_CUDA=True" in result.stdout
     archs = re.search(r"ARCHS=(.*)", result.stdout).group(1)
-    assert "9.0" in archs.split(";")
+    assert archs.split(";") == ["8.0", "9.0+PTX"]
     sources = re.search(r"SOURCES=(.*)", result.stdout).group(1).split(",")
     expected = {str(p.relative_to(ROOT)) for p in CU_SOURCES + HOST_SOURCES}
     assert expected <= set(sources)
+
+
+def test_default_arch_list_embeds_ptx(monkeypatch):
+    """The default TORCH_CUDA_ARCH_LIST ends in +PTX, which torch's extension builder turns
+    into a compute_90 PTX image beside the sm_80/sm_90 code: a GPU newer than sm_90 then
+    JIT-compiles the kernels instead of finding no kernel image."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    source = (ROOT / "setup.py").read_text()
+    default = re.search(r'DEFAULT_CUDA_ARCH_LIST = "([^"]+)"', source).group(1)
+    assert default.split(";")[-1].endswith("+PTX"), default
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", default)
+    flags = _get_cuda_arch_flags()
+    assert "-gencode=arch=compute_90,code=compute_90" in flags, flags
+    assert {"-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"} <= set(flags)
+    # The CMake build's default mirrors it.
+    cmake = (ROOT / "cmake" / "rnnkernels_cuda.cmake").read_text()
+    assert f'set(_rk_arch_list "{default}")' in cmake
+
+
+@needs_nvcc
+@pytest.mark.parametrize("version", ["2.7.1+cu126", "2.4.0"])
+def test_setup_refuses_torch_older_than_the_cuda_floor(version):
+    # The CUDA host code calls at::mm_out / at::bmm_out with an out dtype (torch >= 2.8).
+    major, minor = _nvcc_release()
+    result = _run_setup(f"{major}.{minor}", _nvcc_home(), version)
+    assert result.returncode != 0
+    assert "need torch >= 2.8" in result.stderr and "RNNKERNELS_SKIP_CUDA_BUILD=1" in result.stderr
+
+
+@needs_nvcc
+def test_setup_accepts_the_cuda_floor():
+    major, minor = _nvcc_release()
+    result = _run_setup(f"{major}.{minor}", _nvcc_home(), "2.8.0+cu128")
+    assert result.returncode == 0, result.stderr
+    assert "WITH_CUDA=True" in result.stdout
 
 
 @needs_nvcc

@@ -8,8 +8,9 @@ namespace rnnkernels::cuda {
 
 // Forward step: hidden-side pre-activations gates (+ b_hh), input-side x_proj; h is
 // updated in place (each thread reads and writes only its own element).
-template <typename S, typename G>
-__global__ void __launch_bounds__(kThreads) gru_forward_step_kernel(const GruForwardStep<S, G> p) {
+template <typename S, typename G, typename X>
+__global__ void __launch_bounds__(kThreads)
+    gru_forward_step_kernel(const GruForwardStep<S, G, X> p) {
   using A = acc_t<S>;
   const auto d = this_direction(p.dir);
   const int64_t H = p.hidden;
@@ -18,7 +19,7 @@ __global__ void __launch_bounds__(kThreads) gru_forward_step_kernel(const GruFor
     const int64_t r = i / H;
     const int64_t u = i - r * H;
     const G* gates = d.gates + r * 3 * H + u;
-    const S* x = d.x_proj + r * p.ld_x_proj + u;
+    const X* x = d.x_proj + r * p.ld_x_proj + u;
     A hidden_pre[3];
 #pragma unroll
     for (int q = 0; q < 3; ++q) {
@@ -98,11 +99,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename S, typename G>
-cudaError_t gru_forward_step(const GruForwardStep<S, G>& p, cudaStream_t stream) {
+template <typename S, typename G, typename X>
+cudaError_t gru_forward_step(const GruForwardStep<S, G, X>& p, cudaStream_t stream) {
   const int64_t n = max_over_directions(p, [](const auto& d) { return d.rows; }) * p.hidden;
   if (n <= 0) return cudaSuccess;
-  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, gru_forward_step_kernel<S, G>);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, gru_forward_step_kernel<S, G, X>);
   return cudaGetLastError();
 }
 

@@ -22,6 +22,16 @@
   template cudaError_t ln_lstm_backward_step<S, G>(const LnLstmBackwardStep<S, G>&,             \
                                                    cudaStream_t);
 
+// The forward steps of 16-bit storage type S that read x_proj in float32 (Note [cuda x_proj
+// in float32] in recurrence_cuda.cpp).
+#define RNNKERNELS_INSTANTIATE_FLOAT_INPUT(S, G)                                           \
+  template cudaError_t lstm_forward_step<S, G, float>(const LstmForwardStep<S, G, float>&, \
+                                                      cudaStream_t);                       \
+  template cudaError_t gru_forward_step<S, G, float>(const GruForwardStep<S, G, float>&,   \
+                                                     cudaStream_t);                        \
+  template cudaError_t rnn_forward_step<S, G, float>(const RnnForwardStep<S, G, float>&,   \
+                                                     cudaStream_t);
+
 // The launchers that depend on the storage type only.
 #define RNNKERNELS_INSTANTIATE_STORAGE(S) \
   template cudaError_t previous_hidden<S>(const PreviousHidden<S>&, cudaStream_t);

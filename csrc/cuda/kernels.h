@@ -9,6 +9,8 @@
 //      float, double, float16_t, bfloat16_t
 //   G  type of the GEMM results the kernels read (gates, recurrent gradient products):
 //      acc_t<S> when ATen can write a 16-bit product in fp32 (mm.dtype_out), else S
+//   X  type of x_proj in the forward steps: S, or float for the 16-bit types (Note [cuda
+//      x_proj in float32] in recurrence_cuda.cpp)
 //   acc_t<S>  math, cell state and workspace type: float for the 16-bit types, else S
 //
 // Matrices are row-major; ld_* is a row stride in elements. Every launcher returns
@@ -75,7 +77,7 @@ constexpr int kMaxDirections = 2;
 
 // LSTM, one step. Gate order i, f, g, o (PyTorch's); workspace row: i, f, g, o, c (with
 // zoneout: i, f, g, o, c before zoneout, c after it).
-template <typename S, typename G>
+template <typename S, typename G, typename X = S>
 struct LstmForwardStep {
   int64_t hidden = 0;      // H
   int64_t output = 0;      // P
@@ -86,7 +88,7 @@ struct LstmForwardStep {
   struct Dir {
     int64_t rows = 0;                    // active rows of this step
     const G* gates = nullptr;            // [rows, 4H] h_prev @ W_hh^T, row stride 4H
-    const S* x_proj = nullptr;           // [rows, 4H] row stride ld_x_proj (b_ih included)
+    const X* x_proj = nullptr;           // [rows, 4H] row stride ld_x_proj (b_ih included)
     const S* b_hh = nullptr;             // [4H] or null
     acc_t<S>* c = nullptr;               // [B, H] cell state, rows [0, rows) updated in place
     S* h = nullptr;                      // [B, H] hidden state (no projection), else null
@@ -100,7 +102,7 @@ struct LstmForwardStep {
 };
 
 // GRU, one step. Gate order r, z, n; workspace row: r, z, n, W_hn h + b_hn.
-template <typename S, typename G>
+template <typename S, typename G, typename X = S>
 struct GruForwardStep {
   int64_t hidden = 0;
   int64_t directions = 1;
@@ -110,7 +112,7 @@ struct GruForwardStep {
   struct Dir {
     int64_t rows = 0;
     const G* gates = nullptr;       // [rows, 3H] h_prev @ W_hh^T, row stride 3H
-    const S* x_proj = nullptr;      // [rows, 3H] row stride ld_x_proj
+    const X* x_proj = nullptr;      // [rows, 3H] row stride ld_x_proj
     const S* b_hh = nullptr;        // [3H] or null
     S* h = nullptr;                 // [B, H] hidden state, rows [0, rows) updated in place
     S* out = nullptr;               // [rows, H] row stride ld_out
@@ -122,7 +124,7 @@ struct GruForwardStep {
 };
 
 // Elman RNN, one step (tanh or relu).
-template <typename S, typename G>
+template <typename S, typename G, typename X = S>
 struct RnnForwardStep {
   int64_t hidden = 0;
   int64_t directions = 1;
@@ -133,7 +135,7 @@ struct RnnForwardStep {
   struct Dir {
     int64_t rows = 0;
     const G* gates = nullptr;   // [rows, H] h_prev @ W_hh^T, row stride H
-    const S* x_proj = nullptr;  // [rows, H] row stride ld_x_proj
+    const X* x_proj = nullptr;  // [rows, H] row stride ld_x_proj
     const S* b_hh = nullptr;    // [H] or null
     S* h = nullptr;             // [B, H] hidden state
     S* out = nullptr;           // [rows, H] row stride ld_out
@@ -350,29 +352,49 @@ struct LnLstmBackwardStep {
 // The hidden state entering every row of one direction, for dW_hh = dG^T @ h_prev:
 // prev[row] = out[row of the previous processing step] when the row was active there,
 // else h0[b]. Rows of time t are [offsets[t], offsets[t] + batch_sizes[t]).
+//
+// Note [cuda step sizes by value]
+// A packed sequence's batch sizes and row offsets reach the kernel as values in its launch
+// parameters, for the kGatherSteps steps one launch covers (the host launches once per
+// window of steps), never as a device array copied from host memory. A CUDA graph keeps
+// launch parameters by value, so a captured backward replays with the sizes it was
+// captured with; a copy from a pinned host buffer would instead be replayed from that
+// buffer, which the caching host allocator has long reused. A dense sequence needs no sizes
+// and runs in one launch.
+constexpr int64_t kGatherSteps = 64;
+
 template <typename S>
 struct PreviousHidden {
-  int64_t rows = 0;    // N
-  int64_t steps = 0;   // T
+  int64_t steps = 0;   // T, all steps of the sequence
   int64_t batch = 0;   // B
   int64_t output = 0;  // P
   bool reverse = false;
-  const int64_t* batch_sizes = nullptr;  // device [T], or null for a dense [T, B] sequence
-  const int64_t* offsets = nullptr;      // device [T], or null for a dense sequence
-  const S* out = nullptr;                // [N, P] row stride ld_out
+  // This launch: the rows of steps [first_step, first_step + window_steps), which are rows
+  // [first_row, first_row + rows).
+  int64_t first_step = 0;
+  int64_t window_steps = 0;  // at most kGatherSteps
+  int64_t first_row = 0;
+  int64_t rows = 0;
+  // Packed: batch_sizes[k] and offsets[k] of step first_step - 1 + k for k in
+  // [0, window_steps + 2) (0 and 0 for a step outside [0, T)); dense: unused, every step
+  // has `batch` rows.
+  bool packed = false;
+  int64_t batch_sizes[kGatherSteps + 2] = {};
+  int64_t offsets[kGatherSteps + 2] = {};
+  const S* out = nullptr;  // [N, P] row stride ld_out
   int64_t ld_out = 0;
-  const S* h0 = nullptr;                 // [B, P]
-  S* prev = nullptr;                     // [N, P] contiguous
+  const S* h0 = nullptr;   // [B, P]
+  S* prev = nullptr;       // [N, P] contiguous (this launch writes its rows)
 };
 
 // ================================================================ launchers
 
-template <typename S, typename G>
-cudaError_t lstm_forward_step(const LstmForwardStep<S, G>& p, cudaStream_t stream);
-template <typename S, typename G>
-cudaError_t gru_forward_step(const GruForwardStep<S, G>& p, cudaStream_t stream);
-template <typename S, typename G>
-cudaError_t rnn_forward_step(const RnnForwardStep<S, G>& p, cudaStream_t stream);
+template <typename S, typename G, typename X>
+cudaError_t lstm_forward_step(const LstmForwardStep<S, G, X>& p, cudaStream_t stream);
+template <typename S, typename G, typename X>
+cudaError_t gru_forward_step(const GruForwardStep<S, G, X>& p, cudaStream_t stream);
+template <typename S, typename G, typename X>
+cudaError_t rnn_forward_step(const RnnForwardStep<S, G, X>& p, cudaStream_t stream);
 template <typename S, typename G>
 cudaError_t store_hidden(const StoreHidden<S, G>& p, cudaStream_t stream);
 

@@ -1,9 +1,12 @@
 // float16 instantiations of the CUDA kernels (kernels.h): GEMM results read in fp32
-// (the usual path) or in fp16 (when ATen cannot write an fp16 product in fp32).
+// (the usual path) or in fp16 (when ATen cannot write an fp16 product in fp32); the forward
+// steps also with x_proj in fp32 (what the layers and cells pass).
 #include "cuda/instantiate.cuh"
 
 namespace rnnkernels::cuda {
 RNNKERNELS_INSTANTIATE_CELLS(float16_t, float)
 RNNKERNELS_INSTANTIATE_CELLS(float16_t, float16_t)
+RNNKERNELS_INSTANTIATE_FLOAT_INPUT(float16_t, float)
+RNNKERNELS_INSTANTIATE_FLOAT_INPUT(float16_t, float16_t)
 RNNKERNELS_INSTANTIATE_STORAGE(float16_t)
 }  // namespace rnnkernels::cuda

@@ -8,9 +8,9 @@ namespace rnnkernels::cuda {
 
 // Forward step: pre = x_proj + gates (+ b_hh), the cell update in place, h (or m for the
 // projection), the output row and the workspace row i, f, g, o, c.
-template <typename S, typename G>
+template <typename S, typename G, typename X>
 __global__ void __launch_bounds__(kThreads)
-    lstm_forward_step_kernel(const LstmForwardStep<S, G> p) {
+    lstm_forward_step_kernel(const LstmForwardStep<S, G, X> p) {
   using A = acc_t<S>;
   const auto d = this_direction(p.dir);
   const int64_t H = p.hidden;
@@ -19,7 +19,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r = i / H;
     const int64_t u = i - r * H;
     const G* gates = d.gates + r * 4 * H + u;
-    const S* x = d.x_proj + r * p.ld_x_proj + u;
+    const X* x = d.x_proj + r * p.ld_x_proj + u;
     A pre[4];
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -156,11 +156,11 @@ __global__ void __launch_bounds__(kThreads) step_grad_h_kernel(const StepGradH<S
   }
 }
 
-template <typename S, typename G>
-cudaError_t lstm_forward_step(const LstmForwardStep<S, G>& p, cudaStream_t stream) {
+template <typename S, typename G, typename X>
+cudaError_t lstm_forward_step(const LstmForwardStep<S, G, X>& p, cudaStream_t stream) {
   const int64_t n = max_over_directions(p, [](const auto& d) { return d.rows; }) * p.hidden;
   if (n <= 0) return cudaSuccess;
-  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, lstm_forward_step_kernel<S, G>);
+  RNNKERNELS_LAUNCH(grid_for(n, p.directions), stream, p, lstm_forward_step_kernel<S, G, X>);
   return cudaGetLastError();
 }
 

@@ -24,11 +24,14 @@
 // float16 / bfloat16: the math is fp32 (cell_math.h's float instantiation), the cell
 // state and the workspace are fp32 (workspace dtype rule: float32 when x_proj is 16-bit,
 // else x_proj's dtype; rnnkernels/ops.py's fakes follow it), and the GEMM results are
-// written in fp32 through mm.dtype_out / bmm.dtype_out when this torch supports them
-// (probed once; RNNKERNELS_CUDA_LOWP_PRODUCTS=input forces products in the input dtype).
+// written in fp32 through mm.dtype_out / bmm.dtype_out (torch >= 2.8, Note [cuda torch
+// floor]). A probe at the first 16-bit call falls back to products in the input dtype
+// should ATen refuse them at run time; RNNKERNELS_CUDA_LOWP_PRODUCTS=input forces that
+// path (the tests run both).
 // The hidden state h, the outputs and the gradients are in the input dtype: h is the next
-// step's GEMM operand, as in torch.nn. dW and db accumulate in fp32 inside cuBLAS / the
-// reduction and are rounded once.
+// step's GEMM operand, as in torch.nn. dW and db accumulate in fp32 (Note [cuda weight
+// gradients]; db: the reduction's fp32 accumulator) and are rounded once. x_proj may come
+// in fp32 (Note [cuda x_proj in float32]).
 //
 // Note [cuda tf32]
 // Our float32 GEMMs are ATen matmuls, so they follow torch.backends.cuda.matmul.allow_tf32
@@ -48,6 +51,17 @@
 // weights like every autocast cast), then the op is redispatched below autocast, where
 // autograd and the CUDA kernel run in that dtype. float64 stays float64, as in autocast.
 
+// Note [cuda torch floor]
+// The GEMMs write 16-bit products in fp32 through at::mm_out / at::bmm_out with an out
+// dtype (mm.dtype_out, bmm.dtype_out), which torch has since 2.8. setup.py
+// (CUDA_MIN_TORCH) and cmake/rnnkernels_cuda.cmake refuse an older torch before compiling;
+// this check says the same to any other build. It comes before the ATen headers so that it
+// is the first error.
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR < 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR < 8)
+#error "rnnkernels CUDA kernels need torch >= 2.8 (Note [cuda torch floor])"
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -60,6 +74,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/kernels.h"
@@ -267,19 +282,6 @@ Sequence make_sequence(const char* op, int64_t rows, int64_t batch,
     for (const auto t : c10::irange(steps)) seq.offsets[t] = t * batch;
   }
   return seq;
-}
-
-// [2, T] int64 on the device: batch_sizes and offsets, for the previous-hidden gather of a
-// packed sequence. Copied from pinned memory on the current stream; the caching host
-// allocator keeps the pinned block until the copy has run.
-at::Tensor upload_steps(const Sequence& seq, const at::Device& device) {
-  const int64_t T = seq.steps();
-  at::Tensor host =
-      at::empty({2, T}, at::TensorOptions().dtype(at::kLong).pinned_memory(!kEmulation));
-  int64_t* p = host.data_ptr<int64_t>();
-  std::copy(seq.batch_sizes.begin(), seq.batch_sizes.end(), p);
-  std::copy(seq.offsets.begin(), seq.offsets.end(), p + T);
-  return host.to(device, at::kLong, /*non_blocking=*/true);
 }
 
 // ---------------------------------------------------------------- checks
@@ -500,20 +502,56 @@ struct ForwardInputs {
   Sequence seq;
   at::Tensor x_proj, h0;
   std::vector<at::Tensor> w_hh, b_hh, w_hr;
+  at::TensorOptions options;  // device and storage dtype: the weights', h0's, the outputs'
+  bool float_input = false;   // x_proj in float32 for 16-bit weights
+
+  // Calls f(x) with x a value of x_proj's element type: S, or float (Note [cuda x_proj in
+  // float32]).
+  template <typename S, typename F>
+  void dispatch_input(F&& f) const {
+    if constexpr (std::is_same_v<acc_t<S>, S>) {
+      f(S{});
+    } else if (float_input) {
+      f(float{});
+    } else {
+      f(S{});
+    }
+  }
 };
 
+// Note [cuda x_proj in float32]
+// With 16-bit weights the forward ops take x_proj in the weights' dtype or in float32,
+// which the layers and cells pass (rnnkernels/functional.py, _projection.py): the input
+// projection's fp32 sums then join the fp32 gate math without a rounding to 16 bits.
+// Measured in the CPU emulation of these kernels (tests/test_cuda_compile.py::
+// test_emulated_float32_x_proj_error_gain: T=24, B=8, I=48, H=32, 4 seeds), against
+// float64 on the same 16-bit inputs, rounding x_proj to 16 bits first added to the output
+// error 17% / 19% (LSTM, float16 / bfloat16), 16% / 16% (GRU), 36% / 40% (RNN), and to the
+// gradients' 27% / 30%, 23% / 24%, 13% / 18%. Outputs, h, c and every gradient keep the
+// weights' dtype; grad_x_proj too, which autograd casts to x_proj's float32.
+
 // x_proj: the input side of the gates (x_name names it in messages: x_proj, or x_side for
-// the layer-normalised LSTM).
+// the layer-normalised LSTM); float32 for 16-bit weights when float_input_ok.
 ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_proj,
                               at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
                               const at::Tensor& h0,
                               const std::optional<at::Tensor>& batch_sizes,
-                              const char* x_name = "x_proj") {
+                              const char* x_name = "x_proj", bool float_input_ok = true) {
   ForwardInputs in;
   TORCH_CHECK(kEmulation || x_proj.is_cuda(), op, ": the CUDA kernel got ", x_name, " on ",
               x_proj.device());
   check_dtype(op, x_proj, x_name);
-  in.d = check_weights(op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0);
+  in.float_input = float_input_ok && x_proj.scalar_type() == at::kFloat && !w_hh.empty() &&
+                   is_16bit(w_hh[0].scalar_type());
+  if (in.float_input) {
+    // The weights set the storage dtype; x_proj only has to share their device.
+    in.d = check_weights(op, cell, w_hh[0], "w_hh[0]", w_hh, b_hh, w_hr, h0);
+    TORCH_CHECK(x_proj.device() == w_hh[0].device(), op, ": ", x_name, " is on ",
+                x_proj.device(), " but w_hh[0] is on ", w_hh[0].device());
+  } else {
+    in.d = check_weights(op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0);
+  }
+  in.options = h0.options();
   const Dims& d = in.d;
   TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
               ": expected ", x_name, " of shape [rows, ", d.directions * d.gates * d.hidden,
@@ -530,7 +568,7 @@ ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_pro
 
 // out [N, D*P], h_state [D, B, P] (starts as h0, ends as h_n), c_state [D, B, H] (A),
 // ws [D, N, 5H] (A) or empty.
-template <typename S, typename G>
+template <typename S, typename G, typename X>
 void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
                       const at::Tensor& c_state, const at::Tensor& ws, bool need_workspace,
                       const Zoneout& zoneout) {
@@ -540,7 +578,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   const int64_t T = in.seq.steps();
   const bool proj = !in.w_hr.empty();
   const cudaStream_t stream = current_stream();
-  const auto s_opts = in.x_proj.options();
+  const auto s_opts = in.options;
   const auto g_opts = s_opts.dtype(scalar_type_of<G>());
 
   const at::Tensor gates = at::empty({D * B * 4 * H}, g_opts);
@@ -553,7 +591,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
     projection = StepProduct(m, stack_directions(in.w_hr).transpose(1, 2), projected);
   }
 
-  const S* x_proj = ptr<S>(in.x_proj);
+  const X* x_proj = ptr<X>(in.x_proj);
   S* out_p = ptr<S>(out);
   S* h_p = ptr<S>(h_state);
   A* c_p = ptr<A>(c_state);
@@ -561,7 +599,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   const G* gates_p = ptr<G>(gates);
 
   const int64_t ws_width = math::lstm_workspace_slots(zoneout.defined()) * H;
-  LstmForwardStep<S, G> step;
+  LstmForwardStep<S, G, X> step;
   step.hidden = H;
   step.output = P;
   step.directions = D;
@@ -609,7 +647,7 @@ void run_lstm_forward(const ForwardInputs& in, const at::Tensor& out, const at::
   }
 }
 
-template <typename S, typename G>
+template <typename S, typename G, typename X>
 void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::Tensor& h_state,
                      const at::Tensor& ws, bool need_workspace, const Zoneout& zoneout) {
   using A = acc_t<S>;
@@ -617,17 +655,17 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
   const int64_t N = dm.rows, D = dm.directions, H = dm.hidden, B = dm.batch;
   const int64_t T = in.seq.steps();
   const cudaStream_t stream = current_stream();
-  const auto g_opts = in.x_proj.options().dtype(scalar_type_of<G>());
+  const auto g_opts = in.options.dtype(scalar_type_of<G>());
 
   const at::Tensor gates = at::empty({D * B * 3 * H}, g_opts);
   StepProduct gate_product(h_state, stack_directions(in.w_hh).transpose(1, 2), gates);
-  const S* x_proj = ptr<S>(in.x_proj);
+  const X* x_proj = ptr<X>(in.x_proj);
   S* out_p = ptr<S>(out);
   S* h_p = ptr<S>(h_state);
   A* ws_p = need_workspace ? ptr<A>(ws) : nullptr;
   const G* gates_p = ptr<G>(gates);
 
-  GruForwardStep<S, G> step;
+  GruForwardStep<S, G, X> step;
   step.hidden = H;
   step.directions = D;
   step.ld_x_proj = D * 3 * H;
@@ -652,7 +690,7 @@ void run_gru_forward(const ForwardInputs& in, const at::Tensor& out, const at::T
   }
 }
 
-template <typename S, typename G>
+template <typename S, typename G, typename X>
 void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
                      const at::Tensor& h_state, const at::Tensor& ws, const Zoneout& zoneout) {
   using A = acc_t<S>;
@@ -661,16 +699,16 @@ void run_rnn_forward(const ForwardInputs& in, bool relu, const at::Tensor& out,
   A* ws_p = zoneout.defined() && ws.size(1) > 0 ? ptr<A>(ws) : nullptr;
   const int64_t T = in.seq.steps();
   const cudaStream_t stream = current_stream();
-  const auto g_opts = in.x_proj.options().dtype(scalar_type_of<G>());
+  const auto g_opts = in.options.dtype(scalar_type_of<G>());
 
   const at::Tensor gates = at::empty({D * B * H}, g_opts);
   StepProduct gate_product(h_state, stack_directions(in.w_hh).transpose(1, 2), gates);
-  const S* x_proj = ptr<S>(in.x_proj);
+  const X* x_proj = ptr<X>(in.x_proj);
   S* out_p = ptr<S>(out);
   S* h_p = ptr<S>(h_state);
   const G* gates_p = ptr<G>(gates);
 
-  RnnForwardStep<S, G> step;
+  RnnForwardStep<S, G, X> step;
   step.hidden = H;
   step.directions = D;
   step.ld_x_proj = D * H;
@@ -705,23 +743,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
   const ForwardInputs in =
       prepare_forward(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0, batch_sizes);
   const Dims& d = in.d;
-  check_same(op, "c0", c0, x_proj, "x_proj");
+  check_same(op, "c0", c0, in.h0, "h0");
   check_shape(op, "c0", c0, {d.directions, d.batch, d.hidden});
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
-  const auto opts = in.x_proj.options();
-  const auto acc_opts = opts.dtype(workspace_dtype(x_proj.scalar_type()));
+  const auto opts = in.options;
+  const auto acc_opts = opts.dtype(workspace_dtype(opts.dtype().toScalarType()));
   at::Tensor out = at::empty({N, D * P}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, P}, opts);
   at::Tensor c_state = copy_or_zeros(c0, {D, B, H}, acc_opts);
-  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, P + H);
+  const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, P + H);
   const int64_t ws_width = math::lstm_workspace_slots(zoneout.defined()) * H;
   at::Tensor ws = at::empty({D, need_workspace ? N : 0, ws_width}, acc_opts);
-  dispatch_types(op, in.x_proj, [&](auto types) {
+  dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
-    run_lstm_forward<typename T::S, typename T::G>(in, out, h_n, c_state, ws, need_workspace,
-                                                   zoneout);
+    in.dispatch_input<typename T::S>([&](auto x) {
+      run_lstm_forward<typename T::S, typename T::G, decltype(x)>(in, out, h_n, c_state, ws,
+                                                                  need_workspace, zoneout);
+    });
   });
-  return {out, h_n, to_dtype(c_state, x_proj.scalar_type()), ws};
+  return {out, h_n, to_dtype(c_state, opts.dtype().toScalarType()), ws};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
@@ -733,15 +773,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
   const ForwardInputs in = prepare_forward(op, Cell::kGru, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
-  const auto opts = in.x_proj.options();
-  const auto acc_opts = opts.dtype(workspace_dtype(x_proj.scalar_type()));
+  const auto opts = in.options;
+  const auto acc_opts = opts.dtype(workspace_dtype(opts.dtype().toScalarType()));
   at::Tensor out = at::empty({N, D * H}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
   at::Tensor ws = at::empty({D, need_workspace ? N : 0, 4 * H}, acc_opts);
-  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, H);
-  dispatch_types(op, in.x_proj, [&](auto types) {
+  const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, H);
+  dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
-    run_gru_forward<typename T::S, typename T::G>(in, out, h_n, ws, need_workspace, zoneout);
+    in.dispatch_input<typename T::S>([&](auto x) {
+      run_gru_forward<typename T::S, typename T::G, decltype(x)>(in, out, h_n, ws,
+                                                                 need_workspace, zoneout);
+    });
   });
   return {out, h_n, ws};
 }
@@ -762,16 +805,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
   const ForwardInputs in = prepare_forward(op, Cell::kRnn, x_proj, w_hh, b_hh, {}, h0, batch_sizes);
   const Dims& d = in.d;
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
-  const auto opts = in.x_proj.options();
+  const auto opts = in.options;
   at::Tensor out = at::empty({N, D * H}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
-  const Zoneout zoneout(op, zoneout_in, x_proj, "x_proj", d, H);
+  const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, H);
   // With zoneout the workspace keeps h before zoneout, for the activation's backward.
   at::Tensor ws = at::empty({D, need_workspace ? N : 0, zoneout.defined() ? H : 0},
-                            opts.dtype(workspace_dtype(x_proj.scalar_type())));
-  dispatch_types(op, in.x_proj, [&](auto types) {
+                            opts.dtype(workspace_dtype(opts.dtype().toScalarType())));
+  dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
-    run_rnn_forward<typename T::S, typename T::G>(in, relu, out, h_n, ws, zoneout);
+    in.dispatch_input<typename T::S>([&](auto x) {
+      run_rnn_forward<typename T::S, typename T::G, decltype(x)>(in, relu, out, h_n, ws,
+                                                                 zoneout);
+    });
   });
   return {out, h_n, ws};
 }
@@ -852,49 +898,84 @@ struct BackwardStepRows {
   }
 };
 
+// Note [cuda weight gradients]
+// dW_hh = dG^T @ h_prev (and dW_hr = dh^T @ m) reduces over all N rows of a direction, the
+// longest reduction of the pass. For 16-bit weights the product is written into a float32
+// tensor through mm.dtype_out (cuBLAS with fp32 output, so any split-K partial sums are
+// added in fp32 whatever torch.backends.cuda.matmul.allow_{bf16,fp16}_reduced_precision_
+// reduction say, and both default to True) and rounded to the weight's dtype once, as
+// Note [cuda precision] promises. A 16-bit output would let cuBLAS add the partial sums in
+// 16 bits. With products in the input dtype (G = S, the run-time fallback) the product is
+// written as before.
+template <typename G>
+void weight_grad_out(at::Tensor& grad_w, const at::Tensor& a, const at::Tensor& b) {
+  if (grad_w.scalar_type() == scalar_type_of<G>()) {
+    at::mm_out(grad_w, a, b);
+    return;
+  }
+  at::Tensor sums = at::empty(grad_w.sizes(), grad_w.options().dtype(scalar_type_of<G>()));
+  product_out(sums, a, b);
+  grad_w.copy_(sums);
+}
+
+// prev [N, P] = the hidden state entering every row of direction `dir` (PreviousHidden in
+// kernels.h): one launch for a dense sequence; for a packed one a launch per window of
+// kGatherSteps steps with their sizes as values (Note [cuda step sizes by value]).
+template <typename S>
+void gather_previous_hidden(const BackwardInputs& in, int64_t dir, const at::Tensor& prev) {
+  const Dims& d = in.d;
+  const Sequence& seq = in.seq;
+  PreviousHidden<S> p;
+  p.steps = seq.steps();
+  p.batch = d.batch;
+  p.output = d.output;
+  p.reverse = dir == 1;
+  p.out = ptr<S>(in.out) + dir * d.output;
+  p.ld_out = d.directions * d.output;
+  p.h0 = ptr<S>(in.h0) + dir * d.batch * d.output;
+  p.prev = ptr<S>(prev);
+  p.packed = !seq.uniform();
+  if (!p.packed) {
+    p.window_steps = p.steps;
+    p.rows = d.rows;
+    RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
+    return;
+  }
+  for (int64_t first = 0; first < p.steps; first += kGatherSteps) {
+    p.first_step = first;
+    p.window_steps = std::min(kGatherSteps, p.steps - first);
+    p.first_row = seq.offsets[first];
+    const int64_t last = first + p.window_steps - 1;
+    p.rows = seq.offsets[last] + seq.batch_sizes[last] - p.first_row;
+    for (int64_t k = 0; k < p.window_steps + 2; ++k) {
+      const int64_t t = first - 1 + k;
+      const bool inside = t >= 0 && t < p.steps;
+      p.batch_sizes[k] = inside ? seq.batch_sizes[t] : 0;
+      p.offsets[k] = inside ? seq.offsets[t] : 0;
+    }
+    RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
+  }
+}
+
 // grad_w [G*H, P] = grad_pre^T @ h_prev over all rows of direction `dir`; grad_pre [N, G*H]
 // (any row stride).
-template <typename S>
-void recurrent_weight_grad(const BackwardInputs& in, const at::Tensor& steps_on_device,
-                           int64_t dir, const at::Tensor& grad_pre, at::Tensor& grad_w) {
-  const Dims& d = in.d;
-  const int64_t N = d.rows, P = d.output, B = d.batch;
-  if (N == 0) {
+template <typename S, typename G>
+void recurrent_weight_grad(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
+                           at::Tensor& grad_w) {
+  if (in.d.rows == 0) {
     grad_w.zero_();
     return;
   }
-  const at::Tensor prev = at::empty({N, P}, in.out.options());
-  PreviousHidden<S> p;
-  p.rows = N;
-  p.steps = in.seq.steps();
-  p.batch = B;
-  p.output = P;
-  p.reverse = dir == 1;
-  if (steps_on_device.defined()) {
-    p.batch_sizes = ptr<int64_t>(steps_on_device);
-    p.offsets = p.batch_sizes + p.steps;
-  }
-  p.out = ptr<S>(in.out) + dir * P;
-  p.ld_out = d.directions * P;
-  p.h0 = ptr<S>(in.h0) + dir * B * P;
-  p.prev = ptr<S>(prev);
-  RNNKERNELS_CUDA_CHECK(previous_hidden(p, current_stream()));
-  at::mm_out(grad_w, grad_pre.t(), prev);
+  const at::Tensor prev = at::empty({in.d.rows, in.d.output}, in.out.options());
+  gather_previous_hidden<S>(in, dir, prev);
+  weight_grad_out<G>(grad_w, grad_pre.t(), prev);
 }
 
-template <typename S>
+template <typename S, typename G>
 void param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
-                 const at::Tensor& steps_on_device, std::vector<at::Tensor>& grad_w_hh,
-                 std::vector<at::Tensor>& grad_b_hh) {
-  recurrent_weight_grad<S>(in, steps_on_device, dir, grad_pre, grad_w_hh[dir]);
+                 std::vector<at::Tensor>& grad_w_hh, std::vector<at::Tensor>& grad_b_hh) {
+  recurrent_weight_grad<S, G>(in, dir, grad_pre, grad_w_hh[dir]);
   if (!grad_b_hh.empty()) at::sum_out(grad_b_hh[dir], grad_pre, {0});
-}
-
-// The device copy of batch_sizes and offsets the previous-hidden gather needs for a
-// packed sequence; undefined for a dense one.
-at::Tensor steps_for_gather(const BackwardInputs& in) {
-  if (in.seq.uniform() || in.seq.steps() == 0) return at::Tensor();
-  return upload_steps(in.seq, in.out.device());
 }
 
 // dh_carry [D, B, P] (A): grad_h_n in, grad_h0 out; dc_carry [D, B, H] (A): grad_c_n in,
@@ -1137,12 +1218,10 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_lstm_backward<S, typename T::G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h,
-                                        zoneout);
-    const at::Tensor steps_on_device = steps_for_gather(in);
+    using G = typename T::G;
+    run_lstm_backward<S, G>(in, c0, dh_carry, dc_carry, grad_x_proj, grad_h, zoneout);
     for (int64_t i = 0; i < D; ++i) {
-      param_grads<S>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), steps_on_device,
-                     grad_w_hh, grad_b_hh);
+      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * 4 * H, 4 * H), grad_w_hh, grad_b_hh);
       if (proj) {
         // h_t = W_hr m_t with m_t = o_t * tanh(c_t): dW_hr = sum_t dh_t^T m_t (c_t and
         // dh_t before zoneout).
@@ -1150,7 +1229,7 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
         const at::Tensor m =
             (ws_dir.narrow(1, 3 * H, H) * at::tanh(ws_dir.narrow(1, 4 * H, H)))
                 .to(out.scalar_type());
-        at::mm_out(grad_w_hr[i], grad_h[i].t(), m);
+        weight_grad_out<G>(grad_w_hr[i], grad_h[i].t(), m);
       }
     }
   });
@@ -1180,10 +1259,9 @@ gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_gru_backward<S, typename T::G>(in, dh_carry, grad_x_proj, grad_hidden, zoneout);
-    const at::Tensor steps_on_device = steps_for_gather(in);
-    for (int64_t i = 0; i < D; ++i)
-      param_grads<S>(in, i, grad_hidden[i], steps_on_device, grad_w_hh, grad_b_hh);
+    using G = typename T::G;
+    run_gru_backward<S, G>(in, dh_carry, grad_x_proj, grad_hidden, zoneout);
+    for (int64_t i = 0; i < D; ++i) param_grads<S, G>(in, i, grad_hidden[i], grad_w_hh, grad_b_hh);
   });
   return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
 }
@@ -1211,11 +1289,10 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
   dispatch_types(op, out, [&](auto types) {
     using T = decltype(types);
     using S = typename T::S;
-    run_rnn_backward<S, typename T::G>(in, relu, dh_carry, grad_x_proj, zoneout);
-    const at::Tensor steps_on_device = steps_for_gather(in);
+    using G = typename T::G;
+    run_rnn_backward<S, G>(in, relu, dh_carry, grad_x_proj, zoneout);
     for (int64_t i = 0; i < D; ++i)
-      param_grads<S>(in, i, grad_x_proj.narrow(1, i * H, H), steps_on_device, grad_w_hh,
-                     grad_b_hh);
+      param_grads<S, G>(in, i, grad_x_proj.narrow(1, i * H, H), grad_w_hh, grad_b_hh);
   });
   return {grad_x_proj, to_dtype(dh_carry, out.scalar_type()), grad_w_hh, grad_b_hh};
 }
@@ -1322,7 +1399,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
   constexpr const char* op = "rnnkernels::layer_norm_lstm_forward";
   const DeviceGuard guard(x_side.device());
   const ForwardInputs in =
-      prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes, "x_side");
+      prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes, "x_side",
+                      /*float_input_ok=*/false);
   const Dims& d = in.d;
   const LayerNormParams ln =
       check_layer_norm_params(op, d, x_side, "x_side", ln_hh_weight, ln_c_weight, ln_c_bias);
@@ -1457,9 +1535,8 @@ layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
     using S = typename T::S;
     run_layer_norm_lstm_backward<S, typename T::G>(in, ln, c0, dh_carry, dc_carry, grad_x_side,
                                                    grad_product, grad_y);
-    const at::Tensor steps_on_device = steps_for_gather(in);
     for (int64_t i = 0; i < D; ++i) {
-      recurrent_weight_grad<S>(in, steps_on_device, i, grad_product[i], grad_w_hh[i]);
+      recurrent_weight_grad<S, typename T::G>(in, i, grad_product[i], grad_w_hh[i]);
       // Column sums over the rows, in the workspace dtype, rounded once.
       const at::Tensor ws_dir = in.ws[i];
       const at::Tensor grad_pre = grad_x_side.narrow(1, i * 4 * H, 4 * H).to(acc_opts.dtype());

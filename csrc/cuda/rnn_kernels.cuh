@@ -6,8 +6,9 @@
 
 namespace rnnkernels::cuda {
 
-template <typename S, typename G, math::Nonlinearity kAct>
-__global__ void __launch_bounds__(kThreads) rnn_forward_step_kernel(const RnnForwardStep<S, G> p) {
+template <typename S, typename G, typename X, math::Nonlinearity kAct>
+__global__ void __launch_bounds__(kThreads)
+    rnn_forward_step_kernel(const RnnForwardStep<S, G, X> p) {
   using A = acc_t<S>;
   const auto d = this_direction(p.dir);
   const int64_t H = p.hidden;
@@ -66,15 +67,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename S, typename G>
-cudaError_t rnn_forward_step(const RnnForwardStep<S, G>& p, cudaStream_t stream) {
+template <typename S, typename G, typename X>
+cudaError_t rnn_forward_step(const RnnForwardStep<S, G, X>& p, cudaStream_t stream) {
   const int64_t n = max_over_directions(p, [](const auto& d) { return d.rows; }) * p.hidden;
   if (n <= 0) return cudaSuccess;
   const dim3 grid = grid_for(n, p.directions);
   if (p.relu) {
-    RNNKERNELS_LAUNCH(grid, stream, p, rnn_forward_step_kernel<S, G, math::Nonlinearity::kRelu>);
+    RNNKERNELS_LAUNCH(grid, stream, p, rnn_forward_step_kernel<S, G, X, math::Nonlinearity::kRelu>);
   } else {
-    RNNKERNELS_LAUNCH(grid, stream, p, rnn_forward_step_kernel<S, G, math::Nonlinearity::kTanh>);
+    RNNKERNELS_LAUNCH(grid, stream, p, rnn_forward_step_kernel<S, G, X, math::Nonlinearity::kTanh>);
   }
   return cudaGetLastError();
 }

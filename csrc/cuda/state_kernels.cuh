@@ -23,26 +23,20 @@ __global__ void __launch_bounds__(kThreads) store_hidden_kernel(const StoreHidde
   }
 }
 
-// Row `row` of the time-major sequence -> (time t, batch row b).
-__device__ __forceinline__ void locate_row(int64_t row, int64_t steps, int64_t batch,
-                                           const int64_t* offsets, int64_t& t, int64_t& b) {
-  if (offsets == nullptr) {
-    t = row / batch;
-    b = row - t * batch;
-    return;
-  }
-  // The last t with offsets[t] <= row; offsets[0] = 0 and offsets is strictly increasing.
-  int64_t lo = 0, hi = steps - 1;
+// Step of row `row` within the launch window of p (Note [cuda step sizes by value]): the
+// last window slot k in [1, window_steps] with offsets[k] <= row; offsets rise with k.
+template <typename S>
+__device__ __forceinline__ int64_t window_slot(const PreviousHidden<S>& p, int64_t row) {
+  int64_t lo = 1, hi = p.window_steps;
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo + 1) / 2;
-    if (offsets[mid] <= row) {
+    if (p.offsets[mid] <= row) {
       lo = mid;
     } else {
       hi = mid - 1;
     }
   }
-  t = lo;
-  b = row - offsets[t];
+  return lo;
 }
 
 template <typename S>
@@ -50,21 +44,26 @@ __global__ void __launch_bounds__(kThreads) previous_hidden_kernel(const Previou
   const int64_t P = p.output;
   const int64_t n = p.rows * P;
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
-    const int64_t row = i / P;
-    const int64_t k = i - row * P;
-    int64_t t, b;
-    locate_row(row, p.steps, p.batch, p.offsets, t, b);
-    // The time processed just before t in this direction.
-    const int64_t t_prev = p.reverse ? t + 1 : t - 1;
-    bool from_out = false;
-    int64_t prev_row = 0;
-    if (t_prev >= 0 && t_prev < p.steps) {
-      const int64_t prev_batch = p.batch_sizes != nullptr ? p.batch_sizes[t_prev] : p.batch;
-      const int64_t prev_offset = p.offsets != nullptr ? p.offsets[t_prev] : t_prev * p.batch;
-      from_out = b < prev_batch;
-      prev_row = prev_offset + b;
+    const int64_t row = p.first_row + i / P;
+    const int64_t k = i - (i / P) * P;
+    // The previous processing step's batch size and first row (0, 0 outside the sequence).
+    int64_t b, prev_batch, prev_offset;
+    if (p.packed) {
+      const int64_t slot = window_slot(p, row);
+      b = row - p.offsets[slot];
+      const int64_t prev_slot = p.reverse ? slot + 1 : slot - 1;
+      prev_batch = p.batch_sizes[prev_slot];
+      prev_offset = p.offsets[prev_slot];
+    } else {
+      const int64_t t = row / p.batch;
+      b = row - t * p.batch;
+      const int64_t t_prev = p.reverse ? t + 1 : t - 1;
+      const bool inside = t_prev >= 0 && t_prev < p.steps;
+      prev_batch = inside ? p.batch : 0;
+      prev_offset = inside ? t_prev * p.batch : 0;
     }
-    p.prev[i] = from_out ? p.out[prev_row * p.ld_out + k] : p.h0[b * P + k];
+    p.prev[row * P + k] =
+        b < prev_batch ? p.out[(prev_offset + b) * p.ld_out + k] : p.h0[b * P + k];
   }
 }
 
@@ -79,6 +78,8 @@ cudaError_t store_hidden(const StoreHidden<S, G>& p, cudaStream_t stream) {
 template <typename S>
 cudaError_t previous_hidden(const PreviousHidden<S>& p, cudaStream_t stream) {
   const int64_t n = p.rows * p.output;
+  if (p.packed && (p.window_steps < 1 || p.window_steps > kGatherSteps))
+    return cudaErrorInvalidValue;
   if (n <= 0 || p.batch <= 0) return cudaSuccess;
   RNNKERNELS_LAUNCH(grid_for(n, 1), stream, p, previous_hidden_kernel<S>);
   return cudaGetLastError();

@@ -5,7 +5,7 @@
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
 
 namespace rnnkernels_emulation {
 inline cudaError_t& last_error() {
@@ -21,7 +21,14 @@ inline cudaError_t cudaGetLastError() {
 }
 
 inline const char* cudaGetErrorString(cudaError_t error) {
-  return error == cudaSuccess ? "no error" : "invalid configuration argument";
+  switch (error) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    default:
+      return "invalid configuration argument";
+  }
 }
 
 #define CUDART_VERSION 0
