@@ -13,6 +13,7 @@ parameters, state_dict, forward signature, outputs and exceptions.
 from ._ext import _C
 from . import ops  # noqa: F401  (fake kernels and autograd for torch.ops.rnnkernels)
 from . import _double_backward  # noqa: F401  (create_graph=True through the fused ops)
+from . import backends  # noqa: F401  (rnnkernels.backends.cpu: the engine choice)
 from . import functional  # noqa: F401
 from . import reference  # noqa: F401  (pure-PyTorch reference of the functional API)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
@@ -21,13 +22,17 @@ from .convert import convert, revert
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "ops",
-           "reference", "build_info", "convert", "revert", "cpu_cache_stats", "empty_cpu_cache",
+           "reference", "backends", "build_info", "convert", "revert", "cpu_cache_stats", "empty_cpu_cache",
            "set_cpu_cache_limit"]
 
 
 def build_info():
-    """Which backends, CPU ISAs and dtypes this build contains, and the active CPU kernels."""
-    return _C.build_info()
+    """Which backends, CPU ISAs and dtypes this build contains, the active CPU kernels, and
+    cpu_engine: the engine setting and the engine of the last routed CPU call
+    (rnnkernels.backends.cpu, Note [engine choice])."""
+    info = _C.build_info()
+    info["cpu_engine"] = backends.cpu.state()
+    return info
 
 
 def cpu_cache_stats() -> dict:

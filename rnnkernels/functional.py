@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -24,6 +25,7 @@ from torch import Tensor, _VF
 
 from . import ops
 from . import reference
+from .backends import cpu as _cpu_backend
 from ._ext import _C
 from ._projection import x_proj as _x_proj
 
@@ -307,27 +309,163 @@ def _cast_tree(value, dtype):
     return value
 
 
-def _autocast_aware(cell: str):
+# ---------------------------------------------------------------- engine choice
+
+def _torch_lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                batch_first=False, batch_sizes=None, **options):
+    if batch_sizes is None:
+        return _VF.lstm(input, hx, params, has_biases, num_layers, dropout, train,
+                        bidirectional, batch_first)
+    return _VF.lstm(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                    bidirectional)
+
+
+def _torch_gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+               batch_first=False, batch_sizes=None, **options):
+    if batch_sizes is None:
+        return _VF.gru(input, hx, params, has_biases, num_layers, dropout, train,
+                       bidirectional, batch_first)
+    return _VF.gru(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                   bidirectional)
+
+
+def _torch_rnn(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+               batch_first=False, batch_sizes=None, nonlinearity="tanh", **options):
+    impl = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
+    if batch_sizes is None:
+        return impl(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                    batch_first)
+    return impl(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                bidirectional)
+
+
+def _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    impl = _VF.rnn_tanh_cell if nonlinearity == "tanh" else _VF.rnn_relu_cell
+    return impl(input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+# torch's engine per cell, with the functional signature (torch.nn's own calls).
+_TORCH_ENGINES = {"lstm": _torch_lstm, "gru": _torch_gru, "rnn": _torch_rnn,
+                  "lstm_cell": _VF.lstm_cell, "gru_cell": _VF.gru_cell,
+                  "rnn_cell": _torch_rnn_cell}
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_cell": 4, "gru_cell": 3, "rnn_cell": 1}
+
+
+def _engine_key(cell: str, input: Tensor, w_hh: Tensor, dtype: str, training: bool, *,
+                batch_first=False, batch_sizes=None, num_layers=1, bidirectional=False):
+    """The key of Note [engine choice] in rnnkernels/backends.py (EngineKey's fields)."""
+    hidden = w_hh.shape[0] // _GATES[cell]
+    proj = w_hh.shape[1] if w_hh.shape[1] != hidden else 0
+    mode = "training" if training else "inference"
+    if batch_sizes is not None:
+        steps, batch, packed = batch_sizes.shape[0], int(batch_sizes[0]), True
+    elif input.dim() == 2:  # a cell's [B, I]
+        steps, batch, packed = 1, input.shape[0], False
+    else:
+        steps, batch = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
+        packed = False
+    return (cell, dtype, mode, steps, batch, input.shape[-1], hidden, num_layers,
+            2 if bidirectional else 1, proj, packed, torch.get_num_threads())
+
+
+def _choose_torch(cell, key, run_ours, run_torch, tensors) -> bool:
+    leaves = ()
+    if _cpu_backend.benchmark and key[2] == "training":
+        leaves = tuple(t for t in tensors if t is not None and t.requires_grad)
+    return _cpu_backend.choose(key, run_ours, run_torch, leaves) == "torch"
+
+
+def cell_runs_torch(cell: str, input: Tensor, w_hh: Tensor, tensors, run_ours, run_torch) -> bool:
+    """The modules' cell fast path: whether this CPU call goes to torch's cell op."""
+    if _cpu_backend.engine == "rnnkernels":
+        return False
+    key = _engine_key(cell, input, w_hh, _DTYPE_NAMES[input.dtype], _needs_grad(*tensors))
+    return _choose_torch(cell, key, run_ours, run_torch, tensors)
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64",
+                torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _routable(input) -> bool:
+    """A CPU call both engines can run and the engine choice may route (Note [engine
+    choice]): plain input of a kernel dtype, no torch.func transform, forward-mode AD or
+    torch.compile tracing (those keep their routes)."""
+    return (_cpu_backend.engine != "rnnkernels" and type(input) is Tensor
+            and input.device.type == "cpu" and input.dtype in _DTYPE_NAMES
+            and not torch.compiler.is_compiling() and not _functorch_active()
+            and not _dual_level_active())
+
+
+def _routed(cell: str):
+    """The functional entry of a cell: the engine choice on CPU (torch's engine runs the
+    call as torch.nn would, autocast included), then autocast (Note [autocast])."""
     def wrap(fn):
+        # Positions of the arguments the key reads (args excludes input).
+        position = {name: index - 1 for index, name in enumerate(inspect.signature(fn).parameters)}
+        torch_engine = _TORCH_ENGINES[cell]
+        is_step = cell.endswith("_cell")
+
+        def argument(args, kwargs, name, default=None):
+            index = position[name]
+            return args[index] if index < len(args) else kwargs.get(name, default)
+
         @functools.wraps(fn)
         def run(input, *args, **kwargs):
-            device = input.device.type
-            if (device not in ("cpu", "cuda") or input.dtype != torch.float32
-                    or not torch.is_autocast_enabled(device)):
-                return fn(input, *args, **kwargs)
-            low = torch.get_autocast_dtype(device)
-            dtypes = _autocast_result_dtypes(cell, device, low, args, kwargs)
-            with torch.autocast(device, enabled=False):
-                result = fn(_cast_tree(input, low), *_cast_tree(args, low),
-                            **{k: _cast_tree(v, low) for k, v in kwargs.items()})
-            if isinstance(result, Tensor):
-                return result.to(dtypes[0])
-            return tuple(r.to(dtypes[min(i, len(dtypes) - 1)]) for i, r in enumerate(result))
+            if _routable(input) and not (kwargs.get("zoneout_h") or kwargs.get("zoneout_c")
+                                         or kwargs.get("layer_norm") is not None):
+                hx = argument(args, kwargs, "hx")
+                hx = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+                if is_step:
+                    weights = tuple(argument(args, kwargs, n) for n in ("w_ih", "w_hh", "b_ih", "b_hh"))
+                    w_hh = weights[1]
+                    layout = {}
+                else:
+                    weights = argument(args, kwargs, "params")
+                    w_hh = weights[1] if len(weights) >= 2 else None
+                    layout = dict(batch_first=argument(args, kwargs, "batch_first", False),
+                                  batch_sizes=argument(args, kwargs, "batch_sizes"),
+                                  num_layers=argument(args, kwargs, "num_layers"),
+                                  bidirectional=argument(args, kwargs, "bidirectional"))
+                nonlinearity = (argument(args, kwargs, "nonlinearity", "tanh")
+                                if "nonlinearity" in position else "tanh")
+                if isinstance(w_hh, Tensor) and nonlinearity in ("tanh", "relu"):
+                    autocast = input.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+                    dtype = (f"autocast_{_DTYPE_NAMES[torch.get_autocast_dtype('cpu')]}"
+                             if autocast else _DTYPE_NAMES[input.dtype])
+                    tensors = (input, *hx, *weights)
+                    key = _engine_key(cell, input, w_hh, dtype, _needs_grad(*tensors), **layout)
+
+                    def run_ours():
+                        with _cpu_backend.flags(engine="rnnkernels"):
+                            return run(input, *args, **kwargs)
+
+                    def run_torch():
+                        return torch_engine(input, *args, **kwargs)
+
+                    if _choose_torch(cell, key, run_ours, run_torch, tensors):
+                        return torch_engine(input, *args, **kwargs)
+            return _autocast(cell, fn, input, args, kwargs)
         return run
     return wrap
 
 
-@_autocast_aware("lstm")
+def _autocast(cell: str, fn, input, args, kwargs):
+    device = input.device.type
+    if (device not in ("cpu", "cuda") or input.dtype != torch.float32
+            or not torch.is_autocast_enabled(device)):
+        return fn(input, *args, **kwargs)
+    low = torch.get_autocast_dtype(device)
+    dtypes = _autocast_result_dtypes(cell, device, low, args, kwargs)
+    with torch.autocast(device, enabled=False):
+        result = fn(_cast_tree(input, low), *_cast_tree(args, low),
+                    **{k: _cast_tree(v, low) for k, v in kwargs.items()})
+    if isinstance(result, Tensor):
+        return result.to(dtypes[0])
+    return tuple(r.to(dtypes[min(i, len(dtypes) - 1)]) for i, r in enumerate(result))
+
+
+@_routed("lstm")
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_biases: bool,
          num_layers: int, dropout: float, train: bool, bidirectional: bool,
          batch_first: bool = False, batch_sizes: Tensor | None = None, *,
@@ -352,17 +490,14 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
             return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                                   bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
                                   zoneout_c=zoneout_c)
-        if batch_sizes is None:
-            return _VF.lstm(input, hx, params, has_biases, num_layers, dropout, train,
-                            bidirectional, batch_first)
-        return _VF.lstm(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
-                        bidirectional)
+        return _torch_lstm(input, hx, params, has_biases, num_layers, dropout, train,
+                           bidirectional, batch_first, batch_sizes)
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
                        train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
                        zoneout_c=zoneout_c, layer_norm=layer_norm)
 
 
-@_autocast_aware("gru")
+@_routed("gru")
 def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0):
@@ -371,16 +506,13 @@ def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
         if zoneout_h:
             return reference.gru(input, hx, params, has_biases, num_layers, dropout, train,
                                  bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
-        if batch_sizes is None:
-            return _VF.gru(input, hx, params, has_biases, num_layers, dropout, train,
-                           bidirectional, batch_first)
-        return _VF.gru(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
-                       bidirectional)
+        return _torch_gru(input, hx, params, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first, batch_sizes)
     return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout, train,
                        bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
 
 
-@_autocast_aware("rnn")
+@_routed("rnn")
 def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_layers: int,
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None, nonlinearity: str = "tanh", *,
@@ -394,12 +526,8 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
             return reference.rnn(input, hx, params, has_biases, num_layers, dropout, train,
                                  bidirectional, batch_first, batch_sizes, nonlinearity,
                                  zoneout_h=zoneout_h)
-        impl = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
-        if batch_sizes is None:
-            return impl(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
-                        batch_first)
-        return impl(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
-                    bidirectional)
+        return _torch_rnn(input, hx, params, has_biases, num_layers, dropout, train,
+                          bidirectional, batch_first, batch_sizes, nonlinearity)
     return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout, train,
                        bidirectional, batch_first, batch_sizes, nonlinearity,
                        zoneout_h=zoneout_h)
@@ -445,7 +573,7 @@ def rnn_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
                               h.unsqueeze(0), None, nonlinearity, need)[1][0]
 
 
-@_autocast_aware("lstm_cell")
+@_routed("lstm_cell")
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
@@ -462,7 +590,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     return h_n[0], c_n[0]
 
 
-@_autocast_aware("gru_cell")
+@_routed("gru_cell")
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
@@ -477,15 +605,14 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     return h_n[0]
 
 
-@_autocast_aware("rnn_cell")
+@_routed("rnn_cell")
 def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None, nonlinearity: str = "tanh") -> Tensor:
     """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
     if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh):
-        impl = _VF.rnn_tanh_cell if nonlinearity == "tanh" else _VF.rnn_relu_cell
-        return impl(input, hx, w_ih, w_hh, b_ih, b_hh)
+        return _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     if _fused_input(input):
         return rnn_cell_cpu(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)

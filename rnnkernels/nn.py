@@ -12,7 +12,7 @@ kernels through rnnkernels.functional.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as RF
@@ -563,8 +563,13 @@ class RNNCell(_CellForward, nn.RNNCell):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         weights = self._fast_cell_weights(input, (hx,))
         if weights is not None:
-            return RF.rnn_cell_cpu(input, hx if hx is not None else self._zeros_state(input),
-                                   *weights, self.nonlinearity)
+            h = hx if hx is not None else self._zeros_state(input)
+            if RF.cell_runs_torch(
+                    "rnn_cell", input, weights[1], (input, h, *weights),
+                    lambda: RF.rnn_cell_cpu(input, h, *weights, self.nonlinearity),
+                    lambda: RF._torch_rnn_cell(input, h, *weights, self.nonlinearity)):
+                return RF._torch_rnn_cell(input, h, *weights, self.nonlinearity)
+            return RF.rnn_cell_cpu(input, h, *weights, self.nonlinearity)
         input, (h,), is_batched = self._cell_inputs(input, hx, is_lstm=False)
         out = RF.rnn_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                           self.nonlinearity)
@@ -577,8 +582,12 @@ class GRUCell(_CellForward, nn.GRUCell):
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: D102
         weights = self._fast_cell_weights(input, (hx,))
         if weights is not None:
-            return RF.gru_cell_cpu(input, hx if hx is not None else self._zeros_state(input),
-                                   *weights)
+            h = hx if hx is not None else self._zeros_state(input)
+            if RF.cell_runs_torch("gru_cell", input, weights[1], (input, h, *weights),
+                                  lambda: RF.gru_cell_cpu(input, h, *weights),
+                                  lambda: _VF.gru_cell(input, h, *weights)):
+                return _VF.gru_cell(input, h, *weights)
+            return RF.gru_cell_cpu(input, h, *weights)
         input, (h,), is_batched = self._cell_inputs(input, hx, is_lstm=False)
         out = RF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return out if is_batched else out.squeeze(0)
@@ -594,8 +603,13 @@ class LSTMCell(_CellForward, nn.LSTMCell):
             weights = self._fast_cell_weights(input, (h, c))
             if weights is not None:
                 zeros = self._zeros_state(input) if hx is None else None
-                return RF.lstm_cell_cpu(input, h if h is not None else zeros,
-                                        c if c is not None else zeros, *weights)
+                h = h if h is not None else zeros
+                c = c if c is not None else zeros
+                if RF.cell_runs_torch("lstm_cell", input, weights[1], (input, h, c, *weights),
+                                      lambda: RF.lstm_cell_cpu(input, h, c, *weights),
+                                      lambda: _VF.lstm_cell(input, (h, c), *weights)):
+                    return _VF.lstm_cell(input, (h, c), *weights)
+                return RF.lstm_cell_cpu(input, h, c, *weights)
         input, (h, c), is_batched = self._cell_inputs(input, hx, is_lstm=True)
         h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
                             self.bias_hh)

@@ -1,6 +1,13 @@
-"""Test setup shared by the whole suite: a fresh, reproducible random state per test."""
+"""Test setup shared by the whole suite: a fresh, reproducible random state per test, and
+our kernels pinned as the CPU engine (the tests compare them with torch.nn; with the
+engine choice on, a case routed to torch.nn would compare torch.nn with itself).
+tests/test_engine_choice.py tests the choice itself."""
 
+import os
 import zlib
+
+# Before rnnkernels is imported, and inherited by the suite's subprocesses.
+os.environ["RNNKERNELS_CPU_ENGINE"] = "rnnkernels"
 
 import pytest
 import torch

@@ -69,6 +69,10 @@ def run_parser() -> argparse.ArgumentParser:
     grid.add_argument("--device", choices=DEVICES, help="default: cpu (GPU presets: cuda)")
     grid.add_argument("--threads", type=_positive_int, default=2,
                       help="torch.set_num_threads for the whole run, LB included (default 2)")
+    grid.add_argument("--engine", choices=("auto", "rnnkernels", "torch"), default="auto",
+                      help="rnnkernels.backends.cpu.engine for our modules (default auto: what a "
+                           "user gets; rnnkernels: our kernels wherever they run, as the engine "
+                           "table's measurements need)")
     timing = p.add_argument_group("timing")
     timing.add_argument("--repeats", type=_positive_int,
                         help="timed blocks per variant (default 11; the quick preset 9)")
@@ -205,6 +209,9 @@ def run_main(argv: list[str]) -> int:
         memory=args.memory, ceilings=not args.no_ceilings, remeasure_ceilings=args.remeasure_ceilings,
         seed=args.seed)
     torch.set_num_threads(args.threads)
+    from ..backends import cpu as cpu_backend
+
+    cpu_backend.engine = args.engine
 
     jsonl_path = csv_path = None
     if not args.no_save:

@@ -132,6 +132,8 @@ def environment(threads: int, lb_info: dict | None = None) -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_model": cpu["model_name"],
         "cpu_identity": cpu_identity(cpu),
+        "cpu_class": rnnkernels.backends.cpu.cpu_class,
+        "cpu_engine": {k: v for k, v in rnnkernels.backends.cpu.state().items() if k != "last"},
         "cpu": cpu,
         "cpu_flags": cpu["flags"],
         "logical_cpus": os.cpu_count(),
