@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 TABLE = Path(__file__).with_name("engine_table.py")
+OUR_ENGINE = "rnnk"  # rnnkernels.bench's engine column for our kernels (workload.engine_from_op_names)
 _KEY_FIELDS = ("cpu_class", "cell", "dtype", "mode", "T", "B", "I", "H", "packed")
 _HEADER = '''"""Measured torch.nn/rnnkernels time ratios per CPU class: the seed of the engine choice's
 table (Note [engine choice] in rnnkernels/backends.py). Written by
@@ -45,7 +46,7 @@ def rows_from_records(records) -> tuple[list[dict], list[str]]:
         if case.get("layers", 1) != 1 or case.get("bidirectional") or case.get("proj"):
             skipped.append(f"{label}: only single-layer unidirectional cases seed the table")
             continue
-        if ours.get("engine") not in (None, "rnk"):
+        if ours.get("engine") not in (None, OUR_ENGINE):
             skipped.append(f"{label}: ours ran {ours.get('engine')}, not rnnkernels' kernels")
             continue
         cls = env.get("cpu_class")

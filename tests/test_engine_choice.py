@@ -14,6 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnkernels
 from rnnkernels import backends, engine_seed, engine_table
 from rnnkernels.backends import EngineKey, cpu
+from rnnkernels.bench.workload import engine_from_op_names
 
 
 @pytest.fixture(autouse=True)
@@ -269,7 +270,10 @@ def test_seed_rows_from_bench_records(tmp_path):
     env = {"cpu_class": "x86-test", "cpu_model": "Test CPU", "date": "2026-12-03T00:00:00",
            "git": {"commit": "0123456789"}}
 
-    def record(cell, B, speedup, engine="rnk", layers=1):
+    ours_engine = engine_from_op_names({"rnnkernels::lstm_forward_fused"})
+    assert ours_engine == engine_seed.OUR_ENGINE
+
+    def record(cell, B, speedup, engine=ours_engine, layers=1):
         case = {"cell": cell, "T": 10, "B": B, "I": 8, "H": 8, "layers": layers, "bidirectional": False,
                 "proj": 0, "mode": "inference", "dtype": "float32", "device": "cpu", "packed": False}
         return {"key": f"{cell}|{B}", "case": case, "ours": {"engine": engine}, "speedup": speedup, "env": env}
