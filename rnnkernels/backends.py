@@ -147,6 +147,12 @@ class CpuBackend:
         """"rnnkernels" or "torch" for a call with this key (EngineKey's fields as a tuple).
         run_ours/run_torch (no arguments, returning the call's tensors) are timed when
         benchmark is on."""
+        if self._engine == "auto" and not self.benchmark:
+            found = self._table_cache.get(key)  # the common case first: a cell loop's steps
+            if found is None:
+                found = self._table_cache[key] = _nearest_row_choice(self._class, EngineKey(*key))
+            self._last = (found[0], found[1], key)
+            return found[0]
         if self._engine != "auto":
             engine, reason = self._engine, "set by rnnkernels.backends.cpu.engine"
         elif self.benchmark and run_ours is not None:
@@ -157,7 +163,7 @@ class CpuBackend:
                 self.autotune_cache[full_key] = found
             engine, reason = found["engine"], "measured (benchmark=True): " + found["reason"]
         else:
-            engine, reason = self.table_choice(key)
+            engine, reason = self.table_choice(key)  # benchmark on, no timing callables
         self._last = (engine, reason, key)
         return engine
 

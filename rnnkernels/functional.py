@@ -376,11 +376,21 @@ def _choose_torch(cell, key, run_ours, run_torch, tensors) -> bool:
 
 
 def cell_runs_torch(cell: str, input: Tensor, w_hh: Tensor, tensors, run_ours, run_torch) -> bool:
-    """The modules' cell fast path: whether this CPU call goes to torch's cell op."""
-    if _cpu_backend.engine == "rnnkernels":
+    """The modules' cell fast path (checked [B, I] input, plain mode): whether this CPU
+    call goes to torch's cell op. Kept lean: it runs on every step of a cell loop."""
+    backend = _cpu_backend
+    if backend.engine == "rnnkernels":
         return False
-    key = _engine_key(cell, input, w_hh, _DTYPE_NAMES[input.dtype], _needs_grad(*tensors))
-    return _choose_torch(cell, key, run_ours, run_torch, tensors)
+    training = False
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                training = True
+                break
+    key = (cell, _DTYPE_NAMES[input.dtype], "training" if training else "inference", 1,
+           input.shape[0], input.shape[1], w_hh.shape[1], 1, 1, 0, False, torch.get_num_threads())
+    return backend.choose(key, run_ours, run_torch,
+                          tensors if training and backend.benchmark else ()) == "torch"
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64",

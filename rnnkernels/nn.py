@@ -449,7 +449,8 @@ def _check_cell_state_rank(name: str, label: str, value) -> None:
         raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {value.dim()}D instead")
 
 
-_FAST_DTYPES = (torch.float32, torch.float64)  # the cells' fast path
+# The cells' fast path: every dtype the functional CPU path runs through the same op.
+_FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class _CellForward(_ConstructorMessages):
