@@ -311,32 +311,27 @@ def _cast_tree(value, dtype):
 
 # ---------------------------------------------------------------- engine choice
 
-def _torch_lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
-                batch_first=False, batch_sizes=None, **options):
-    if batch_sizes is None:
-        return _VF.lstm(input, hx, params, has_biases, num_layers, dropout, train,
+def _torch_layers(impl):
+    """torch's layer call (_VF.lstm, gru, rnn_tanh, rnn_relu) with the functional signature."""
+    def run(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+            batch_first=False, batch_sizes=None, **options):
+        if batch_sizes is None:
+            return impl(input, hx, params, has_biases, num_layers, dropout, train,
                         bidirectional, batch_first)
-    return _VF.lstm(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+        return impl(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
                     bidirectional)
+    return run
 
 
-def _torch_gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
-               batch_first=False, batch_sizes=None, **options):
-    if batch_sizes is None:
-        return _VF.gru(input, hx, params, has_biases, num_layers, dropout, train,
-                       bidirectional, batch_first)
-    return _VF.gru(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
-                   bidirectional)
+_torch_lstm = _torch_layers(_VF.lstm)
+_torch_gru = _torch_layers(_VF.gru)
+_TORCH_RNN = {"tanh": _torch_layers(_VF.rnn_tanh), "relu": _torch_layers(_VF.rnn_relu)}
 
 
 def _torch_rnn(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
                batch_first=False, batch_sizes=None, nonlinearity="tanh", **options):
-    impl = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
-    if batch_sizes is None:
-        return impl(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
-                    batch_first)
-    return impl(input, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
-                bidirectional)
+    return _TORCH_RNN[nonlinearity](input, hx, params, has_biases, num_layers, dropout, train,
+                                    bidirectional, batch_first, batch_sizes)
 
 
 def _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
