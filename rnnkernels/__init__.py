@@ -18,6 +18,9 @@ from . import functional  # noqa: F401
 from . import reference  # noqa: F401  (pure-PyTorch reference of the functional API)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .convert import convert, revert
+from . import _dynamo_support
+
+_dynamo_support.install()  # torch.compile without allow_rnn (Note [compile without allow_rnn])
 
 __version__ = "0.1.0"
 

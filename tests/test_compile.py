@@ -3,11 +3,11 @@
 Dynamo refuses to trace any instance of torch.nn.RNN, GRU or LSTM unless
 `torch._dynamo.config.allow_rnn` is set ("Attempted to wrap RNN, GRU, or LSTM", an
 isinstance check in torch/_dynamo/variables/builder.py). Our modules subclass those
-classes so that isinstance holds for users, and so inherit the refusal: with the default
-config a compiled model runs our forward eagerly around the graph (still correct), and
-fullgraph=True fails. With allow_rnn=True the dense path is meant to compile as one graph:
-our argument checks are plain Python on shapes, and the recurrence ops have fake kernels
-and registered autograd. The packed path breaks the graph where it reads batch_sizes
+classes so that isinstance holds for users; rnnkernels scopes the flag to Dynamo's wrap
+of our modules (Note [compile without allow_rnn] in rnnkernels/_dynamo_support.py), so
+they compile with the default config and torch.nn's own modules are refused as before.
+The dense path compiles as one graph: our argument checks are plain Python on shapes,
+and the recurrence ops have fake kernels and registered autograd. The packed path breaks the graph where it reads batch_sizes
 (and checks sorted_indices) on the host, as torch.nn's own code does.
 
 Compilation is slow (inductor compiles C++), so the cases are few and tiny.
@@ -15,8 +15,13 @@ Compilation is slow (inductor compiles C++), so the cases are few and tiny.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import torch._dynamo.testing
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkernels
@@ -68,39 +73,93 @@ def test_fullgraph_dense_matches_eager(kind, batch, backend):
     module = getattr(rnnkernels, kind)(I, H, num_layers=2, bidirectional=True, batch_first=True,
                                         dtype=F64, **options)
     x = torch.randn(batch, T, I, dtype=F64, requires_grad=True)
-    with torch._dynamo.config.patch(allow_rnn=True):
-        compiled = torch.compile(module, backend=backend, fullgraph=True)
-        _assert_compiled_matches_eager(module, compiled, x)
-        # A weight change between calls is seen by the compiled module too.
-        with torch.no_grad():
-            module.weight_hh_l0.mul_(0.5)
-        _assert_compiled_matches_eager(module, compiled, x)
+    compiled = torch.compile(module, backend=backend, fullgraph=True)
+    _assert_compiled_matches_eager(module, compiled, x)
+    # A weight change between calls is seen by the compiled module too.
+    with torch.no_grad():
+        module.weight_hh_l0.mul_(0.5)
+    _assert_compiled_matches_eager(module, compiled, x)
 
 
 def test_inductor_matches_eager():
     # Not fullgraph: inductor must lower whatever graphs dynamo hands it, our ops included.
     module = rnnkernels.LSTM(I, H, dtype=F64)
     x = torch.randn(T, B, I, dtype=F64, requires_grad=True)
-    with torch._dynamo.config.patch(allow_rnn=True):
-        compiled = torch.compile(module, backend="inductor")
-        _assert_compiled_matches_eager(module, compiled, x)
-
-
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported,
-                   reason="torch 2.13 dynamo refuses every instance of nn.RNN/GRU/LSTM unless "
-                          "torch._dynamo.config.allow_rnn=True; ours subclass them")
-def test_fullgraph_with_default_dynamo_config():
-    module = rnnkernels.GRU(I, H, dtype=F64)
-    torch.compile(module, backend="eager", fullgraph=True)(torch.randn(T, B, I, dtype=F64))
-
-
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_default_config_compile_is_correct(kind):
-    # What a user gets without allow_rnn: our forward runs outside the graph, correctly.
-    module = getattr(rnnkernels, kind)(I, H, num_layers=2, dtype=F64)
-    x = torch.randn(T, B, I, dtype=F64, requires_grad=True)
-    compiled = torch.compile(module, backend="aot_eager")
+    compiled = torch.compile(module, backend="inductor")
     _assert_compiled_matches_eager(module, compiled, x)
+
+
+class _Model(torch.nn.Module):
+    """Our layers inside a user's model, next to a plain layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = rnnkernels.LSTM(I, H, batch_first=True, dtype=F64)
+        self.head = torch.nn.Sequential(torch.nn.Linear(H, H, dtype=F64),
+                                        rnnkernels.GRU(H, H, dtype=F64))
+        self.rnn = rnnkernels.RNN(H, H, nonlinearity="relu", dtype=F64)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        out = self.head[0](out).transpose(0, 1)
+        out, _ = self.head[1](out)
+        return self.rnn(out)
+
+
+def test_fullgraph_with_default_dynamo_config():
+    """No flag: a model holding our layers compiles as one graph; the flag stays off and
+    isinstance still holds."""
+    assert torch._dynamo.config.allow_rnn is False
+    model = _Model()
+    assert isinstance(model.lstm, torch.nn.LSTM) and isinstance(model.head[1], torch.nn.GRU)
+    x = torch.randn(B, T, I, dtype=F64, requires_grad=True)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    _assert_compiled_matches_eager(model, compiled, x)
+    assert counter.frame_count == 1
+    assert torch._dynamo.config.allow_rnn is False
+
+
+def test_torch_nn_modules_are_refused_as_before():
+    """Only our modules get the scoped flag: torch.nn's own still meet Dynamo's refusal
+    (fullgraph raises, and without fullgraph Dynamo falls back around them)."""
+    torch.compile(rnnkernels.LSTM(I, H, dtype=F64), backend="eager", fullgraph=True)(
+        torch.randn(T, B, I, dtype=F64))
+    for module in (torch.nn.LSTM(I, H, dtype=F64), torch.nn.GRU(I, H, dtype=F64),
+                   torch.nn.RNN(I, H, dtype=F64)):
+        with pytest.raises(torch._dynamo.exc.Unsupported, match="RNN, GRU, or LSTM"):
+            torch.compile(module, backend="eager", fullgraph=True)(torch.randn(T, B, I, dtype=F64))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_at_most_one_recompile_over_batch_and_length(kind):
+    """Batch size and sequence length marked dynamic: the first call compiles, new sizes
+    recompile at most once (counted by the backend)."""
+    module = getattr(rnnkernels, kind)(I, H, dtype=F64)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(module, backend=counter, fullgraph=True)
+    for steps, batch in ((5, 3), (7, 4), (9, 2), (4, 6), (11, 5)):
+        x = torch.randn(steps, batch, I, dtype=F64)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.mark_dynamic(x, 1)
+        got, want = compiled(x), module(x)
+        torch.testing.assert_close(got[0], want[0])
+    assert counter.frame_count <= 2, counter.frame_count
+
+
+def test_import_does_not_import_dynamo_and_the_hook_patches_it():
+    code = ("import sys, rnnkernels; assert 'torch._dynamo' not in sys.modules; "
+            "from torch._dynamo.variables.builder import VariableBuilder; "
+            "assert VariableBuilder.wrap_module._rnnkernels_scoped_allow_rnn; "
+            "import torch._dynamo as d; import sys as s; "
+            "print('ok')")
+    first = ("import torch._dynamo, rnnkernels; "
+             "from torch._dynamo.variables.builder import VariableBuilder; "
+             "assert VariableBuilder.wrap_module._rnnkernels_scoped_allow_rnn; print('ok')")
+    for program in (code, first):
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+        assert out.stdout.strip() == "ok", out.stderr
 
 
 def test_packed_compiles_and_matches_eager():
@@ -108,9 +167,8 @@ def test_packed_compiles_and_matches_eager():
     sequences = [torch.randn(n, I, dtype=F64) for n in (4, 2, 3)]
     packed = pack_sequence(sequences, enforce_sorted=False)
     packed = type(packed)(packed.data.clone().requires_grad_(), *packed[1:])
-    with torch._dynamo.config.patch(allow_rnn=True):
-        compiled = torch.compile(module, backend="aot_eager")
-        _assert_compiled_matches_eager(module, compiled, packed)
+    compiled = torch.compile(module, backend="aot_eager")
+    _assert_compiled_matches_eager(module, compiled, packed)
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
@@ -122,9 +180,8 @@ def test_fullgraph_graph_holds_the_rnnkernels_ops(kind):
         return graph_module.forward
 
     module = getattr(rnnkernels, kind)(I, H, num_layers=2, dtype=F64)
-    with torch._dynamo.config.patch(allow_rnn=True):
-        torch.compile(module, backend=recording_backend, fullgraph=True)(
-            torch.randn(T, B, I, dtype=F64))
+    torch.compile(module, backend=recording_backend, fullgraph=True)(
+        torch.randn(T, B, I, dtype=F64))
     assert len(graphs) == 1
     targets = {str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"}
     op = f"rnnkernels.{kind.lower()}_forward"
