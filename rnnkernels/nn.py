@@ -534,16 +534,19 @@ class _CellForward(_ConstructorMessages):
         checks, raises as torch.nn does, or routes the call."""
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
-        if (type(input) is not Tensor or w_ih is None or w_hh is None or input.dim() != 2
+        # is_cpu and a shape tuple: this runs on every step of a cell loop, and
+        # device.type / shape[i] each build an object.
+        if (type(input) is not Tensor or w_ih is None or w_hh is None
                 or input.dtype is not w_ih.dtype or input.dtype not in _FAST_DTYPES
-                or input.device.type != "cpu" or w_ih.device.type != "cpu"
-                or input.shape[1] != self.input_size):
+                or not input.is_cpu or not w_ih.is_cpu):
             return None
-        batch, hidden = input.shape[0], self.hidden_size
+        shape = tuple(input.shape)
+        if len(shape) != 2 or shape[1] != self.input_size:
+            return None
+        state_shape = (shape[0], self.hidden_size)
         for s in states:
             if s is not None and (type(s) is not Tensor or s.dtype is not input.dtype
-                                  or s.dim() != 2 or s.shape[0] != batch or s.shape[1] != hidden
-                                  or s.device.type != "cpu"):
+                                  or tuple(s.shape) != state_shape or not s.is_cpu):
                 return None
         if not RF.plain_cpu_call():
             return None
