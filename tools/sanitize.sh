@@ -54,7 +54,7 @@ fi
 # before is removed except build/ (the object files), whose mtimes tar preserves, so
 # ninja recompiles only changed sources.
 start=$SECONDS
-mkdir -p "$DEST"
+mkdir -p "$DEST/build"
 find "$DEST" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
    | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$DEST"
@@ -77,7 +77,11 @@ export RNNKERNELS_SANITIZE="$SANITIZE"  # tests/cuda_emulation.py builds with th
 if [[ ",$SANITIZE," == *,address,* ]]; then
   LIBASAN="$("$CXX" -print-file-name=libasan.so)"
   [[ -e "$LIBASAN" ]] || { echo "tools/sanitize.sh: libasan.so not found by $CXX" >&2; exit 1; }
-  export LD_PRELOAD="$LIBASAN${LD_PRELOAD:+:$LD_PRELOAD}"
+  # libstdc++ right after it: ASan's __cxa_throw interceptor looks the real one up when
+  # the runtime starts, and Python does not link libstdc++ (without it the first C++
+  # exception, e.g. a TORCH_CHECK, dies in "CHECK failed ... real___cxa_throw").
+  LIBSTDCXX="$("$CXX" -print-file-name=libstdc++.so)"
+  export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
   export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 fi
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
