@@ -84,7 +84,12 @@ if [[ ",$SANITIZE," == *,address,* ]]; then
   export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
   export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 fi
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# Reports go to files, one per process: pytest captures a test's stderr and loses it when
+# the process aborts, and tests/test_isa_paths.py-style children report into pipes.
+REPORTS="$DEST/build/sanitizer-reports"
+rm -rf "$REPORTS" && mkdir -p "$REPORTS"
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$REPORTS/asan"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$REPORTS/ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export PYTHONPATH="$DEST${PYTHONPATH:+:$PYTHONPATH}"
 export RNNKERNELS_SKIP_CUDA_BUILD=1
 cd "$DEST"
@@ -141,6 +146,13 @@ else
     run "$isa: ISA subset, bad input" "$isa" tests/isa_subset.py tests/test_bad_input.py
   done
   run "CUDA emulation (slice)" "" tests/test_cuda_paths_emulated.py -k "lstm or gru"
+fi
+if compgen -G "$REPORTS/*" > /dev/null; then
+  status=1
+  for report in "$REPORTS"/*; do
+    echo "== sanitize: report $report"
+    head -n 80 "$report"
+  done
 fi
 echo "== sanitize: total $((SECONDS - start)) s; $([[ $status == 0 ]] && echo clean || echo FAILED)"
 exit $status
