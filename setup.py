@@ -245,6 +245,12 @@ def _extension():
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))
                + sorted(p for p in (CSRC / "cpu").glob("*.cpp") if not p.name.startswith("kernels_"))]
     include_dirs = [str(CSRC), str(CSRC / "include")]
+    # Every other file under csrc/ (headers, the per-ISA kernels): setuptools relinks the
+    # module only when one of sources + depends is newer than it, so without these an
+    # edit of a header or a kernels_<isa>.cpp alone left the old module in place.
+    depends = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*")
+                     if p.is_file() and p.suffix in (".h", ".cuh", ".cpp", ".cu")
+                     and str(p.relative_to(ROOT)) not in sources)
     if WITH_CUDA:
         sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cpp"))
                     + sorted((CSRC / "cuda").glob("*.cu"))]
@@ -252,8 +258,8 @@ def _extension():
             "rnnkernels._C", sources, include_dirs=include_dirs,
             define_macros=[("RNNKERNELS_WITH_CUDA", None)],
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
-            extra_link_args=LINK_FLAGS)
-    return CppExtension("rnnkernels._C", sources, include_dirs=include_dirs,
+            extra_link_args=LINK_FLAGS, depends=depends)
+    return CppExtension("rnnkernels._C", sources, include_dirs=include_dirs, depends=depends,
                         extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LINK_FLAGS)
 
 

@@ -54,7 +54,7 @@ for i, env in enumerate(json.loads(sys.argv[1])):
     temp = os.path.join(sys.argv[2], str(i))
     objects = g["BuildExt"]._compile_isa_kernels(types.SimpleNamespace(build_temp=temp), ext)
     results.append({
-        "sources": ext.sources, "cxx": ext.extra_compile_args["cxx"],
+        "sources": ext.sources, "depends": ext.depends, "cxx": ext.extra_compile_args["cxx"],
         "link": ext.extra_link_args, "isas": g["_isas"](), "objects": objects,
         "max_jobs": os.environ["MAX_JOBS"], "ninja_argv": calls[-1],
         "ninja_file": open(os.path.join(temp, "isa_kernels", "build.ninja")).read(),
@@ -125,6 +125,16 @@ def test_max_jobs(probe):
             del os.environ["MAX_JOBS"]
         else:
             os.environ["MAX_JOBS"] = saved
+
+
+def test_headers_and_isa_kernels_are_dependencies(probe):
+    """setuptools relinks only when a source or dependency is newer than the module: an
+    edit of a header or of a kernels_<isa>.cpp alone must count."""
+    depends = set(probe()["depends"])
+    for name in ("csrc/cpu/kernels_isa.h", "csrc/cpu/kernels_default.cpp",
+                 "csrc/include/rnnkernels/cell_math.h", "csrc/cpu/kernels.h"):
+        assert name in depends, name
+    assert not depends & set(probe()["sources"])
 
 
 def test_skip_cuda_build_gives_a_cpu_only_extension(probe):

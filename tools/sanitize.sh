@@ -50,14 +50,31 @@ if [[ "$(realpath -m "$DEST")" == "$ROOT" ]]; then
 fi
 
 # ------------------------------------------------------------------ copy
-# The tracked and untracked-but-not-ignored files, as git sees them; what the copy held
-# before is removed except build/ (the object files), whose mtimes tar preserves, so
-# ninja recompiles only changed sources.
+# The tracked and untracked-but-not-ignored files, as git sees them. A file is rewritten
+# only when its content differs (it then gets a new mtime, so ninja recompiles what
+# depends on it, also when an older version comes back); files the checkout no longer has
+# are removed, build/ (the object files) is kept, and the module is removed so that
+# setuptools relinks it.
 start=$SECONDS
 mkdir -p "$DEST/build"
-find "$DEST" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
-(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
-   | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$DEST"
+(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard) | "$PYTHON" -c '
+import os, shutil, sys
+from pathlib import Path
+root, dest = Path(sys.argv[1]), Path(sys.argv[2])
+wanted = {name for name in sys.stdin.read().split("\0") if name and (root / name).is_file()}
+for name in wanted:
+    src, dst = root / name, dest / name
+    if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        shutil.copymode(src, dst)
+for path in list(dest.rglob("*")):
+    rel = path.relative_to(dest).as_posix()
+    if rel == "build" or rel.startswith("build/") or path.is_dir():
+        continue
+    if rel not in wanted:
+        path.unlink()
+' "$ROOT" "$DEST"
 
 # ------------------------------------------------------------------ build
 echo "== sanitize: building in $DEST (RNNKERNELS_SANITIZE=$SANITIZE RNNKERNELS_ISAS=${ISAS:-all})"
