@@ -101,8 +101,10 @@ if [[ ",$SANITIZE," == *,address,* ]]; then
   export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
   export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 fi
-# Reports go to files, one per process: pytest captures a test's stderr and loses it when
-# the process aborts, and tests/test_isa_paths.py-style children report into pipes.
+# ASan reports go to files, one per process (children that report into pipes included),
+# printed at the end. UBSan's, with ASan in the same runtime, go to stderr whatever
+# log_path says; pytest runs with --capture=sys so that native stderr is not captured
+# (and lost when the process aborts) but reaches this script's output.
 REPORTS="$DEST/build/sanitizer-reports"
 rm -rf "$REPORTS" && mkdir -p "$REPORTS"
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$REPORTS/asan"
@@ -143,9 +145,9 @@ run() {  # run <label> <isa or ""> pytest args...
   echo "== sanitize: $label"
   if [[ -n "$isa" ]]; then
     ATEN_CPU_CAPABILITY="$isa" RNNKERNELS_EXPECTED_ISA="$isa" \
-      "$PYTHON" -m pytest -q -p no:cacheprovider "$@" || status=1
+      "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys "$@" || status=1
   else
-    "$PYTHON" -m pytest -q -p no:cacheprovider "$@" || status=1
+    "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys "$@" || status=1
   fi
   echo "== sanitize: $label took $((SECONDS - t0)) s"
 }
