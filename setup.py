@@ -10,7 +10,14 @@ Environment:
     RNNKERNELS_SKIP_CUDA_BUILD=1 build the CPU part only
     FORCE_CUDA=1                 build the CUDA part even if torch reports no CUDA device
                                  support detectable here (needs nvcc and a CUDA torch)
-    RNNKERNELS_ISAS              comma list of CPU kernel variants (default: all for this arch)
+    RNNKERNELS_ISAS              comma list of CPU kernel variants: default, avx2, avx512,
+                                 avx512_bf16 (default: all for this arch; x86 only beyond
+                                 "default"; avx512_bf16 needs avx512)
+    RNNKERNELS_SANITIZE          comma list of sanitizers, "address", "undefined" or both:
+                                 -fsanitize=... -fno-omit-frame-pointer -g1 -O1 (UB aborts:
+                                 -fno-sanitize-recover). Build into a copy of the tree, not
+                                 over the normal build: tools/sanitize.sh does that and runs
+                                 the tests under the sanitizers (DEVELOPING.md, Sanitizers)
 """
 
 import importlib.util
@@ -73,11 +80,47 @@ ISA_FLAGS = {
 
 
 def _isas():
-    wanted = os.environ.get("RNNKERNELS_ISAS")
-    isas = ["default", "avx2", "avx512", "avx512_bf16"] if IS_X86 else ["default"]
-    if wanted:
-        isas = [i for i in isas if i in wanted.split(",")] or ["default"]
-    return isas
+    """The kernel variants to build: RNNKERNELS_ISAS, or all for this architecture. A name
+    that is not a variant, or avx512_bf16 without avx512 (it only extends that table), is
+    refused; a variant this architecture has no flags for (x86 ones elsewhere) is left out."""
+    available = ["default", "avx2", "avx512", "avx512_bf16"] if IS_X86 else ["default"]
+    wanted = [w.strip() for w in os.environ.get("RNNKERNELS_ISAS", "").split(",") if w.strip()]
+    if not wanted:
+        return available
+    unknown = [w for w in wanted if w not in ISA_FLAGS]
+    if unknown:
+        raise RuntimeError(f"RNNKERNELS_ISAS: unknown kernel variant(s) {unknown}; "
+                           f"choose among {list(ISA_FLAGS)}")
+    if "avx512_bf16" in wanted and "avx512" not in wanted:
+        raise RuntimeError("RNNKERNELS_ISAS: avx512_bf16 extends the avx512 kernels; "
+                           "list avx512 too")
+    return [i for i in available if i in wanted] or ["default"]
+
+
+SANITIZERS = ("address", "undefined")
+
+
+def _sanitize_flags():
+    """(compile flags, link flags) for RNNKERNELS_SANITIZE, empty when it is unset.
+    CMakeLists.txt builds the same flags from its RNNKERNELS_SANITIZE."""
+    wanted = [w.strip() for w in os.environ.get("RNNKERNELS_SANITIZE", "").split(",") if w.strip()]
+    if not wanted:
+        return [], []
+    unknown = [w for w in wanted if w not in SANITIZERS]
+    if unknown:
+        raise RuntimeError(f"RNNKERNELS_SANITIZE: unknown sanitizer(s) {unknown}; "
+                           f"choose among {list(SANITIZERS)}")
+    wanted = [s for s in SANITIZERS if s in wanted]
+    sanitize = f"-fsanitize={','.join(wanted)}"
+    # -O1 after the -O3 of the other flags: what ASan's documentation recommends, and a
+    # faster build; -g1 gives the reports file:line.
+    compile_flags = [sanitize, "-fno-omit-frame-pointer", "-g1", "-O1"]
+    if "undefined" in wanted:
+        compile_flags.append("-fno-sanitize-recover=undefined")  # UB aborts the process
+    return compile_flags, [sanitize]
+
+
+SANITIZE_CFLAGS, SANITIZE_LDFLAGS = _sanitize_flags()
 
 
 def _nvcc_path():
@@ -155,7 +198,9 @@ WITH_CUDA, CUDA_REASON = _want_cuda()
 if WITH_CUDA:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
 
-CXX_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden", f"-DRNNKERNELS_SOURCE_HASH=\"{_load_source_hash()}\""]
+CXX_FLAGS = ["-O3", "-fopenmp", "-fvisibility=hidden",
+             f"-DRNNKERNELS_SOURCE_HASH=\"{_load_source_hash()}\""] + SANITIZE_CFLAGS
+LINK_FLAGS = ["-fopenmp"] + SANITIZE_LDFLAGS
 # No flag here may contain the substring "arch": torch's _get_cuda_arch_flags would then drop
 # the -gencode flags it derives from TORCH_CUDA_ARCH_LIST.
 NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
@@ -176,7 +221,8 @@ class BuildExt(BuildExtension):
         abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
         includes = [str(CSRC), str(CSRC / "include")] + include_paths() + [sysconfig.get_paths()["include"]]
         common = ["-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden", "-DNDEBUG", abi,
-                  "-Wno-unused-variable", "-Wno-unknown-pragmas"] + [f"-I{p}" for p in includes]
+                  "-Wno-unused-variable", "-Wno-unknown-pragmas"] + SANITIZE_CFLAGS \
+            + [f"-I{p}" for p in includes]
         lines = ["ninja_required_version = 1.3", f"cxx = {cxx}", "",
                  "rule compile",
                  "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out",
@@ -199,6 +245,12 @@ def _extension():
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))
                + sorted(p for p in (CSRC / "cpu").glob("*.cpp") if not p.name.startswith("kernels_"))]
     include_dirs = [str(CSRC), str(CSRC / "include")]
+    # Every other file under csrc/ (headers, the per-ISA kernels): setuptools relinks the
+    # module only when one of sources + depends is newer than it, so without these an
+    # edit of a header or a kernels_<isa>.cpp alone left the old module in place.
+    depends = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*")
+                     if p.is_file() and p.suffix in (".h", ".cuh", ".cpp", ".cu")
+                     and str(p.relative_to(ROOT)) not in sources)
     if WITH_CUDA:
         sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cpp"))
                     + sorted((CSRC / "cuda").glob("*.cu"))]
@@ -206,14 +258,15 @@ def _extension():
             "rnnkernels._C", sources, include_dirs=include_dirs,
             define_macros=[("RNNKERNELS_WITH_CUDA", None)],
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
-            extra_link_args=["-fopenmp"])
-    return CppExtension("rnnkernels._C", sources, include_dirs=include_dirs,
-                        extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"])
+            extra_link_args=LINK_FLAGS, depends=depends)
+    return CppExtension("rnnkernels._C", sources, include_dirs=include_dirs, depends=depends,
+                        extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LINK_FLAGS)
 
 
 _cuda_archs = f", TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}" if WITH_CUDA else ""
 print(f"rnnkernels: CPU kernels for {', '.join(_isas())}; CUDA: {'yes' if WITH_CUDA else 'no'} "
-      f"({CUDA_REASON}{_cuda_archs}); MAX_JOBS={os.environ['MAX_JOBS']}", file=sys.stderr)
+      f"({CUDA_REASON}{_cuda_archs}); MAX_JOBS={os.environ['MAX_JOBS']}"
+      + (f"; sanitizers: {' '.join(SANITIZE_CFLAGS)}" if SANITIZE_CFLAGS else ""), file=sys.stderr)
 
 setup(
     packages=find_packages(include=["rnnkernels", "rnnkernels.*"]),

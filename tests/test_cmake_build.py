@@ -26,22 +26,26 @@ pytestmark = pytest.mark.skipif(
     reason="cmake, ctest or ninja not found on PATH (pip install cmake ninja)")
 
 
-def _env():
-    # The CPU part only: CMake's default (RNNKERNELS_WITH_CUDA=OFF), and setup.py's with this.
-    return dict(os.environ, RNNKERNELS_SKIP_CUDA_BUILD="1")
+def _env(**extra):
+    # The CPU part only: CMake's default (RNNKERNELS_WITH_CUDA=OFF), and setup.py's with this;
+    # no kernel subset or sanitizer from the caller's environment unless asked for.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RNNKERNELS_ISAS", "RNNKERNELS_SANITIZE")}
+    return dict(env, RNNKERNELS_SKIP_CUDA_BUILD="1", **extra)
 
 
-def _run(cmd, timeout, cwd=None):
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _run(cmd, timeout, cwd=None, env=None):
+    proc = subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, (
         f"`{shlex.join(str(c) for c in cmd)}` failed with exit status {proc.returncode}:\n"
         f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return proc.stdout
 
 
-def _configure(build_dir, *options):
+def _configure(build_dir, *options, env=None):
     return _run([CMAKE, "-S", ROOT, "-B", build_dir, "-G", "Ninja",
-                 f"-DPython_EXECUTABLE={sys.executable}", *options], timeout=120)
+                 f"-DPython_EXECUTABLE={sys.executable}", *options], timeout=120, env=env)
 
 
 def _build(build_dir, timeout, *targets):
@@ -72,7 +76,7 @@ def test_ctest_gate_math(configured):
     assert "0 tests failed" in output, output
 
 
-def _setup_py_extension():
+def _setup_py_extension(**env):
     """setup.py's extension sources, ISA list and flags, read by running setup.py with
     setuptools.setup replaced."""
     probe = (
@@ -82,8 +86,9 @@ def _setup_py_extension():
         "g = runpy.run_path('setup.py')\n"
         "ext = captured['ext_modules'][0]\n"
         "print(json.dumps({'sources': ext.sources, 'isas': g['_isas'](),\n"
-        "                  'isa_flags': g['ISA_FLAGS'], 'hash': g['_load_source_hash']()}))\n")
-    out = _run([sys.executable, "-c", probe], timeout=120, cwd=ROOT)
+        "                  'isa_flags': g['ISA_FLAGS'], 'hash': g['_load_source_hash'](),\n"
+        "                  'sanitize': g['_sanitize_flags']()}))\n")
+    out = _run([sys.executable, "-c", probe], timeout=120, cwd=ROOT, env=_env(**env))
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -119,6 +124,7 @@ def test_cmake_compiles_setup_py_sources(configured):
 # Runs LSTM (with and without projection), GRU and RNN (tanh, relu), two layers, both
 # directions, float32 and float64, forward and backward, and saves every output and gradient.
 _CELLS_SCRIPT = r"""
+import json
 import sys
 import torch
 import rnnkernels
@@ -137,20 +143,45 @@ for name, cls, kwargs in CASES:
         results[f"{name}/{dtype}"] = [y.detach(), x.grad] + [p.grad for p in module.parameters()]
 torch.save(results, sys.argv[1])
 print(rnnkernels._C.__file__)
+info = rnnkernels.build_info()
+print(json.dumps({"cpu_isas": info["cpu_isas"], "cpu_capability": info["cpu_capability"]}))
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("RNNKERNELS_SKIP_CMAKE_EXTENSION_TEST") == "1",
-                    reason="RNNKERNELS_SKIP_CMAKE_EXTENSION_TEST=1 (this test builds the whole "
-                           "extension through CMake: about 90 s on 2 cores)")
-def test_cmake_extension_matches_setuptools(configured, tmp_path):
-    """Build _C through CMake, import it from a copy of the package, and compare a forward
-    and backward of every cell with the setuptools build in rnnkernels/ (the same code,
-    compiled with the same flags, so the results must agree to the last bit)."""
-    import torch
+def test_cmake_sanitize_flags_match_setup_py(configured, tmp_path):
+    """RNNKERNELS_SANITIZE (here from the environment, "," as setup.py takes it) gives every
+    compile of the module, the ISA objects and the C++ tests setup.py's sanitizer flags, after
+    the build type's -O3, and the module's link the -fsanitize flag."""
+    env = _env(RNNKERNELS_SANITIZE="address,undefined")
+    _configure(tmp_path, "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", env=env)
+    cflags, ldflags = _setup_py_extension(RNNKERNELS_SANITIZE="address,undefined")["sanitize"]
+    assert cflags and ldflags == ["-fsanitize=address,undefined"]
+    entries = json.loads((tmp_path / "compile_commands.json").read_text())
+    files = {Path(e["file"]).name for e in entries}
+    assert {"recurrence_cpu.cpp", "kernels_avx512.cpp", "test_cell_math.cpp"} <= files, files
+    for entry in entries:
+        argv = shlex.split(entry["command"])
+        for flag in cflags:
+            assert flag in argv, f"{entry['file']}: {flag} missing from {argv}"
+        assert argv.index("-O1") > argv.index("-O3"), entry["file"]
+    ninja = (tmp_path / "build.ninja").read_text()
+    link = re.search(r"build _C\S*\.so: CXX_MODULE_LIBRARY_LINKER.*?\n((?:  .*\n)+)", ninja)
+    assert link and f"LINK_FLAGS = {ldflags[0]}" in link.group(1), ninja[:2000]
+    # Without it (the module's configuration): no sanitizer anywhere.
+    assert "-fsanitize" not in (configured / "compile_commands.json").read_text()
 
-    probe = subprocess.run([sys.executable, "-c", "import rnnkernels"], cwd=tmp_path,
+
+_SKIP_EXTENSION = pytest.mark.skipif(
+    os.environ.get("RNNKERNELS_SKIP_CMAKE_EXTENSION_TEST") == "1",
+    reason="RNNKERNELS_SKIP_CMAKE_EXTENSION_TEST=1 (these tests build the whole extension "
+           "through CMake: about 90 s on 2 cores)")
+
+
+@pytest.fixture(scope="module")
+def setuptools_build(tmp_path_factory):
+    """Skips unless rnnkernels/ holds an importable setuptools build to compare with."""
+    probe = subprocess.run([sys.executable, "-c", "import rnnkernels"],
+                           cwd=tmp_path_factory.mktemp("probe"),
                            env=dict(_env(), PYTHONPATH=str(ROOT)), capture_output=True,
                            text=True, timeout=300)
     if probe.returncode != 0:
@@ -158,23 +189,92 @@ def test_cmake_extension_matches_setuptools(configured, tmp_path):
         error = next((line for line in reversed(lines) if "Error" in line), lines[-1])
         pytest.skip("no importable setuptools build in rnnkernels/ to compare with (run "
                     f"`python setup.py build_ext --inplace` first): {error}")
-    _build(configured, 1800, "_C")
-    package_root = tmp_path / "root"
+    return ROOT
+
+
+def _package_with(module, package_root):
+    """A copy of the package at package_root/rnnkernels holding `module` as its _C."""
+    if (package_root / "rnnkernels").exists():
+        shutil.rmtree(package_root / "rnnkernels")
     shutil.copytree(ROOT / "rnnkernels", package_root / "rnnkernels",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    (package_root / "csrc").symlink_to(ROOT / "csrc")  # keeps _ext.py's stale-source check
-    (module,) = configured.glob("_C*.so")
+    if not (package_root / "csrc").exists():
+        (package_root / "csrc").symlink_to(ROOT / "csrc")  # keeps _ext.py's stale-source check
     shutil.copy2(module, package_root / "rnnkernels" / module.name)
+    return package_root
 
-    outputs = {}
-    for name, root in (("setuptools", ROOT), ("cmake", package_root)):
-        env = dict(_env(), PYTHONPATH=str(root))
-        path = tmp_path / f"{name}.pt"
-        proc = subprocess.run([sys.executable, "-c", _CELLS_SCRIPT, str(path)], env=env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert proc.stdout.strip().startswith(str(root)), proc.stdout
-        outputs[name] = torch.load(path)
-    for key, expected in outputs["setuptools"].items():
-        for index, (got, want) in enumerate(zip(outputs["cmake"][key], expected)):
-            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"{key}, tensor {index}")
+
+def _run_cells(root, path, cwd, **env):
+    """_CELLS_SCRIPT with rnnkernels from `root`; its results, and build_info()."""
+    proc = subprocess.run([sys.executable, "-c", _CELLS_SCRIPT, str(path)],
+                          env=dict(_env(), PYTHONPATH=str(root), **env), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    module_file, info = proc.stdout.strip().splitlines()[-2:]
+    assert module_file.startswith(str(root)), proc.stdout
+    import torch
+    return torch.load(path), json.loads(info)
+
+
+def _assert_bit_identical(got, expected):
+    import torch
+
+    for key, want in expected.items():
+        for index, (a, b) in enumerate(zip(got[key], want)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{key}, tensor {index}")
+
+
+@pytest.mark.slow
+@_SKIP_EXTENSION
+def test_cmake_extension_matches_setuptools(configured, setuptools_build, tmp_path):
+    """Build _C through CMake, import it from a copy of the package, and compare a forward
+    and backward of every cell with the setuptools build in rnnkernels/ (the same code,
+    compiled with the same flags, so the results must agree to the last bit)."""
+    _build(configured, 1800, "_C")
+    (module,) = configured.glob("_C*.so")
+    package_root = _package_with(module, tmp_path / "root")
+    cmake, _ = _run_cells(package_root, tmp_path / "cmake.pt", tmp_path)
+    setuptools, _ = _run_cells(ROOT, tmp_path / "setuptools.pt", tmp_path)
+    _assert_bit_identical(cmake, setuptools)
+
+
+_RANK = {"default": 0, "avx2": 1, "avx512": 2}
+
+
+@pytest.mark.slow
+@_SKIP_EXTENSION
+@pytest.mark.parametrize("subset", ["default", "default;avx512", "avx2"])
+def test_cmake_isa_subsets_link_and_run(configured, setuptools_build, tmp_path, subset):
+    """Issue 17 point 7: a build of a subset of the kernel variants links, imports and runs
+    the best variant it holds (a host that named every variant failed to import). The host
+    objects do not depend on the subset, so after the full build each subset only relinks.
+    Results are bit-identical to the full setuptools build forced to the same variant."""
+    best = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env={k: v for k, v in _env().items() if k != "ATEN_CPU_CAPABILITY"},
+        capture_output=True, text=True, check=True).stdout.strip().lower()
+    isas = subset.split(";")
+    runnable = [i for i in isas if _RANK[i] <= _RANK.get(best, 0)]
+    if not runnable:
+        pytest.skip(f"this CPU runs at most {best}; the subset {subset} has nothing it can run")
+    expected = max(runnable, key=_RANK.get)
+    try:
+        _configure(configured, f"-DRNNKERNELS_ISAS={subset}")
+        _build(configured, 1800, "_C")
+        (module,) = configured.glob("_C*.so")
+        package_root = _package_with(module, tmp_path / "root")
+        # As unforced: the best variant of the subset at or below this CPU's.
+        _, info = _run_cells(package_root, tmp_path / "subset.pt", tmp_path,
+                             ATEN_CPU_CAPABILITY=best)
+        assert info["cpu_isas"] == [i for i in ("default", "avx2", "avx512") if i in isas]
+        assert info["cpu_capability"] == expected
+        # Values: both forced to that variant, since torch's own elementwise kernels (the
+        # input-side ops of functional.py) follow ATEN_CPU_CAPABILITY too.
+        got, _ = _run_cells(package_root, tmp_path / "subset.pt", tmp_path,
+                            ATEN_CPU_CAPABILITY=expected)
+        want, want_info = _run_cells(ROOT, tmp_path / "full.pt", tmp_path,
+                                     ATEN_CPU_CAPABILITY=expected)
+        assert want_info["cpu_capability"] == expected
+        _assert_bit_identical(got, want)
+    finally:
+        _configure(configured, "-DRNNKERNELS_ISAS=default;avx2;avx512;avx512_bf16")
