@@ -541,6 +541,12 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
 # ---------------------------------------------------------------- cells
 
 
+def _has_hidden(w_hh: Tensor) -> bool:
+    """A cell of hidden_size 0 (torch.nn accepts it and returns [B, 0]) runs torch's cell
+    op: the kernels take the hidden size from W_hh [G*H, H], which is [0, 0] then."""
+    return w_hh.shape[0] != 0
+
+
 def _cell_projection(input: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
     # float32 for 16-bit input, as for the layers (Note [cuda x_proj in float32]).
     return _x_proj(input, [w_ih], None if b_ih is None else [b_ih])
@@ -583,7 +589,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
     h, c = hx
-    if not _kernels_run(input, h, c, w_ih, w_hh, b_ih, b_hh):
+    if not _kernels_run(input, h, c, w_ih, w_hh, b_ih, b_hh) or not _has_hidden(w_hh):
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     if _fused_input(input):
         return lstm_cell_cpu(input, h, c, w_ih, w_hh, b_ih, b_hh)
@@ -599,7 +605,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
-    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh):
+    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _has_hidden(w_hh):
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     if _fused_input(input):
         return gru_cell_cpu(input, hx, w_ih, w_hh, b_ih, b_hh)
@@ -616,7 +622,7 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh):
+    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _has_hidden(w_hh):
         return _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     if _fused_input(input):
         return rnn_cell_cpu(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)

@@ -536,7 +536,7 @@ class _CellForward(_ConstructorMessages):
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
         # is_cpu and a shape tuple: this runs on every step of a cell loop, and
         # device.type / shape[i] each build an object.
-        if (type(input) is not Tensor or w_ih is None or w_hh is None
+        if (type(input) is not Tensor or w_ih is None or w_hh is None or self.hidden_size == 0
                 or input.dtype is not w_ih.dtype or input.dtype not in _FAST_DTYPES
                 or not input.is_cpu or not w_ih.is_cpu):
             return None
