@@ -299,3 +299,16 @@ def test_shipped_table_rows_are_well_formed():
         EngineKey(row["cell"], row["dtype"], row["mode"], row["T"], row["B"], row["I"], row["H"])
         assert row["cpu_class"] in ("x86-amx", "x86-avx512-bf16", "x86-avx512", "x86-avx2", "other")
         assert row["nn_over_ours"] > 0 and row["source"] and row["cpu_model"]
+
+
+def test_the_bench_sets_the_engine_for_its_run_only():
+    """An in-process bench run (tests, notebooks) gives the caller's setting back; it set
+    the engine globally before, which routed later tests' cells to torch."""
+    from rnnkernels.bench import cli
+
+    assert cpu.engine == "auto"
+    cli.run_main(["--cells", "rnn", "-T", "2", "-B", "1", "-H", "4", "--modes", "inference",
+                  "--repeats", "1", "--no-lb", "--no-ceilings", "--no-save", "--no-progress",
+                  "--no-legend", "--engine", "torch", "--min-block-ms", "1", "--warmup-ms", "1"])
+    assert cpu.last_engine["engine"] == "torch"
+    assert cpu.engine == "auto"

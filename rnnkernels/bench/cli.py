@@ -182,7 +182,17 @@ def _dry_run(cases: list[Case]) -> int:
 
 
 def run_main(argv: list[str]) -> int:
+    from ..backends import cpu as cpu_backend
+
     parser = run_parser()
+    engine = parser.parse_known_args(argv)[0].engine
+    # The engine setting for this run only: an in-process caller (a test, a notebook)
+    # gets its own setting back.
+    with cpu_backend.flags(engine=engine):
+        return _run_main(parser, argv)
+
+
+def _run_main(parser, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cases = cases_from_args(args, parser)
     if not cases:
@@ -209,9 +219,6 @@ def run_main(argv: list[str]) -> int:
         memory=args.memory, ceilings=not args.no_ceilings, remeasure_ceilings=args.remeasure_ceilings,
         seed=args.seed)
     torch.set_num_threads(args.threads)
-    from ..backends import cpu as cpu_backend
-
-    cpu_backend.engine = args.engine
 
     jsonl_path = csv_path = None
     if not args.no_save:
