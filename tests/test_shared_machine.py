@@ -59,6 +59,9 @@ def test_keyboard_interrupt_leaves_the_module_usable(phase):
     x_long = torch.randn(400, 16, 64, dtype=F64, requires_grad=True)
     interrupted = False
     timer = None
+    # Python's own SIGINT handler for this test: a handler another test or library left
+    # installed would swallow the interrupt (seen once in a full CI run).
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if phase == "forward":
             timer = _interrupt_after(0.05)
@@ -74,7 +77,9 @@ def test_keyboard_interrupt_leaves_the_module_usable(phase):
     finally:
         if timer is not None:
             timer.cancel()
-    assert interrupted, "the loop finished before the interrupt; make it longer"
+        signal.signal(signal.SIGINT, previous_handler)
+    assert interrupted, (f"the loop finished before the interrupt; make it longer (SIGINT "
+                         f"handler before the test: {previous_handler!r})")
     for name, value in ours.state_dict().items():
         assert torch.equal(value, before[name]), name
     _assert_same_forward_and_grads(golden, ours, torch.randn(9, 5, 64, dtype=F64))
