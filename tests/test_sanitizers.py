@@ -1,6 +1,7 @@
 """AddressSanitizer and UndefinedBehaviorSanitizer in CI (issue 17, point 2): tools/sanitize.sh
 builds the extension with RNNKERNELS_SANITIZE=address,undefined and RNNKERNELS_ISAS=
-default,avx512 in a copy of the checkout (the normal build is not touched) and runs its CI
+default in a copy of the checkout (one variant, to keep CI under 20 minutes: with
+default,avx512 the fresh-clone CI run took 22 min; every variant is for the full script) (the normal build is not touched) and runs its CI
 suite under the sanitizers: tests/isa_subset.py and tests/test_bad_input.py with each built
 variant this CPU runs forced through ATEN_CPU_CAPABILITY, and a slice of the CUDA emulation
 tests with the emulation compiled with the same sanitizers. A report aborts the process it
@@ -50,7 +51,7 @@ def test_sanitized_build_runs_the_ci_subset_clean(tmp_path):
                         "LD_PRELOAD", "PYTHONPATH")}
     env["PYTHON"] = sys.executable
     proc = subprocess.run(
-        ["bash", str(SCRIPT), "--suite", "ci", "--isas", "default,avx512",
+        ["bash", str(SCRIPT), "--suite", "ci", "--isas", "default",
          "--dest", os.environ.get("RNNKERNELS_SANITIZE_DEST") or str(tmp_path / "copy")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
     report = proc.stdout + proc.stderr
