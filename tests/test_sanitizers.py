@@ -1,7 +1,8 @@
 """AddressSanitizer and UndefinedBehaviorSanitizer in CI (issue 17, point 2): tools/sanitize.sh
 builds the extension with RNNKERNELS_SANITIZE=address,undefined and RNNKERNELS_ISAS=
-default in a copy of the checkout (one variant, to keep CI under 20 minutes: with
-default,avx512 the fresh-clone CI run took 22 min; every variant is for the full script) (the normal build is not touched) and runs its CI
+default in a copy of the checkout, the normal build untouched (one variant, to keep CI
+under 20 minutes: with default,avx512 the fresh-clone CI run took 22 min; the full script
+runs every variant), and runs its CI
 suite under the sanitizers: tests/isa_subset.py and tests/test_bad_input.py with each built
 variant this CPU runs forced through ATEN_CPU_CAPABILITY, and a slice of the CUDA emulation
 tests with the emulation compiled with the same sanitizers. A report aborts the process it
