@@ -7,7 +7,9 @@ whose teams split rows (64), H=1040 (the LSTM backward's sliced recurrent produc
 step, packed and bidirectional input, projection and the cells. On CPUs without the
 kernels bfloat16 runs widened to float32 (tests/test_reduced_precision.py covers both)."""
 
+import math
 import pathlib
+import zlib
 
 import pytest
 import torch
@@ -60,8 +62,36 @@ SEQUENCE_CASES = {
 
 @pytest.mark.parametrize("name", list(SEQUENCE_CASES))
 def test_sequence_within_twice_torch_nn_error(name):
-    torch.manual_seed(hash(name) % 2**31)
+    # One fixed draw per case. The ratio of two max errors has a tail: over 200 seeds of
+    # lstm_B3_unfused (Zen 4) our gradients' errors were 0.75-0.87x torch.nn's (geometric
+    # mean), and 1-3 draws in 200 put a bias gradient above 2x. The seed once came from
+    # hash(name), which Python salts per process, so CI drew a new case on every run and
+    # met that tail; test_error_ratio_over_many_draws judges the distribution.
+    torch.manual_seed(zlib.crc32(name.encode()))
     check_low_precision_sequence_case(SequenceCase(**SEQUENCE_CASES[name]), torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["lstm_B3_unfused", "gru_B9_bi", "rnn_tanh_B9"])
+def test_error_ratio_over_many_draws(name, monkeypatch):
+    """Over 24 draws, each tensor's error relative to torch.nn's (geometric mean) at most
+    1.25: a systematic loss of precision (a state rounded to bfloat16 once too often, a
+    sum taken in bfloat16) moves the whole distribution, which one draw cannot show."""
+    import equivalence
+    ratios: dict[str, list[float]] = {}
+
+    def record(context, got, theirs, want):
+        for key in want:
+            err_nn = (theirs[key].detach().double() - want[key]).abs().max().item()
+            err_ours = (got[key].detach().double() - want[key]).abs().max().item()
+            ratios.setdefault(key, []).append((err_ours + 1e-9) / (err_nn + 1e-9))
+
+    monkeypatch.setattr(equivalence, "_assert_error_within_twice_torch", record)
+    for seed in range(24):
+        torch.manual_seed(seed)
+        check_low_precision_sequence_case(SequenceCase(**SEQUENCE_CASES[name]), torch.bfloat16)
+    geomeans = {key: math.exp(sum(map(math.log, v)) / len(v)) for key, v in ratios.items()}
+    assert len(ratios) > 3 and all(len(v) == 24 for v in ratios.values())
+    assert max(geomeans.values()) <= 1.25, geomeans
 
 
 @pytest.mark.parametrize("kind", ["lstm_cell", "gru_cell", "rnn_cell_tanh", "rnn_cell_relu"])
