@@ -23,7 +23,9 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 namespace rnnkernels::bench {
 namespace {

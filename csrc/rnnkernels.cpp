@@ -17,7 +17,8 @@
 // The backward op returns the gradients of x_proj, h0 (c0) and the recurrent weights;
 // autograd derives those of the input, W_ih and b_ih from grad_x_proj.
 
-#include <torch/extension.h>
+#include <torch/library.h>
+#include <torch/python.h>
 
 #include "cpu/memory.h"
 #include "double_backward.h"
