@@ -204,7 +204,9 @@ def test_bench_script_runs():
     child = subprocess.run(
         [sys.executable, str(TESTS.parent / "bench" / "buffer_cache.py"), "--cell", "gru",
          "--size", "4", "2", "3", "5", "--repeats", "2", "--threads", "1"],
-        cwd=TESTS.parent, capture_output=True, text=True)
+        cwd=TESTS.parent, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(TESTS.parent), os.environ.get("PYTHONPATH")]))})
     assert child.returncode == 0, child.stderr
     lines = child.stdout.splitlines()
     assert lines[0].startswith("gru training (T, B, I, H) = (4, 2, 3, 5)"), child.stdout
