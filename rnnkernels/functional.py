@@ -83,8 +83,9 @@ def _dual_level_active() -> bool:
 def plain_cpu_call() -> bool:
     """No mode that changes how a CPU call must run: autocast, a torch.func transform, a
     forward-mode AD level, or torch.compile tracing (the cells' fast path)."""
+    # Any device's autocast (not just CPU's): its check costs a third of is_autocast_enabled("cpu").
     return (not _dual_level_active() and not _functorch_active()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+            and not torch._C._is_any_autocast_enabled() and not torch.compiler.is_compiling())
 
 
 def _needs_grad(*tensors) -> bool:
@@ -370,22 +371,33 @@ def _choose_torch(cell, key, run_ours, run_torch, tensors) -> bool:
     return _cpu_backend.choose(key, run_ours, run_torch, leaves) == "torch"
 
 
-def cell_runs_torch(cell: str, input: Tensor, w_hh: Tensor, tensors, run_ours, run_torch) -> bool:
-    """The modules' cell fast path (checked [B, I] input, plain mode): whether this CPU
-    call goes to torch's cell op. Kept lean: it runs on every step of a cell loop."""
+def cell_step(cell: str, hidden_size: int, args: tuple, tensor_count: int):
+    """The modules' cell fast path (checked [B, I] CPU input, plain mode): one step on the
+    engine the choice names. args: (input, *states, w_ih, w_hh, b_ih, b_hh[, nonlinearity]),
+    the first tensor_count of them tensors or None. Kept lean, it runs on every step of a
+    cell loop: the lambdas for timing are made only when benchmark is on."""
+    ours, theirs = _CELL_STEPS[cell]
     backend = _cpu_backend
-    if backend.engine == "rnnkernels":
-        return False
+    engine = backend._engine
+    if engine == "rnnkernels":
+        return ours(*args)
     training = False
     if torch.is_grad_enabled():
-        for t in tensors:
+        for index in range(tensor_count):
+            t = args[index]
             if t is not None and t.requires_grad:
                 training = True
                 break
+    input = args[0]
+    shape = input.shape
     key = (cell, _DTYPE_NAMES[input.dtype], "training" if training else "inference", 1,
-           input.shape[0], input.shape[1], w_hh.shape[1], 1, 1, 0, False, torch.get_num_threads())
-    return backend.choose(key, run_ours, run_torch,
-                          tensors if training and backend.benchmark else ()) == "torch"
+           shape[0], shape[1], hidden_size, 1, 1, 0, False, torch.get_num_threads())
+    if backend.benchmark:
+        leaves = tuple(t for t in args[:tensor_count] if t is not None and t.requires_grad)
+        choice = backend.choose(key, lambda: ours(*args), lambda: theirs(*args), leaves)
+    else:
+        choice = backend.choose(key)
+    return theirs(*args) if choice == "torch" else ours(*args)
 
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64",
@@ -582,6 +594,16 @@ def rnn_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     need = _needs_grad(input, h, w_ih, w_hh, b_ih, b_hh)
     return _rnn_forward_fused(input, [w_ih], _listed(b_ih), [w_hh], _listed(b_hh),
                               h.unsqueeze(0), None, nonlinearity, need)[1][0]
+
+
+def _torch_lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh):
+    return _VF.lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh)
+
+
+# cell_step's engines: (ours, torch's), each taking cell_step's args.
+_CELL_STEPS = {"lstm_cell": (lstm_cell_cpu, _torch_lstm_cell),
+               "gru_cell": (gru_cell_cpu, _VF.gru_cell),
+               "rnn_cell": (rnn_cell_cpu, _torch_rnn_cell)}
 
 
 @_routed("lstm_cell")

@@ -450,7 +450,7 @@ def _check_cell_state_rank(name: str, label: str, value) -> None:
 
 
 # The cells' fast path: every dtype the functional CPU path runs through the same op.
-_FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_FAST_DTYPES = frozenset((torch.float32, torch.float64, torch.bfloat16, torch.float16))
 
 
 class _CellForward(_ConstructorMessages):
@@ -528,25 +528,27 @@ class _CellForward(_ConstructorMessages):
 
     def _fast_cell_weights(self, input, states):
         """(w_ih, w_hh, b_ih, b_hh) when this call may skip the full argument checks: CPU
-        float32/float64 batched input and states (None or tensors) of exactly the shapes,
+        batched input of a kernel dtype and states (None or tensors) of exactly the shapes,
         dtype and device the weights expect, plain parameters (no parametrization), no
         autocast, torch.func transform or forward-mode AD. Else None: the full path then
-        checks, raises as torch.nn does, or routes the call."""
+        checks, raises as torch.nn does, or routes the call. This runs on every step of a
+        cell loop: each attribute read is counted (is_cpu, not device.type)."""
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
-        # is_cpu and a shape tuple: this runs on every step of a cell loop, and
-        # device.type / shape[i] each build an object.
-        if (type(input) is not Tensor or w_ih is None or w_hh is None or self.hidden_size == 0
-                or input.dtype is not w_ih.dtype or input.dtype not in _FAST_DTYPES
-                or not input.is_cpu or not w_ih.is_cpu):
+        hidden_size = self.hidden_size
+        if type(input) is not Tensor or w_ih is None or w_hh is None or not hidden_size:
             return None
-        shape = tuple(input.shape)
+        dtype = input.dtype
+        if (dtype is not w_ih.dtype or dtype not in _FAST_DTYPES or not input.is_cpu
+                or not w_ih.is_cpu):
+            return None
+        shape = input.shape
         if len(shape) != 2 or shape[1] != self.input_size:
             return None
-        state_shape = (shape[0], self.hidden_size)
+        state_shape = (shape[0], hidden_size)
         for s in states:
-            if s is not None and (type(s) is not Tensor or s.dtype is not input.dtype
-                                  or tuple(s.shape) != state_shape or not s.is_cpu):
+            if s is not None and (type(s) is not Tensor or s.dtype is not dtype
+                                  or s.shape != state_shape or not s.is_cpu):
                 return None
         if not RF.plain_cpu_call():
             return None
@@ -568,12 +570,8 @@ class RNNCell(_CellForward, nn.RNNCell):
         weights = self._fast_cell_weights(input, (hx,))
         if weights is not None:
             h = hx if hx is not None else self._zeros_state(input)
-            if RF.cell_runs_torch(
-                    "rnn_cell", input, weights[1], (input, h, *weights),
-                    lambda: RF.rnn_cell_cpu(input, h, *weights, self.nonlinearity),
-                    lambda: RF._torch_rnn_cell(input, h, *weights, self.nonlinearity)):
-                return RF._torch_rnn_cell(input, h, *weights, self.nonlinearity)
-            return RF.rnn_cell_cpu(input, h, *weights, self.nonlinearity)
+            return RF.cell_step("rnn_cell", self.hidden_size,
+                                (input, h, *weights, self.nonlinearity), 6)
         input, (h,), is_batched = self._cell_inputs(input, hx, is_lstm=False)
         out = RF.rnn_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                           self.nonlinearity)
@@ -587,11 +585,7 @@ class GRUCell(_CellForward, nn.GRUCell):
         weights = self._fast_cell_weights(input, (hx,))
         if weights is not None:
             h = hx if hx is not None else self._zeros_state(input)
-            if RF.cell_runs_torch("gru_cell", input, weights[1], (input, h, *weights),
-                                  lambda: RF.gru_cell_cpu(input, h, *weights),
-                                  lambda: _VF.gru_cell(input, h, *weights)):
-                return _VF.gru_cell(input, h, *weights)
-            return RF.gru_cell_cpu(input, h, *weights)
+            return RF.cell_step("gru_cell", self.hidden_size, (input, h, *weights), 6)
         input, (h,), is_batched = self._cell_inputs(input, hx, is_lstm=False)
         out = RF.gru_cell(input, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return out if is_batched else out.squeeze(0)
@@ -609,11 +603,7 @@ class LSTMCell(_CellForward, nn.LSTMCell):
                 zeros = self._zeros_state(input) if hx is None else None
                 h = h if h is not None else zeros
                 c = c if c is not None else zeros
-                if RF.cell_runs_torch("lstm_cell", input, weights[1], (input, h, c, *weights),
-                                      lambda: RF.lstm_cell_cpu(input, h, c, *weights),
-                                      lambda: _VF.lstm_cell(input, (h, c), *weights)):
-                    return _VF.lstm_cell(input, (h, c), *weights)
-                return RF.lstm_cell_cpu(input, h, c, *weights)
+                return RF.cell_step("lstm_cell", self.hidden_size, (input, h, c, *weights), 7)
         input, (h, c), is_batched = self._cell_inputs(input, hx, is_lstm=True)
         h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
                             self.bias_hh)
