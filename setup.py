@@ -243,9 +243,11 @@ class BuildExt(BuildExtension):
 
 
 def _extension():
-    # Host sources: every csrc/*.cpp and csrc/cpu/*.cpp except the per-ISA kernels_*.cpp,
-    # which BuildExt compiles with their own flags (CMakeLists.txt globs the same).
+    # Host sources: every csrc/*.cpp, csrc/host/*.cpp and csrc/cpu/*.cpp except the per-ISA
+    # kernels_*.cpp, which BuildExt compiles with their own flags (CMakeLists.txt globs the
+    # same).
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))
+               + sorted((CSRC / "host").glob("*.cpp"))
                + sorted(p for p in (CSRC / "cpu").glob("*.cpp") if not p.name.startswith("kernels_"))]
     include_dirs = [str(CSRC), str(CSRC / "include")]
     # Every other file under csrc/ (headers, the per-ISA kernels): setuptools relinks the

@@ -37,100 +37,24 @@
 #include "cpu/gemm_cpu.h"
 #include "cpu/kernels.h"
 #include "cpu/memory.h"
+#include "host/arguments.h"
 #include "input_projection.h"
 #include "rnnkernels/cell_math.h"
 
 namespace rnnkernels::cpu {
 namespace {
 
-enum class Cell { kLstm, kGru, kRnn };
+// Sequence, Dims, the argument checks and the op arguments of csrc/host/arguments.h.
+using namespace host;
 
-constexpr int64_t gate_count(Cell cell) {
-  return cell == Cell::kLstm ? 4 : (cell == Cell::kGru ? 3 : 1);
-}
-
-
-// ---------------------------------------------------------------- sequence layout
-
-// Owns the per-step batch sizes and row offsets of one call.
-struct Sequence {
-  std::vector<int64_t> batch_sizes;
-  std::vector<int64_t> offsets;
-  int64_t batch = 0;
-  int64_t rows = 0;
-
-  SequenceLayout layout(bool reverse) const {
-    SequenceLayout s;
-    s.steps = static_cast<int64_t>(batch_sizes.size());
-    s.batch = batch;
-    s.batch_sizes = batch_sizes.data();
-    s.offsets = offsets.data();
-    s.reverse = reverse;
-    return s;
-  }
-  bool uniform() const {
-    return std::all_of(batch_sizes.begin(), batch_sizes.end(),
-                       [&](int64_t b) { return b == batch; });
-  }
-};
-
-Sequence make_sequence(const char* op, int64_t rows, int64_t batch,
-                       const std::optional<at::Tensor>& batch_sizes) {
-  Sequence seq;
-  seq.batch = batch;
-  seq.rows = rows;
-  if (batch_sizes.has_value() && batch_sizes->defined()) {
-    const at::Tensor& bs = *batch_sizes;
-    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, op,
-                ": batch_sizes must be a 1-D int64 CPU tensor (PackedSequence.batch_sizes), got ",
-                bs.dim(), "-D ", bs.scalar_type(), " on ", bs.device());
-    const at::Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
-    const int64_t steps = bsc.numel();
-    seq.batch_sizes.assign(p, p + steps);
-    seq.offsets.resize(steps);
-    int64_t total = 0;
-    for (const auto t : c10::irange(steps)) {
-      const int64_t b = seq.batch_sizes[t];
-      TORCH_CHECK(b >= 1 && b <= batch, op, ": batch_sizes[", t, "] = ", b,
-                  " must be in [1, ", batch, "] (the batch size of h0)");
-      TORCH_CHECK(t == 0 || b <= seq.batch_sizes[t - 1], op,
-                  ": batch_sizes must be non-increasing, got batch_sizes[", t - 1,
-                  "] = ", seq.batch_sizes[t - 1], " and batch_sizes[", t, "] = ", b);
-      seq.offsets[t] = total;
-      total += b;
-    }
-    TORCH_CHECK(steps == 0 || seq.batch_sizes[0] == batch, op, ": batch_sizes[0] = ",
-                steps == 0 ? 0 : seq.batch_sizes[0], " must equal the batch size of h0 (",
-                batch, ")");
-    TORCH_CHECK(total == rows, op, ": batch_sizes sum to ", total, " but x_proj has ", rows,
-                " rows");
-  } else {
-    TORCH_CHECK(batch > 0 || rows == 0, op, ": h0 has batch size 0 but x_proj has ", rows,
-                " rows");
-    const int64_t steps = batch > 0 ? rows / batch : 0;
-    TORCH_CHECK(steps * batch == rows, op, ": x_proj has ", rows,
-                " rows, not a multiple of the batch size ", batch);
-    seq.batch_sizes.assign(steps, batch);
-    seq.offsets.resize(steps);
-    for (const auto t : c10::irange(steps)) seq.offsets[t] = t * batch;
-  }
-  return seq;
-}
-
-// ---------------------------------------------------------------- checks
-
-void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
-              " but x_proj is on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but x_proj has dtype ", ref.scalar_type());
-}
-
-void check_shape(const char* op, const std::string& name, const at::Tensor& t,
-                 at::IntArrayRef expected) {
-  TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected,
-              ", got ", t.sizes());
+SequenceLayout layout_of(const Sequence& seq, bool reverse) {
+  SequenceLayout s;
+  s.steps = seq.steps();
+  s.batch = seq.batch;
+  s.batch_sizes = seq.batch_sizes.data();
+  s.offsets = seq.offsets.data();
+  s.reverse = reverse;
+  return s;
 }
 
 // Note [reduced precision on CPU]
@@ -154,76 +78,6 @@ std::vector<at::Tensor> in_compute_dtype(std::vector<at::Tensor> ts) {
   return ts;
 }
 
-// The shapes every op of a cell agrees on.
-struct Dims {
-  int64_t directions = 1;  // D
-  int64_t gates = 1;       // G
-  int64_t hidden = 0;      // H
-  int64_t output = 0;      // P
-  int64_t batch = 0;       // B
-  int64_t rows = 0;        // N
-};
-
-Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, at::TensorList w_hh,
-                   at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0) {
-  Dims d;
-  d.gates = gate_count(cell);
-  d.directions = static_cast<int64_t>(w_hh.size());
-  TORCH_CHECK(d.directions == 1 || d.directions == 2, op,
-              ": w_hh must hold one weight per direction (1 or 2), got ", d.directions);
-  TORCH_CHECK(w_hh[0].dim() == 2 && w_hh[0].size(0) % d.gates == 0 && w_hh[0].size(0) > 0, op,
-              ": w_hh[0] must be [", d.gates, "*hidden_size, output_size], got ",
-              w_hh[0].sizes());
-  d.hidden = w_hh[0].size(0) / d.gates;
-  d.output = w_hh[0].size(1);
-  TORCH_CHECK(b_hh.empty() || static_cast<int64_t>(b_hh.size()) == d.directions, op,
-              ": b_hh must be empty or hold one bias per direction, got ", b_hh.size());
-  TORCH_CHECK(w_hr.empty() || static_cast<int64_t>(w_hr.size()) == d.directions, op,
-              ": w_hr must be empty or hold one weight per direction, got ", w_hr.size());
-  if (w_hr.empty()) {
-    TORCH_CHECK(d.output == d.hidden, op, ": w_hh[0] is ", w_hh[0].sizes(),
-                "; without w_hr its second dimension must equal hidden_size ", d.hidden);
-  }
-  for (const auto i : c10::irange(d.directions)) {
-    const std::string idx = "[" + std::to_string(i) + "]";
-    check_same(op, "w_hh", w_hh[i], ref);
-    check_shape(op, "w_hh" + idx, w_hh[i], {d.gates * d.hidden, d.output});
-    if (!b_hh.empty()) {
-      check_same(op, "b_hh", b_hh[i], ref);
-      check_shape(op, "b_hh" + idx, b_hh[i], {d.gates * d.hidden});
-    }
-    if (!w_hr.empty()) {
-      check_same(op, "w_hr", w_hr[i], ref);
-      check_shape(op, "w_hr" + idx, w_hr[i], {d.output, d.hidden});
-    }
-  }
-  check_same(op, "h0", h0, ref);
-  TORCH_CHECK(h0.dim() == 3, op, ": expected h0 of shape [directions, batch, ", d.output,
-              "], got ", h0.sizes());
-  d.batch = h0.size(1);
-  check_shape(op, "h0", h0, {d.directions, d.batch, d.output});
-  return d;
-}
-
-// x_name names x_proj in messages: x_proj, or x_side for the layer-normalised LSTM.
-void check_x_proj(const char* op, const Dims& d, const at::Tensor& x_proj, const char* x_name) {
-  TORCH_CHECK(x_proj.device().is_cpu(), op, ": the CPU kernel got ", x_name, " on ",
-              x_proj.device());
-  TORCH_CHECK(has_native_kernels(x_proj.scalar_type()), op,
-              ": CPU kernels support float32, float64, bfloat16 and float16, got ",
-              x_proj.scalar_type());
-  TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
-              ": expected ", x_name, " of shape [rows, ", d.directions * d.gates * d.hidden,
-              "] (directions * gates * hidden_size), got ", x_proj.sizes());
-}
-
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
-}
-
 template <typename S>
 const S* ptr_or_null(const std::vector<at::Tensor>& ts, int64_t i) {
   return ts.empty() ? nullptr : ts[i].data_ptr<S>();
@@ -234,19 +88,15 @@ const S* ptr_or_null(const std::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr<S>() : nullptr;
 }
 
-std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
-  if (t.has_value() && t->defined()) return t->contiguous();
-  return std::nullopt;
-}
-
 // Zoneout weights (Note [zoneout] in cell_math.h): [D, N, width], width P (+ H for LSTM),
 // any row stride (0: one row broadcast to all, as evaluation passes it), unit stride
 // along the last dimension. Null when not given.
 std::optional<at::Tensor> check_zoneout(const char* op, const std::optional<at::Tensor>& zoneout,
-                                        const at::Tensor& like, const Dims& d, int64_t width) {
+                                        const at::Tensor& like, const char* like_name,
+                                        const Dims& d, int64_t width) {
   if (!zoneout.has_value() || !zoneout->defined()) return std::nullopt;
   const at::Tensor& z = *zoneout;
-  check_same(op, "zoneout", z, like);
+  check_same(op, "zoneout", z, like, like_name);
   check_shape(op, "zoneout", z, {d.directions, d.rows, width});
   const at::Tensor zc = z.to(compute_dtype(z.scalar_type()));
   return zc.stride(2) == 1 ? zc : zc.contiguous();
@@ -400,7 +250,7 @@ at::Tensor previous_hidden(const Sequence& seq, bool reverse, const at::Tensor& 
                            const at::Tensor& h0_dir) {
   const int64_t P = h0_dir.size(1);
   at::Tensor prev = empty_large({seq.rows, P}, h0_dir.options());
-  const SequenceLayout lay = seq.layout(reverse);
+  const SequenceLayout lay = layout_of(seq, reverse);
   const S* out = out_dir.data_ptr<S>();
   const int64_t ld_out = out_dir.stride(0);
   const S* h0 = h0_dir.data_ptr<S>();
@@ -447,29 +297,21 @@ void recurrent_weight_grad(const Sequence& seq, bool reverse, const at::Tensor& 
 
 // ---------------------------------------------------------------- forward ops
 
-// Arguments common to every forward op, checked and made contiguous.
-struct ForwardInputs {
-  Dims d;
-  Sequence seq;
-  at::Tensor x_proj, h0;
-  std::vector<at::Tensor> w_hh, b_hh, w_hr;
-};
+// Note [reduced precision on CPU]: the kernels see float32, float64, and bfloat16 where
+// the CPU has AVX512-BF16; the *_entry functions widen the rest.
+const host::Backend kCpu{"CPU", [](const at::Tensor& t) { return t.device().is_cpu(); },
+                         has_native_kernels, "float32, float64, bfloat16 and float16",
+                         compute_dtype};
 
+// x_name names x_proj in messages: x_proj, or x_side for the layer-normalised LSTM.
 ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_proj,
                               at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
                               const at::Tensor& h0,
                               const std::optional<at::Tensor>& batch_sizes,
                               const char* x_name = "x_proj") {
-  ForwardInputs in;
-  in.d = check_weights(op, cell, x_proj, w_hh, b_hh, w_hr, h0);
-  check_x_proj(op, in.d, x_proj, x_name);
-  in.d.rows = x_proj.size(0);
-  in.seq = make_sequence(op, in.d.rows, in.d.batch, batch_sizes);
-  in.x_proj = x_proj.contiguous();
-  in.h0 = h0.contiguous();
-  in.w_hh = contiguous_all(w_hh);
-  in.b_hh = in_compute_dtype(contiguous_all(b_hh));
-  in.w_hr = contiguous_all(w_hr);
+  ForwardInputs in = host::prepare_forward(kCpu, op, cell, x_proj, x_name, w_hh, b_hh, w_hr,
+                                           h0, batch_sizes, x_proj, x_name);
+  in.b_hh = in_compute_dtype(std::move(in.b_hh));
   return in;
 }
 
@@ -485,7 +327,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
     bool need_workspace, const std::optional<at::Tensor>& zoneout_in) {
   const Dims& d = in.d;
   const at::Tensor& like = fused != nullptr ? fused->x : in.x_proj;
-  check_same(op, "c0", c0_in, like);
+  const char* like_name = fused != nullptr ? "x" : "x_proj";
+  check_same(op, "c0", c0_in, like, like_name);
   check_shape(op, "c0", c0_in, {d.directions, d.batch, d.hidden});
   const at::Tensor c0 = c0_in.contiguous();
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
@@ -493,7 +336,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
   at::Tensor out = empty_large({N, D * P}, opts);
   at::Tensor h_n = empty_large({D, B, P}, opts);
   at::Tensor c_n = empty_large({D, B, H}, opts);
-  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, like, d, P + H);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, like, like_name, d,
+                                                          P + H);
   const int64_t ws_width = math::lstm_workspace_slots(zoneout.has_value()) * H;
   at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width},
                               opts.dtype(compute_dtype(like.scalar_type())));
@@ -510,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
         h_pre[i] = recurrent_product(in.h0[i], in.w_hh[i], in.b_hh, i);
         a.h_pre = h_pre[i].data_ptr<scalar_t>();
       }
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.output = P;
       if (fused != nullptr) {
@@ -576,13 +420,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cp
   TORCH_CHECK(b_ih.size() == b_hh.size(), op, ": b_ih has ", b_ih.size(),
               " biases but b_hh has ", b_hh.size());
   ForwardInputs in;
-  in.d = check_weights(op, Cell::kLstm, x, w_hh, b_hh, w_hr, h0);
+  in.d = check_weights(op, Cell::kLstm, x, "x", w_hh, b_hh, w_hr, h0);
   const int64_t GH = 4 * in.d.hidden;
   for (const auto i : c10::irange(w_ih.size())) {
-    check_same(op, "w_ih", w_ih[i], x);
+    check_same(op, "w_ih", w_ih[i], x, "x");
     check_shape(op, "w_ih[" + std::to_string(i) + "]", w_ih[i], {GH, x.size(1)});
     if (!b_ih.empty()) {
-      check_same(op, "b_ih", b_ih[i], x);
+      check_same(op, "b_ih", b_ih[i], x, "x");
       check_shape(op, "b_ih[" + std::to_string(i) + "]", b_ih[i], {GH});
     }
   }
@@ -615,7 +459,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   at::Tensor h_n = empty_large({D, B, H}, opts);
   at::Tensor ws = empty_large({D, need_workspace ? N : 0, 4 * H},
                               opts.dtype(compute_dtype(in.x_proj.scalar_type())));
-  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, d, H);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, "x_proj", d,
+                                                          H);
 
   RNNKERNELS_DISPATCH_KERNEL_TYPES(in.x_proj.scalar_type(), "rnnkernels_gru_forward", [&] {
     using S = compute_t<scalar_t>;
@@ -629,7 +474,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
         h_pre[i] = recurrent_product(in.h0[i], in.w_hh[i], in.b_hh, i);
         a.h_pre = h_pre[i].data_ptr<scalar_t>();
       }
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * 3 * H;
       a.ld_x_proj = D * 3 * H;
@@ -652,11 +497,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   return {out, h_n, ws};
 }
 
-bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
-  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", op,
-              ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");
-  return nonlinearity == "relu";
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
@@ -670,7 +510,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const auto opts = in.x_proj.options();
   at::Tensor out = empty_large({N, D * H}, opts);
   at::Tensor h_n = empty_large({D, B, H}, opts);
-  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, d, H);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, "x_proj", d,
+                                                          H);
   // With zoneout the workspace keeps h before zoneout, for the activation's backward.
   const int64_t ws_width = zoneout ? H : 0;
   at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width},
@@ -688,7 +529,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
         h_pre[i] = recurrent_product(in.h0[i], in.w_hh[i], in.b_hh, i);
         a.h_pre = h_pre[i].data_ptr<scalar_t>();
       }
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.relu = relu;
       a.x_proj = in.x_proj.data_ptr<scalar_t>() + i * H;
@@ -714,59 +555,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
 
 // ---------------------------------------------------------------- backward ops
 
-// Arguments common to every backward op, checked and made contiguous.
-struct BackwardInputs {
-  Dims d;
-  Sequence seq;
-  at::Tensor h0, out, ws;
-  std::optional<at::Tensor> grad_out, grad_h_n;
-  std::vector<at::Tensor> w_hh, b_hh, w_hr;
-};
-
-BackwardInputs prepare_backward(const char* op, Cell cell,
-                                const std::optional<at::Tensor>& grad_out,
-                                const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
-                                at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
-                                const at::Tensor& out, const at::Tensor& ws,
-                                const std::optional<at::Tensor>& batch_sizes,
-                                int64_t ws_per_hidden, int64_t ws_extra = 0) {
-  BackwardInputs in;
-  TORCH_CHECK(out.device().is_cpu(), op, ": the CPU kernel got output on ", out.device());
-  TORCH_CHECK(has_native_kernels(out.scalar_type()), op,
-              ": CPU kernels support float32, float64, bfloat16 and float16, got ",
-              out.scalar_type());
-  in.d = check_weights(op, cell, out, w_hh, b_hh, w_hr, h0);
-  const Dims& d = in.d;
-  TORCH_CHECK(out.dim() == 2 && out.size(1) == d.directions * d.output, op,
-              ": expected output of shape [rows, ", d.directions * d.output, "], got ",
-              out.sizes());
-  in.d.rows = out.size(0);
-  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
-  TORCH_CHECK(ws.device() == out.device() && ws.scalar_type() == compute_dtype(out.scalar_type()),
-              op, ": expected the workspace on ", out.device(), " in ",
-              compute_dtype(out.scalar_type()), " (the forward's), got ", ws.scalar_type(),
-              " on ", ws.device());
-  check_shape(op, "workspace", ws,
-              {d.directions, in.d.rows, ws_per_hidden * d.hidden + ws_extra});
-  if (grad_out.has_value() && grad_out->defined()) {
-    check_same(op, "grad_output", *grad_out, out);
-    check_shape(op, "grad_output", *grad_out, out.sizes());
-  }
-  if (grad_h_n.has_value() && grad_h_n->defined()) {
-    check_same(op, "grad_h_n", *grad_h_n, out);
-    check_shape(op, "grad_h_n", *grad_h_n, h0.sizes());
-  }
-  in.h0 = h0.contiguous();
-  in.out = out.contiguous();
-  in.ws = ws.contiguous();
-  in.grad_out = contiguous_opt(grad_out);
-  in.grad_h_n = contiguous_opt(grad_h_n);
-  in.w_hh = contiguous_all(w_hh);
-  in.b_hh = contiguous_all(b_hh);
-  in.w_hr = contiguous_all(w_hr);
-  return in;
-}
-
 // Weight and bias gradients of one direction from the pre-activation gradients.
 template <typename S>
 void recurrent_param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_pre,
@@ -778,11 +566,6 @@ void recurrent_param_grads(const BackwardInputs& in, int64_t dir, const at::Tens
   if (!grad_b_hh.empty()) at::sum_out(grad_b_hh[dir], grad_pre, {0});
 }
 
-std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& ts) {
-  std::vector<at::Tensor> out;
-  for (const auto& t : ts) out.push_back(at::empty_like(t));
-  return out;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
            std::vector<at::Tensor>>
@@ -796,16 +579,17 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
   constexpr const char* op = "rnnkernels::lstm_backward";
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
   const int64_t ws_per_hidden = math::lstm_workspace_slots(has_zoneout);
-  const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
-                                             w_hr, h0, out, ws, batch_sizes, ws_per_hidden);
+  const BackwardInputs in = host::prepare_backward(kCpu, op, Cell::kLstm, grad_out, grad_h_n, w_hh,
+                                                   b_hh, w_hr, h0, out, ws, batch_sizes,
+                                                   ws_per_hidden);
   const Dims& d = in.d;
   const std::optional<at::Tensor> zoneout =
-      check_zoneout(op, zoneout_in, out, d, d.output + d.hidden);
+      check_zoneout(op, zoneout_in, out, "output", d, d.output + d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
-  check_same(op, "c0", c0_in, out);
+  check_same(op, "c0", c0_in, out, "output");
   check_shape(op, "c0", c0_in, {D, B, H});
   if (grad_c_n_in.has_value() && grad_c_n_in->defined()) {
-    check_same(op, "grad_c_n", *grad_c_n_in, out);
+    check_same(op, "grad_c_n", *grad_c_n_in, out, "output");
     check_shape(op, "grad_c_n", *grad_c_n_in, {D, B, H});
   }
   const at::Tensor c0 = c0_in.contiguous();
@@ -828,7 +612,7 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
       a.skip_initial_product = single_step;
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.output = P;
       a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * P : nullptr;
@@ -880,10 +664,11 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
                  const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::gru_backward";
-  const BackwardInputs in = prepare_backward(op, Cell::kGru, grad_out, grad_h_n, w_hh, b_hh, {},
-                                             h0, out, ws, batch_sizes, 4);
+  const BackwardInputs in = host::prepare_backward(kCpu, op, Cell::kGru, grad_out, grad_h_n, w_hh,
+                                                   b_hh, {}, h0, out, ws, batch_sizes, 4);
   const Dims& d = in.d;
-  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, d, d.hidden);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, "output", d,
+                                                          d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
   at::Tensor grad_x_proj = empty_large({N, D * 3 * H}, opts);
@@ -900,7 +685,7 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
       a.skip_initial_product = single_step;
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * H : nullptr;
       a.ld_grad_out = D * H;
@@ -939,10 +724,12 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
   constexpr const char* op = "rnnkernels::rnn_backward";
   const bool relu = parse_nonlinearity(op, nonlinearity);
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
-  const BackwardInputs in = prepare_backward(op, Cell::kRnn, grad_out, grad_h_n, w_hh, b_hh, {},
-                                             h0, out, ws, batch_sizes, has_zoneout ? 1 : 0);
+  const BackwardInputs in = host::prepare_backward(kCpu, op, Cell::kRnn, grad_out, grad_h_n, w_hh,
+                                                   b_hh, {}, h0, out, ws, batch_sizes,
+                                                   has_zoneout ? 1 : 0);
   const Dims& d = in.d;
-  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, d, d.hidden);
+  const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, "output", d,
+                                                          d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = out.options();
   at::Tensor grad_x_proj = empty_large({N, D * H}, opts);
@@ -958,7 +745,7 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
       a.skip_initial_product = single_step;
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.relu = relu;
       a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * H : nullptr;
@@ -1000,7 +787,8 @@ struct LayerNormParams {
 
 LayerNormParams check_layer_norm_params(const char* op, const Dims& d,
                                         at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
-                                        at::TensorList ln_c_bias, const at::Tensor& like) {
+                                        at::TensorList ln_c_bias, const at::Tensor& like,
+                                        const char* like_name) {
   const int64_t D = d.directions, H = d.hidden;
   TORCH_CHECK(static_cast<int64_t>(ln_hh_weight.size()) == D &&
                   static_cast<int64_t>(ln_c_weight.size()) == D,
@@ -1011,12 +799,12 @@ LayerNormParams check_layer_norm_params(const char* op, const Dims& d,
               ln_c_bias.size());
   for (const auto i : c10::irange(D)) {
     const std::string idx = "[" + std::to_string(i) + "]";
-    check_same(op, "ln_hh_weight", ln_hh_weight[i], like);
+    check_same(op, "ln_hh_weight", ln_hh_weight[i], like, like_name);
     check_shape(op, "ln_hh_weight" + idx, ln_hh_weight[i], {4 * H});
-    check_same(op, "ln_c_weight", ln_c_weight[i], like);
+    check_same(op, "ln_c_weight", ln_c_weight[i], like, like_name);
     check_shape(op, "ln_c_weight" + idx, ln_c_weight[i], {H});
     if (!ln_c_bias.empty()) {
-      check_same(op, "ln_c_bias", ln_c_bias[i], like);
+      check_same(op, "ln_c_bias", ln_c_bias[i], like, like_name);
       check_shape(op, "ln_c_bias" + idx, ln_c_bias[i], {H});
     }
   }
@@ -1032,9 +820,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
       prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes, "x_side");
   const Dims& d = in.d;
   const LayerNormParams ln =
-      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side);
+      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side, "x_side");
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
-  check_same(op, "c0", c0_in, x_side);
+  check_same(op, "c0", c0_in, x_side, "x_side");
   check_shape(op, "c0", c0_in, {D, B, H});
   const at::Tensor c0 = c0_in.contiguous();
   const auto opts = x_side.options();
@@ -1050,7 +838,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     std::vector<at::Tensor> scratch(D);
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.x_side = in.x_proj.data_ptr<scalar_t>() + i * 4 * H;
       a.ld_x_side = D * 4 * H;
@@ -1085,18 +873,18 @@ layer_norm_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
                              const at::Tensor& c0_in, const at::Tensor& out,
                              const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes) {
   constexpr const char* op = "rnnkernels::layer_norm_lstm_backward";
-  const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, {}, {},
-                                             h0, out, ws, batch_sizes, math::kLnRstd,
-                                             math::kLnRstdValues);
+  const BackwardInputs in = host::prepare_backward(kCpu, op, Cell::kLstm, grad_out, grad_h_n, w_hh,
+                                                   {}, {}, h0, out, ws, batch_sizes, math::kLnRstd,
+                                                   math::kLnRstdValues);
   const Dims& d = in.d;
   const LayerNormParams ln =
-      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out);
+      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out, "output");
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const int64_t ws_width = math::ln_lstm_workspace_width(H);
-  check_same(op, "c0", c0_in, out);
+  check_same(op, "c0", c0_in, out, "output");
   check_shape(op, "c0", c0_in, {D, B, H});
   if (grad_c_n_in.has_value() && grad_c_n_in->defined()) {
-    check_same(op, "grad_c_n", *grad_c_n_in, out);
+    check_same(op, "grad_c_n", *grad_c_n_in, out, "output");
     check_shape(op, "grad_c_n", *grad_c_n_in, {D, B, H});
   }
   const at::Tensor c0 = c0_in.contiguous();
@@ -1118,7 +906,7 @@ layer_norm_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
     std::vector<at::Tensor> scratch(D);
     for (const auto i : c10::irange(D)) {
       auto& a = args[i];
-      a.seq = in.seq.layout(i == 1);
+      a.seq = layout_of(in.seq, i == 1);
       a.hidden = H;
       a.grad_out = in.grad_out ? in.grad_out->data_ptr<scalar_t>() + i * H : nullptr;
       a.ld_grad_out = D * H;
@@ -1183,8 +971,8 @@ std::vector<at::Tensor> narrow_to(std::vector<at::Tensor> ts, at::ScalarType dty
 }
 
 void check_optional_same(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                         const at::Tensor& ref) {
-  if (t.has_value() && t->defined()) check_same(op, name, *t, ref);
+                         const at::Tensor& ref, const char* ref_name) {
+  if (t.has_value() && t->defined()) check_same(op, name, *t, ref, ref_name);
 }
 
 void check_float32_workspace(const char* op, const at::Tensor& ws) {
@@ -1201,9 +989,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_entry(
     return lstm_forward_cpu(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace,
                             zoneout);
   constexpr const char* op = "rnnkernels::lstm_forward";
-  check_weights(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0);
-  check_same(op, "c0", c0, x_proj);
-  check_optional_same(op, "zoneout", zoneout, x_proj);
+  check_weights(op, Cell::kLstm, x_proj, "x_proj", w_hh, b_hh, w_hr, h0);
+  check_same(op, "c0", c0, x_proj, "x_proj");
+  check_optional_same(op, "zoneout", zoneout, x_proj, "x_proj");
   auto [out, h_n, c_n, ws] = lstm_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh),
                                               widen(w_hr), widen(h0), widen(c0), batch_sizes,
                                               need_workspace, widen(zoneout));
@@ -1217,8 +1005,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_entry(
   const auto dtype = x_proj.scalar_type();
   if (has_native_kernels(dtype))
     return gru_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout);
-  check_weights("rnnkernels::gru_forward", Cell::kGru, x_proj, w_hh, b_hh, {}, h0);
-  check_optional_same("rnnkernels::gru_forward", "zoneout", zoneout, x_proj);
+  check_weights("rnnkernels::gru_forward", Cell::kGru, x_proj, "x_proj", w_hh, b_hh, {}, h0);
+  check_optional_same("rnnkernels::gru_forward", "zoneout", zoneout, x_proj, "x_proj");
   auto [out, h_n, ws] = gru_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh), widen(h0),
                                         batch_sizes, need_workspace, widen(zoneout));
   return {out.to(dtype), h_n.to(dtype), ws};
@@ -1232,8 +1020,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_entry(
   if (has_native_kernels(dtype))
     return rnn_forward_cpu(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace,
                            zoneout);
-  check_weights("rnnkernels::rnn_forward", Cell::kRnn, x_proj, w_hh, b_hh, {}, h0);
-  check_optional_same("rnnkernels::rnn_forward", "zoneout", zoneout, x_proj);
+  check_weights("rnnkernels::rnn_forward", Cell::kRnn, x_proj, "x_proj", w_hh, b_hh, {}, h0);
+  check_optional_same("rnnkernels::rnn_forward", "zoneout", zoneout, x_proj, "x_proj");
   auto [out, h_n, ws] = rnn_forward_cpu(widen(x_proj), widen(w_hh), widen(b_hh), widen(h0),
                                         batch_sizes, nonlinearity, need_workspace,
                                         widen(zoneout));
@@ -1254,12 +1042,12 @@ lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
     return lstm_backward_cpu(grad_out, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c0, out, ws,
                              batch_sizes, zoneout);
   constexpr const char* op = "rnnkernels::lstm_backward";
-  check_weights(op, Cell::kLstm, out, w_hh, b_hh, w_hr, h0);
-  check_same(op, "c0", c0, out);
-  check_optional_same(op, "grad_output", grad_out, out);
-  check_optional_same(op, "grad_h_n", grad_h_n, out);
-  check_optional_same(op, "grad_c_n", grad_c_n, out);
-  check_optional_same(op, "zoneout", zoneout, out);
+  check_weights(op, Cell::kLstm, out, "output", w_hh, b_hh, w_hr, h0);
+  check_same(op, "c0", c0, out, "output");
+  check_optional_same(op, "grad_output", grad_out, out, "output");
+  check_optional_same(op, "grad_h_n", grad_h_n, out, "output");
+  check_optional_same(op, "grad_c_n", grad_c_n, out, "output");
+  check_optional_same(op, "zoneout", zoneout, out, "output");
   check_float32_workspace(op, ws);
   auto [gx, gh0, gc0, gw_hh, gb_hh, gw_hr] =
       lstm_backward_cpu(widen(grad_out), widen(grad_h_n), widen(grad_c_n), widen(w_hh),
@@ -1279,10 +1067,10 @@ gru_backward_entry(const std::optional<at::Tensor>& grad_out,
   if (has_native_kernels(dtype))
     return gru_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes, zoneout);
   constexpr const char* op = "rnnkernels::gru_backward";
-  check_weights(op, Cell::kGru, out, w_hh, b_hh, {}, h0);
-  check_optional_same(op, "grad_output", grad_out, out);
-  check_optional_same(op, "grad_h_n", grad_h_n, out);
-  check_optional_same(op, "zoneout", zoneout, out);
+  check_weights(op, Cell::kGru, out, "output", w_hh, b_hh, {}, h0);
+  check_optional_same(op, "grad_output", grad_out, out, "output");
+  check_optional_same(op, "grad_h_n", grad_h_n, out, "output");
+  check_optional_same(op, "zoneout", zoneout, out, "output");
   check_float32_workspace(op, ws);
   auto [gx, gh0, gw_hh, gb_hh] = gru_backward_cpu(widen(grad_out), widen(grad_h_n), widen(w_hh),
                                                   widen(b_hh), widen(h0), widen(out), ws,
@@ -1301,10 +1089,10 @@ rnn_backward_entry(const std::optional<at::Tensor>& grad_out,
     return rnn_backward_cpu(grad_out, grad_h_n, w_hh, b_hh, h0, out, ws, batch_sizes,
                             nonlinearity, zoneout);
   constexpr const char* op = "rnnkernels::rnn_backward";
-  check_weights(op, Cell::kRnn, out, w_hh, b_hh, {}, h0);
-  check_optional_same(op, "grad_output", grad_out, out);
-  check_optional_same(op, "grad_h_n", grad_h_n, out);
-  check_optional_same(op, "zoneout", zoneout, out);
+  check_weights(op, Cell::kRnn, out, "output", w_hh, b_hh, {}, h0);
+  check_optional_same(op, "grad_output", grad_out, out, "output");
+  check_optional_same(op, "grad_h_n", grad_h_n, out, "output");
+  check_optional_same(op, "zoneout", zoneout, out, "output");
   check_float32_workspace(op, ws);
   auto [gx, gh0, gw_hh, gb_hh] = rnn_backward_cpu(widen(grad_out), widen(grad_h_n), widen(w_hh),
                                                   widen(b_hh), widen(h0), widen(out), ws,
@@ -1321,9 +1109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     return layer_norm_lstm_forward_cpu(x_side, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0,
                                        batch_sizes, need_workspace);
   constexpr const char* op = "rnnkernels::layer_norm_lstm_forward";
-  const Dims d = check_weights(op, Cell::kLstm, x_side, w_hh, {}, {}, h0);
-  check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side);
-  check_same(op, "c0", c0, x_side);
+  const Dims d = check_weights(op, Cell::kLstm, x_side, "x_side", w_hh, {}, {}, h0);
+  check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side, "x_side");
+  check_same(op, "c0", c0, x_side, "x_side");
   auto [out, h_n, c_n, ws] = layer_norm_lstm_forward_cpu(
       widen(x_side), widen(w_hh), widen(ln_hh_weight), widen(ln_c_weight), widen(ln_c_bias),
       widen(h0), widen(c0), batch_sizes, need_workspace);
@@ -1344,12 +1132,12 @@ layer_norm_lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
     return layer_norm_lstm_backward_cpu(grad_out, grad_h_n, grad_c_n, w_hh, ln_hh_weight,
                                         ln_c_weight, ln_c_bias, h0, c0, out, ws, batch_sizes);
   constexpr const char* op = "rnnkernels::layer_norm_lstm_backward";
-  const Dims d = check_weights(op, Cell::kLstm, out, w_hh, {}, {}, h0);
-  check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out);
-  check_same(op, "c0", c0, out);
-  check_optional_same(op, "grad_output", grad_out, out);
-  check_optional_same(op, "grad_h_n", grad_h_n, out);
-  check_optional_same(op, "grad_c_n", grad_c_n, out);
+  const Dims d = check_weights(op, Cell::kLstm, out, "output", w_hh, {}, {}, h0);
+  check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out, "output");
+  check_same(op, "c0", c0, out, "output");
+  check_optional_same(op, "grad_output", grad_out, out, "output");
+  check_optional_same(op, "grad_h_n", grad_h_n, out, "output");
+  check_optional_same(op, "grad_c_n", grad_c_n, out, "output");
   check_float32_workspace(op, ws);
   auto [gx, gh0, gc0, gw_hh, g_ln_hh, g_ln_c, g_ln_c_bias] = layer_norm_lstm_backward_cpu(
       widen(grad_out), widen(grad_h_n), widen(grad_c_n), widen(w_hh), widen(ln_hh_weight),

@@ -78,6 +78,7 @@
 #include <vector>
 
 #include "cuda/kernels.h"
+#include "host/arguments.h"
 #include "rnnkernels/cell_math.h"
 
 #ifdef RNNKERNELS_CUDA_EMULATION
@@ -113,11 +114,8 @@ static_assert(sizeof(at::Half) == sizeof(float16_t) && alignof(at::Half) == alig
 static_assert(sizeof(at::BFloat16) == sizeof(bfloat16_t) &&
               alignof(at::BFloat16) == alignof(bfloat16_t));
 
-enum class Cell { kLstm, kGru, kRnn };
-
-constexpr int64_t gate_count(Cell cell) {
-  return cell == Cell::kLstm ? 4 : (cell == Cell::kGru ? 3 : 1);
-}
+// Sequence, Dims, the argument checks and the op arguments of csrc/host/arguments.h.
+using namespace host;
 
 // ---------------------------------------------------------------- types
 
@@ -215,166 +213,6 @@ void dispatch_types(const char* op, const at::Tensor& like, F&& f) {
       TORCH_CHECK(false, op, ": CUDA kernels support float32, float64, float16 and bfloat16, got ",
                   like.scalar_type());
   }
-}
-
-// ---------------------------------------------------------------- sequence layout
-
-// Per-step batch sizes and row offsets of one call (see Note [cuda step rows] in kernels.h).
-struct Sequence {
-  std::vector<int64_t> batch_sizes;
-  std::vector<int64_t> offsets;
-  int64_t batch = 0;
-  int64_t rows = 0;
-
-  int64_t steps() const { return static_cast<int64_t>(batch_sizes.size()); }
-  int64_t time_at(int64_t s, bool reverse) const { return reverse ? steps() - 1 - s : s; }
-  // Rows active at processing step s of a direction; 0 outside [0, T).
-  int64_t rows_at(int64_t s, bool reverse) const {
-    return (s < 0 || s >= steps()) ? 0 : batch_sizes[time_at(s, reverse)];
-  }
-  // First row of processing step s; only for s in [0, T).
-  int64_t offset_at(int64_t s, bool reverse) const { return offsets[time_at(s, reverse)]; }
-  bool uniform() const {
-    return std::all_of(batch_sizes.begin(), batch_sizes.end(),
-                       [&](int64_t b) { return b == batch; });
-  }
-};
-
-Sequence make_sequence(const char* op, int64_t rows, int64_t batch,
-                       const std::optional<at::Tensor>& batch_sizes) {
-  Sequence seq;
-  seq.batch = batch;
-  seq.rows = rows;
-  if (batch_sizes.has_value() && batch_sizes->defined()) {
-    const at::Tensor& bs = *batch_sizes;
-    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, op,
-                ": batch_sizes must be a 1-D int64 CPU tensor (PackedSequence.batch_sizes), got ",
-                bs.dim(), "-D ", bs.scalar_type(), " on ", bs.device());
-    const at::Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
-    const int64_t steps = bsc.numel();
-    seq.batch_sizes.assign(p, p + steps);
-    seq.offsets.resize(steps);
-    int64_t total = 0;
-    for (const auto t : c10::irange(steps)) {
-      const int64_t b = seq.batch_sizes[t];
-      TORCH_CHECK(b >= 1 && b <= batch, op, ": batch_sizes[", t, "] = ", b,
-                  " must be in [1, ", batch, "] (the batch size of h0)");
-      TORCH_CHECK(t == 0 || b <= seq.batch_sizes[t - 1], op,
-                  ": batch_sizes must be non-increasing, got batch_sizes[", t - 1,
-                  "] = ", seq.batch_sizes[t - 1], " and batch_sizes[", t, "] = ", b);
-      seq.offsets[t] = total;
-      total += b;
-    }
-    TORCH_CHECK(steps == 0 || seq.batch_sizes[0] == batch, op, ": batch_sizes[0] = ",
-                steps == 0 ? 0 : seq.batch_sizes[0], " must equal the batch size of h0 (",
-                batch, ")");
-    TORCH_CHECK(total == rows, op, ": batch_sizes sum to ", total, " but x_proj has ", rows,
-                " rows");
-  } else {
-    TORCH_CHECK(batch > 0 || rows == 0, op, ": h0 has batch size 0 but x_proj has ", rows,
-                " rows");
-    const int64_t steps = batch > 0 ? rows / batch : 0;
-    TORCH_CHECK(steps * batch == rows, op, ": x_proj has ", rows,
-                " rows, not a multiple of the batch size ", batch);
-    seq.batch_sizes.assign(steps, batch);
-    seq.offsets.resize(steps);
-    for (const auto t : c10::irange(steps)) seq.offsets[t] = t * batch;
-  }
-  return seq;
-}
-
-// ---------------------------------------------------------------- checks
-
-void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
-                const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
-              ref_name, " is on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type());
-}
-
-void check_shape(const char* op, const std::string& name, const at::Tensor& t,
-                 at::IntArrayRef expected) {
-  TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected,
-              ", got ", t.sizes());
-}
-
-void check_dtype(const char* op, const at::Tensor& t, const char* name) {
-  const at::ScalarType st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              op, ": CUDA kernels support float32, float64, float16 and bfloat16, got ", name,
-              " of dtype ", st);
-}
-
-// The shapes every op of a cell agrees on.
-struct Dims {
-  int64_t directions = 1;  // D
-  int64_t gates = 1;       // G
-  int64_t hidden = 0;      // H
-  int64_t output = 0;      // P
-  int64_t batch = 0;       // B
-  int64_t rows = 0;        // N
-};
-
-Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, const char* ref_name,
-                   at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
-                   const at::Tensor& h0) {
-  Dims d;
-  d.gates = gate_count(cell);
-  d.directions = static_cast<int64_t>(w_hh.size());
-  TORCH_CHECK(d.directions == 1 || d.directions == 2, op,
-              ": w_hh must hold one weight per direction (1 or 2), got ", d.directions);
-  TORCH_CHECK(w_hh[0].dim() == 2 && w_hh[0].size(0) % d.gates == 0 && w_hh[0].size(0) > 0, op,
-              ": w_hh[0] must be [", d.gates, "*hidden_size, output_size], got ",
-              w_hh[0].sizes());
-  d.hidden = w_hh[0].size(0) / d.gates;
-  d.output = w_hh[0].size(1);
-  TORCH_CHECK(b_hh.empty() || static_cast<int64_t>(b_hh.size()) == d.directions, op,
-              ": b_hh must be empty or hold one bias per direction, got ", b_hh.size());
-  TORCH_CHECK(w_hr.empty() || static_cast<int64_t>(w_hr.size()) == d.directions, op,
-              ": w_hr must be empty or hold one weight per direction, got ", w_hr.size());
-  if (w_hr.empty()) {
-    TORCH_CHECK(d.output == d.hidden, op, ": w_hh[0] is ", w_hh[0].sizes(),
-                "; without w_hr its second dimension must equal hidden_size ", d.hidden);
-  }
-  for (const auto i : c10::irange(d.directions)) {
-    const std::string idx = "[" + std::to_string(i) + "]";
-    check_same(op, "w_hh", w_hh[i], ref, ref_name);
-    check_shape(op, "w_hh" + idx, w_hh[i], {d.gates * d.hidden, d.output});
-    if (!b_hh.empty()) {
-      check_same(op, "b_hh", b_hh[i], ref, ref_name);
-      check_shape(op, "b_hh" + idx, b_hh[i], {d.gates * d.hidden});
-    }
-    if (!w_hr.empty()) {
-      check_same(op, "w_hr", w_hr[i], ref, ref_name);
-      check_shape(op, "w_hr" + idx, w_hr[i], {d.output, d.hidden});
-    }
-  }
-  check_same(op, "h0", h0, ref, ref_name);
-  TORCH_CHECK(h0.dim() == 3, op, ": expected h0 of shape [directions, batch, ", d.output,
-              "], got ", h0.sizes());
-  d.batch = h0.size(1);
-  check_shape(op, "h0", h0, {d.directions, d.batch, d.output});
-  return d;
-}
-
-std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
-}
-
-std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
-  if (t.has_value() && t->defined()) return t->contiguous();
-  return std::nullopt;
-}
-
-std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& ts) {
-  std::vector<at::Tensor> out;
-  for (const auto& t : ts) out.push_back(at::empty_like(t, at::MemoryFormat::Contiguous));
-  return out;
 }
 
 // [D, rows, cols] stack of per-direction matrices; a view for one direction.
@@ -496,12 +334,15 @@ struct Zoneout {
 
 // ---------------------------------------------------------------- forward
 
-// Arguments common to every forward op, checked and made contiguous.
-struct ForwardInputs {
-  Dims d;
-  Sequence seq;
-  at::Tensor x_proj, h0;
-  std::vector<at::Tensor> w_hh, b_hh, w_hr;
+bool on_cuda(const at::Tensor& t) { return kEmulation || t.is_cuda(); }
+bool cuda_supports(at::ScalarType st) {
+  return st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16;
+}
+const host::Backend kCuda{"CUDA", on_cuda, cuda_supports,
+                          "float32, float64, float16 and bfloat16", workspace_dtype};
+
+// The common forward arguments and what the CUDA ops add to them.
+struct ForwardInputs : host::ForwardInputs {
   at::TensorOptions options;  // device and storage dtype: the weights', h0's, the outputs'
   bool float_input = false;   // x_proj in float32 for 16-bit weights
 
@@ -537,32 +378,17 @@ ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_pro
                               const at::Tensor& h0,
                               const std::optional<at::Tensor>& batch_sizes,
                               const char* x_name = "x_proj", bool float_input_ok = true) {
+  const bool float_input = float_input_ok && x_proj.scalar_type() == at::kFloat &&
+                           !w_hh.empty() && is_16bit(w_hh[0].scalar_type());
   ForwardInputs in;
-  TORCH_CHECK(kEmulation || x_proj.is_cuda(), op, ": the CUDA kernel got ", x_name, " on ",
-              x_proj.device());
-  check_dtype(op, x_proj, x_name);
-  in.float_input = float_input_ok && x_proj.scalar_type() == at::kFloat && !w_hh.empty() &&
-                   is_16bit(w_hh[0].scalar_type());
-  if (in.float_input) {
-    // The weights set the storage dtype; x_proj only has to share their device.
-    in.d = check_weights(op, cell, w_hh[0], "w_hh[0]", w_hh, b_hh, w_hr, h0);
-    TORCH_CHECK(x_proj.device() == w_hh[0].device(), op, ": ", x_name, " is on ",
-                x_proj.device(), " but w_hh[0] is on ", w_hh[0].device());
-  } else {
-    in.d = check_weights(op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0);
-  }
+  // With a float32 x_proj the weights set the storage dtype; x_proj only shares their device.
+  static_cast<host::ForwardInputs&>(in) =
+      float_input ? host::prepare_forward(kCuda, op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0,
+                                          batch_sizes, w_hh[0], "w_hh[0]")
+                  : host::prepare_forward(kCuda, op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0,
+                                          batch_sizes, x_proj, x_name);
+  in.float_input = float_input;
   in.options = h0.options();
-  const Dims& d = in.d;
-  TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
-              ": expected ", x_name, " of shape [rows, ", d.directions * d.gates * d.hidden,
-              "] (directions * gates * hidden_size), got ", x_proj.sizes());
-  in.d.rows = x_proj.size(0);
-  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
-  in.x_proj = x_proj.contiguous();
-  in.h0 = h0.contiguous();
-  in.w_hh = contiguous_all(w_hh);
-  in.b_hh = contiguous_all(b_hh);
-  in.w_hr = contiguous_all(w_hr);
   return in;
 }
 
@@ -789,12 +615,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
   return {out, h_n, ws};
 }
 
-bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
-  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", op,
-              ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");
-  return nonlinearity == "relu";
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
     const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
@@ -823,59 +643,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
 }
 
 // ---------------------------------------------------------------- backward
-
-// Arguments common to every backward op, checked and made contiguous.
-struct BackwardInputs {
-  Dims d;
-  Sequence seq;
-  at::Tensor h0, out, ws;
-  std::optional<at::Tensor> grad_out, grad_h_n;
-  std::vector<at::Tensor> w_hh, b_hh, w_hr;
-};
-
-BackwardInputs prepare_backward(const char* op, Cell cell,
-                                const std::optional<at::Tensor>& grad_out,
-                                const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
-                                at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
-                                const at::Tensor& out, const at::Tensor& ws,
-                                const std::optional<at::Tensor>& batch_sizes,
-                                int64_t ws_per_hidden, int64_t ws_extra = 0) {
-  BackwardInputs in;
-  TORCH_CHECK(kEmulation || out.is_cuda(), op, ": the CUDA kernel got output on ", out.device());
-  check_dtype(op, out, "output");
-  in.d = check_weights(op, cell, out, "output", w_hh, b_hh, w_hr, h0);
-  const Dims& d = in.d;
-  TORCH_CHECK(out.dim() == 2 && out.size(1) == d.directions * d.output, op,
-              ": expected output of shape [rows, ", d.directions * d.output, "], got ",
-              out.sizes());
-  in.d.rows = out.size(0);
-  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
-  TORCH_CHECK(ws.device() == out.device(), op, ": workspace is on ", ws.device(),
-              " but output is on ", out.device());
-  const at::ScalarType ws_dtype = workspace_dtype(out.scalar_type());
-  TORCH_CHECK(ws.scalar_type() == ws_dtype, op, ": workspace has dtype ", ws.scalar_type(),
-              " but output of dtype ", out.scalar_type(), " needs a ", ws_dtype,
-              " workspace (float32 for float16/bfloat16, else the output's dtype)");
-  check_shape(op, "workspace", ws,
-              {d.directions, in.d.rows, ws_per_hidden * d.hidden + ws_extra});
-  if (grad_out.has_value() && grad_out->defined()) {
-    check_same(op, "grad_output", *grad_out, out, "output");
-    check_shape(op, "grad_output", *grad_out, out.sizes());
-  }
-  if (grad_h_n.has_value() && grad_h_n->defined()) {
-    check_same(op, "grad_h_n", *grad_h_n, out, "output");
-    check_shape(op, "grad_h_n", *grad_h_n, h0.sizes());
-  }
-  in.h0 = h0.contiguous();
-  in.out = out.contiguous();
-  in.ws = ws.contiguous();
-  in.grad_out = contiguous_opt(grad_out);
-  in.grad_h_n = contiguous_opt(grad_h_n);
-  in.w_hh = contiguous_all(w_hh);
-  in.b_hh = contiguous_all(b_hh);
-  in.w_hr = contiguous_all(w_hr);
-  return in;
-}
 
 // Processing step s of every direction in the backward sweep: rows at s, s+1 and s-1.
 struct BackwardStepRows {
@@ -1193,9 +960,9 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   constexpr const char* op = "rnnkernels::lstm_backward";
   const DeviceGuard guard(out.device());
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
-  const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, b_hh,
-                                             w_hr, h0, out, ws, batch_sizes,
-                                             math::lstm_workspace_slots(has_zoneout));
+  const BackwardInputs in = host::prepare_backward(kCuda, op, Cell::kLstm, grad_out, grad_h_n, w_hh,
+                                                   b_hh, w_hr, h0, out, ws, batch_sizes,
+                                                   math::lstm_workspace_slots(has_zoneout));
   const Dims& d = in.d;
   const Zoneout zoneout(op, zoneout_in, out, "output", d, d.output + d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
@@ -1245,8 +1012,8 @@ gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
                   const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::gru_backward";
   const DeviceGuard guard(out.device());
-  const BackwardInputs in = prepare_backward(op, Cell::kGru, grad_out, grad_h_n, w_hh, b_hh, {},
-                                             h0, out, ws, batch_sizes, 4);
+  const BackwardInputs in = host::prepare_backward(kCuda, op, Cell::kGru, grad_out, grad_h_n, w_hh,
+                                                   b_hh, {}, h0, out, ws, batch_sizes, 4);
   const Dims& d = in.d;
   const Zoneout zoneout(op, zoneout_in, out, "output", d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
@@ -1276,8 +1043,9 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
   const bool relu = parse_nonlinearity(op, nonlinearity);
   const DeviceGuard guard(out.device());
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
-  const BackwardInputs in = prepare_backward(op, Cell::kRnn, grad_out, grad_h_n, w_hh, b_hh, {},
-                                             h0, out, ws, batch_sizes, has_zoneout ? 1 : 0);
+  const BackwardInputs in = host::prepare_backward(kCuda, op, Cell::kRnn, grad_out, grad_h_n, w_hh,
+                                                   b_hh, {}, h0, out, ws, batch_sizes,
+                                                   has_zoneout ? 1 : 0);
   const Dims& d = in.d;
   const Zoneout zoneout(op, zoneout_in, out, "output", d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
@@ -1506,9 +1274,9 @@ layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   constexpr const char* op = "rnnkernels::layer_norm_lstm_backward";
   const DeviceGuard guard(out.device());
   // Workspace rows: kLnRstd H-wide slots, then the two rstd (Note [layer-normalised LSTM]).
-  const BackwardInputs in = prepare_backward(op, Cell::kLstm, grad_out, grad_h_n, w_hh, {}, {},
-                                             h0, out, ws, batch_sizes, math::kLnRstd,
-                                             math::kLnRstdValues);
+  const BackwardInputs in = host::prepare_backward(kCuda, op, Cell::kLstm, grad_out, grad_h_n, w_hh,
+                                                   {}, {}, h0, out, ws, batch_sizes, math::kLnRstd,
+                                                   math::kLnRstdValues);
   const Dims& d = in.d;
   const LayerNormParams ln =
       check_layer_norm_params(op, d, out, "output", ln_hh_weight, ln_c_weight, ln_c_bias);
