@@ -23,6 +23,7 @@
 #include "cpu/memory.h"
 #include "double_backward.h"
 #include "rnnkernels/build_info.h"
+#include "rnnkernels/cell_math.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
   // x [N, I] -> x_proj [N, D*G*H]: direction d's columns are x @ w_ih[d]^T + b_ih[d].
@@ -136,6 +137,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         });
       }, "Registers the reference that fused ops recompute through for create_graph=True "
          "(Note [double backward] in csrc/double_backward.h).");
+  m.def("_workspace_widths", [] {
+        namespace math = rnnkernels::math;
+        pybind11::dict slots;  // H-wide slots per row: (without zoneout, with zoneout)
+        slots["lstm"] = pybind11::make_tuple(math::lstm_workspace_slots(false),
+                                             math::lstm_workspace_slots(true));
+        slots["gru"] = pybind11::make_tuple(math::gru_workspace_slots(false),
+                                            math::gru_workspace_slots(true));
+        slots["rnn"] = pybind11::make_tuple(math::rnn_workspace_slots(false),
+                                            math::rnn_workspace_slots(true));
+        // layer_norm_lstm: ln_lstm_workspace_width(H) = slots * H + extra.
+        slots["layer_norm_lstm"] =
+            pybind11::make_tuple(static_cast<int>(math::kLnRstd), math::kLnRstdValues);
+        return slots;
+      }, "The workspace widths of the ops, from include/rnnkernels/cell_math.h (their fakes "
+         "in rnnkernels/ops.py read them here).");
   void rnnkernels_register_bench_gemm(pybind11::module_&);  // csrc/bench_gemm.cpp
   rnnkernels_register_bench_gemm(m);
 }

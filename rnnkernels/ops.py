@@ -12,14 +12,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._ext import _C  # noqa: F401  (registers the schemas and kernels)
+from ._ext import _C  # also registers the schemas and kernels
 
 _ops = torch.ops.rnnkernels
 
 # Workspace floats per hidden unit and row, as the kernels store them; with zoneout the
-# LSTM also keeps c after zoneout and the RNN h before it (csrc/rnnkernels.cpp).
-WORKSPACE_PER_HIDDEN = {"lstm": 5, "gru": 4, "rnn": 0}
-WORKSPACE_PER_HIDDEN_ZONEOUT = {"lstm": 6, "gru": 4, "rnn": 1}
+# LSTM also keeps c after zoneout and the RNN h before it. Defined once, in
+# csrc/include/rnnkernels/cell_math.h; the opcheck tests compare these fakes with the ops.
+_WORKSPACE_SLOTS = _C._workspace_widths()
+WORKSPACE_PER_HIDDEN = {cell: _WORKSPACE_SLOTS[cell][0] for cell in ("lstm", "gru", "rnn")}
+WORKSPACE_PER_HIDDEN_ZONEOUT = {cell: _WORKSPACE_SLOTS[cell][1] for cell in ("lstm", "gru", "rnn")}
 
 
 def _workspace_width(cell: str, hidden: int, zoneout) -> int:
@@ -96,7 +98,8 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, b_hh, w_hr, h0, c
 
 def layer_norm_lstm_workspace_width(hidden: int) -> int:
     """i, f, g, o, the normalised product, c, the normalised c, two rstd (cell_math.h)."""
-    return 10 * hidden + 2
+    slots, extra = _WORKSPACE_SLOTS["layer_norm_lstm"]
+    return slots * hidden + extra
 
 
 @torch.library.register_fake("rnnkernels::layer_norm_lstm_forward")
@@ -138,7 +141,8 @@ def _gru_forward_fake(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneo
     return (
         h0.new_empty((n, d * h)),
         h0.new_empty((d, b, h)),
-        h0.new_empty((d, n if need_workspace else 0, 4 * h), dtype=_workspace_dtype(h0)),
+        h0.new_empty((d, n if need_workspace else 0, _workspace_width("gru", h, zoneout)),
+                     dtype=_workspace_dtype(h0)),
     )
 
 

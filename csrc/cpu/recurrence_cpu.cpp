@@ -457,7 +457,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   const auto opts = in.x_proj.options();
   at::Tensor out = empty_large({N, D * H}, opts);
   at::Tensor h_n = empty_large({D, B, H}, opts);
-  at::Tensor ws = empty_large({D, need_workspace ? N : 0, 4 * H},
+  at::Tensor ws = empty_large({D, need_workspace ? N : 0, math::gru_workspace_slots(false) * H},
                               opts.dtype(compute_dtype(in.x_proj.scalar_type())));
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, "x_proj", d,
                                                           H);
@@ -513,7 +513,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, in.x_proj, "x_proj", d,
                                                           H);
   // With zoneout the workspace keeps h before zoneout, for the activation's backward.
-  const int64_t ws_width = zoneout ? H : 0;
+  const int64_t ws_width = math::rnn_workspace_slots(zoneout.has_value()) * H;
   at::Tensor ws = empty_large({D, need_workspace ? N : 0, ws_width},
                               opts.dtype(compute_dtype(in.x_proj.scalar_type())));
 
@@ -665,7 +665,8 @@ gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
                  const std::optional<at::Tensor>& zoneout_in) {
   constexpr const char* op = "rnnkernels::gru_backward";
   const BackwardInputs in = host::prepare_backward(kCpu, op, Cell::kGru, grad_out, grad_h_n, w_hh,
-                                                   b_hh, {}, h0, out, ws, batch_sizes, 4);
+                                                   b_hh, {}, h0, out, ws, batch_sizes,
+                                                   math::gru_workspace_slots(false));
   const Dims& d = in.d;
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, "output", d,
                                                           d.hidden);
@@ -726,7 +727,7 @@ rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
   const BackwardInputs in = host::prepare_backward(kCpu, op, Cell::kRnn, grad_out, grad_h_n, w_hh,
                                                    b_hh, {}, h0, out, ws, batch_sizes,
-                                                   has_zoneout ? 1 : 0);
+                                                   math::rnn_workspace_slots(has_zoneout));
   const Dims& d = in.d;
   const std::optional<at::Tensor> zoneout = check_zoneout(op, zoneout_in, out, "output", d,
                                                           d.hidden);

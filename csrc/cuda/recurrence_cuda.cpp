@@ -603,7 +603,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cuda(
   const auto acc_opts = opts.dtype(workspace_dtype(opts.dtype().toScalarType()));
   at::Tensor out = at::empty({N, D * H}, opts);
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
-  at::Tensor ws = at::empty({D, need_workspace ? N : 0, 4 * H}, acc_opts);
+  at::Tensor ws =
+      at::empty({D, need_workspace ? N : 0, math::gru_workspace_slots(false) * H}, acc_opts);
   const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, H);
   dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
@@ -630,7 +631,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
   at::Tensor h_n = copy_or_zeros(in.h0, {D, B, H}, opts);
   const Zoneout zoneout(op, zoneout_in, in.h0, "h0", d, H);
   // With zoneout the workspace keeps h before zoneout, for the activation's backward.
-  at::Tensor ws = at::empty({D, need_workspace ? N : 0, zoneout.defined() ? H : 0},
+  const int64_t ws_width = math::rnn_workspace_slots(zoneout.defined()) * H;
+  at::Tensor ws = at::empty({D, need_workspace ? N : 0, ws_width},
                             opts.dtype(workspace_dtype(opts.dtype().toScalarType())));
   dispatch_types(op, in.h0, [&](auto types) {
     using T = decltype(types);
@@ -1013,7 +1015,8 @@ gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
   constexpr const char* op = "rnnkernels::gru_backward";
   const DeviceGuard guard(out.device());
   const BackwardInputs in = host::prepare_backward(kCuda, op, Cell::kGru, grad_out, grad_h_n, w_hh,
-                                                   b_hh, {}, h0, out, ws, batch_sizes, 4);
+                                                   b_hh, {}, h0, out, ws, batch_sizes,
+                                                   math::gru_workspace_slots(false));
   const Dims& d = in.d;
   const Zoneout zoneout(op, zoneout_in, out, "output", d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
@@ -1045,7 +1048,7 @@ rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
   const bool has_zoneout = zoneout_in.has_value() && zoneout_in->defined();
   const BackwardInputs in = host::prepare_backward(kCuda, op, Cell::kRnn, grad_out, grad_h_n, w_hh,
                                                    b_hh, {}, h0, out, ws, batch_sizes,
-                                                   has_zoneout ? 1 : 0);
+                                                   math::rnn_workspace_slots(has_zoneout));
   const Dims& d = in.d;
   const Zoneout zoneout(op, zoneout_in, out, "output", d, d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;

@@ -95,6 +95,13 @@ RNNK_FN T lstm_hidden(const LstmGates<T>& a, T c) {
 // [zoneout]) also c after zoneout, the state the next step reads as c_prev.
 RNNK_FN int lstm_workspace_slots(bool zoneout) { return zoneout ? 6 : 5; }
 RNNK_FN int lstm_workspace_state_slot(bool zoneout) { return zoneout ? 5 : 4; }
+// The GRU's row: r, z, n and hn = W_hn h + b_hn (zoneout needs nothing more: h' before
+// zoneout is rebuilt from them). The RNN's: nothing, its backward reads the output; with
+// zoneout h before zoneout, for the activation's backward. These three and
+// ln_lstm_workspace_width are the workspace widths the ops and their fakes
+// (rnnkernels/ops.py, through _C._workspace_widths) use.
+RNNK_FN int gru_workspace_slots(bool /*zoneout*/) { return 4; }
+RNNK_FN int rnn_workspace_slots(bool zoneout) { return zoneout ? 1 : 0; }
 
 // Gradients with respect to the pre-activations of i, f, g, o.
 template <typename T>
