@@ -23,8 +23,8 @@ import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor, _VF
 
-from . import ops
-from . import reference
+from . import _layers, ops
+from . import reference  # the fallback for what neither the kernels nor torch run
 from .backends import cpu as _cpu_backend
 from ._ext import _C
 from ._projection import x_proj as _x_proj
@@ -94,28 +94,6 @@ def _needs_grad(*tensors) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
 
 
-def _layer_params(params, has_biases, num_layers, directions):
-    """Splits _flat_weights into per-layer lists of per-direction (w_ih, w_hh, b_ih, b_hh, w_hr)."""
-    per = len(params) // (num_layers * directions)
-    expected = (2 + 2 * int(has_biases), 3 + 2 * int(has_biases))
-    if per not in expected or per * num_layers * directions != len(params):
-        raise RuntimeError(
-            f"rnnkernels: expected {expected[0]} or {expected[1]} parameters per layer and "
-            f"direction ({num_layers} layers x {directions} directions), got {len(params)} in all")
-    has_proj = per == expected[1]
-    layers = []
-    for layer in range(num_layers):
-        dirs = []
-        for d in range(directions):
-            p = params[(layer * directions + d) * per:(layer * directions + d + 1) * per]
-            w_ih, w_hh = p[0], p[1]
-            b_ih, b_hh = (p[2], p[3]) if has_biases else (None, None)
-            w_hr = p[-1] if has_proj else None
-            dirs.append((w_ih, w_hh, b_ih, b_hh, w_hr))
-        layers.append(dirs)
-    return layers, has_proj
-
-
 def _input_projection(x2d: Tensor, dirs) -> Tensor:
     """x2d [N, I] -> [N, D*G*H] = x @ [W_ih_0; W_ih_1]^T + [b_ih_0; b_ih_1]."""
     if x2d.device.type == "cpu" and x2d.dtype in (torch.float32, torch.float64):
@@ -157,7 +135,7 @@ def _layer_norm_input_side(x: Tensor, dirs, ln_dirs) -> Tensor:
     four_h = dirs[0][1].shape[0]
     products = _input_projection(x, [(d[0], d[1], None, None, d[4]) for d in dirs])
     normalized = F.layer_norm(products.view(x.shape[0], len(dirs), four_h), (four_h,),
-                              eps=reference.LAYER_NORM_EPS)
+                              eps=_layers.LAYER_NORM_EPS)
     gamma = torch.stack([ln["ih"] for ln in ln_dirs])
     if dirs[0][2] is None:
         return (normalized * gamma).view(x.shape[0], len(dirs) * four_h)
@@ -181,8 +159,8 @@ def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, nee
                zoneout=None, ln_dirs=None):
     """One layer, both directions: the input projection GEMM, then the recurrence op.
 
-    zoneout: the layer's zoneout weights [D, N, P(+H)] (reference.zoneout_weights) or None.
-    ln_dirs: the layer-normalised LSTM's parameters per direction (reference.split_layer_norm).
+    zoneout: the layer's zoneout weights [D, N, P(+H)] (_layers.zoneout_weights) or None.
+    ln_dirs: the layer-normalised LSTM's parameters per direction (_layers.split_layer_norm).
     """
     if ln_dirs is not None:
         out, h_n, c_n, _ = ops.layer_norm_lstm_forward(
@@ -228,44 +206,16 @@ def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, nee
 def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, train,
                 bidirectional, batch_first, batch_sizes, nonlinearity="tanh", zoneout_h=0.0,
                 zoneout_c=None, layer_norm=None):
-    directions = 2 if bidirectional else 1
-    layers, _ = _layer_params(params, has_biases, num_layers, directions)
-    ln_layers = (reference.split_layer_norm(layer_norm, has_biases, num_layers, directions)
-                 if layer_norm is not None else [None] * num_layers)
-    if batch_sizes is None:
-        seq = input.transpose(0, 1) if batch_first else input
-        steps, batch = seq.shape[0], seq.shape[1]
-        x = seq.reshape(steps * batch, seq.shape[2])
-    else:
-        x = input
     need_workspace = _needs_grad(input, hx, cx, *params, *(layer_norm or ()))
-    h_n, c_n = [], []
-    for layer, dirs in enumerate(layers):
-        layer_hx = hx[layer * directions:(layer + 1) * directions]
-        layer_cx = cx[layer * directions:(layer + 1) * directions] if cell == "lstm" else None
-        # Drawn per layer before it runs, as reference._run_layers does (same seed, same draws).
-        zoneout = reference.zoneout_weights(zoneout_h, zoneout_c, directions, x.shape[0],
-                                            layer_hx.shape[2], layer_hx.shape[2] if cx is None
-                                            else layer_cx.shape[2], train, x)
-        with _layer_range(cell, layer):
-            x, h_last, c_last = _run_layer(cell, x, dirs, has_biases, layer_hx, layer_cx,
-                                           batch_sizes, nonlinearity, need_workspace, zoneout,
-                                           ln_layers[layer])
-        h_n.append(h_last)
-        c_n.append(c_last)
-        if dropout > 0 and train and layer < num_layers - 1:
-            x = F.dropout(x, dropout, training=True)
-    if batch_sizes is None:
-        output = x.view(steps, batch, x.shape[1])
-        if batch_first:
-            output = output.transpose(0, 1)
-    else:
-        output = x
-    h_n = h_n[0] if len(h_n) == 1 else torch.cat(h_n, 0)
-    if cell == "lstm":
-        c_n = c_n[0] if len(c_n) == 1 else torch.cat(c_n, 0)
-        return output, h_n, c_n
-    return output, h_n
+
+    def layer(index, x, dirs, h0, c0, zoneout, ln_dirs):
+        with _layer_range(cell, index):
+            return _run_layer(cell, x, dirs, has_biases, h0, c0 if cell == "lstm" else None,
+                              batch_sizes, nonlinearity, need_workspace, zoneout, ln_dirs)
+
+    return _layers.run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout,
+                              train, bidirectional, batch_first, batch_sizes, layer,
+                              zoneout_h=zoneout_h, zoneout_c=zoneout_c, layer_norm=layer_norm)
 
 
 # ---------------------------------------------------------------- autocast
@@ -491,14 +441,14 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
 
     zoneout_h, zoneout_c (beyond torch._VF): zoneout probabilities of h and c, applied in
     the kernels (Note [zoneout] in csrc/include/rnnkernels/cell_math.h); the weights are
-    drawn by reference.zoneout_weights, Bernoulli when ``train``, else their expectation.
+    drawn by _layers.zoneout_weights, Bernoulli when ``train``, else their expectation.
     layer_norm (beyond torch._VF): the layer-normalised LSTM's parameters, per layer and
     direction the LayerNorm weights of the input product [4H], of the recurrent product
     [4H] and of the cell state [H], then the cell state's LayerNorm bias [H] when
     has_biases (rnnkernels.reference); not with zoneout or a projection.
     """
     if layer_norm is not None:
-        reference.check_layer_norm_options(reference._projection_size(hx), zoneout_h, zoneout_c)
+        _layers.check_layer_norm_options(_layers.projection_size(hx), zoneout_h, zoneout_c)
         if not _kernels_run(input, *hx, *params, *layer_norm) or not _layer_norm_kernels(input):
             return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
                                   bidirectional, batch_first, batch_sizes, layer_norm=layer_norm)

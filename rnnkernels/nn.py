@@ -16,7 +16,7 @@ from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as RF
-from . import reference as R
+from . import _layers
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "NotATensorError",
            "DtypeMismatchError", "StateRankError", "LSTMStateError", "InvalidPackedSequenceError"]
@@ -204,7 +204,7 @@ class _RecurrentForward(_ConstructorMessages):
             (training: Bernoulli draws per row, unit and step, from torch's default
             generator, per layer before it runs; eval: h = p h_prev + (1 - p) h_new, the
             expectation). The output is the state after zoneout. See
-            rnnkernels.reference.zoneout_weights.
+            rnnkernels._layers.zoneout_weights.
         """
         _check_probability("recurrent_dropconnect", recurrent_dropconnect,
                            "dropping a recurrent weight")
@@ -396,7 +396,7 @@ class LSTM(_RecurrentForward, nn.LSTM):
         super().__init__(*args, **kwargs)
         self.zoneout_c = float(zoneout_c)
         if layer_norm:
-            R.check_layer_norm_options(self.proj_size, self.zoneout_h, self.zoneout_c)
+            _layers.check_layer_norm_options(self.proj_size, self.zoneout_h, self.zoneout_c)
             factory = dict(device=self.weight_hh_l0.device, dtype=self.weight_hh_l0.dtype)
             for name, size in self._layer_norm_shapes():
                 self.register_parameter(name, nn.Parameter(torch.empty(size, **factory)))

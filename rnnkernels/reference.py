@@ -48,41 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._layers import (LAYER_NORM_EPS, check_layer_norm_options, projection_size, run_layers,
+                      split_layer_norm, zoneout_weights)
+
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "zoneout_weights",
            "LAYER_NORM_EPS", "split_layer_norm", "check_layer_norm_options"]
-
-LAYER_NORM_EPS = 1e-5
-
-
-def zoneout_weights(p_h: float, p_c: float | None, directions: int, rows: int, out_size: int,
-                    hidden: int, train: bool, like: Tensor) -> Tensor | None:
-    """The weights of the previous state for one layer's zoneout, or None without zoneout.
-
-    Shape [D, N, P] (GRU, RNN: p_c is None) or [D, N, P+H] (LSTM: P columns for h, then H
-    for c). Training: Bernoulli(p) draws, 1 keeping the previous value, as one float32
-    ``torch.rand`` over the whole [D, N, width] block (torch's default generator; the same
-    draws whatever the dtype) compared with each column's p: about twice as fast as
-    ``bernoulli_``, the draws being most of zoneout's cost. Evaluation: p itself, the
-    expectation, as one row broadcast over all rows (row stride 0: no memory per row).
-    rnnkernels.functional draws with this same function at the same point (per layer,
-    before the layer runs), so one seed gives both the same draws.
-    """
-    has_cell = p_c is not None
-    p_c = p_c if has_cell else 0.0
-    if p_h == 0 and p_c == 0:
-        return None
-    def probabilities(dtype):
-        opts = dict(dtype=dtype, device=like.device)
-        return torch.cat([torch.full((out_size,), p_h, **opts),
-                          torch.full((hidden if has_cell else 0,), p_c, **opts)])
-
-    if not train:
-        row = probabilities(like.dtype)
-        return row.expand(directions, rows, row.numel())
-    row = probabilities(torch.float32)
-    uniform = torch.rand(directions, rows, row.numel(), dtype=torch.float32, device=like.device)
-    return uniform.lt_(row).to(like.dtype)
-
 
 # ---------------------------------------------------------------- cells
 
@@ -122,37 +92,6 @@ def _layer_norm_lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_h
     return torch.sigmoid(o) * torch.tanh(c_norm), c_next
 
 
-def check_layer_norm_options(proj_size: int, zoneout_h: float, zoneout_c: float) -> None:
-    """The layer-normalised LSTM has neither a projection nor zoneout (ValueError)."""
-    if proj_size or zoneout_h or zoneout_c:
-        raise ValueError("layer_norm=True supports neither proj_size nor zoneout, got "
-                         f"proj_size={proj_size}, zoneout_h={zoneout_h}, zoneout_c={zoneout_c}")
-
-
-def _projection_size(hx: tuple[Tensor, Tensor]) -> int:
-    """proj_size of an LSTM from its state (h0 [.., P], c0 [.., H]): P when P != H, else 0."""
-    return hx[0].shape[-1] if hx[0].shape[-1] != hx[1].shape[-1] else 0
-
-
-def split_layer_norm(layer_norm, has_biases: bool, num_layers: int, directions: int):
-    """The flat layer-norm parameter list -> [layer][direction] dicts with ih, hh, c_weight,
-    c_bias (None without biases)."""
-    per = 3 + int(has_biases)
-    if len(layer_norm) != per * num_layers * directions:
-        raise RuntimeError(f"layer_norm: expected {per} parameters per layer and direction "
-                           f"({num_layers} layers x {directions} directions), got "
-                           f"{len(layer_norm)}")
-    layers = []
-    for layer in range(num_layers):
-        dirs = []
-        for d in range(directions):
-            p = layer_norm[(layer * directions + d) * per:(layer * directions + d + 1) * per]
-            dirs.append(dict(ih=p[0], hh=p[1], c_weight=p[2],
-                             c_bias=p[3] if has_biases else None))
-        layers.append(dirs)
-    return layers
-
-
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step: input [B, I], hx = (h [B, H], c [B, H]) -> (h', c')."""
@@ -172,28 +111,6 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
 
 
 # ---------------------------------------------------------------- sequences
-
-
-def _split_params(params, has_biases: bool, num_layers: int, directions: int):
-    """_flat_weights -> [layer][direction] dicts with w_ih, w_hh, b_ih, b_hh, w_hr."""
-    per = len(params) // (num_layers * directions)
-    if per * num_layers * directions != len(params) or per not in (2 + 2 * has_biases,
-                                                                    3 + 2 * has_biases):
-        raise RuntimeError(f"reference: {len(params)} parameters do not fit {num_layers} layers "
-                           f"x {directions} directions (bias={has_biases})")
-    layers = []
-    for layer in range(num_layers):
-        dirs = []
-        for d in range(directions):
-            p = list(params[(layer * directions + d) * per:(layer * directions + d + 1) * per])
-            dirs.append(dict(
-                w_ih=p[0], w_hh=p[1],
-                b_ih=p[2] if has_biases else None,
-                b_hh=p[3] if has_biases else None,
-                w_hr=p[-1] if per == 3 + 2 * has_biases else None,
-            ))
-        layers.append(dirs)
-    return layers
 
 
 def _run_direction(step, x: Tensor, batch_sizes: list[int], states: list[Tensor], reverse: bool,
@@ -269,41 +186,19 @@ def _run_layers(cell: str, input: Tensor, h0: Tensor, c0: Tensor | None, params,
                 bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None,
                 nonlinearity: str = "tanh", zoneout_h: float = 0.0,
                 zoneout_c: float | None = None, layer_norm=None):
-    directions = 2 if bidirectional else 1
-    layers = _split_params(params, has_biases, num_layers, directions)
-    ln_layers = (split_layer_norm(layer_norm, has_biases, num_layers, directions)
-                 if layer_norm is not None else None)
     if batch_sizes is None:
-        seq = input.transpose(0, 1) if batch_first else input  # [T, B, I]
-        steps, batch = seq.shape[0], seq.shape[1]
-        x = seq.reshape(steps * batch, seq.shape[2])
+        steps, batch = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
         sizes = [batch] * steps
     else:
-        x = input
         sizes = [int(b) for b in batch_sizes]
 
-    h_n, c_n = [], []
-    for layer, dirs in enumerate(layers):
-        keep = zoneout_weights(zoneout_h, zoneout_c, directions, x.shape[0], h0.shape[2],
-                               h0.shape[2] if c0 is None else c0.shape[2], train, x)
-        first, last = layer * directions, (layer + 1) * directions
-        x, h_last, c_last = run_layer(cell, x, dirs, h0[first:last],
-                                      None if c0 is None else c0[first:last], sizes, keep,
-                                      nonlinearity, None if ln_layers is None else ln_layers[layer])
-        h_n.append(h_last)
-        c_n.append(c_last)
-        if dropout > 0 and train and layer < num_layers - 1:
-            x = F.dropout(x, dropout, training=True)
+    def layer(index, x, dirs, h0, c0, keep, ln_dirs):
+        return run_layer(cell, x, [w._asdict() for w in dirs], h0, c0, sizes, keep,
+                         nonlinearity, ln_dirs)
 
-    if batch_sizes is None:
-        output = x.view(steps, batch, x.shape[1])
-        if batch_first:
-            output = output.transpose(0, 1)
-    else:
-        output = x
-    if cell == "lstm":
-        return output, torch.cat(h_n, 0), torch.cat(c_n, 0)
-    return output, torch.cat(h_n, 0)
+    return run_layers(cell, input, h0, c0, params, has_biases, num_layers, dropout, train,
+                      bidirectional, batch_first, batch_sizes, layer, zoneout_h=zoneout_h,
+                      zoneout_c=zoneout_c, layer_norm=layer_norm)
 
 
 def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params, has_biases: bool, num_layers: int,
@@ -314,7 +209,7 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params, has_biases: bool, num
 
     layer_norm: the layer-normalised LSTM's parameters (module docstring), or None."""
     if layer_norm is not None:
-        check_layer_norm_options(_projection_size(hx), zoneout_h, zoneout_c)
+        check_layer_norm_options(projection_size(hx), zoneout_h, zoneout_c)
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
                        train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
                        zoneout_c=zoneout_c, layer_norm=layer_norm)
