@@ -76,19 +76,30 @@ def _lstm_state_pair(hx, any_indexable: bool):
     return None
 
 
-def _check_state_tensor(name: str, value, input: Tensor, promote: bool = False) -> Tensor:
+def _require_tensor(name: str, value) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise NotATensorError(f"{name} must be a Tensor, got {_describe(value)}")
+    return value
+
+
+def _check_state_tensor(name: str, value, input: Tensor, promote: bool = False,
+                        widen: bool = False) -> Tensor:
     """Returns value, cast to input's dtype when promote and torch.nn would promote it.
 
     torch.nn's LSTM and LSTMCell accept a cell state c_0 of any dtype that type promotion
     with the input's dtype turns into the input's dtype (bool, integers, lower-precision
     floats): c_0 only enters `f * c_0`, so the result equals running on c_0.to(input.dtype).
     """
-    if not isinstance(value, Tensor):
-        raise NotATensorError(f"{name} must be a Tensor, got {_describe(value)}")
+    _require_tensor(name, value)
     if value.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
-        if promote and torch.promote_types(value.dtype, input.dtype) == input.dtype:
+        promoted = torch.promote_types(value.dtype, input.dtype)
+        if promote and promoted == input.dtype:
             value = value.to(input.dtype)
-        else:
+        elif not (widen and promoted == value.dtype and value.dtype.is_floating_point):
+            # widen: torch.nn's LSTMCell also takes a c_0 of a wider floating dtype (float64
+            # for float32 input) and returns h' and c' in it, exactly; the caller runs
+            # torch's cell then. A complex c_0 stays refused: torch.nn returns complex
+            # states from real weights.
             raise DtypeMismatchError(
                 f"{name} must have the same dtype as the input: expected {input.dtype}, "
                 f"got {value.dtype}")
@@ -271,6 +282,7 @@ class _RecurrentForward(_ConstructorMessages):
                 # torch.nn permutes first and never checks a packed LSTM's state: a larger
                 # batch is silently cut by index_select, fewer c_0 layers crash torch 2.13.
                 self.check_forward_args(input, hx, batch_sizes)
+                hx = self._check_state_dtypes(hx, is_lstm, input)
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             batch_sizes = None
@@ -296,6 +308,7 @@ class _RecurrentForward(_ConstructorMessages):
             max_batch = input.size(batch_dim)
             if hx is not None:
                 self.check_forward_args(input, hx, batch_sizes)
+                hx = self._check_state_dtypes(hx, is_lstm, input)
 
         if hx is None:
             zeros = dict(dtype=input.dtype, device=input.device)
@@ -316,6 +329,15 @@ class _RecurrentForward(_ConstructorMessages):
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
         return output, hidden
 
+    @staticmethod
+    def _check_state_dtypes(hx, is_lstm: bool, input: Tensor):
+        """The states' dtype and device against the input's, checked where torch.nn's kernel
+        meets them: after every shape check (check_forward_args)."""
+        if is_lstm:
+            return (_check_state_tensor("hx[0] (h_0)", hx[0], input),
+                    _check_state_tensor("hx[1] (c_0)", hx[1], input, promote=True))
+        return _check_state_tensor("hx", hx, input)
+
     def _check_hx_structure(self, hx, is_lstm: bool, input: Tensor, expected_dim: int,
                             any_indexable: bool):
         name = type(self).__name__
@@ -329,8 +351,8 @@ class _RecurrentForward(_ConstructorMessages):
                 raise LSTMStateError(
                     f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}"
                     + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-            h0 = _check_state_tensor("hx[0] (h_0)", pair[0], input)
-            c0 = _check_state_tensor("hx[1] (c_0)", pair[1], input, promote=True)
+            h0 = _require_tensor("hx[0] (h_0)", pair[0])
+            c0 = _require_tensor("hx[1] (c_0)", pair[1])
             if h0.dim() != expected_dim or c0.dim() != expected_dim:
                 read_as = (f": hx is one tensor of shape {tuple(hx.shape)}, read as (h_0, c_0) = "
                            f"(hx[0], hx[1])" if isinstance(hx, Tensor) else "")
@@ -338,7 +360,7 @@ class _RecurrentForward(_ConstructorMessages):
                     f"For {kind} input, hx and cx should also be {expected_dim}-D but got "
                     f"({h0.dim()}-D, {c0.dim()}-D) tensors{read_as}")
             return (h0, c0)
-        hx = _check_state_tensor("hx", hx, input)
+        hx = _require_tensor("hx", hx)
         if hx.dim() != expected_dim:
             raise StateRankError(
                 f"For {kind} input, hx should also be {expected_dim}-D but got {hx.dim()}-D tensor")
@@ -483,38 +505,32 @@ class _CellForward(_ConstructorMessages):
             else:
                 states, labels = [hx], ["hidden"]
                 _check_cell_state_rank(name, "hidden", hx)
-            # torch.nn unsqueezes a state of the wrong rank and lets its kernel see a 3-D or
-            # 1-D state: an error, a wrong answer (RNNCell) or, with hidden_size 1, a crash.
-            for label, value in zip(labels, states):
-                if value.dim() != input.dim():
-                    kind = "batched 2-D" if input.dim() == 2 else "unbatched 1-D"
-                    raise StateRankError(
-                        f"{name}: for {kind} input, {label} should also be {input.dim()}-D but "
-                        f"got {value.dim()}-D tensor of shape {tuple(value.shape)}")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
-            if states is not None:
-                states = [s.unsqueeze(0) for s in states]
-        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
-            raise DtypeMismatchError(
-                f"{name}: expected input of dtype {self.weight_ih.dtype} (the weights' dtype), "
-                f"got {input.dtype}")
-        if input.device != self.weight_ih.device:
-            raise RuntimeError(
-                f"{name}: expected input on {self.weight_ih.device} (the weights' device), got "
-                f"{input.device}")
+        # torch.nn's kernel checks input_size, then each state's batch and hidden sizes, and
+        # meets dtypes and devices only in its products: the same order here.
         if input.size(1) != self.input_size:
             raise RuntimeError(
                 f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         if states is None:
             zeros = self._zeros_state(input)
             states = [zeros, zeros] if is_lstm else [zeros]
-        checked = []
+        else:
+            # torch.nn unsqueezes a state of the wrong rank and lets its kernel see a 3-D or
+            # 1-D state: an error, a wrong answer (RNNCell) or, with hidden_size 1, a crash.
+            # Raised where torch.nn's batch-size check stands.
+            for label, value in zip(labels, states):
+                if value.dim() != (2 if is_batched else 1):
+                    kind = "batched 2-D" if is_batched else "unbatched 1-D"
+                    raise StateRankError(
+                        f"{name}: for {kind} input, {label} should also be "
+                        f"{2 if is_batched else 1}-D but "
+                        f"got {value.dim()}-D tensor of shape {tuple(value.shape)}")
+            if not is_batched:
+                states = [s.unsqueeze(0) for s in states]
         for idx, value in enumerate(states):
             label = f"hidden{idx}"
-            # c_0 (idx 1) may be promoted like torch.nn does: see _check_state_tensor.
-            value = _check_state_tensor(f"{name} {label}", value, input, promote=idx == 1)
             if value.size(0) != input.size(0):
                 raise RuntimeError(
                     f"Input batch size {input.size(0)} doesn't match {label} batch size "
@@ -523,7 +539,18 @@ class _CellForward(_ConstructorMessages):
                 raise RuntimeError(
                     f"{label} has inconsistent hidden_size: got {value.size(1)}, expected "
                     f"{self.hidden_size}")
-            checked.append(value)
+        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
+            raise DtypeMismatchError(
+                f"{name}: expected input of dtype {self.weight_ih.dtype} (the weights' dtype), "
+                f"got {input.dtype}")
+        if input.device != self.weight_ih.device:
+            raise RuntimeError(
+                f"{name}: expected input on {self.weight_ih.device} (the weights' device), got "
+                f"{input.device}")
+        # c_0 (idx 1) may be promoted like torch.nn does: see _check_state_tensor.
+        checked = [_check_state_tensor(f"{name} hidden{idx}", value, input, promote=idx == 1,
+                                       widen=idx == 1)
+                   for idx, value in enumerate(states)]
         return input, checked, is_batched
 
     def _fast_cell_weights(self, input, states):
@@ -605,6 +632,11 @@ class LSTMCell(_CellForward, nn.LSTMCell):
                 c = c if c is not None else zeros
                 return RF.cell_step("lstm_cell", self.hidden_size, (input, h, c, *weights), 7)
         input, (h, c), is_batched = self._cell_inputs(input, hx, is_lstm=True)
-        h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
-                            self.bias_hh)
+        if c.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
+            # A wider c_0 (see _check_state_tensor): torch's own cell, as torch.nn runs it.
+            h, c = _VF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
+                                 self.bias_hh)
+        else:
+            h, c = RF.lstm_cell(input, (h, c), self.weight_ih, self.weight_hh, self.bias_ih,
+                                self.bias_hh)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
