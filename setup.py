@@ -214,7 +214,8 @@ class BuildExt(BuildExtension):
     """BuildExtension plus the per-ISA kernel objects, which need their own flags."""
 
     def build_extension(self, ext):
-        ext.extra_objects = list(ext.extra_objects or []) + self._compile_isa_kernels(ext)
+        if ext.name == "rnnkernels._C":
+            ext.extra_objects = list(ext.extra_objects or []) + self._compile_isa_kernels(ext)
         super().build_extension(ext)
 
     def _compile_isa_kernels(self, ext):
@@ -255,7 +256,8 @@ def _extension():
     # edit of a header or a kernels_<isa>.cpp alone left the old module in place.
     depends = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*")
                      if p.is_file() and p.suffix in (".h", ".cuh", ".cpp", ".cu")
-                     and str(p.relative_to(ROOT)) not in sources)
+                     and str(p.relative_to(ROOT)) not in sources
+                     and not p.is_relative_to(CSRC / "bench"))
     if WITH_CUDA:
         sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cpp"))
                     + sorted((CSRC / "cuda").glob("*.cu"))]
@@ -268,6 +270,16 @@ def _extension():
                         extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LINK_FLAGS)
 
 
+def _bench_extension():
+    # The benchmark's C++ (csrc/bench/*.cpp: the GEMM lower bound), a module of its own so
+    # that the product's _C holds only the ops; rnnkernels.bench imports it.
+    sources = [str(p.relative_to(ROOT)) for p in sorted((CSRC / "bench").glob("*.cpp"))]
+    return CppExtension("rnnkernels._bench_C", sources,
+                        extra_compile_args={"cxx": ["-O3", "-g0", "-fvisibility=hidden"]
+                                            + SANITIZE_CFLAGS},
+                        extra_link_args=SANITIZE_LDFLAGS)
+
+
 _cuda_archs = f", TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}" if WITH_CUDA else ""
 print(f"rnnkernels: CPU kernels for {', '.join(_isas())}; CUDA: {'yes' if WITH_CUDA else 'no'} "
       f"({CUDA_REASON}{_cuda_archs}); MAX_JOBS={os.environ['MAX_JOBS']}"
@@ -275,6 +287,6 @@ print(f"rnnkernels: CPU kernels for {', '.join(_isas())}; CUDA: {'yes' if WITH_C
 
 setup(
     packages=find_packages(include=["rnnkernels", "rnnkernels.*"]),
-    ext_modules=[_extension()],
+    ext_modules=[_extension(), _bench_extension()],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

@@ -152,6 +152,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return slots;
       }, "The workspace widths of the ops, from include/rnnkernels/cell_math.h (their fakes "
          "in rnnkernels/ops.py read them here).");
-  void rnnkernels_register_bench_gemm(pybind11::module_&);  // csrc/bench_gemm.cpp
-  rnnkernels_register_bench_gemm(m);
 }

@@ -86,6 +86,7 @@ def _setup_py_extension(**env):
         "g = runpy.run_path('setup.py')\n"
         "ext = captured['ext_modules'][0]\n"
         "print(json.dumps({'sources': ext.sources, 'isas': g['_isas'](),\n"
+        "                  'bench_sources': captured['ext_modules'][1].sources,\n"
         "                  'isa_flags': g['ISA_FLAGS'], 'hash': g['_load_source_hash'](),\n"
         "                  'sanitize': g['_sanitize_flags']()}))\n")
     out = _run([sys.executable, "-c", probe], timeout=120, cwd=ROOT, env=_env(**env))
@@ -103,7 +104,8 @@ def test_cmake_compiles_setup_py_sources(configured):
     isa_sources = {(ROOT / "csrc" / "cpu" / f"kernels_{isa}.cpp").resolve(): isa
                    for isa in setup["isas"]}
     module_sources = {(ROOT / s).resolve() for s in setup["sources"]}
-    assert set(commands) == module_sources | set(isa_sources)
+    bench_sources = {(ROOT / s).resolve() for s in setup["bench_sources"]}
+    assert set(commands) == module_sources | set(isa_sources) | bench_sources
 
     for source, isa in isa_sources.items():
         argv = commands[source]

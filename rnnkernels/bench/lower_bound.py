@@ -1,9 +1,9 @@
 """The lower bound of a case: its matrix products (model.gemm_sequence) issued back to back.
 
-CPU, float32/float64: rnnkernels._C._gemm_sequence_seconds, a C++ loop of MKL sgemm_/dgemm_
-calls (dlsym; at::mm_out where torch has no MKL), Note [gemm lower bound] in
-csrc/bench_gemm.cpp. CPU, other dtypes: a Python loop of torch.mm(out=) (it includes the
-dispatcher's few microseconds per product, so it is a looser bound). CUDA: the products
+CPU, float32/float64: rnnkernels._bench_C.gemm_sequence_seconds, a C++ loop of MKL
+sgemm_/dgemm_ calls (dlsym; at::mm_out where torch has no MKL), Note [gemm lower bound] in
+csrc/bench/gemm_lower_bound.cpp. CPU, other dtypes: a Python loop of torch.mm(out=) (it
+includes the dispatcher's few microseconds per product, so it is a looser bound). CUDA: the products
 captured once in a CUDA graph and replayed, timed with CUDA events (no launch gaps); a
 plain stream of torch.mm(out=) when capture fails. Runs with the thread count of the run,
 in the case's compute dtype (an autocast case's products run in the autocast dtype).
@@ -87,9 +87,9 @@ def measure(case: Case, repeats: int, backend: str = "auto") -> dict:
     if case.device == "cuda":
         samples, used = _cuda_seconds(shapes, repeats, dtype)
     elif dtype in ("float32", "float64") and backend != "python":
-        from rnnkernels import _C
+        from rnnkernels import _bench_C
 
-        result = _C._gemm_sequence_seconds(shapes, repeats, dtype, 1, backend)
+        result = _bench_C.gemm_sequence_seconds(shapes, repeats, dtype, 1, backend)
         samples, used = list(result["seconds"]), result["backend"]
         info = {"blas_version": result["blas_version"], "threads": result["threads"]}
     else:

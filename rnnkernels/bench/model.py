@@ -9,7 +9,7 @@ GFLOP/s here means matrix-product FLOPs per second, the same count for torch.nn 
 rnnkernels, so their GFLOP/s differ exactly as their times do.
 
 Products of one pass, in the order they are issued (Note [gemm lower bound] in
-csrc/bench_gemm.cpp times this list):
+csrc/bench/gemm_lower_bound.cpp times this list):
 
 forward, per layer l
   input projection  X_l [N, I_l] x W_ih^T [I_l, D*G*H]        one GEMM for both directions
@@ -151,7 +151,7 @@ def gemm_flops(case: Case, input_requires_grad: bool | None = None) -> int:
 
 
 def gemm_sequence(case: Case, input_requires_grad: bool | None = None) -> list[list[int]]:
-    """The products expanded one entry per call, for rnnkernels._C._gemm_sequence_seconds."""
+    """The products expanded one entry per call, for rnnkernels._bench_C.gemm_sequence_seconds."""
     out = []
     for x in gemms(case, input_requires_grad):
         out.extend([x.as_list()] * x.count)

@@ -1,4 +1,4 @@
-// rnnkernels._C._gemm_sequence_seconds: the benchmark's lower bound, the matrix products of
+// rnnkernels._bench_C.gemm_sequence_seconds: the benchmark's lower bound, the matrix products of
 // one RNN pass issued back to back, timed in C++ on preallocated buffers.
 //
 // Note [gemm lower bound]
@@ -90,7 +90,7 @@ struct Product {
 
 int checked_int(int64_t value, const char* what) {
   TORCH_CHECK(value > 0 && value <= std::numeric_limits<int>::max(),
-              "_gemm_sequence_seconds: ", what, " must be in [1, 2^31), got ", value);
+              "gemm_sequence_seconds: ", what, " must be in [1, 2^31), got ", value);
   return static_cast<int>(value);
 }
 
@@ -122,17 +122,17 @@ pybind11::dict gemm_sequence_seconds(const std::vector<std::vector<int64_t>>& sh
                                      int64_t repeats, const std::string& dtype,
                                      int64_t warmup, const std::string& backend,
                                      bool verify) {
-  TORCH_CHECK(repeats >= 1, "_gemm_sequence_seconds: repeats must be >= 1, got ", repeats);
-  TORCH_CHECK(warmup >= 0, "_gemm_sequence_seconds: warmup must be >= 0, got ", warmup);
+  TORCH_CHECK(repeats >= 1, "gemm_sequence_seconds: repeats must be >= 1, got ", repeats);
+  TORCH_CHECK(warmup >= 0, "gemm_sequence_seconds: warmup must be >= 0, got ", warmup);
   TORCH_CHECK(dtype == "float32" || dtype == "float64",
-              "_gemm_sequence_seconds: dtype must be 'float32' or 'float64', got '", dtype, "'");
+              "gemm_sequence_seconds: dtype must be 'float32' or 'float64', got '", dtype, "'");
   TORCH_CHECK(backend == "auto" || backend == "blas" || backend == "torch",
-              "_gemm_sequence_seconds: backend must be 'auto', 'blas' or 'torch', got '",
+              "gemm_sequence_seconds: backend must be 'auto', 'blas' or 'torch', got '",
               backend, "'");
   const bool is_float = dtype == "float32";
   const Blas& lib = blas();
   const bool have_blas = is_float ? lib.sgemm != nullptr : lib.dgemm != nullptr;
-  TORCH_CHECK(backend != "blas" || have_blas, "_gemm_sequence_seconds: backend='blas' but ",
+  TORCH_CHECK(backend != "blas" || have_blas, "gemm_sequence_seconds: backend='blas' but ",
               is_float ? "sgemm_" : "dgemm_", " was not found in ", lib.library,
               " or the global symbol scope");
   const bool use_blas = have_blas && backend != "torch";
@@ -146,7 +146,7 @@ pybind11::dict gemm_sequence_seconds(const std::vector<std::vector<int64_t>>& sh
   sequence.reserve(shapes.size());
   for (const auto& shape : shapes) {
     TORCH_CHECK(shape.size() == 3 || shape.size() == 5,
-                "_gemm_sequence_seconds: each shape must be [m, n, k] or "
+                "gemm_sequence_seconds: each shape must be [m, n, k] or "
                 "[m, n, k, trans_a, trans_b], got ", shape.size(), " numbers");
     std::vector<int64_t> key = shape;
     key.resize(5, 0);
@@ -222,9 +222,10 @@ pybind11::dict gemm_sequence_seconds(const std::vector<std::vector<int64_t>>& sh
 
 }  // namespace rnnkernels::bench
 
-// Called from PYBIND11_MODULE in rnnkernels.cpp.
-void rnnkernels_register_bench_gemm(pybind11::module_& m) {
-  m.def("_gemm_sequence_seconds", &rnnkernels::bench::gemm_sequence_seconds,
+// A module of its own, beside the product's _C: only the benchmark tool imports it.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnkernels' benchmark helpers (rnnkernels.bench); not part of the ops.";
+  m.def("gemm_sequence_seconds", &rnnkernels::bench::gemm_sequence_seconds,
         pybind11::arg("shapes"), pybind11::arg("repeats"), pybind11::arg("dtype") = "float32",
         pybind11::arg("warmup") = 1, pybind11::arg("backend") = "auto",
         pybind11::arg("verify") = false,
