@@ -29,18 +29,16 @@ from .backends import cpu as _cpu_backend
 from ._ext import _C
 from ._projection import x_proj as _x_proj
 
-_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+def _capabilities():
+    """The dtypes the ops take per device, as the build reports them (_C.build_info(): on
+    CPU the ones the kernels run natively and those the ops widen to float32 first)."""
+    info = _C.build_info()
+    cpu = (*info["cpu_dtypes"], *info["cpu_widened_dtypes"])
+    cuda = info["cuda"]["dtypes"] if info.get("cuda") else ()
+    return (tuple(getattr(torch, n) for n in cpu), tuple(getattr(torch, n) for n in cuda))
 
 
-def _cuda_dtypes():
-    info = _C.build_info().get("cuda")
-    if not info:
-        return ()
-    names = info.get("dtypes", ())
-    return tuple(getattr(torch, n) for n in names)
-
-
-_CUDA_DTYPES = _cuda_dtypes()
+_CPU_DTYPES, _CUDA_DTYPES = _capabilities()
 
 
 def kernels_support(x: Tensor) -> bool:

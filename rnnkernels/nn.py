@@ -472,7 +472,7 @@ def _check_cell_state_rank(name: str, label: str, value) -> None:
 
 
 # The cells' fast path: every dtype the functional CPU path runs through the same op.
-_FAST_DTYPES = frozenset((torch.float32, torch.float64, torch.bfloat16, torch.float16))
+_FAST_DTYPES = frozenset(RF._CPU_DTYPES)
 
 
 class _CellForward(_ConstructorMessages):
