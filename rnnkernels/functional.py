@@ -83,7 +83,8 @@ def plain_cpu_call() -> bool:
     forward-mode AD level, or torch.compile tracing (the cells' fast path)."""
     # Any device's autocast (not just CPU's): its check costs a third of is_autocast_enabled("cpu").
     return (not _dual_level_active() and not _functorch_active()
-            and not torch._C._is_any_autocast_enabled() and not torch.compiler.is_compiling())
+            and not torch._C._is_any_autocast_enabled() and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
 
 
 def _needs_grad(*tensors) -> bool:
@@ -362,6 +363,15 @@ def _routable(input) -> bool:
             and not _dual_level_active())
 
 
+# Note [tracing]
+# Under torch.jit.trace (and so torch.onnx.export(dynamo=False), which traces) the layers
+# and cells run torch's own implementation, _VF.lstm / gru / rnn_tanh / rnn_relu and the
+# cell ops, whatever the engine choice says: the trace then holds the aten RNN ops that
+# torch.nn's trace holds, which pass the tracer's sanity check (the engine choice reads
+# sizes the tracer turns into constants), run in LibTorch without our op library, and
+# export to ONNX's native LSTM/GRU/RNN ops. The traced model computes torch.nn's results
+# (our kernels agree with them within the equivalence tolerances). Options torch.nn lacks
+# (zoneout, the layer-normalised LSTM) keep their own path.
 def _routed(cell: str):
     """The functional entry of a cell: the engine choice on CPU (torch's engine runs the
     call as torch.nn would, autocast included), then autocast (Note [autocast])."""
@@ -377,6 +387,10 @@ def _routed(cell: str):
 
         @functools.wraps(fn)
         def run(input, *args, **kwargs):
+            if torch.jit.is_tracing() and not (kwargs.get("zoneout_h") or kwargs.get("zoneout_c")
+                                               or kwargs.get("layer_norm") is not None):
+                # Note [tracing]: a trace records torch's own RNN ops, as torch.nn's does.
+                return torch_engine(input, *args, **kwargs)
             if _routable(input) and not (kwargs.get("zoneout_h") or kwargs.get("zoneout_c")
                                          or kwargs.get("layer_norm") is not None):
                 hx = argument(args, kwargs, "hx")

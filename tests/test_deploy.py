@@ -1,0 +1,280 @@
+"""Deploying a model that holds rnnkernels modules the way a torch.nn model ships.
+
+torch.jit.trace and torch.onnx.export(dynamo=False), which traces, record torch's own RNN
+ops for our layers and cells (Note [tracing] in rnnkernels/functional.py): the trace passes
+the tracer's sanity check, generalises to other batch sizes and lengths, loads in a
+process that never imports rnnkernels, and exports to ONNX's native LSTM/GRU/RNN ops, which
+ONNX Runtime and OpenVINO run. Every exported graph is run and compared with our eager
+module and with the graph torch.nn exports from the same weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkernels
+
+I, H = 6, 10
+
+LAYERS = {
+    "lstm_2layers_bidir": ("LSTM", dict(num_layers=2, bidirectional=True)),
+    "lstm_batch_first": ("LSTM", dict(batch_first=True)),
+    "lstm_no_bias": ("LSTM", dict(bias=False)),
+    "lstm_proj": ("LSTM", dict(proj_size=4)),
+    "gru_bidir": ("GRU", dict(bidirectional=True)),
+    "gru_2layers_batch_first": ("GRU", dict(num_layers=2, batch_first=True)),
+    "rnn_relu": ("RNN", dict(nonlinearity="relu")),
+    "rnn_tanh_2layers_bidir": ("RNN", dict(num_layers=2, bidirectional=True)),
+}
+CELLS = ("LSTMCell", "GRUCell", "RNNCell")
+RNN_OPS = {"aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu", "aten::lstm_cell",
+           "aten::gru_cell", "aten::rnn_tanh_cell", "aten::rnn_relu_cell"}
+
+
+def _pair(kind, kwargs):
+    torch.manual_seed(0)
+    ours = getattr(rnnkernels, kind)(I, H, **kwargs).eval()
+    ref = getattr(nn, kind)(I, H, **kwargs).eval()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _sequence(kwargs, steps, batch):
+    return torch.randn(batch, steps, I) if kwargs.get("batch_first") else torch.randn(steps, batch, I)
+
+
+def _flat(result):
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for r in result for t in _flat(r)]
+
+
+def _graph_ops(traced):
+    return {node.kind() for node in traced.inlined_graph.nodes()}
+
+
+# ---------------------------------------------------------------- torch.jit.trace
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_jit_trace_of_a_layer_passes_its_check_and_generalises(name):
+    kind, kwargs = LAYERS[name]
+    ours, _ = _pair(kind, kwargs)
+    traced = torch.jit.trace(ours, (_sequence(kwargs, 5, 3),))  # check_trace=True
+    ops = _graph_ops(traced)
+    assert ops & RNN_OPS and not any(op.startswith("rnnkernels::") for op in ops), ops
+    with torch.no_grad():
+        for steps, batch in ((5, 3), (9, 2), (1, 7)):
+            x = _sequence(kwargs, steps, batch)
+            for got, want in zip(_flat(traced(x)), _flat(ours(x))):
+                torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("kind", CELLS)
+def test_jit_trace_of_a_cell_passes_its_check_and_generalises(kind):
+    ours, _ = _pair(kind, {})
+    traced = torch.jit.trace(ours, (torch.randn(3, I),))
+    # The cell ops are composites: the trace holds what they decompose into, as torch.nn's.
+    ops = _graph_ops(traced)
+    assert "aten::linear" in ops and not any(op.startswith("rnnkernels::") for op in ops), ops
+    with torch.no_grad():
+        for batch in (3, 8):
+            x = torch.randn(batch, I)
+            for got, want in zip(_flat(traced(x)), _flat(ours(x))):
+                torch.testing.assert_close(got, want)
+
+
+def test_traced_model_loads_in_a_process_without_rnnkernels(tmp_path):
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = rnnkernels.LSTM(I, H, num_layers=2, batch_first=True)
+            self.cell = rnnkernels.GRUCell(H, 5)
+
+        def forward(self, x):
+            y, _ = self.lstm(x)
+            return self.cell(y[:, -1])
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    x = torch.randn(4, 7, I)
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(model, (x,)), str(path))
+    torch.save(x, tmp_path / "x.pt")
+    script = ("import json, sys, torch\n"
+              "assert 'rnnkernels' not in sys.modules\n"
+              f"m = torch.jit.load({str(path)!r})\n"
+              f"print(json.dumps(m(torch.load({str(tmp_path / 'x.pt')!r})).tolist()))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with torch.no_grad():
+        want = model(x)
+    torch.testing.assert_close(torch.tensor(json.loads(out.stdout.strip().splitlines()[-1])), want)
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def _onnx_bytes(module, args, input_names, output_names, dynamic_axes):
+    buffer = io.BytesIO()
+    torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names,
+                      output_names=output_names, dynamic_axes=dynamic_axes)
+    return buffer.getvalue()
+
+
+def _run_onnxruntime(model_bytes, feeds):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return session.run(None, {k: v.numpy() for k, v in feeds.items()})
+
+
+def _run_openvino(model_bytes, feeds, tmp_path):
+    ov = pytest.importorskip("openvino", reason="openvino is not installed")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model_bytes)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled({name: value.numpy() for name, value in feeds.items()})
+    return [result[output] for output in compiled.outputs]
+
+
+class _WithState(nn.Module):
+    """The module called with its initial state as graph inputs."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, h0, c0=None):
+        return self.rnn(x, h0 if c0 is None else (h0, c0))
+
+
+def _layer_export_case(name, with_state):
+    kind, kwargs = LAYERS[name]
+    ours, ref = _pair(kind, kwargs)
+    time_axis, batch_axis = (1, 0) if kwargs.get("batch_first") else (0, 1)
+    x = _sequence(kwargs, 5, 3)
+    inputs, names = [x], ["x"]
+    axes = {"x": {time_axis: "time", batch_axis: "batch"}}
+    outputs = ["y", "h_n"] + (["c_n"] if kind == "LSTM" else [])
+    if with_state:
+        layers = ours.num_layers * (2 if ours.bidirectional else 1)
+        real = ours.proj_size or H if kind == "LSTM" else H
+        inputs.append(torch.randn(layers, 3, real))
+        names.append("h0")
+        axes["h0"] = {1: "batch"}
+        if kind == "LSTM":
+            inputs.append(torch.randn(layers, 3, H))
+            names.append("c0")
+            axes["c0"] = {1: "batch"}
+        ours, ref = _WithState(ours), _WithState(ref)
+    axes.update({out: {} for out in outputs})
+    return kind, kwargs, ours, ref, inputs, names, outputs, axes
+
+
+def _new_feeds(kind, kwargs, names, steps=8, batch=2):
+    torch.manual_seed(1)
+    feeds = {"x": _sequence(kwargs, steps, batch)}
+    layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    if "h0" in names:
+        feeds["h0"] = torch.randn(layers, batch, kwargs.get("proj_size") or H)
+    if "c0" in names:
+        feeds["c0"] = torch.randn(layers, batch, H)
+    return feeds
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["no_state", "state"])
+@pytest.mark.parametrize("name", [n for n in LAYERS if n != "lstm_proj"])
+def test_onnx_export_of_a_layer_matches_torch_nn_export_in_onnxruntime(name, with_state):
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed")
+    kind, kwargs, ours, ref, inputs, names, outputs, axes = _layer_export_case(name, with_state)
+    ours_bytes = _onnx_bytes(ours, tuple(inputs), names, outputs, axes)
+    ref_bytes = _onnx_bytes(ref, tuple(inputs), names, outputs, axes)
+    ours_ops = sorted(n.op_type for n in onnx.load_from_string(ours_bytes).graph.node)
+    ref_ops = sorted(n.op_type for n in onnx.load_from_string(ref_bytes).graph.node)
+    assert ours_ops == ref_ops and kind in ours_ops, (ours_ops, ref_ops)
+    feeds = _new_feeds(kind, kwargs, names)
+    got = _run_onnxruntime(ours_bytes, feeds)
+    from_torch_nn = _run_onnxruntime(ref_bytes, feeds)
+    with torch.no_grad():
+        eager = _flat(ours(*feeds.values()))
+    for g, r, e in zip(got, from_torch_nn, eager):
+        torch.testing.assert_close(torch.from_numpy(g), e, rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(g), torch.from_numpy(r), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm_2layers_bidir", "gru_bidir", "rnn_relu"])
+def test_onnx_export_of_a_layer_runs_in_openvino(name, tmp_path):
+    kind, kwargs, ours, _, inputs, names, outputs, axes = _layer_export_case(name, True)
+    model_bytes = _onnx_bytes(ours, tuple(inputs), names, outputs, axes)
+    feeds = _new_feeds(kind, kwargs, names)
+    got = _run_openvino(model_bytes, feeds, tmp_path)
+    with torch.no_grad():
+        eager = _flat(ours(*feeds.values()))
+    for g, e in zip(got, eager):
+        torch.testing.assert_close(torch.from_numpy(g), e, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", CELLS)
+def test_onnx_export_of_a_cell_matches_eager(kind, tmp_path):
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    ours, _ = _pair(kind, {})
+    names = ["x", "h"] + (["c"] if kind == "LSTMCell" else [])
+    torch.manual_seed(2)
+    example = [torch.randn(3, I)] + [torch.randn(3, H) for _ in names[1:]]
+
+    class Cell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = ours
+
+        def forward(self, x, h, c=None):
+            return self.cell(x, h if c is None else (h, c))
+
+    model_bytes = _onnx_bytes(Cell(), tuple(example), names, None,
+                              {n: {0: "batch"} for n in names})
+    feeds = {n: torch.randn(5, I if n == "x" else H) for n in names}
+    with torch.no_grad():
+        eager = _flat(Cell()(*feeds.values()))
+    for run in (lambda: _run_onnxruntime(model_bytes, feeds),
+                lambda: _run_openvino(model_bytes, feeds, tmp_path)):
+        for g, e in zip(run(), eager):
+            torch.testing.assert_close(torch.from_numpy(g), e, rtol=0, atol=1e-5)
+
+
+def test_onnx_export_of_packed_input_matches_eager():
+    """torch.nn's export of a PackedSequence LSTM fails in torch 2.13's ONNX symbolic; ours
+    exports (ONNX LSTM with sequence lengths), and the graph computes what eager does."""
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    torch.manual_seed(3)
+    lstm = rnnkernels.LSTM(I, H, bidirectional=True).eval()
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = lstm
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            y, (h, c) = self.lstm(packed)
+            return pad_packed_sequence(y, total_length=x.shape[0])[0], h, c
+
+    x = torch.randn(6, 3, I)
+    model_bytes = _onnx_bytes(Packed(), (x, torch.tensor([6, 4, 2])), ["x", "lengths"], None,
+                              None)
+    for lengths in ([6, 4, 2], [3, 6, 1]):
+        feeds = {"x": x, "lengths": torch.tensor(lengths)}
+        with torch.no_grad():
+            eager = _flat(Packed()(x, torch.tensor(lengths)))
+        for g, e in zip(_run_onnxruntime(model_bytes, feeds), eager):
+            torch.testing.assert_close(torch.from_numpy(g), e, rtol=0, atol=1e-5)
