@@ -11,6 +11,8 @@ kernels through rnnkernels.functional.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -193,6 +195,26 @@ _LAYER_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "bias", "batch_fi
                     "bidirectional", "proj_size", "device", "dtype")
 
 
+def _scriptable_twin(module):
+    """torch.jit.script compiles this instead of `module` (__prepare_scriptable__): the
+    torch.nn module of the same kind, sharing `module`'s parameters and state, whose
+    forward TorchScript compiles. A scripted model so runs torch's own RNN kernels and
+    loads in LibTorch without rnnkernels, like a trace (Note [tracing] in functional.py).
+    Refused (RuntimeError) for options torch.nn lacks, which it would silently drop."""
+    from .convert import _TO_TORCH, _TORCH_EQUIVALENT_OPTIONS
+
+    used = {k: getattr(module, k) for k, off in _TORCH_EQUIVALENT_OPTIONS.items()
+            if getattr(module, k, off) != off}
+    if used:
+        raise RuntimeError(
+            f"torch.jit.script: {type(module).__name__} uses {used}, which torch.nn's "
+            f"forward (what a scripted rnnkernels module runs) does not have; use "
+            f"torch.export for such a module")
+    twin = copy.copy(module)
+    twin.__class__ = _TO_TORCH[type(module)]
+    return twin
+
+
 class _RecurrentForward(_ConstructorMessages):
     """forward() shared by RNN, LSTM and GRU (mixed in before the torch.nn class)."""
 
@@ -223,6 +245,9 @@ class _RecurrentForward(_ConstructorMessages):
         super().__init__(*args, **kwargs)
         self.recurrent_dropconnect = float(recurrent_dropconnect)
         self.zoneout_h = float(zoneout_h)
+
+    def __prepare_scriptable__(self):
+        return _scriptable_twin(self)
 
     def _forward_weights(self) -> list[Tensor]:
         """_flat_weights, with this forward's DropConnect masks applied to W_hh in training."""
@@ -480,6 +505,9 @@ class _CellForward(_ConstructorMessages):
     makes (input_size, batch and hidden sizes, dtype, device)."""
 
     _positional_names = ("input_size", "hidden_size", "bias", "device", "dtype")
+
+    def __prepare_scriptable__(self):
+        return _scriptable_twin(self)
 
     def _cell_inputs(self, input, hx, is_lstm: bool):
         name = type(self).__name__

@@ -278,3 +278,86 @@ def test_onnx_export_of_packed_input_matches_eager():
             eager = _flat(Packed()(x, torch.tensor(lengths)))
         for g, e in zip(_run_onnxruntime(model_bytes, feeds), eager):
             torch.testing.assert_close(torch.from_numpy(g), e, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- torch.jit.script
+
+
+class _ScriptedModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = rnnkernels.LSTM(I, H, num_layers=2, bidirectional=True)
+        self.gru = rnnkernels.GRU(2 * H, H, batch_first=True)
+        self.rnn = rnnkernels.RNN(H, H, nonlinearity="relu")
+        self.cell = rnnkernels.LSTMCell(H, 5)
+
+    def forward(self, x):  # x [T, B, I]
+        y, _ = self.lstm(x)
+        z, _ = self.gru(y.transpose(0, 1))
+        r, _ = self.rnn(z.transpose(0, 1))
+        h, c = self.cell(r[-1])
+        return h + c
+
+
+def test_jit_script_compiles_a_model_with_our_modules(tmp_path):
+    torch.manual_seed(4)
+    model = _ScriptedModel()
+    scripted = torch.jit.script(model)
+    ours = model.lstm
+    eager = {(steps, batch): torch.randn(steps, batch, I) for steps, batch in ((5, 3), (2, 6))}
+    expected = {k: model(x) for k, x in eager.items()}
+    scripted = torch.jit.script(model)
+    for k, x in eager.items():
+        torch.testing.assert_close(scripted(x), expected[k])
+    # TorchScript's __prepare_scriptable__ protocol swaps, inside `model`, each of our
+    # modules for its torch.nn twin; the twin holds the very same parameters, and
+    # rnnkernels.convert(model) brings our kernels back for eager use.
+    assert type(model.lstm) is nn.LSTM
+    assert model.lstm.weight_ih_l0 is ours.weight_ih_l0
+    scripted(torch.randn(4, 2, I)).sum().backward()
+    assert ours.weight_hh_l1_reverse.grad is not None
+    rnnkernels.convert(model)
+    assert type(model.lstm) is rnnkernels.LSTM and type(model.cell) is rnnkernels.LSTMCell
+    for k, x in eager.items():
+        torch.testing.assert_close(model(x), expected[k])
+
+
+@pytest.mark.parametrize("option", [dict(zoneout_h=0.1), dict(recurrent_dropconnect=0.2),
+                                    dict(layer_norm=True)])
+def test_jit_script_refuses_options_torch_nn_lacks(option):
+    with pytest.raises(RuntimeError, match=next(iter(option))):
+        torch.jit.script(rnnkernels.LSTM(I, H, **option))
+
+
+def test_scripted_model_runs_in_a_cpp_program(tmp_path):
+    """examples/cpp_inference: LibTorch from the installed wheel, no rnnkernels library."""
+    import shutil
+
+    cmake, ninja = shutil.which("cmake"), shutil.which("ninja")
+    if cmake is None or ninja is None:
+        pytest.skip("cmake or ninja not found on PATH (pip install cmake ninja)")
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parent.parent / "examples" / "cpp_inference"
+    build = tmp_path / "build"
+    env = {k: v for k, v in __import__("os").environ.items()}
+    subprocess.run([cmake, "-S", str(source), "-B", str(build), "-G", "Ninja",
+                    f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                   check=True, capture_output=True, text=True, timeout=600, env=env)
+    subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True,
+                   text=True, timeout=900, env=env)
+    torch.manual_seed(5)
+    model = _ScriptedModel().eval()
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    steps, batch = 7, 4
+    x = torch.randn(steps, batch, I)
+    out = subprocess.run([str(build / "run_model"), str(path), str(steps), str(batch), str(I)],
+                         input="\n".join(f"{v:.9g}" for v in x.flatten().tolist()),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    with torch.no_grad():
+        want = model(x)
+    assert lines[0] == str(list(want.shape)), lines[0]
+    torch.testing.assert_close(torch.tensor([float(v) for v in lines[1:]]).view(want.shape), want)
