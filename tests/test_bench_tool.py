@@ -894,3 +894,31 @@ def test_module_entry_point_lists_presets():
     portable = next(line for line in result.stdout.splitlines() if line.startswith("portable"))
     assert f"{len(preset_cases('portable'))} cases, 5 repeats" in portable
     assert "(B, I, H) = (1, 256, 256)" in result.stdout
+
+
+def test_peers_time_the_exported_graph_in_the_runtimes(tmp_path, monkeypatch, capsys):
+    """--peers: our module exported to ONNX, timed in ONNX Runtime and OpenVINO beside ours
+    and torch.nn (inference of float32 layers only), the fastest named."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    out = tmp_path / "peers.jsonl"
+    code = cli.main(["-T", "6", "-B", "3", "-H", "8", "--cells", "lstm", "gru", "--modes",
+                     "inference", "training", "--repeats", "1", "--min-block-ms", "0",
+                     "--warmup-ms", "0", "--no-ceilings", "--no-lb", "--threads",
+                     str(torch.get_num_threads()), "--out", str(out), "--no-progress",
+                     "--peers", "onnxruntime", "openvino"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    records = output.read_results(out)
+    for r in records:
+        if r["case"]["mode"] == "training":
+            assert "peers" not in r
+            continue
+        assert {"onnxruntime", "openvino"} <= set(r["peers"]), r["peers"]
+        for name, peer in r["peers"].items():
+            assert peer["median_s"] > 0 and math.isclose(
+                peer["speedup_vs_nn"], r["nn"]["median_s"] / peer["median_s"]), name
+        times = {"ours": r["ours"]["median_s"], "nn": r["nn"]["median_s"],
+                 **{n: p["median_s"] for n, p in r["peers"].items()}}
+        assert r["fastest"] == min(times, key=times.get)
+        assert f"fastest: {r['fastest']}" in printed

@@ -89,6 +89,10 @@ def run_parser() -> argparse.ArgumentParser:
     extra.add_argument("--memory", action="store_true",
                        help="CPU: peak resident memory per case and variant, in a worker process "
                             "(CUDA peaks are always measured)")
+    extra.add_argument("--peers", nargs="+", choices=("onnxruntime", "openvino"), default=(),
+                       help="also time our module exported to ONNX (dynamo=False: native RNN "
+                            "ops) in these runtimes, CPU float32 inference of layers; OpenVINO "
+                            "also with its bf16 hint where the CPU has bf16")
     extra.add_argument("--no-ceilings", action="store_true", help="skip the matmul/copy ceilings")
     extra.add_argument("--remeasure-ceilings", action="store_true",
                        help="measure the ceilings again instead of using the cache (a cached "
@@ -217,7 +221,7 @@ def _run_main(parser, argv: list[str]) -> int:
         repeats=args.repeats or preset_repeats or 11, min_block_s=args.min_block_ms / 1e3,
         warmup_s=args.warmup_ms / 1e3, lower_bound=not args.no_lb, lb_backend=args.lb_backend,
         memory=args.memory, ceilings=not args.no_ceilings, remeasure_ceilings=args.remeasure_ceilings,
-        seed=args.seed)
+        seed=args.seed, peers=tuple(args.peers))
     torch.set_num_threads(args.threads)
 
     jsonl_path = csv_path = None

@@ -335,6 +335,26 @@ def summary(records: list[dict]) -> list[str]:
     if nn_errors:
         lines.append(f"torch.nn raised in {len(nn_errors)} cases (ours timed alone):")
         lines += nn_errors
+    lines += peer_lines(records)
+    return lines
+
+
+def peer_lines(records: list[dict]) -> list[str]:
+    """The deployment runtimes of `--peers`, per case: each one's time as nn/peer (higher is
+    faster) beside ours, and the fastest."""
+    lines = []
+    for r in records:
+        if not r.get("peers"):
+            continue
+        parts = [f"ours {r['speedup']:.2f}x" if r.get("speedup") else "ours -"]
+        for name, peer in r["peers"].items():
+            if peer.get("error"):
+                parts.append(f"{name} ({peer['error'].splitlines()[0][:60]})")
+            else:
+                parts.append(f"{name} {peer['speedup_vs_nn']:.2f}x" if peer.get("speedup_vs_nn")
+                             else f"{name} -")
+        lines.append(f"peers {_case_label(r).strip()}: nn/x {', '.join(parts)}; "
+                     f"fastest: {r.get('fastest')}")
     return lines
 
 

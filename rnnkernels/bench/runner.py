@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ceilings as ceilings_mod
-from . import lower_bound, memory, model
+from . import lower_bound, memory, model, peers
 from .cases import Case
 from .timing import time_interleaved
 from .workload import (ENGINE_PATHS, build_models, make_inputs, make_pass, profile_engine,
@@ -28,6 +28,7 @@ class RunOptions:
     ceilings: bool = True
     remeasure_ceilings: bool = False
     seed: int = 0
+    peers: tuple[str, ...] = ()  # deployment runtimes timed beside us (bench/peers.py)
 
 
 def _ratio(a, b):
@@ -76,8 +77,9 @@ def run_case(case: Case, options: RunOptions, env: dict, ceilings: dict | None =
     passes = {name: run_pass for name, run_pass in passes.items() if name not in errors}
     engines = {name: profile_engine(run_pass) for name, run_pass in passes.items()}
     saved = {name: saved_activation_bytes(case, models[name], inputs) for name in passes}
+    peer_passes, peer_errors = peers.build(case, models["ours"], inputs.x, options.peers)
 
-    timings = time_interleaved(passes, options.repeats, device=case.device,
+    timings = time_interleaved({**passes, **peer_passes}, options.repeats, device=case.device,
                                min_block_s=options.min_block_s, warmup_s=options.warmup_s)
     lb = lower_bound.measure(case, options.repeats, options.lb_backend) if options.lower_bound else None
 
@@ -93,7 +95,7 @@ def run_case(case: Case, options: RunOptions, env: dict, ceilings: dict | None =
             peaks[name] = answer.get("peak_bytes")
             if "error" in answer:
                 peak_method = f"{memory.METHOD_CPU} (error: {answer['error']})"
-    del passes, models, inputs
+    del passes, models, inputs, peer_passes
 
     variants = {}
     for name in ("ours", "nn"):
@@ -143,6 +145,17 @@ def run_case(case: Case, options: RunOptions, env: dict, ceilings: dict | None =
         },
         "env": env,
     }
+    if options.peers and peers.applies(case):
+        record["peers"] = {name: {"median_s": timings[name].median,
+                                  "speedup_vs_nn": _ratio(nn_t, timings[name].median)}
+                           for name in timings if name not in ("ours", "nn")}
+        record["peers"].update({name: {"median_s": None, "error": why}
+                                for name, why in peer_errors.items()})
+        timed = {name: v["median_s"] for name, v in (("ours", variants["ours"]),
+                                                     ("nn", variants["nn"]),
+                                                     *record["peers"].items())
+                 if v.get("median_s")}
+        record["fastest"] = min(timed, key=timed.get)
     return record
 
 

@@ -1,0 +1,90 @@
+"""Deployment runtimes as peers of a case (`--peers onnxruntime openvino`).
+
+Our module is exported to ONNX the way a deploying user would (torch.onnx.export with
+dynamo=False: our layers trace to ONNX's native LSTM/GRU/RNN ops, Note [tracing] in
+rnnkernels/functional.py), and the graph runs in ONNX Runtime (float32) and OpenVINO
+(float32, and bfloat16 through its precision hint where the CPU has AVX512-BF16 or AMX),
+each with the run's thread count, timed interleaved with ours and torch.nn. Peers time CPU
+inference of dense float32 input only; other cases have none.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .cases import Case
+
+PEERS = ("onnxruntime", "openvino")
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def applies(case: Case) -> bool:
+    return (case.device == "cpu" and case.mode == "inference" and case.dtype == "float32"
+            and not case.packed and not case.is_step_cell)
+
+
+def _onnx_model(model: torch.nn.Module, x: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's advice on batch sizes and tracing
+        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"])
+    return buffer.getvalue()
+
+
+def build(case: Case, model: torch.nn.Module, x: torch.Tensor,
+          wanted: tuple[str, ...]) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
+    """({peer name: a pass running the exported graph on x}, {peer name: why it has none}).
+    Names: onnxruntime, openvino, openvino_bf16."""
+    passes, errors = {}, {}
+    if not wanted or not applies(case):
+        return passes, errors
+    try:
+        graph = _onnx_model(model, x)
+    except Exception as err:  # noqa: BLE001  (the export's failure is the result)
+        return passes, {name: f"ONNX export failed: {err}" for name in wanted}
+    feed = x.numpy()
+    if "onnxruntime" in wanted:
+        try:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = case.threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            passes["onnxruntime"] = lambda: session.run(None, {"x": feed})
+        except Exception as err:  # noqa: BLE001
+            errors["onnxruntime"] = f"{type(err).__name__}: {err}"
+    if "openvino" in wanted:
+        try:
+            import openvino as ov
+
+            core = ov.Core()
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.onnx"
+                path.write_bytes(graph)
+                read = core.read_model(str(path))
+            hints = {"f32": "openvino"}
+            if _cpu_has_bf16():
+                hints["bf16"] = "openvino_bf16"
+            for precision, name in hints.items():
+                compiled = core.compile_model(read, "CPU", {
+                    "INFERENCE_NUM_THREADS": case.threads,
+                    "INFERENCE_PRECISION_HINT": precision})
+                request = compiled.create_infer_request()
+                passes[name] = (lambda r: lambda: r.infer({0: feed}))(request)
+        except Exception as err:  # noqa: BLE001
+            errors["openvino"] = f"{type(err).__name__}: {err}"
+    return passes, errors
