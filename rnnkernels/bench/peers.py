@@ -63,6 +63,9 @@ def build(case: Case, model: torch.nn.Module, x: torch.Tensor,
             options = ort.SessionOptions()
             options.intra_op_num_threads = case.threads
             options.inter_op_num_threads = 1
+            # Its workers otherwise spin after each run and take the cores from the passes
+            # timed next (ours and torch.nn's times then doubled, with a 40-90% spread).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
             passes["onnxruntime"] = lambda: session.run(None, {"x": feed})
         except Exception as err:  # noqa: BLE001
