@@ -361,3 +361,44 @@ def test_scripted_model_runs_in_a_cpp_program(tmp_path):
         want = model(x)
     assert lines[0] == str(list(want.shape)), lines[0]
     torch.testing.assert_close(torch.tensor([float(v) for v in lines[1:]]).view(want.shape), want)
+
+
+# ---------------------------------------------------------------- AOTInductor
+
+
+class _Layer(nn.Module):
+    def __init__(self, kind, **kwargs):
+        super().__init__()
+        self.rnn = getattr(rnnkernels, kind)(I, H, **kwargs)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def _aoti_roundtrip(model, x, tmp_path):
+    program = torch.export.export(model, (x,))
+    assert any(str(n.target).startswith("rnnkernels.") for n in program.graph.nodes)
+    package = torch._inductor.aoti_compile_and_package(
+        program, package_path=str(tmp_path / "model.pt2"))
+    return torch._inductor.aoti_load_package(package)
+
+
+@pytest.mark.parametrize("kind,kwargs", [("GRU", {}), ("LSTM", dict(proj_size=4))])
+def test_aoti_package_runs_our_ops(kind, kwargs, tmp_path):
+    torch.manual_seed(6)
+    model = _Layer(kind, **kwargs).eval()
+    x = torch.randn(5, 3, I)
+    loaded = _aoti_roundtrip(model, x, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="AOTInductor's proxy executor reads an empty Tensor[] argument (our "
+                          "ops' w_hr without proj_size, b_ih/b_hh with bias=False) as a "
+                          "non-tensor list: 'isTensorList() INTERNAL ASSERT FAILED'")
+def test_aoti_package_with_an_empty_tensor_list_argument(tmp_path):
+    model = _Layer("LSTM").eval()
+    x = torch.randn(5, 3, I)
+    loaded = _aoti_roundtrip(model, x, tmp_path)
+    loaded(x)
