@@ -79,12 +79,21 @@ ISA_FLAGS = {
 }
 
 
+def _available_isas():
+    return ["default", "avx2", "avx512", "avx512_bf16"] if IS_X86 else ["default"]
+
+
+def _env_list(name):
+    """The entries of a ","- (or, as CMake writes lists, ";"-) separated variable."""
+    return [w.strip() for w in re.split(r"[,;]", os.environ.get(name, "")) if w.strip()]
+
+
 def _isas():
     """The kernel variants to build: RNNKERNELS_ISAS, or all for this architecture. A name
     that is not a variant, or avx512_bf16 without avx512 (it only extends that table), is
     refused; a variant this architecture has no flags for (x86 ones elsewhere) is left out."""
-    available = ["default", "avx2", "avx512", "avx512_bf16"] if IS_X86 else ["default"]
-    wanted = [w.strip() for w in os.environ.get("RNNKERNELS_ISAS", "").split(",") if w.strip()]
+    available = _available_isas()
+    wanted = _env_list("RNNKERNELS_ISAS")
     if not wanted:
         return available
     unknown = [w for w in wanted if w not in ISA_FLAGS]
@@ -101,9 +110,9 @@ SANITIZERS = ("address", "undefined")
 
 
 def _sanitize_flags():
-    """(compile flags, link flags) for RNNKERNELS_SANITIZE, empty when it is unset.
-    CMakeLists.txt builds the same flags from its RNNKERNELS_SANITIZE."""
-    wanted = [w.strip() for w in os.environ.get("RNNKERNELS_SANITIZE", "").split(",") if w.strip()]
+    """(compile flags, link flags) for RNNKERNELS_SANITIZE, empty when it is unset (CMake
+    reads them from the configuration this file writes, _cmake_config)."""
+    wanted = _env_list("RNNKERNELS_SANITIZE")
     if not wanted:
         return [], []
     unknown = [w for w in wanted if w not in SANITIZERS]
@@ -121,6 +130,46 @@ def _sanitize_flags():
 
 
 SANITIZE_CFLAGS, SANITIZE_LDFLAGS = _sanitize_flags()
+
+
+def _host_sources():
+    """Every csrc/*.cpp, csrc/host/*.cpp and csrc/cpu/*.cpp but the per-ISA kernels_*.cpp,
+    which BuildExt compiles with their own flags; relative to the repository root."""
+    return [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))
+            + sorted((CSRC / "host").glob("*.cpp"))
+            + sorted(p for p in (CSRC / "cpu").glob("*.cpp") if not p.name.startswith("kernels_"))]
+
+
+def _bench_sources():
+    """The benchmark's C++ (csrc/bench/*.cpp: the GEMM lower bound), module _bench_C."""
+    return [str(p.relative_to(ROOT)) for p in sorted((CSRC / "bench").glob("*.cpp"))]
+
+
+def _cmake_config():
+    """The build configuration as CMake variables, for CMakeLists.txt, which runs
+    `python setup.py cmake-config FILE` at configure time and includes FILE: this file stays
+    the one place that defines the kernel variants, their flags, the sanitizer flags, the
+    sources and the source hash."""
+    def values(items):
+        return " ".join('"' + str(i).replace('"', '\\"') + '"' for i in items)
+
+    lines = ["# Written by `python setup.py cmake-config` for CMakeLists.txt; do not edit.",
+             f"set(RNNKERNELS_ALL_ISAS {values(_available_isas())})",
+             f"set(RNNKERNELS_ENABLED_ISAS {values(_isas())})"]
+    lines += [f"set(RNNKERNELS_ISA_FLAGS_{isa} {values(flags)})" for isa, flags in ISA_FLAGS.items()]
+    lines += [f"set(RNNKERNELS_SANITIZE_COMPILE_FLAGS {values(SANITIZE_CFLAGS)})",
+              f"set(RNNKERNELS_SANITIZE_LINK_FLAGS {values(SANITIZE_LDFLAGS)})",
+              f"set(RNNKERNELS_HOST_SOURCES {values(ROOT / s for s in _host_sources())})",
+              f"set(RNNKERNELS_BENCH_SOURCES {values(ROOT / s for s in _bench_sources())})",
+              f"set(RNNKERNELS_SOURCE_HASH \"{_load_source_hash()}\")"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["cmake-config"]:
+    if len(sys.argv) != 3:
+        sys.exit("usage: python setup.py cmake-config FILE")
+    Path(sys.argv[2]).write_text(_cmake_config())
+    sys.exit(0)
 
 
 def _nvcc_path():
@@ -244,12 +293,7 @@ class BuildExt(BuildExtension):
 
 
 def _extension():
-    # Host sources: every csrc/*.cpp, csrc/host/*.cpp and csrc/cpu/*.cpp except the per-ISA
-    # kernels_*.cpp, which BuildExt compiles with their own flags (CMakeLists.txt globs the
-    # same).
-    sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))
-               + sorted((CSRC / "host").glob("*.cpp"))
-               + sorted(p for p in (CSRC / "cpu").glob("*.cpp") if not p.name.startswith("kernels_"))]
+    sources = _host_sources()
     include_dirs = [str(CSRC), str(CSRC / "include")]
     # Every other file under csrc/ (headers, the per-ISA kernels): setuptools relinks the
     # module only when one of sources + depends is newer than it, so without these an
@@ -273,8 +317,7 @@ def _extension():
 def _bench_extension():
     # The benchmark's C++ (csrc/bench/*.cpp: the GEMM lower bound), a module of its own so
     # that the product's _C holds only the ops; rnnkernels.bench imports it.
-    sources = [str(p.relative_to(ROOT)) for p in sorted((CSRC / "bench").glob("*.cpp"))]
-    return CppExtension("rnnkernels._bench_C", sources,
+    return CppExtension("rnnkernels._bench_C", _bench_sources(),
                         extra_compile_args={"cxx": ["-O3", "-g0", "-fvisibility=hidden"]
                                             + SANITIZE_CFLAGS},
                         extra_link_args=SANITIZE_LDFLAGS)
