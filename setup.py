@@ -145,6 +145,12 @@ def _bench_sources():
     return [str(p.relative_to(ROOT)) for p in sorted((CSRC / "bench").glob("*.cpp"))]
 
 
+def _cuda_sources():
+    """csrc/cuda/*.cpp (the host code) and *.cu (the kernels), when the CUDA part is built."""
+    return [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cpp"))
+            + sorted((CSRC / "cuda").glob("*.cu"))]
+
+
 def _cmake_config():
     """The build configuration as CMake variables, for CMakeLists.txt, which runs
     `python setup.py cmake-config FILE` at configure time and includes FILE: this file stays
@@ -161,15 +167,12 @@ def _cmake_config():
               f"set(RNNKERNELS_SANITIZE_LINK_FLAGS {values(SANITIZE_LDFLAGS)})",
               f"set(RNNKERNELS_HOST_SOURCES {values(ROOT / s for s in _host_sources())})",
               f"set(RNNKERNELS_BENCH_SOURCES {values(ROOT / s for s in _bench_sources())})",
+              f"set(RNNKERNELS_CUDA_SOURCES {values(ROOT / s for s in _cuda_sources())})",
+              f"set(RNNKERNELS_DEFAULT_CUDA_ARCH_LIST \"{DEFAULT_CUDA_ARCH_LIST}\")",
               f"set(RNNKERNELS_SOURCE_HASH \"{_load_source_hash()}\")"]
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["cmake-config"]:
-    if len(sys.argv) != 3:
-        sys.exit("usage: python setup.py cmake-config FILE")
-    Path(sys.argv[2]).write_text(_cmake_config())
-    sys.exit(0)
 
 
 def _nvcc_path():
@@ -243,6 +246,13 @@ def _want_cuda():
     return True, f"nvcc {major}.{minor}"
 
 
+if __name__ == "__main__" and sys.argv[1:2] == ["cmake-config"]:
+    if len(sys.argv) != 3:
+        sys.exit("usage: python setup.py cmake-config FILE")
+    Path(sys.argv[2]).write_text(_cmake_config())
+    sys.exit(0)
+
+
 WITH_CUDA, CUDA_REASON = _want_cuda()
 if WITH_CUDA:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
@@ -303,8 +313,7 @@ def _extension():
                      and str(p.relative_to(ROOT)) not in sources
                      and not p.is_relative_to(CSRC / "bench"))
     if WITH_CUDA:
-        sources += [str(p.relative_to(ROOT)) for p in sorted((CSRC / "cuda").glob("*.cpp"))
-                    + sorted((CSRC / "cuda").glob("*.cu"))]
+        sources += _cuda_sources()
         return CUDAExtension(
             "rnnkernels._C", sources, include_dirs=include_dirs,
             define_macros=[("RNNKERNELS_WITH_CUDA", None)],

@@ -91,7 +91,7 @@ if(DEFINED TORCH_CUDA_ARCH_LIST AND NOT "${TORCH_CUDA_ARCH_LIST}" STREQUAL "")
 elseif(DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT "$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL "")
   set(_rk_arch_list "$ENV{TORCH_CUDA_ARCH_LIST}")
 else()
-  set(_rk_arch_list "8.0;9.0+PTX")
+  set(_rk_arch_list "${RNNKERNELS_DEFAULT_CUDA_ARCH_LIST}")  # setup.py's, via cmake-config
 endif()
 string(REPLACE " " ";" _rk_arch_list "${_rk_arch_list}")
 set(RNNKERNELS_CUDA_ARCHITECTURES)
@@ -115,11 +115,8 @@ message(STATUS "rnnkernels: CUDA ${CMAKE_CUDA_COMPILER_VERSION} for torch CUDA $
 
 # ---------------------------------------------------------------- sources and flags
 
-# The same globs as setup.py's _extension().
-file(GLOB _rk_cuda_sources CONFIGURE_DEPENDS "${RNNKERNELS_CSRC}/cuda/*.cu"
-                                             "${RNNKERNELS_CSRC}/cuda/*.cpp")
-list(SORT _rk_cuda_sources)
-target_sources(${RNNKERNELS_TARGET} PRIVATE ${_rk_cuda_sources})
+# setup.py's CUDA sources (RNNKERNELS_CUDA_SOURCES from `setup.py cmake-config`).
+target_sources(${RNNKERNELS_TARGET} PRIVATE ${RNNKERNELS_CUDA_SOURCES})
 target_compile_definitions(${RNNKERNELS_TARGET} PRIVATE RNNKERNELS_WITH_CUDA)
 set_target_properties(${RNNKERNELS_TARGET} PROPERTIES
   CUDA_ARCHITECTURES "${RNNKERNELS_CUDA_ARCHITECTURES}"

@@ -896,7 +896,7 @@ def test_setup_matching_nvcc_builds_the_cuda_sources():
     assert expected <= set(sources)
 
 
-def test_default_arch_list_embeds_ptx(monkeypatch):
+def test_default_arch_list_embeds_ptx(monkeypatch, tmp_path):
     """The default TORCH_CUDA_ARCH_LIST ends in +PTX, which torch's extension builder turns
     into a compute_90 PTX image beside the sm_80/sm_90 code: a GPU newer than sm_90 then
     JIT-compiles the kernels instead of finding no kernel image."""
@@ -909,9 +909,13 @@ def test_default_arch_list_embeds_ptx(monkeypatch):
     flags = _get_cuda_arch_flags()
     assert "-gencode=arch=compute_90,code=compute_90" in flags, flags
     assert {"-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"} <= set(flags)
-    # The CMake build's default mirrors it.
+    # The CMake build takes setup.py's default from the configuration setup.py writes.
+    config = tmp_path / "config.cmake"
+    subprocess.run([sys.executable, str(ROOT / "setup.py"), "cmake-config", str(config)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    assert f'set(RNNKERNELS_DEFAULT_CUDA_ARCH_LIST "{default}")' in config.read_text()
     cmake = (ROOT / "cmake" / "rnnkernels_cuda.cmake").read_text()
-    assert f'set(_rk_arch_list "{default}")' in cmake
+    assert 'set(_rk_arch_list "${RNNKERNELS_DEFAULT_CUDA_ARCH_LIST}")' in cmake
 
 
 @needs_nvcc
