@@ -209,8 +209,8 @@ def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, tr
 
     def layer(index, x, dirs, h0, c0, zoneout, ln_dirs):
         with _layer_range(cell, index):
-            return _run_layer(cell, x, dirs, has_biases, h0, c0 if cell == "lstm" else None,
-                              batch_sizes, nonlinearity, need_workspace, zoneout, ln_dirs)
+            return _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity,
+                              need_workspace, zoneout, ln_dirs)
 
     return _layers.run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout,
                               train, bidirectional, batch_first, batch_sizes, layer,
@@ -387,12 +387,13 @@ def _routed(cell: str):
 
         @functools.wraps(fn)
         def run(input, *args, **kwargs):
-            if torch.jit.is_tracing() and not (kwargs.get("zoneout_h") or kwargs.get("zoneout_c")
-                                               or kwargs.get("layer_norm") is not None):
+            # Options torch's implementation lacks keep our path whatever the engine.
+            torch_can_run = not (kwargs.get("zoneout_h") or kwargs.get("zoneout_c")
+                                 or kwargs.get("layer_norm") is not None)
+            if torch_can_run and torch.jit.is_tracing():
                 # Note [tracing]: a trace records torch's own RNN ops, as torch.nn's does.
                 return torch_engine(input, *args, **kwargs)
-            if _routable(input) and not (kwargs.get("zoneout_h") or kwargs.get("zoneout_c")
-                                         or kwargs.get("layer_norm") is not None):
+            if torch_can_run and _routable(input):
                 hx = argument(args, kwargs, "hx")
                 hx = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
                 if is_step:

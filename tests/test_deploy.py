@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -331,21 +333,16 @@ def test_jit_script_refuses_options_torch_nn_lacks(option):
 
 def test_scripted_model_runs_in_a_cpp_program(tmp_path):
     """examples/cpp_inference: LibTorch from the installed wheel, no rnnkernels library."""
-    import shutil
-
     cmake, ninja = shutil.which("cmake"), shutil.which("ninja")
     if cmake is None or ninja is None:
         pytest.skip("cmake or ninja not found on PATH (pip install cmake ninja)")
-    from pathlib import Path
-
     source = Path(__file__).resolve().parent.parent / "examples" / "cpp_inference"
     build = tmp_path / "build"
-    env = {k: v for k, v in __import__("os").environ.items()}
     subprocess.run([cmake, "-S", str(source), "-B", str(build), "-G", "Ninja",
                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
-                   check=True, capture_output=True, text=True, timeout=600, env=env)
+                   check=True, capture_output=True, text=True, timeout=600)
     subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True,
-                   text=True, timeout=900, env=env)
+                   text=True, timeout=900)
     torch.manual_seed(5)
     model = _ScriptedModel().eval()
     path = tmp_path / "model.pt"

@@ -382,11 +382,10 @@ ForwardInputs prepare_forward(const char* op, Cell cell, const at::Tensor& x_pro
                            !w_hh.empty() && is_16bit(w_hh[0].scalar_type());
   ForwardInputs in;
   // With a float32 x_proj the weights set the storage dtype; x_proj only shares their device.
+  const at::Tensor& ref = float_input ? w_hh[0] : x_proj;
   static_cast<host::ForwardInputs&>(in) =
-      float_input ? host::prepare_forward(kCuda, op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0,
-                                          batch_sizes, w_hh[0], "w_hh[0]")
-                  : host::prepare_forward(kCuda, op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0,
-                                          batch_sizes, x_proj, x_name);
+      host::prepare_forward(kCuda, op, cell, x_proj, x_name, w_hh, b_hh, w_hr, h0, batch_sizes,
+                            ref, float_input ? "w_hh[0]" : x_name);
   in.float_input = float_input;
   in.options = h0.options();
   return in;

@@ -19,16 +19,9 @@ from typing import Callable
 import torch
 
 from .cases import Case
+from .env import cpu_flags
 
 PEERS = ("onnxruntime", "openvino")
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def applies(case: Case) -> bool:
@@ -80,7 +73,7 @@ def build(case: Case, model: torch.nn.Module, x: torch.Tensor,
                 path.write_bytes(graph)
                 read = core.read_model(str(path))
             hints = {"f32": "openvino"}
-            if _cpu_has_bf16():
+            if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
                 hints["bf16"] = "openvino_bf16"
             for precision, name in hints.items():
                 compiled = core.compile_model(read, "CPU", {
