@@ -25,7 +25,7 @@ struct RecomputeRequest {
   std::vector<at::Tensor> inputs;   // x, w_ih[D], b_ih[nb], w_hh[D], b_hh[nb], (w_hr[np]), h0, (c0)
   std::vector<int64_t> counts;      // D, nb (, np)
   std::optional<at::Tensor> batch_sizes, zoneout;
-  std::string nonlinearity;         // RNN only
+  std::string mode;                // rnn_layer's mode; the old RNN ops: their nonlinearity
   std::vector<std::optional<at::Tensor>> grads;  // of output, h_n (, c_n); nullopt: none
   std::vector<bool> needs;          // per input: whether its gradient is wanted
 };

@@ -1,106 +1,47 @@
-// The extension module rnnkernels._C and every op schema of the rnnkernels namespace.
+// The extension module rnnkernels._C and the op schemas of the rnnkernels namespace.
 //
-// One recurrence op per cell and pass. It runs one layer, both directions when two
-// weight lists are given, over the whole sequence; the input projection of all steps
-// (x @ W_ih^T + b_ih) is computed by the caller as one GEMM. Shapes, with D directions,
-// G gates (LSTM 4, GRU 3, RNN 1), hidden size H, output size P (proj_size or H), batch B
-// and N rows (T*B, time-major, or sum(batch_sizes) for packed input):
-//   x_proj [N, D*G*H], w_hh[d] [G*H, P], b_hh[d] [G*H], w_hr[d] [P, H] (LSTM only)
-//   h0 [D, B, P], c0 [D, B, H] -> output [N, D*P], h_n [D, B, P], c_n [D, B, H]
-//   workspace [D, N, S]: what the backward needs (LSTM: i, f, g, o, c -> S = 5H;
-//   GRU: r, z, n, W_hn h + b_hn -> S = 4H; RNN: nothing, S = 0), empty when
+// One op pair, after ATen's _cudnn_rnn: rnn_layer runs one layer of any mode, one or both
+// directions, over the whole sequence, from its input x; rnn_layer_backward returns the
+// gradients of x, of every weight, of h0 (and c0). csrc/host/layer.h holds the weights'
+// layout and the shapes; N rows (T*B, time-major, or sum(batch_sizes) for packed input),
+// D directions, hidden size H, output size P (proj_size or H):
+//   x [N, I], h0 [D, B, P], c0 [D, B, H] (LSTM modes) -> output [N, D*P], h_n [D, B, P],
+//   c_n [D, B, H] (LSTM modes; [0] otherwise), workspace [D, N, S]: what the backward needs
+//   (S from the workspace widths of include/rnnkernels/cell_math.h), [D, 0, S] when
 //   need_workspace is false.
-// zoneout (optional, forward and backward alike) [D, N, P] (LSTM [D, N, P+H]: h's then
-// c's): the weight of the previous state per row and unit (Note [zoneout] in
-// include/rnnkernels/cell_math.h); a row stride of 0 broadcasts one row. With it the LSTM
-// workspace holds c after zoneout too (S = 6H) and the RNN's h before zoneout (S = H).
-// The backward op returns the gradients of x_proj, h0 (c0) and the recurrent weights;
-// autograd derives those of the input, W_ih and b_ih from grad_x_proj.
+// zoneout (optional) [D, N, P] (LSTM [D, N, P+H]: h's then c's): the weight of the
+// previous state per row and unit (Note [zoneout] in include/rnnkernels/cell_math.h); a
+// row stride of 0 broadcasts one row.
 
 #include <torch/library.h>
 #include <torch/python.h>
 
 #include "cpu/memory.h"
+#include "cpu/recurrence_cpu.h"
+#include "host/recurrence_bindings.h"
 #include "double_backward.h"
 #include "rnnkernels/build_info.h"
 #include "rnnkernels/cell_math.h"
 
 TORCH_LIBRARY(rnnkernels, m) {
-  // x [N, I] -> x_proj [N, D*G*H]: direction d's columns are x @ w_ih[d]^T + b_ih[d].
-  // The backward returns grad_x (empty when need_input_grad is false), grad_w_ih[] and
-  // grad_b_ih[] (empty when has_bias is false).
-  m.def("input_projection(Tensor x, Tensor[] w_ih, Tensor[] b_ih) -> Tensor");
+  // The op pair (csrc/host/layer.h has the weights' layout and the shapes): one layer of
+  // any mode (lstm, gru, rnn_tanh, rnn_relu, ln_lstm) from its input x. c_n is [0] for
+  // GRU and RNN; the backward's grad_weights match weights one for one.
   m.def(
-      "input_projection_backward(Tensor grad_x_proj, Tensor x, Tensor[] w_ih, "
-      "bool need_input_grad, bool has_bias) -> (Tensor grad_x, Tensor[] grad_w_ih, "
-      "Tensor[] grad_b_ih)");
-  m.def(
-      "lstm_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor[] w_hr, Tensor h0, "
-      "Tensor c0, Tensor? batch_sizes, bool need_workspace, Tensor? zoneout=None) "
-      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
-  // lstm_forward with the input projection inside the time loop: x [N, I], w_ih[d]
-  // [4H, I], b_ih[d] [4H] instead of x_proj; same outputs. Its backward is lstm_backward
-  // followed by input_projection_backward.
-  m.def(
-      "lstm_forward_fused(Tensor x, Tensor[] w_ih, Tensor[] b_ih, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor[] w_hr, Tensor h0, Tensor c0, Tensor? batch_sizes, bool need_workspace, "
-      "Tensor? zoneout=None) "
+      "rnn_layer(str mode, Tensor x, Tensor[] weights, bool has_biases, bool has_projection, "
+      "Tensor h0, Tensor? c0, Tensor? batch_sizes, Tensor? zoneout, bool need_workspace) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
-      "lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor[] w_hh, "
-      "Tensor[] b_hh, Tensor[] w_hr, Tensor h0, Tensor c0, Tensor output, Tensor workspace, "
-      "Tensor? batch_sizes, Tensor? zoneout=None) -> (Tensor grad_x_proj, Tensor grad_h0, "
-      "Tensor grad_c0, "
-      "Tensor[] grad_w_hh, Tensor[] grad_b_hh, Tensor[] grad_w_hr)");
-  // The layer-normalised LSTM (Note [layer-normalised LSTM] in cell_math.h): x_side
-  // [N, D*4H] = LN_ih(x W_ih^T) + b_ih + b_hh from the caller; ln_hh_weight[d] [4H] (the
-  // gamma of the recurrent product), ln_c_weight[d] [H], ln_c_bias[d] [H] (LN_c's gamma
-  // and beta; the list may be empty: beta 0). No projection, no zoneout. workspace
-  // [D, N, 10H + 2]. The backward returns the gradients of x_side, h0, c0, w_hh and the
-  // three LN parameter lists (grad_ln_c_bias empty when ln_c_bias is).
-  m.def(
-      "layer_norm_lstm_forward(Tensor x_side, Tensor[] w_hh, Tensor[] ln_hh_weight, "
-      "Tensor[] ln_c_weight, Tensor[] ln_c_bias, Tensor h0, Tensor c0, Tensor? batch_sizes, "
-      "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
-  m.def(
-      "layer_norm_lstm_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
-      "Tensor[] w_hh, Tensor[] ln_hh_weight, Tensor[] ln_c_weight, Tensor[] ln_c_bias, "
-      "Tensor h0, Tensor c0, Tensor output, Tensor workspace, Tensor? batch_sizes) "
-      "-> (Tensor grad_x_side, Tensor grad_h0, Tensor grad_c0, Tensor[] grad_w_hh, "
-      "Tensor[] grad_ln_hh_weight, Tensor[] grad_ln_c_weight, Tensor[] grad_ln_c_bias)");
-  m.def(
-      "gru_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor h0, Tensor? batch_sizes, "
-      "bool need_workspace, Tensor? zoneout=None) "
-      "-> (Tensor output, Tensor h_n, Tensor workspace)");
-  m.def(
-      "gru_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes, Tensor? zoneout=None) "
-      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor[] grad_w_hh, Tensor[] grad_b_hh)");
-  m.def(
-      "rnn_forward(Tensor x_proj, Tensor[] w_hh, Tensor[] b_hh, Tensor h0, Tensor? batch_sizes, "
-      "str nonlinearity, bool need_workspace, Tensor? zoneout=None) "
-      "-> (Tensor output, Tensor h_n, Tensor workspace)");
-  m.def(
-      "rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor h0, Tensor output, Tensor workspace, Tensor? batch_sizes, str nonlinearity, "
-      "Tensor? zoneout=None) "
-      "-> (Tensor grad_x_proj, Tensor grad_h0, Tensor[] grad_w_hh, Tensor[] grad_b_hh)");
-  // gru_forward and rnn_forward from x [N, I], w_ih[d] [G*H, I], b_ih[d] [G*H]: the two
-  // ops input_projection then *_forward as one autograd node, which keeps x and W_ih
-  // (alive anyway) instead of x_proj; the backward is *_backward followed by
-  // input_projection_backward.
-  m.def(
-      "gru_forward_fused(Tensor x, Tensor[] w_ih, Tensor[] b_ih, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor h0, Tensor? batch_sizes, bool need_workspace, Tensor? zoneout=None) "
-      "-> (Tensor output, Tensor h_n, Tensor workspace)");
-  m.def(
-      "rnn_forward_fused(Tensor x, Tensor[] w_ih, Tensor[] b_ih, Tensor[] w_hh, Tensor[] b_hh, "
-      "Tensor h0, Tensor? batch_sizes, str nonlinearity, bool need_workspace, "
-      "Tensor? zoneout=None) -> (Tensor output, Tensor h_n, Tensor workspace)");
+      "rnn_layer_backward(str mode, Tensor x, Tensor[] weights, bool has_biases, "
+      "bool has_projection, Tensor h0, Tensor? c0, Tensor output, Tensor workspace, "
+      "Tensor? batch_sizes, Tensor? zoneout, Tensor? grad_output, Tensor? grad_h_n, "
+      "Tensor? grad_c_n, bool need_input_grad) "
+      "-> (Tensor grad_x, Tensor[] grad_weights, Tensor grad_h0, Tensor grad_c0)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnkernels: fused RNN, LSTM and GRU kernels (ops live in torch.ops.rnnkernels)";
+  rnnkernels::host::bind_recurrence(m, "_cpu_recurrence", rnnkernels::cpu::cpu_recurrence());
   m.def("build_info", &rnnkernels::build_info_dict,
         "Which backends, CPU ISAs and dtypes this build contains, and what it was built with.");
   m.def("cpu_capability", &rnnkernels::active_cpu_capability,
@@ -127,7 +68,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           pybind11::gil_scoped_acquire gil;
           try {
             std::vector<bool> needs(r.needs.begin(), r.needs.end());
-            return (*keep)(r.op, r.inputs, r.counts, r.batch_sizes, r.zoneout, r.nonlinearity,
+            return (*keep)(r.op, r.inputs, r.counts, r.batch_sizes, r.zoneout, r.mode,
                            r.grads, needs)
                 .cast<std::vector<std::optional<at::Tensor>>>();
           } catch (pybind11::error_already_set& e) {

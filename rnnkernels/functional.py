@@ -27,7 +27,6 @@ from . import _layers, ops
 from . import reference  # the fallback for what neither the kernels nor torch run
 from .backends import cpu as _cpu_backend
 from ._ext import _C
-from ._projection import x_proj as _x_proj
 
 def _capabilities():
     """The dtypes the ops take per device, as the build reports them (_C.build_info(): on
@@ -93,23 +92,6 @@ def _needs_grad(*tensors) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
 
 
-def _input_projection(x2d: Tensor, dirs) -> Tensor:
-    """x2d [N, I] -> [N, D*G*H] = x @ [W_ih_0; W_ih_1]^T + [b_ih_0; b_ih_1]."""
-    if x2d.device.type == "cpu" and x2d.dtype in (torch.float32, torch.float64):
-        # rnnkernels' own GEMM (Note [own GEMM] in csrc/cpu/gemm_cpu.cpp); writes both
-        # directions' columns without concatenating their weights.
-        b_ih = [d[2] for d in dirs] if dirs[0][2] is not None else []
-        return ops.input_projection(x2d, [d[0] for d in dirs], b_ih)
-    if len(dirs) == 1:
-        w_ih, b_ih = dirs[0][0], dirs[0][2]
-    else:
-        w_ih = torch.cat([d[0] for d in dirs], 0)
-        b_ih = torch.cat([d[2] for d in dirs], 0) if dirs[0][2] is not None else None
-    if b_ih is None:
-        return torch.mm(x2d, w_ih.t())
-    return torch.addmm(b_ih, x2d, w_ih.t())
-
-
 def _layer_range(cell: str, layer: int):
     """A profiler range per layer ("rnnkernels.lstm.layer0"), only while a profiler runs.
 
@@ -120,86 +102,56 @@ def _layer_range(cell: str, layer: int):
     return contextlib.nullcontext()
 
 
-def _fused_input(x: Tensor) -> bool:
-    """CPU layers and cells call the *_forward_fused ops, which take x and W_ih: one
-    autograd node that keeps x (alive anyway) rather than x_proj, so that a backward with
-    create_graph=True can recompute (Note [double backward] in csrc/double_backward.h).
-    The float32/float64 LSTM also runs the input projection inside its time loop."""
-    return x.device.type == "cpu"
-
-
-def _layer_norm_input_side(x: Tensor, dirs, ln_dirs) -> Tensor:
-    """x [N, I] -> x_side [N, D*4H]: LN(x W_ih^T; w_ln_ih) + b_ih + b_hh per direction
-    (Note [layer-normalised LSTM] in csrc/include/rnnkernels/cell_math.h)."""
-    four_h = dirs[0][1].shape[0]
-    products = _input_projection(x, [(d[0], d[1], None, None, d[4]) for d in dirs])
-    normalized = F.layer_norm(products.view(x.shape[0], len(dirs), four_h), (four_h,),
-                              eps=_layers.LAYER_NORM_EPS)
-    gamma = torch.stack([ln["ih"] for ln in ln_dirs])
-    if dirs[0][2] is None:
-        return (normalized * gamma).view(x.shape[0], len(dirs) * four_h)
-    bias = torch.stack([d[2] + d[3] for d in dirs])
-    return torch.addcmul(bias, normalized, gamma).view(x.shape[0], len(dirs) * four_h)
-
-
-# Device types whose layer-normalised LSTM op this build registers (fixed once _C is
-# loaded; read at import so that torch.compile traces a constant).
+# Device types this build has the recurrence kernels for (fixed once _C is loaded; read at
+# import so that torch.compile traces a constant).
 _LAYER_NORM_DEVICES = {device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
                        if torch._C._dispatch_has_kernel_for_dispatch_key(
-                           "rnnkernels::layer_norm_lstm_forward", key)}
+                           "rnnkernels::rnn_layer", key)}
 
 
 def _layer_norm_kernels(x: Tensor) -> bool:
-    """Whether the layer-normalised LSTM op has a kernel for x's device."""
+    """Whether this build has the layer-normalised LSTM's kernels for x's device."""
     return x.device.type in _LAYER_NORM_DEVICES
+
+
+def _mode(cell: str, nonlinearity: str, layer_norm: bool) -> str:
+    """rnn_layer's mode (csrc/host/layer.h)."""
+    if cell == "lstm":
+        return "ln_lstm" if layer_norm else "lstm"
+    return "gru" if cell == "gru" else "rnn_" + nonlinearity
+
+
+def _layer_weights(dirs, has_biases: bool, ln_dirs) -> list[Tensor]:
+    """rnn_layer's weights: per direction w_ih, w_hh, [b_ih, b_hh], [w_hr], then the
+    layer-normalised LSTM's ih, hh, c_weight, [c_bias] (torch.nn's _flat_weights order)."""
+    weights = []
+    for d, w in enumerate(dirs):
+        weights += (w.w_ih, w.w_hh)
+        if has_biases:
+            weights += (w.b_ih, w.b_hh)
+        if w.w_hr is not None:
+            weights.append(w.w_hr)
+        if ln_dirs is not None:
+            ln = ln_dirs[d]
+            weights += (ln["ih"], ln["hh"], ln["c_weight"])
+            if has_biases:
+                weights.append(ln["c_bias"])
+    return weights
 
 
 def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, need_workspace,
                zoneout=None, ln_dirs=None):
-    """One layer, both directions: the input projection GEMM, then the recurrence op.
+    """One layer, both directions, as one rnn_layer call; the host decides how x is
+    projected (csrc/host/layer.h).
 
     zoneout: the layer's zoneout weights [D, N, P(+H)] (_layers.zoneout_weights) or None.
     ln_dirs: the layer-normalised LSTM's parameters per direction (_layers.split_layer_norm).
     """
-    if ln_dirs is not None:
-        out, h_n, c_n, _ = ops.layer_norm_lstm_forward(
-            _layer_norm_input_side(x, dirs, ln_dirs), [d[1] for d in dirs],
-            [ln["hh"] for ln in ln_dirs], [ln["c_weight"] for ln in ln_dirs],
-            [ln["c_bias"] for ln in ln_dirs] if has_biases else [], h0, c0, batch_sizes,
-            need_workspace)
-        return out, h_n, c_n
-    if _fused_input(x):
-        w_ih, w_hh = [d[0] for d in dirs], [d[1] for d in dirs]
-        b_ih = [d[2] for d in dirs] if has_biases else []
-        b_hh = [d[3] for d in dirs] if has_biases else []
-        if cell == "lstm":
-            w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
-            out, h_n, c_n, _ = ops.lstm_forward_fused(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0,
-                                                      batch_sizes, need_workspace, zoneout)
-            return out, h_n, c_n
-        if cell == "gru":
-            out, h_n, _ = ops.gru_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes,
-                                                need_workspace, zoneout)
-        else:
-            out, h_n, _ = ops.rnn_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes,
-                                                nonlinearity, need_workspace, zoneout)
-        return out, h_n, None
-    # The x_proj ops (CUDA): float32 x_proj for 16-bit x (Note [cuda x_proj in float32]).
-    x_proj = _x_proj(x, [d[0] for d in dirs], [d[2] for d in dirs] if has_biases else None)
-    w_hh = [d[1] for d in dirs]
-    b_hh = [d[3] for d in dirs] if has_biases else []
-    if cell == "lstm":
-        w_hr = [d[4] for d in dirs] if dirs[0][4] is not None else []
-        out, h_n, c_n, _ = ops.lstm_forward(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                                            need_workspace, zoneout)
-        return out, h_n, c_n
-    if cell == "gru":
-        out, h_n, _ = ops.gru_forward(x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace,
-                                      zoneout)
-    else:
-        out, h_n, _ = ops.rnn_forward(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity,
-                                      need_workspace, zoneout)
-    return out, h_n, None
+    out, h_n, c_n, _ = ops.rnn_layer(_mode(cell, nonlinearity, ln_dirs is not None), x,
+                                     _layer_weights(dirs, has_biases, ln_dirs), has_biases,
+                                     dirs[0].w_hr is not None, h0, c0, batch_sizes, zoneout,
+                                     need_workspace)
+    return out, h_n, c_n if cell == "lstm" else None
 
 
 def _run_layers(cell, input, hx, cx, params, has_biases, num_layers, dropout, train,
@@ -516,47 +468,41 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
 # ---------------------------------------------------------------- cells
 
 
-def _has_hidden(w_hh: Tensor) -> bool:
-    """A cell of hidden_size 0 (torch.nn accepts it and returns [B, 0]) runs torch's cell
-    op: the kernels take the hidden size from W_hh [G*H, H], which is [0, 0] then."""
-    return w_hh.shape[0] != 0
+def _kernel_cell(w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> bool:
+    """Whether a cell call suits the kernels. A cell of hidden_size 0 (torch.nn accepts it
+    and returns [B, 0]) runs torch's cell op: the kernels take the hidden size from W_hh
+    [G*H, H], which is [0, 0] then; so does a call with one bias of the two."""
+    return w_hh.shape[0] != 0 and (b_ih is None) == (b_hh is None)
 
 
-def _cell_projection(input: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
-    # float32 for 16-bit input, as for the layers (Note [cuda x_proj in float32]).
-    return _x_proj(input, [w_ih], None if b_ih is None else [b_ih])
+# One cell step as one rnn_layer call on [B, I] input: the functional cells' kernel path
+# and the modules' fast path (nn.py: _CellForward._fast_cell_weights has checked the
+# arguments and the modes).
+_rnn_layer = torch.ops.rnnkernels.rnn_layer.default
 
 
-# One CPU cell step as the fused op on [B, I] input: the functional cells' CPU path and
-# the modules' fast path (nn.py: _CellForward._fast_cell_weights has checked the arguments
-# and the modes).
-_lstm_forward_fused = torch.ops.rnnkernels.lstm_forward_fused.default
-_gru_forward_fused = torch.ops.rnnkernels.gru_forward_fused.default
-_rnn_forward_fused = torch.ops.rnnkernels.rnn_forward_fused.default
+def _cell_weights(w_ih, w_hh, b_ih, b_hh) -> list[Tensor]:
+    return [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
 
 
-def _listed(bias: Tensor | None) -> list[Tensor]:
-    return [bias] if bias is not None else []
-
-
-def lstm_cell_cpu(input, h, c, w_ih, w_hh, b_ih, b_hh):
+def lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh):
     need = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    _, h_n, c_n, _ = _lstm_forward_fused(
-        input, [w_ih], _listed(b_ih), [w_hh], _listed(b_hh), [],
-        h.unsqueeze(0), c.unsqueeze(0), None, need)
+    _, h_n, c_n, _ = _rnn_layer("lstm", input, _cell_weights(w_ih, w_hh, b_ih, b_hh),
+                                b_ih is not None, False, h.unsqueeze(0), c.unsqueeze(0), None,
+                                None, need)
     return h_n[0], c_n[0]
 
 
-def gru_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh):
+def gru_cell_kernel(input, h, w_ih, w_hh, b_ih, b_hh):
     need = _needs_grad(input, h, w_ih, w_hh, b_ih, b_hh)
-    return _gru_forward_fused(input, [w_ih], _listed(b_ih), [w_hh], _listed(b_hh),
-                              h.unsqueeze(0), None, need)[1][0]
+    return _rnn_layer("gru", input, _cell_weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None,
+                      False, h.unsqueeze(0), None, None, None, need)[1][0]
 
 
-def rnn_cell_cpu(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+def rnn_cell_kernel(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     need = _needs_grad(input, h, w_ih, w_hh, b_ih, b_hh)
-    return _rnn_forward_fused(input, [w_ih], _listed(b_ih), [w_hh], _listed(b_hh),
-                              h.unsqueeze(0), None, nonlinearity, need)[1][0]
+    return _rnn_layer("rnn_" + nonlinearity, input, _cell_weights(w_ih, w_hh, b_ih, b_hh),
+                      b_ih is not None, False, h.unsqueeze(0), None, None, None, need)[1][0]
 
 
 def _torch_lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh):
@@ -564,9 +510,9 @@ def _torch_lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh):
 
 
 # cell_step's engines: (ours, torch's), each taking cell_step's args.
-_CELL_STEPS = {"lstm_cell": (lstm_cell_cpu, _torch_lstm_cell),
-               "gru_cell": (gru_cell_cpu, _VF.gru_cell),
-               "rnn_cell": (rnn_cell_cpu, _torch_rnn_cell)}
+_CELL_STEPS = {"lstm_cell": (lstm_cell_kernel, _torch_lstm_cell),
+               "gru_cell": (gru_cell_kernel, _VF.gru_cell),
+               "rnn_cell": (rnn_cell_kernel, _torch_rnn_cell)}
 
 
 @_routed("lstm_cell")
@@ -574,31 +520,18 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
     h, c = hx
-    if not _kernels_run(input, h, c, w_ih, w_hh, b_ih, b_hh) or not _has_hidden(w_hh):
+    if not _kernels_run(input, h, c, w_ih, w_hh, b_ih, b_hh) or not _kernel_cell(w_hh, b_ih, b_hh):
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    if _fused_input(input):
-        return lstm_cell_cpu(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    need_workspace = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    b_hh = [b_hh] if b_hh is not None else []
-    x_proj = _cell_projection(input, w_ih, b_ih)
-    _, h_n, c_n, _ = ops.lstm_forward(x_proj, [w_hh], b_hh, [], h.unsqueeze(0), c.unsqueeze(0),
-                                      None, need_workspace)
-    return h_n[0], c_n[0]
+    return lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
 @_routed("gru_cell")
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
-    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _has_hidden(w_hh):
+    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _kernel_cell(w_hh, b_ih, b_hh):
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    if _fused_input(input):
-        return gru_cell_cpu(input, hx, w_ih, w_hh, b_ih, b_hh)
-    need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    b_hh = [b_hh] if b_hh is not None else []
-    x_proj = _cell_projection(input, w_ih, b_ih)
-    _, h_n, _ = ops.gru_forward(x_proj, [w_hh], b_hh, hx.unsqueeze(0), None, need_workspace)
-    return h_n[0]
+    return gru_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh)
 
 
 @_routed("rnn_cell")
@@ -607,13 +540,6 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _has_hidden(w_hh):
+    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _kernel_cell(w_hh, b_ih, b_hh):
         return _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-    if _fused_input(input):
-        return rnn_cell_cpu(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-    need_workspace = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    b_hh = [b_hh] if b_hh is not None else []
-    x_proj = _cell_projection(input, w_ih, b_ih)
-    _, h_n, _ = ops.rnn_forward(x_proj, [w_hh], b_hh, hx.unsqueeze(0), None, nonlinearity,
-                                need_workspace)
-    return h_n[0]
+    return rnn_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)

@@ -405,11 +405,11 @@ def test_cell_pass_is_one_call_with_a_given_state(cell, dtype):
 
 
 def test_engine_from_op_names():
-    assert workload.engine_from_op_names({"rnnkernels::lstm_forward_fused", "aten::mm"}) == "rnnk"
+    assert workload.engine_from_op_names({"rnnkernels::rnn_layer", "aten::mm"}) == "rnnk"
     assert workload.engine_from_op_names({"aten::lstm", "aten::mkldnn_rnn_layer"}) == "torch:oneDNN"
     assert workload.engine_from_op_names({"aten::_cudnn_rnn"}) == "torch:cuDNN"
     assert workload.engine_from_op_names({"aten::lstm_cell", "aten::linear"}) == "torch:native"
-    assert workload.engine_from_op_names({"rnnkernels::gru_forward", "aten::mkldnn_rnn_layer"}) == "rnnk+torch:oneDNN"
+    assert workload.engine_from_op_names({"rnnkernels::rnn_layer", "aten::mkldnn_rnn_layer"}) == "rnnk+torch:oneDNN"
 
 
 def test_training_engine_profiles_the_backward_too(monkeypatch):

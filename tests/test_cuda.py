@@ -312,25 +312,26 @@ def test_autocast_like_torch_nn(name, dtype):
     assert not failures, f"{name}/autocast {dtype}:\n" + "\n".join(failures)
 
 
+def _small_layer(mode, dtype, device, need_workspace=True):
+    """rnn_layer's arguments: 6 rows of input size 4, batch 3, hidden size 2, one direction,
+    no biases."""
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[mode]
+    make = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
+    c0 = make(1, 3, 2) if mode == "lstm" else None
+    return (mode, make(6, 4), [make(gates * 2, 4), make(gates * 2, 2)], False, False,
+            make(1, 3, 2), c0, None, None, need_workspace)
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_output_dtypes_and_workspace_rule(dtype):
     ws_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    x_proj = torch.randn(6, 8, device=DEVICE, dtype=dtype)
-    w_hh = [torch.randn(8, 2, device=DEVICE, dtype=dtype)]
-    h0 = torch.randn(1, 3, 2, device=DEVICE, dtype=dtype)
-    c0 = torch.randn(1, 3, 2, device=DEVICE, dtype=dtype)
-    out, h_n, c_n, ws = torch.ops.rnnkernels.lstm_forward(x_proj, w_hh, [], [], h0, c0, None, True)
+    out, h_n, c_n, ws = torch.ops.rnnkernels.rnn_layer(*_small_layer("lstm", dtype, DEVICE))
     assert (out.dtype, h_n.dtype, c_n.dtype, ws.dtype) == (dtype, dtype, dtype, ws_dtype)
     assert ws.shape == (1, 6, 10)
-    x_proj = torch.randn(6, 6, device=DEVICE, dtype=dtype)
-    out, h_n, ws = torch.ops.rnnkernels.gru_forward(
-        x_proj, [torch.randn(6, 2, device=DEVICE, dtype=dtype)], [], h0, None, True)
+    out, h_n, c_n, ws = torch.ops.rnnkernels.rnn_layer(*_small_layer("gru", dtype, DEVICE))
     assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
-    # x_proj in float32 (Note [cuda x_proj in float32]): the results keep the weights' dtype.
-    out, h_n, ws = torch.ops.rnnkernels.gru_forward(
-        x_proj.float(), [torch.randn(6, 2, device=DEVICE, dtype=dtype)], [], h0, None, True)
-    assert (out.dtype, h_n.dtype, ws.dtype) == (dtype, dtype, ws_dtype)
+    assert c_n.shape == (0,)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -340,40 +341,14 @@ def test_fake_kernels_follow_the_workspace_dtype_rule(dtype):
 
     ws_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     with FakeTensorMode():
-        h0 = torch.empty(1, 3, 2, dtype=dtype)
-        out = torch.ops.rnnkernels.lstm_forward(torch.empty(6, 8, dtype=dtype),
-                                                [torch.empty(8, 2, dtype=dtype)], [], [], h0,
-                                                torch.empty(1, 3, 2, dtype=dtype), None, True)
+        out = torch.ops.rnnkernels.rnn_layer(*_small_layer("lstm", dtype, "cpu"))
         assert [t.dtype for t in out] == [dtype, dtype, dtype, ws_dtype]
         assert out[3].shape == (1, 6, 10)
-        out = torch.ops.rnnkernels.gru_forward(torch.empty(6, 6, dtype=dtype),
-                                               [torch.empty(6, 2, dtype=dtype)], [], h0, None, True)
-        assert [t.dtype for t in out] == [dtype, dtype, ws_dtype]
-        out = torch.ops.rnnkernels.rnn_forward(torch.empty(6, 2, dtype=dtype),
-                                               [torch.empty(2, 2, dtype=dtype)], [], h0, None,
-                                               "tanh", False)
-        assert [t.dtype for t in out] == [dtype, dtype, ws_dtype]
-        assert out[2].shape == (1, 0, 0)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_fake_kernels_results_have_the_weights_dtype_for_float32_x_proj(dtype):
-    # Note [cuda x_proj in float32]: the CUDA layers pass x_proj in float32 for 16-bit
-    # weights; the results keep the weights' (h0's) dtype, and the fakes must say so.
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        h0 = torch.empty(1, 3, 2, dtype=dtype)
-        out = torch.ops.rnnkernels.lstm_forward(torch.empty(6, 8), [torch.empty(8, 2, dtype=dtype)],
-                                                [], [], h0, torch.empty(1, 3, 2, dtype=dtype), None,
-                                                True)
-        assert [t.dtype for t in out] == [dtype, dtype, dtype, torch.float32]
-        out = torch.ops.rnnkernels.gru_forward(torch.empty(6, 6), [torch.empty(6, 2, dtype=dtype)],
-                                               [], h0, None, True)
-        assert [t.dtype for t in out] == [dtype, dtype, torch.float32]
-        out = torch.ops.rnnkernels.rnn_forward(torch.empty(6, 2), [torch.empty(2, 2, dtype=dtype)],
-                                               [], h0, None, "tanh", True)
-        assert [t.dtype for t in out] == [dtype, dtype, torch.float32]
+        out = torch.ops.rnnkernels.rnn_layer(*_small_layer("gru", dtype, "cpu"))
+        assert [t.dtype for t in out] == [dtype, dtype, dtype, ws_dtype]
+        out = torch.ops.rnnkernels.rnn_layer(*_small_layer("rnn_tanh", dtype, "cpu", False))
+        assert [t.dtype for t in out] == [dtype, dtype, dtype, ws_dtype]
+        assert out[3].shape == (1, 0, 0)
 
 
 # ---------------------------------------------------------------- cells
@@ -451,41 +426,35 @@ def test_dropout_between_layers_is_random_and_seeded():
 
 
 def _gradcheck_case(cell, directions, packed, proj=False, relu=False):
+    """(f, inputs): f(x, h0[, c0], *weights, keep=None) runs rnn_layer on the inputs' device
+    with zoneout weights keep, returning output, h_n (, c_n); inputs are float64 leaves on
+    DEVICE."""
     gen = torch.Generator().manual_seed(7)
     dev, dt = DEVICE, torch.float64
-    steps, batch, hidden = 4, 3, 3
+    steps, batch, hidden, input_size = 4, 3, 3, 2
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    mode = cell if cell != "rnn" else ("rnn_relu" if relu else "rnn_tanh")
+    lstm = cell == "lstm"
     out_size = 2 if proj else hidden
     batch_sizes = torch.tensor([3, 3, 2, 1]) if packed else None
     rows = int(batch_sizes.sum()) if packed else steps * batch
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dt).to(dev).requires_grad_(True)  # noqa: E731
-    x_proj = rnd(rows, directions * gates * hidden)
-    w_hh = [rnd(gates * hidden, out_size) for _ in range(directions)]
-    b_hh = [rnd(gates * hidden) for _ in range(directions)]
+    x = rnd(rows, input_size)
+    weights = []
+    for _ in range(directions):
+        weights += [rnd(gates * hidden, input_size), rnd(gates * hidden, out_size),
+                    rnd(gates * hidden), rnd(gates * hidden)]
+        if proj:
+            weights.append(rnd(out_size, hidden))
     h0 = rnd(directions, batch, out_size)
-    if cell == "lstm":
-        w_hr = [rnd(out_size, hidden) for _ in range(directions)] if proj else []
-        c0 = rnd(directions, batch, hidden)
-        n = len(w_hh)
+    states = (h0, rnd(directions, batch, hidden)) if lstm else (h0,)
 
-        def f(x_proj, h0, c0, *weights):
-            w, b, r = list(weights[:n]), list(weights[n:2 * n]), list(weights[2 * n:])
-            out, h_n, c_n, _ = ops.lstm_forward(x_proj, w, b, r, h0, c0, batch_sizes, True)
-            return out, h_n, c_n
+    def f(x, h0, *rest, keep=None):
+        c0, weights = (rest[0], rest[1:]) if lstm else (None, rest)
+        out = ops.rnn_layer(mode, x, list(weights), True, proj, h0, c0, batch_sizes, keep, True)
+        return out[:3] if lstm else out[:2]
 
-        return f, (x_proj, h0, c0, *w_hh, *b_hh, *w_hr)
-    n = len(w_hh)
-
-    def g(x_proj, h0, *weights):
-        w, b = list(weights[:n]), list(weights[n:])
-        if cell == "gru":
-            out, h_n, _ = ops.gru_forward(x_proj, w, b, h0, batch_sizes, True)
-        else:
-            out, h_n, _ = ops.rnn_forward(x_proj, w, b, h0, batch_sizes,
-                                          "relu" if relu else "tanh", True)
-        return out, h_n
-
-    return g, (x_proj, h0, *w_hh, *b_hh)
+    return f, (x, *states, *weights)
 
 
 GRADCHECK_CASES = [
@@ -519,20 +488,9 @@ def _zoneout_case(case, weights):
     else:  # row stride 0 on both devices
         row = torch.rand(d, 1, width, generator=gen, dtype=torch.float64)
         keep, keep_dev = row.expand(-1, rows, -1), row.to(DEVICE).expand(-1, rows, -1)
-    batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
-    nl = "relu" if case.get("relu") else "tanh"
 
     def run(keep_on, *tensors):
-        n = d
-        if cell == "lstm":
-            x_proj, h0, c0, *weights_ = tensors
-            w, b, r = list(weights_[:n]), list(weights_[n:2 * n]), list(weights_[2 * n:])
-            return ops.lstm_forward(x_proj, w, b, r, h0, c0, batch_sizes, True, keep_on)[:3]
-        x_proj, h0, *weights_ = tensors
-        w, b = list(weights_[:n]), list(weights_[n:])
-        if cell == "gru":
-            return ops.gru_forward(x_proj, w, b, h0, batch_sizes, True, keep_on)[:2]
-        return ops.rnn_forward(x_proj, w, b, h0, batch_sizes, nl, True, keep_on)[:2]
+        return f(*tensors, keep=keep_on)
 
     return run, keep, keep_dev, inputs
 
@@ -541,7 +499,7 @@ def _zoneout_case(case, weights):
 @pytest.mark.parametrize("weights", ["bernoulli", "broadcast"])
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_zoneout_matches_cpu_ops_and_gradcheck(case, weights):
-    # Zoneout (Note [zoneout]): the CUDA ops against the CPU ops, values and gradients, in
+    # Zoneout (Note [zoneout]): the CUDA op against the CPU op, values and gradients, in
     # float64, with training-style draws and an evaluation-style broadcast row; gradcheck.
     run, keep, keep_dev, inputs = _zoneout_case(case, weights)
     got = run(keep_dev, *inputs)
@@ -557,49 +515,29 @@ def test_zoneout_matches_cpu_ops_and_gradcheck(case, weights):
     assert torch.autograd.gradcheck(lambda *t: run(keep_dev, *t), inputs)
 
 
-def _detached(*items):
-    # The backward ops have no autograd of their own: opcheck calls them on plain tensors.
-    return [[t.detach() for t in i] if isinstance(i, list) else i.detach() for i in items]
-
-
 def _op_samples(dtype):
-    """(op, args) for every op, forward and backward, on CUDA in dtype."""
+    """(op, args) for the op pair, forward and backward, on CUDA in dtype."""
     samples = []
     for case in GRADCHECK_CASES:
-        f, inputs = _gradcheck_case(**case)
+        _, inputs = _gradcheck_case(**case)
         inputs = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
-        cell = case["cell"]
-        d = case["directions"]
+        lstm = case["cell"] == "lstm"
+        mode = case["cell"] if not case["cell"] == "rnn" else (
+            "rnn_relu" if case.get("relu") else "rnn_tanh")
+        x, h0, *rest = inputs
+        c0, weights = (rest[0], rest[1:]) if lstm else (None, rest)
         batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
-        if cell == "lstm":
-            x_proj, h0, c0, *weights = inputs
-            w, b, r = weights[:d], weights[d:2 * d], weights[2 * d:]
-            args = (x_proj, w, b, r, h0, c0, batch_sizes, True)
-            samples.append((torch.ops.rnnkernels.lstm_forward.default, args))
-            with torch.no_grad():
-                out, h_n, c_n, ws = torch.ops.rnnkernels.lstm_forward(*args)
-            grads = [torch.randn_like(t) for t in (out, h_n, c_n)]
-            w, b, r, h0, c0 = _detached(w, b, r, h0, c0)
-            samples.append((torch.ops.rnnkernels.lstm_backward.default,
-                            (*grads, w, b, r, h0, c0, out, ws, batch_sizes)))
-        else:
-            x_proj, h0, *weights = inputs
-            w, b = weights[:d], weights[d:]
-            if cell == "gru":
-                args = (x_proj, w, b, h0, batch_sizes, True)
-                op, bwd, extra = (torch.ops.rnnkernels.gru_forward.default,
-                                  torch.ops.rnnkernels.gru_backward.default, ())
-            else:
-                nl = "relu" if case.get("relu") else "tanh"
-                args = (x_proj, w, b, h0, batch_sizes, nl, True)
-                op, bwd, extra = (torch.ops.rnnkernels.rnn_forward.default,
-                                  torch.ops.rnnkernels.rnn_backward.default, (nl,))
-            samples.append((op, args))
-            with torch.no_grad():
-                out, h_n, ws = op(*args)
-            grads = [torch.randn_like(t) for t in (out, h_n)]
-            w, b, h0 = _detached(w, b, h0)
-            samples.append((bwd, (*grads, w, b, h0, out, ws, batch_sizes, *extra)))
+        proj = case.get("proj", False)
+        args = (mode, x, weights, True, proj, h0, c0, batch_sizes, None, True)
+        samples.append((torch.ops.rnnkernels.rnn_layer.default, args))
+        with torch.no_grad():
+            out, h_n, c_n, ws = torch.ops.rnnkernels.rnn_layer(*args)
+        # The backward op has no autograd of its own: opcheck calls it on plain tensors.
+        plain = lambda t: None if t is None else t.detach()  # noqa: E731
+        samples.append((torch.ops.rnnkernels.rnn_layer_backward.default,
+                        (mode, plain(x), [plain(w) for w in weights], True, proj, plain(h0),
+                         plain(c0), out, ws, batch_sizes, None, torch.randn_like(out),
+                         torch.randn_like(h_n), torch.randn_like(c_n) if lstm else None, True)))
     return samples
 
 
@@ -698,20 +636,19 @@ def test_packed_backward_replays_in_a_cuda_graph(cell):
     again (a per-call upload of the sizes from pinned memory would be replayed from it)."""
     torch.manual_seed(10)
     sizes = torch.tensor([5] * 70 + [3] * 20 + [2] * 9 + [1] * 6)  # > one 64-step window
-    rows, gates, hidden = int(sizes.sum()), {"lstm": 4, "gru": 3}[cell], 17
-    w_hh = [torch.randn(gates * hidden, hidden, device=DEVICE, requires_grad=True) for _ in range(2)]
-    b_hh = [torch.randn(gates * hidden, device=DEVICE, requires_grad=True) for _ in range(2)]
-    h0 = torch.randn(2, 5, hidden, device=DEVICE, requires_grad=True)
-    c0 = torch.randn(2, 5, hidden, device=DEVICE, requires_grad=True)
-    x_proj = torch.randn(rows, 2 * gates * hidden, device=DEVICE, requires_grad=True)
+    rows, gates, hidden, inputs = int(sizes.sum()), {"lstm": 4, "gru": 3}[cell], 17, 8
+    make = lambda *shape: torch.randn(*shape, device=DEVICE, requires_grad=True)  # noqa: E731
+    weights = [make(*shape) for _ in range(2)
+               for shape in ((gates * hidden, inputs), (gates * hidden, hidden), (gates * hidden,),
+                             (gates * hidden,))]
+    h0 = make(2, 5, hidden)
+    c0 = make(2, 5, hidden) if cell == "lstm" else None
+    x = make(rows, inputs)
     upstream = torch.randn(rows, 2 * hidden, device=DEVICE)
-    leaves = [x_proj, h0, *w_hh, *b_hh] + ([c0] if cell == "lstm" else [])
+    leaves = [x, h0, *weights] + ([c0] if cell == "lstm" else [])
 
     def step():
-        if cell == "lstm":
-            out = ops.lstm_forward(x_proj, w_hh, b_hh, [], h0, c0, sizes, True)[0]
-        else:
-            out = ops.gru_forward(x_proj, w_hh, b_hh, h0, sizes, True)[0]
+        out = ops.rnn_layer(cell, x, weights, True, False, h0, c0, sizes, None, True)[0]
         return torch.autograd.grad(out, leaves, upstream)
 
     with no_tf32():
@@ -726,7 +663,7 @@ def test_packed_backward_replays_in_a_cuda_graph(cell):
             captured = step()
         reused = [torch.full((1 << 14,), -1, dtype=torch.int64).pin_memory() for _ in range(64)]
         with torch.no_grad():
-            x_proj.copy_(torch.randn_like(x_proj))
+            x.copy_(torch.randn_like(x))
         graph.replay()
         torch.cuda.synchronize()
         expected = step()
@@ -771,11 +708,10 @@ def test_offsets_beyond_32_bits():
 
 # ---------------------------------------------------------------- layer-normalised LSTM
 
-# torch.ops.rnnkernels.layer_norm_lstm_forward on CUDA (autograd: its CUDA backward op)
-# against rnnkernels.reference.lstm(..., layer_norm=...) in float64 on the CPU, for the
-# same (dtype-rounded) weights. The op takes x_side = LN_ih(x W_ih^T) + b_ih + b_hh per
-# direction (Note [layer-normalised LSTM]); the test builds it from x on the device, so
-# both paths differentiate with respect to the same leaves.
+# rnn_layer in mode ln_lstm on CUDA (autograd: rnn_layer_backward) against
+# rnnkernels.reference.lstm(..., layer_norm=...) in float64 on the CPU, for the same
+# (dtype-rounded) weights: the host's input side x_side = LN_ih(x W_ih^T) + b_ih + b_hh
+# (Note [layer-normalised LSTM]) and the recurrence, values and every gradient.
 LN_GPU_CASES = [
     dict(directions=1, packed=False, hidden=17, bias=True),
     dict(directions=2, packed=True, hidden=17, bias=True),
@@ -814,25 +750,11 @@ def _ln_flat(leaves):
 def _ln_run_op(leaves, device, dtype):
     """Forward + backward of the op with fixed upstream gradients; outputs and the gradient
     of every leaf, as float64 CPU tensors."""
-    import torch.nn.functional as F
-
-    from rnnkernels.reference import LAYER_NORM_EPS
-
     flat = [t.detach().to(device, dtype).requires_grad_(True) for t in _ln_flat(leaves)]
-    x, h0, c0, rest = flat[0], flat[1], flat[2], iter(flat[3:])
-    dirs = []
-    for p in leaves["dirs"]:
-        dirs.append({k: (next(rest) if p[k] is not None else None) for k in p})
-    cols = []
-    for p in dirs:
-        side = F.layer_norm(x @ p["w_ih"].t(), (p["w_ih"].shape[0],), p["ln_ih"], None,
-                            LAYER_NORM_EPS)
-        cols.append(side + p["b_ih"] + p["b_hh"] if leaves["bias"] else side)
-    out, h_n, c_n, _ = ops.layer_norm_lstm_forward(
-        torch.cat(cols, 1), [p["w_hh"] for p in dirs], [p["ln_hh"] for p in dirs],
-        [p["ln_c_weight"] for p in dirs],
-        [p["ln_c_bias"] for p in dirs] if leaves["bias"] else [], h0, c0,
-        leaves["batch_sizes"] if leaves["packed"] else None, True)
+    x, h0, c0, weights = flat[0], flat[1], flat[2], flat[3:]
+    out, h_n, c_n, _ = ops.rnn_layer("ln_lstm", x, weights, leaves["bias"], False, h0, c0,
+                                     leaves["batch_sizes"] if leaves["packed"] else None, None,
+                                     True)
     return _ln_loss_and_grads((out, h_n, c_n), flat, dtype)
 
 
@@ -878,33 +800,30 @@ def test_layer_norm_lstm_matches_float64_reference(case, dtype):
 @pytest.mark.parametrize("case", LN_GPU_CASES, ids=_ln_case_id)
 def test_layer_norm_lstm_low_precision_matches_float64_op(case, dtype):
     # No torch.nn module exists to measure torch's own error in dtype. As the emulation test
-    # of tests/test_cuda_compile.py: the op's outputs and gradients in dtype against the
-    # float64 op (checked against the reference above) on the same rounded inputs, within a
-    # few units of roundoff (fp32 math, 16-bit storage of h and the gradients).
+    # of tests/test_cuda_compile.py: the op pair's outputs and gradients in dtype against
+    # the float64 op pair (checked against the reference above) on the same rounded inputs,
+    # within a few units of roundoff (fp32 math, 16-bit storage of h and the gradients).
     unit_roundoff = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
-    gen = torch.Generator().manual_seed(17)
-    d, hidden = case["directions"], case["hidden"]
-    batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
-    rows = 9 if case["packed"] else 12
-    rnd = lambda *s, scale=0.5: (scale * torch.randn(*s, generator=gen, dtype=torch.float64)).to(DEVICE, dtype)  # noqa: E731
-    gamma = lambda k: (1 + 0.3 * torch.randn(k, generator=gen, dtype=torch.float64)).to(DEVICE, dtype)  # noqa: E731
-    args = [rnd(rows, d * 4 * hidden, scale=1.0), [rnd(4 * hidden, hidden) for _ in range(d)],
-            [gamma(4 * hidden) for _ in range(d)], [gamma(hidden) for _ in range(d)],
-            [rnd(hidden) for _ in range(d)] if case["bias"] else [],
-            rnd(d, 3, hidden), rnd(d, 3, hidden)]
-    upstream = [rnd(rows, d * hidden, scale=1.0), rnd(d, 3, hidden, scale=1.0),
-                rnd(d, 3, hidden, scale=1.0)]
-    as64 = lambda a: [t.double() for t in a] if isinstance(a, list) else a.double()  # noqa: E731
+    leaves = _ln_leaves(case["directions"], case["hidden"], case["bias"], seed=17,
+                        packed=case["packed"])
+    batch_sizes = leaves["batch_sizes"] if case["packed"] else None
+    flat = [t.to(DEVICE, dtype) for t in _ln_flat(leaves)]
+    d, rows, batch = case["directions"], flat[0].shape[0], flat[1].shape[1]
+    gen = torch.Generator().manual_seed(19)
+    upstream = [torch.randn(*shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
+                for shape in ((rows, d * case["hidden"]), (d, batch, case["hidden"]),
+                              (d, batch, case["hidden"]))]
 
-    def forward_backward(a, grads):
-        out, h_n, c_n, ws = torch.ops.rnnkernels.layer_norm_lstm_forward(*a, batch_sizes, True)
-        bwd = torch.ops.rnnkernels.layer_norm_lstm_backward(*grads, *a[1:], out, ws,
-                                                            batch_sizes)
-        flat = [t for item in bwd for t in (item if isinstance(item, (list, tuple)) else [item])]
-        return [out, h_n, c_n] + flat, ws
+    def forward_backward(flat, grads):
+        x, h0, c0, weights = flat[0], flat[1], flat[2], flat[3:]
+        args = ("ln_lstm", x, weights, case["bias"], False, h0, c0)
+        out, h_n, c_n, ws = torch.ops.rnnkernels.rnn_layer(*args, batch_sizes, None, True)
+        grad_x, grad_w, grad_h0, grad_c0 = torch.ops.rnnkernels.rnn_layer_backward(
+            *args, out, ws, batch_sizes, None, *grads, True)
+        return [out, h_n, c_n, grad_x, *grad_w, grad_h0, grad_c0], ws
 
-    got, ws = forward_backward(args, upstream)
-    want, _ = forward_backward([as64(a) for a in args], [g.double() for g in upstream])
+    got, ws = forward_backward(flat, upstream)
+    want, _ = forward_backward([t.double() for t in flat], [g.double() for g in upstream])
     assert ws.dtype == torch.float32 and all(t.dtype == dtype for t in got)
     for k, (g, w) in enumerate(zip(got, want)):
         err = rel_err(g.double().cpu(), w.cpu())
@@ -914,40 +833,29 @@ def test_layer_norm_lstm_low_precision_matches_float64_op(case, dtype):
 @needs_kernels
 @pytest.mark.parametrize("case", LN_GPU_CASES, ids=_ln_case_id)
 def test_layer_norm_lstm_gradcheck_float64(case):
-    gen = torch.Generator().manual_seed(13)
-    d, hidden = case["directions"], 3
-    batch_sizes = torch.tensor([3, 3, 2, 1]) if case["packed"] else None
-    rows = 9 if case["packed"] else 12
-    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)  # noqa: E731
-    x_side = rnd(rows, d * 4 * hidden)
-    w_hh = [rnd(4 * hidden, hidden) for _ in range(d)]
-    ln_hh = [rnd(4 * hidden) for _ in range(d)]
-    ln_c = [rnd(hidden) for _ in range(d)]
-    ln_c_bias = [rnd(hidden) for _ in range(d)] if case["bias"] else []
-    h0, c0 = rnd(d, 3, hidden), rnd(d, 3, hidden)
+    leaves = _ln_leaves(case["directions"], 3, case["bias"], seed=13, packed=case["packed"])
+    batch_sizes = leaves["batch_sizes"] if case["packed"] else None
+    flat = [t.to(DEVICE).requires_grad_(True) for t in _ln_flat(leaves)]
 
-    def f(x_side, h0, c0, *params):
-        w, a, b, rest = params[:d], params[d:2 * d], params[2 * d:3 * d], params[3 * d:]
-        out, h_n, c_n, _ = ops.layer_norm_lstm_forward(x_side, list(w), list(a), list(b),
-                                                       list(rest), h0, c0, batch_sizes, True)
+    def f(x, h0, c0, *weights):
+        out, h_n, c_n, _ = ops.rnn_layer("ln_lstm", x, list(weights), case["bias"], False, h0,
+                                         c0, batch_sizes, None, True)
         return out, h_n, c_n
 
-    assert torch.autograd.gradcheck(f, (x_side, h0, c0, *w_hh, *ln_hh, *ln_c, *ln_c_bias))
+    assert torch.autograd.gradcheck(f, tuple(flat))
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_layer_norm_lstm_autocast(dtype):
-    # Note [cuda autocast]: float32 arguments are cast to the autocast dtype; the workspace
-    # follows the workspace dtype rule (float32).
-    leaves = _ln_leaves(2, 5, True)
-    d = leaves["dirs"]
-    f32 = lambda t: t.to(DEVICE, torch.float32)  # noqa: E731
-    x_side = f32(torch.randn(leaves["x"].shape[0], 2 * 20, dtype=torch.float64))
+    # Note [autocast] (rnnkernels/functional.py): on CUDA every result is in the autocast
+    # dtype, as for torch.nn's cuDNN RNNs; the parameters stay float32.
+    torch.manual_seed(12)
+    module = rnnkernels.LSTM(I, H, num_layers=2, bidirectional=True, layer_norm=True).to(DEVICE)
+    x = torch.randn(T, B, I, device=DEVICE, requires_grad=True)
     with torch.autocast("cuda", dtype=dtype):
-        out, h_n, c_n, ws = ops.layer_norm_lstm_forward(
-            x_side, [f32(p["w_hh"]) for p in d], [f32(p["ln_hh"]) for p in d],
-            [f32(p["ln_c_weight"]) for p in d], [f32(p["ln_c_bias"]) for p in d],
-            f32(leaves["h0"]), f32(leaves["c0"]), None, True)
+        out, (h_n, c_n) = module(x)
     assert out.dtype == h_n.dtype == c_n.dtype == dtype
-    assert ws.dtype == torch.float32 and ws.shape == (2, x_side.shape[0], 10 * 5 + 2)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())

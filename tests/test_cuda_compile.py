@@ -193,14 +193,12 @@ def test_compile_check_detects_an_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def emulated(jobs):
-    """(torch.ops.rnnkernels_cuda_emulation, torch.ops.rnnkernels): the CUDA ops run on the
-    CPU, and the CPU ops they are checked against."""
-    import torch
+    """(the emulation's CUDA recurrences, rnnkernels' CPU recurrences): the CUDA backend's
+    recurrences on x_proj (host::Recurrence, bound by csrc/host/recurrence_bindings.h) run
+    on the CPU, and the CPU backend's they are checked against."""
+    from rnnkernels import _C
 
-    import rnnkernels  # noqa: F401  (the CPU ops)
-
-    jobs.emulation.result()
-    return torch.ops.rnnkernels_cuda_emulation, torch.ops.rnnkernels
+    return jobs.emulation.result().recurrence, _C._cpu_recurrence
 
 
 EMULATION_CASES = [
@@ -731,7 +729,7 @@ def test_emulated_layer_norm_lstm_matches_cpu_op_float64(emulated, case):
     """The CUDA host and kernels (emulated) against the CPU kernels, every result of both ops."""
     import torch
 
-    emu, _ = emulated
+    emu, cpu = emulated
     a = _ln_lstm_inputs(torch, case["directions"], case["packed"], case["hidden"], case["steps"],
                         case["bias"])
     x_side = _ln_x_side(torch, a).detach()
@@ -740,7 +738,7 @@ def test_emulated_layer_norm_lstm_matches_cpu_op_float64(emulated, case):
     grads = _ln_upstream(torch, [(N, D * H), (D, B, H), (D, B, H)], case["grads"])
     got = _ln_forward_backward(emu, x_side, w, a["op_sizes"], grads)
     with torch.no_grad():
-        expected = _ln_forward_backward(torch.ops.rnnkernels, x_side, w, a["op_sizes"], grads)
+        expected = _ln_forward_backward(cpu, x_side, w, a["op_sizes"], grads)
     for part, (g, e) in enumerate(zip(got, expected)):
         assert len(g) == len(e)
         for k, (gt, et) in enumerate(zip(g, e)):

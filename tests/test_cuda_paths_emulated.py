@@ -1,29 +1,24 @@
-"""rnnkernels' CUDA-only Python branches, run in CI without a GPU.
+"""The modules on the CUDA backend of the op pair, run in CI without a GPU.
 
-On a GPU the modules take branches of rnnkernels/functional.py that CPU tensors never
-reach: the input projection of all steps as its own GEMM (rnnkernels/_projection.py,
-float32 x_proj for 16-bit input), the x_proj ops (ops.lstm_forward, gru_forward,
-rnn_forward) with the C++ autograd Functions of csrc/autograd.cpp, and the cells' x_proj
-branch. Here those branches run on the CPU against the CUDA ops' emulation
-(tests/cuda_emulation.py: the CUDA host code and kernels compiled for the CPU), through
-the fixture `cuda_path`, which
+On a GPU the modules' rnn_layer calls reach the CUDA host (csrc/cuda/recurrence_cuda.cpp):
+its input projection (one GEMM, float32 x_proj for 16-bit input), the recurrences and the
+shared host layer's gradient plumbing (csrc/host/layer.cpp). Here those run on the CPU in
+the CUDA backend's emulation (tests/cuda_emulation.py: the CUDA host code and kernels
+compiled for the CPU), through the fixture `cuda_path`, which
 
-  * makes functional.py take its non-CPU branches (_fused_input is False: the layers and
-    cells call the x_proj ops instead of the CPU's *_forward_fused ops) and the cell
-    modules skip their CPU fast path (_fast_cell_weights);
-  * routes ops.lstm_forward / gru_forward / rnn_forward to the emulated ops through
-    autograd Functions that mirror csrc/autograd.cpp (LstmFunction, GruFunction,
-    RnnFunction): the same saved tensors, the same backward op call, one gradient slot per
-    argument; the backward is the emulated CUDA backward op;
-  * counts the emulated calls, so that a test fails, instead of passing on the CPU path,
-    should functional.py stop routing these calls through the x_proj ops.
+  * makes the cell modules skip their CPU fast path (_fast_cell_weights);
+  * routes functional.py's rnn_layer calls (layers and cells) to the emulated op pair
+    through an autograd Function that mirrors csrc/autograd.cpp's RnnLayerFunction (the
+    same saved tensors, the same backward op call, one gradient per weight);
+  * counts the emulated calls, so that a test fails, instead of passing on the CPU
+    backend, should functional.py stop routing these calls through the op pair.
 
 Every result and every gradient (input, h0, c0, every parameter) is compared with float64
 torch.nn: the three cells, layers, directions, projection, batch_first, no bias, dense,
 packed (unsorted) and unbatched input, and the three *Cell modules; 16-bit inputs against
-torch.nn's own error in that dtype; zoneout (beyond torch.nn) against rnnkernels.reference. What this does not cover: the real CUDA dispatch
-(device checks, the CUDA autograd and autocast kernels of the C++ ops), cuBLAS and the GPU
-itself; tests/test_cuda.py checks those on a GPU.
+torch.nn's own error in that dtype; zoneout (beyond torch.nn) against rnnkernels.reference.
+What this does not cover: the real CUDA dispatch (device checks, the CUDA kernels'
+registration), cuBLAS and the GPU itself; tests/test_cuda.py checks those on a GPU.
 """
 
 from __future__ import annotations
@@ -47,101 +42,43 @@ def _emu():
     return torch.ops.rnnkernels_cuda_emulation
 
 
-def _needs_workspace(op, ws, out):
-    # check_workspace in csrc/autograd.cpp
-    if ws.shape[1] != out.shape[0]:
-        raise RuntimeError(f"{op} ran with need_workspace=False, so its backward cannot run")
-
-
-class _Lstm(torch.autograd.Function):
-    """csrc/autograd.cpp's LstmFunction on the emulated ops. Arguments: x_proj, h0, c0,
-    then the flattened lists w_hh, b_hh, w_hr (their lengths in `sizes`)."""
+class _RnnLayer(torch.autograd.Function):
+    """csrc/autograd.cpp's RnnLayerFunction on the emulated op pair: the same saved tensors,
+    the same backward op call, one gradient per weight."""
 
     @staticmethod
-    def forward(ctx, sizes, batch_sizes, need_workspace, zoneout, x_proj, h0, c0, *weights):
-        d, nb, nr = sizes
-        w_hh, b_hh, w_hr = (list(weights[:d]), list(weights[d:d + nb]),
-                            list(weights[d + nb:d + nb + nr]))
-        out, h_n, c_n, ws = _emu().lstm_forward(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                                                need_workspace, zoneout)
-        ctx.save_for_backward(h0, c0, out, ws, *weights)
-        ctx.sizes, ctx.batch_sizes, ctx.zoneout = sizes, batch_sizes, zoneout
-        ctx.mark_non_differentiable(ws)
+    def forward(ctx, mode, has_biases, has_projection, batch_sizes, zoneout, need_workspace,
+                x, h0, c0, *weights):
+        out, h_n, c_n, ws = _emu().rnn_layer(mode, x, list(weights), has_biases, has_projection,
+                                             h0, c0, batch_sizes, zoneout, need_workspace)
+        ctx.save_for_backward(x, h0, c0, out, ws, *weights)
+        ctx.args = (mode, has_biases, has_projection, batch_sizes, zoneout)
+        ctx.mark_non_differentiable(ws, *(() if c0 is not None else (c_n,)))
         ctx.set_materialize_grads(False)
         return out, h_n, c_n, ws
 
     @staticmethod
     def backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
-        h0, c0, out, ws, *weights = ctx.saved_tensors
-        d, nb, nr = ctx.sizes
-        _needs_workspace("rnnkernels::lstm_forward", ws, out)
-        gx, gh0, gc0, gw_hh, gb_hh, gw_hr = _emu().lstm_backward(
-            grad_out, grad_h_n, grad_c_n, weights[:d], weights[d:d + nb],
-            weights[d + nb:d + nb + nr], h0, c0, out, ws, ctx.batch_sizes, ctx.zoneout)
-        return (None, None, None, None, gx, gh0, gc0, *gw_hh, *gb_hh, *gw_hr)
-
-
-class _SingleState(torch.autograd.Function):
-    """csrc/autograd.cpp's GruFunction / RnnFunction on the emulated ops."""
-
-    @staticmethod
-    def forward(ctx, cell, nonlinearity, n_b_hh, batch_sizes, need_workspace, zoneout, x_proj,
-                h0, *weights):
-        d = len(weights) - n_b_hh
-        w_hh, b_hh = list(weights[:d]), list(weights[d:])
-        if cell == "gru":
-            out, h_n, ws = _emu().gru_forward(x_proj, w_hh, b_hh, h0, batch_sizes,
-                                              need_workspace, zoneout)
-        else:
-            out, h_n, ws = _emu().rnn_forward(x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity,
-                                              need_workspace, zoneout)
-        ctx.save_for_backward(h0, out, ws, *weights)
-        ctx.cell, ctx.nonlinearity, ctx.d = cell, nonlinearity, d
-        ctx.batch_sizes, ctx.zoneout = batch_sizes, zoneout
-        ctx.need_workspace = need_workspace
-        ctx.mark_non_differentiable(ws)
-        ctx.set_materialize_grads(False)
-        return out, h_n, ws
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_h_n, _grad_ws):
-        h0, out, ws, *weights = ctx.saved_tensors
-        w_hh, b_hh = weights[:ctx.d], weights[ctx.d:]
-        if not ctx.need_workspace:
-            raise RuntimeError(f"rnnkernels::{ctx.cell}_forward ran with need_workspace=False")
-        if ctx.cell == "gru":
-            gx, gh0, gw_hh, gb_hh = _emu().gru_backward(grad_out, grad_h_n, w_hh, b_hh, h0, out,
-                                                        ws, ctx.batch_sizes, ctx.zoneout)
-        else:
-            gx, gh0, gw_hh, gb_hh = _emu().rnn_backward(grad_out, grad_h_n, w_hh, b_hh, h0, out,
-                                                        ws, ctx.batch_sizes, ctx.nonlinearity,
-                                                        ctx.zoneout)
-        return (None, None, None, None, None, None, gx, gh0, *gw_hh, *gb_hh)
+        x, h0, c0, out, ws, *weights = ctx.saved_tensors
+        mode, has_biases, has_projection, batch_sizes, zoneout = ctx.args
+        gx, gw, gh0, gc0 = _emu().rnn_layer_backward(
+            mode, x, weights, has_biases, has_projection, h0, c0, out, ws, batch_sizes, zoneout,
+            grad_out, grad_h_n, grad_c_n if c0 is not None else None, ctx.needs_input_grad[6])
+        return (None,) * 6 + (gx if ctx.needs_input_grad[6] else None, gh0,
+                              gc0 if c0 is not None else None, *gw)
 
 
 class _Recorder:
-    """The emulated ops under the names functional.py calls, with what they were given."""
+    """The emulated op pair under the names functional.py calls, with what it was given."""
 
     def __init__(self):
         self.calls = []
 
-    def lstm_forward(self, x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace,
-                     zoneout=None):
-        self.calls.append(("lstm", x_proj.dtype, h0.dtype))
-        sizes = (len(w_hh), len(b_hh), len(w_hr))
-        return _Lstm.apply(sizes, batch_sizes, need_workspace, zoneout, x_proj, h0, c0, *w_hh,
-                           *b_hh, *w_hr)
-
-    def gru_forward(self, x_proj, w_hh, b_hh, h0, batch_sizes, need_workspace, zoneout=None):
-        self.calls.append(("gru", x_proj.dtype, h0.dtype))
-        return _SingleState.apply("gru", "", len(b_hh), batch_sizes, need_workspace, zoneout,
-                                  x_proj, h0, *w_hh, *b_hh)
-
-    def rnn_forward(self, x_proj, w_hh, b_hh, h0, batch_sizes, nonlinearity, need_workspace,
-                    zoneout=None):
-        self.calls.append(("rnn", x_proj.dtype, h0.dtype))
-        return _SingleState.apply("rnn", nonlinearity, len(b_hh), batch_sizes, need_workspace,
-                                  zoneout, x_proj, h0, *w_hh, *b_hh)
+    def rnn_layer(self, mode, x, weights, has_biases, has_projection, h0, c0, batch_sizes,
+                  zoneout, need_workspace):
+        self.calls.append((mode, x.dtype, h0.dtype))
+        return _RnnLayer.apply(mode, has_biases, has_projection, batch_sizes, zoneout,
+                               need_workspace, x, h0, c0, *weights)
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +88,13 @@ def emulation():
 
 @pytest.fixture
 def cuda_path(emulation, monkeypatch):
-    """functional.py's CUDA branches on CPU tensors, on the emulated CUDA ops; yields the
-    recorder of the emulated calls."""
+    """The modules and functional.py on the emulated CUDA op pair, with CPU tensors; yields
+    the recorder of the emulated calls."""
     recorder = _Recorder()
-    monkeypatch.setattr(RF, "_fused_input", lambda x: False)
     monkeypatch.setattr(rnnkernels.nn._CellForward, "_fast_cell_weights",
                         lambda self, input, states: None)
-    for name in ("lstm_forward", "gru_forward", "rnn_forward"):
-        monkeypatch.setattr(rnnkernels.ops, name, getattr(recorder, name))
+    monkeypatch.setattr(rnnkernels.ops, "rnn_layer", recorder.rnn_layer)
+    monkeypatch.setattr(RF, "_rnn_layer", recorder.rnn_layer)
     yield recorder
 
 
@@ -264,7 +200,7 @@ def test_layers_match_float64_torch_nn(cuda_path, name, kind):
         torch.testing.assert_close(got[key], expected[key], msg=lambda m, key=key: f"{key}: {m}")
     # One emulated op call per layer: the CUDA branch ran, not the CPU one.
     assert len(cuda_path.calls) == ours.num_layers, cuda_path.calls
-    assert all(c[0] == CASES[name][0].lower() for c in cuda_path.calls)
+    assert all(c[0].startswith(CASES[name][0].lower()) for c in cuda_path.calls)
 
 
 def test_layers_without_grad_and_with_dropout(cuda_path):
@@ -389,15 +325,14 @@ def test_cells_match_float64_torch_nn(cuda_path, cls, kwargs, state):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("name", ["lstm_proj_2l_bi", "gru_2l_bi_bf", "rnn_tanh_2l_bi"])
-def test_low_precision_layers_hand_over_float32_x_proj(cuda_path, name, dtype):
-    """Note [cuda x_proj in float32]: for 16-bit input the layers' x_proj reaches the ops
-    in float32 (the states and results keep the input dtype), and every output and
-    gradient is within twice torch.nn's own error in that dtype (torch.nn on the CPU here),
-    against float64 torch.nn on the same rounded weights and inputs."""
+def test_low_precision_layers_within_twice_torch_nn_error(cuda_path, name, dtype):
+    """16-bit layers on the CUDA host (its float32 x_proj, Note [cuda x_proj in float32]):
+    every output and gradient is within twice torch.nn's own error in that dtype (torch.nn
+    on the CPU here), against float64 torch.nn on the same rounded weights and inputs."""
     ours, same_dtype, reference = _modules(name, dtype)
     inputs = _inputs(ours, "packed", dtype)
     got = _run(ours, inputs, dtype)
-    assert cuda_path.calls and all(c[1:] == (torch.float32, dtype) for c in cuda_path.calls), \
+    assert cuda_path.calls and all(c[1:] == (dtype, dtype) for c in cuda_path.calls), \
         cuda_path.calls
     theirs = _run(same_dtype, inputs, dtype)
     expected = _run(reference, inputs, torch.float64)
@@ -409,7 +344,7 @@ def test_low_precision_layers_hand_over_float32_x_proj(cuda_path, name, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_low_precision_cells_hand_over_float32_x_proj(cuda_path, cls, dtype):
+def test_low_precision_cells_keep_their_dtype(cuda_path, cls, dtype):
     torch.manual_seed(4)
     ours = getattr(rnnkernels, cls)(I, H).to(dtype)
     x = torch.randn(B, I).to(dtype).requires_grad_(True)
@@ -418,31 +353,7 @@ def test_low_precision_cells_hand_over_float32_x_proj(cuda_path, cls, dtype):
     assert all(o.dtype == dtype for o in outs)
     sum(o.float().sum() for o in outs).backward()
     assert x.grad.dtype == dtype and all(p.grad.dtype == dtype for p in ours.parameters())
-    assert cuda_path.calls == [(cls[:-4].lower(), torch.float32, dtype)]
+    assert len(cuda_path.calls) == 1 and cuda_path.calls[0][0].startswith(cls[:-4].lower())
+    assert cuda_path.calls[0][1:] == (dtype, dtype)
 
 
-def test_float32_projection_gradients(cuda_path):
-    """rnnkernels/_projection.py's float32 projection of 16-bit x: its backward against
-    float64 autograd of x W^T + b on the same 16-bit values; the weight and bias gradients
-    summed in float32 and rounded once equal the float64 sums rounded once (up to ties)."""
-    from rnnkernels._projection import x_proj
-
-    torch.manual_seed(6)
-    for dtype in (torch.float16, torch.bfloat16):
-        x = torch.randn(300, 9).to(dtype).requires_grad_(True)
-        w = [torch.randn(12, 9).to(dtype).requires_grad_(True) for _ in range(2)]
-        b = [torch.randn(12).to(dtype).requires_grad_(True) for _ in range(2)]
-        out = x_proj(x, w, b)
-        assert out.dtype == torch.float32 and out.shape == (300, 24)
-        grad = torch.randn(300, 24).to(dtype).float()
-        got = torch.autograd.grad(out, [x, *w, *b], grad)
-        leaves = [t.detach().double().requires_grad_(True) for t in (x, *w, *b)]
-        ref = leaves[0] @ torch.cat(leaves[1:3]).t() + torch.cat(leaves[3:5])
-        torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-6, atol=1e-6)
-        expected = torch.autograd.grad(ref, leaves, grad.double())
-        for k, (g, e) in enumerate(zip(got, expected)):
-            assert g.dtype == dtype
-            # One rounding of the float64 result: within a unit in the last place, or an
-            # absolute 1e-4 where float32's sums of 300 terms (magnitude about 10) cancel.
-            torch.testing.assert_close(g.double(), e.to(dtype).double(), rtol=torch.finfo(dtype).eps,
-                                       atol=1e-4, msg=lambda m, k=k: f"gradient {k}: {m}")

@@ -4,10 +4,10 @@ torch.nn's CPU recurrent modules support double backward (gradient penalties,
 Hessian-vector products); ours recompute through the reference for it (Note [double
 backward] in csrc/double_backward.h). Checked here: a gradient penalty's gradients with
 respect to the input, the initial state and every parameter against a float64 torch.nn
-module over cells and options; a Hessian-vector product; gradgradcheck of the three
-fused ops (dense, packed, two directions, zoneout); a tensor passed in two argument
-slots; inputs that do not require grad; the paths that refuse (the layer-normalised
-LSTM) with a message, leaving the module usable; and the first-order backward after.
+module over cells and options; a Hessian-vector product; gradgradcheck of rnn_layer in
+four modes (dense, packed, two directions, zoneout); a tensor passed in two argument
+slots; inputs that do not require grad; the layer-normalised LSTM against the reference;
+and the first-order backward after.
 """
 
 import pytest
@@ -152,46 +152,40 @@ def _rand(*shape):
     return (0.5 * torch.randn(*shape, dtype=F64)).requires_grad_()
 
 
-FUSED_CASES = [
-    pytest.param(cell, directions, packed, zoneout,
-                 id=f"{cell}-D{directions}-{'packed' if packed else 'dense'}"
+OP_CASES = [
+    pytest.param(mode, directions, packed, zoneout,
+                 id=f"{mode}-D{directions}-{'packed' if packed else 'dense'}"
                     f"{'-zoneout' if zoneout else ''}")
-    for cell in ("lstm", "gru", "rnn")
+    for mode in ("lstm", "gru", "rnn_tanh", "ln_lstm")
     for directions, packed, zoneout in [(1, False, False), (2, True, False), (1, False, True)]
+    if not (zoneout and mode == "ln_lstm")
 ]
 
 
-@pytest.mark.parametrize("cell,directions,packed,zoneout", FUSED_CASES)
-def test_fused_op_gradgradcheck(cell, directions, packed, zoneout):
+@pytest.mark.parametrize("mode,directions,packed,zoneout", OP_CASES)
+def test_op_gradgradcheck(mode, directions, packed, zoneout):
     torch.manual_seed(6)
-    H, I, G = 3, 2, {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    H, I, G = 3, 2, {"lstm": 4, "ln_lstm": 4, "gru": 3, "rnn_tanh": 1}[mode]
+    lstm = mode in ("lstm", "ln_lstm")
     batch_sizes = torch.tensor([3, 2, 1]) if packed else None
     rows, batch = (6, 3) if packed else (6, 2)
-    width = 2 * H if cell == "lstm" else H
+    width = 2 * H if lstm else H
     keep = (torch.rand(directions, rows, width) < 0.5).to(F64) if zoneout else None
     x = _rand(rows, I)
-    w_ih = [_rand(G * H, I) for _ in range(directions)]
-    b_ih = [_rand(G * H) for _ in range(directions)]
-    w_hh = [_rand(G * H, H) for _ in range(directions)]
-    b_hh = [_rand(G * H) for _ in range(directions)]
+    weights = []
+    for _ in range(directions):
+        weights += [_rand(G * H, I), _rand(G * H, H), _rand(G * H), _rand(G * H)]
+        if mode == "ln_lstm":
+            weights += [1 + _rand(G * H), 1 + _rand(G * H), 1 + _rand(H), _rand(H)]
     h0 = _rand(directions, batch, H)
     c0 = _rand(directions, batch, H)
-    D = directions
-    flat = [x, *w_ih, *b_ih, *w_hh, *b_hh, h0] + ([c0] if cell == "lstm" else [])
+    flat = [x, h0, *([c0] if lstm else []), *weights]
 
-    def run(*t):
-        x, w_ih, b_ih, w_hh, b_hh = t[0], t[1:1 + D], t[1 + D:1 + 2 * D], t[1 + 2 * D:1 + 3 * D], \
-            t[1 + 3 * D:1 + 4 * D]
-        h0, c0 = t[1 + 4 * D], (t[2 + 4 * D] if cell == "lstm" else None)
-        ops = torch.ops.rnnkernels
-        if cell == "lstm":
-            return ops.lstm_forward_fused(x, w_ih, b_ih, w_hh, b_hh, [], h0, c0, batch_sizes,
-                                          True, keep)[:3]
-        if cell == "gru":
-            return ops.gru_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, True,
-                                         keep)[:2]
-        return ops.rnn_forward_fused(x, w_ih, b_ih, w_hh, b_hh, h0, batch_sizes, "tanh", True,
-                                     keep)[:2]
+    def run(x, h0, *rest):
+        c0, weights = (rest[0], rest[1:]) if lstm else (None, rest)
+        out = torch.ops.rnnkernels.rnn_layer(mode, x, list(weights), True, False, h0, c0,
+                                             batch_sizes, keep, True)
+        return out[:3] if lstm else out[:2]
 
     # gradgradcheck differentiates the create_graph=True gradients, which come from the
     # recompute; they must also equal the kernels' own (create_graph=False) gradients.
@@ -217,25 +211,24 @@ def test_tensor_in_two_slots_gets_each_slots_gradient():
         grads = torch.autograd.grad(out.pow(2).sum() + h_n.sum(), [x, w], create_graph=True)
         return torch.autograd.grad(sum(g.pow(2).sum() for g in grads), [x, w, b, h0])
 
-    ours = penalty(lambda: torch.ops.rnnkernels.rnn_forward_fused(
-        x, [w], [b], [w], [b], h0, None, "tanh", True)[:2])
+    ours = penalty(lambda: torch.ops.rnnkernels.rnn_layer(
+        "rnn_tanh", x, [w, w, b, b], True, False, h0, None, None, None, True)[:2])
     dirs = [dict(w_ih=w, w_hh=w, b_ih=b, b_hh=b, w_hr=None)]
     expected = penalty(lambda: rnnkernels.reference.run_layer("rnn", x, dirs, h0, None, [2] * 3)[:2])
     _compare(expected, ours, TOL64)
 
 
-def test_layer_norm_lstm_refuses_and_stays_usable():
+def test_layer_norm_lstm_gradient_penalty_matches_the_reference(monkeypatch):
+    # The layer-normalised LSTM (beyond torch.nn) against rnnkernels.reference, which the
+    # module runs where the kernels do not, on the same parameters.
     torch.manual_seed(8)
-    module = rnnkernels.LSTM(5, 7, layer_norm=True).to(F64)
-    state = {k: v.clone() for k, v in module.state_dict().items()}
-    x = torch.randn(4, 2, 5, dtype=F64, requires_grad=True)
-    loss = module(x)[0].pow(2).sum()
-    with pytest.raises(RuntimeError, match="create_graph=True.*not supported"):
-        torch.autograd.grad(loss, x, create_graph=True)
-    for k, v in module.state_dict().items():
-        assert torch.equal(v, state[k])
-    module(x)[0].sum().backward()  # the first-order backward still runs
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    module = rnnkernels.LSTM(5, 7, num_layers=2, bidirectional=True, layer_norm=True).to(F64)
+    x = torch.randn(4, 2, 5, dtype=F64)
+    hx = _initial_state("LSTM", dict(num_layers=2, bidirectional=True), 2, F64)
+    ours = _penalty_grads(module, x, hx)
+    monkeypatch.setattr(rnnkernels.functional, "_kernels_run", lambda *tensors: False)
+    expected = _penalty_grads(module, x, hx)
+    _compare(expected, ours, TOL64)
 
 
 def test_first_order_backward_after_double_backward():

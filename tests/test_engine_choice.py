@@ -270,7 +270,7 @@ def test_seed_rows_from_bench_records(tmp_path):
     env = {"cpu_class": "x86-test", "cpu_model": "Test CPU", "date": "2026-12-03T00:00:00",
            "git": {"commit": "0123456789"}}
 
-    ours_engine = engine_from_op_names({"rnnkernels::lstm_forward_fused"})
+    ours_engine = engine_from_op_names({"rnnkernels::rnn_layer"})
     assert ours_engine == engine_seed.OUR_ENGINE
 
     def record(cell, B, speedup, engine=ours_engine, layers=1):

@@ -189,61 +189,66 @@ def test_float32_and_bfloat16_against_float64():
 # ---------------------------------------------------------------- ops
 
 
-def _op_inputs(D=2, B=3, H=4, T=3, bias=True, packed=False):
-    g = lambda *shape, low=None: (torch.rand(*shape, dtype=F64) + 0.5 if low else
+def _op_inputs(D=2, B=3, H=4, T=3, I=5, bias=True, packed=False):
+    """rnn_layer's arguments in mode ln_lstm: x, then per direction w_ih, w_hh, [b_ih, b_hh],
+    ln_ih, ln_hh, ln_c_weight, [ln_c_bias]."""
+    g = lambda *shape, low=None: (torch.rand(*shape, dtype=F64) + 0.5 if low else  # noqa: E731
                                   torch.randn(*shape, dtype=F64)).requires_grad_()
     batch_sizes = torch.tensor([3, 2, 2, 1]) if packed else None
     N = int(batch_sizes.sum()) if packed else T * B
-    return (g(N, D * 4 * H), [g(4 * H, H) for _ in range(D)],
-            [g(4 * H, low=True) for _ in range(D)], [g(H, low=True) for _ in range(D)],
-            [g(H) for _ in range(D)] if bias else [], g(D, B, H), g(D, B, H), batch_sizes)
+    weights = []
+    for _ in range(D):
+        weights += [g(4 * H, I), g(4 * H, H)]
+        if bias:
+            weights += [g(4 * H), g(4 * H)]
+        weights += [g(4 * H, low=True), g(4 * H, low=True), g(H, low=True)]
+        if bias:
+            weights.append(g(H))
+    return ["ln_lstm", g(N, I), weights, bias, False, g(D, B, H), g(D, B, H), batch_sizes, None,
+            True]
 
 
 @pytest.mark.parametrize("D,bias,packed", [(1, True, False), (2, True, True), (2, False, False)],
                          ids=["uni", "bi_packed", "bi_nobias"])
 def test_gradcheck(D, bias, packed):
-    x_side, w_hh, ln_hh, ln_c, ln_c_bias, h0, c0, batch_sizes = _op_inputs(D, bias=bias,
-                                                                          packed=packed)
+    # Through the host's layer-normalised input side too: x, W_ih, b_ih, b_hh and LN_ih.
+    args = _op_inputs(D, bias=bias, packed=packed)
 
-    def run(x_side, h0, c0, *flat):
-        lists, k = [], 0
-        for n in (D, D, D, len(ln_c_bias)):
-            lists.append(list(flat[k:k + n]))
-            k += n
-        out, h_n, c_n, _ = rnnkernels.ops.layer_norm_lstm_forward(
-            x_side, lists[0], lists[1], lists[2], lists[3], h0, c0, batch_sizes, True)
+    def run(x, h0, c0, *weights):
+        out, h_n, c_n, _ = torch.ops.rnnkernels.rnn_layer(
+            "ln_lstm", x, list(weights), bias, False, h0, c0, args[7], None, True)
         return out, h_n, c_n
 
-    assert torch.autograd.gradcheck(run, (x_side, h0, c0, *w_hh, *ln_hh, *ln_c, *ln_c_bias))
+    assert torch.autograd.gradcheck(run, (args[1], args[5], args[6], *args[2]))
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_opcheck(bias):
-    x_side, w_hh, ln_hh, ln_c, ln_c_bias, h0, c0, batch_sizes = _op_inputs(bias=bias,
-                                                                          packed=True)
-    args = (x_side, w_hh, ln_hh, ln_c, ln_c_bias, h0, c0, batch_sizes, True)
-    torch.library.opcheck(torch.ops.rnnkernels.layer_norm_lstm_forward.default, args)
+    args = _op_inputs(bias=bias, packed=True)
+    torch.library.opcheck(torch.ops.rnnkernels.rnn_layer.default, args)
     with torch.no_grad():
-        out, h_n, c_n, ws = torch.ops.rnnkernels.layer_norm_lstm_forward(*args)
-    backward_args = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n),
-                     [w.detach() for w in w_hh], [w.detach() for w in ln_hh],
-                     [w.detach() for w in ln_c], [w.detach() for w in ln_c_bias], h0.detach(),
-                     c0.detach(), out, ws, batch_sizes)
-    torch.library.opcheck(torch.ops.rnnkernels.layer_norm_lstm_backward.default, backward_args)
+        out, h_n, c_n, ws = torch.ops.rnnkernels.rnn_layer(*args)
+    detached = [a.detach() if isinstance(a, torch.Tensor) else
+                [t.detach() for t in a] if isinstance(a, list) else a for a in args]
+    backward_args = (*detached[:7], out, ws, detached[7], None, torch.randn_like(out),
+                     torch.randn_like(h_n), torch.randn_like(c_n), True)
+    torch.library.opcheck(torch.ops.rnnkernels.rnn_layer_backward.default, backward_args)
 
 
 def test_op_rejects_wrong_layer_norm_shapes():
-    x_side, w_hh, ln_hh, ln_c, ln_c_bias, h0, c0, _ = _op_inputs()
+    args = _op_inputs()
+    weights = args[2]  # per direction: w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, ln_c_bias
+
+    def run(changed):
+        torch.ops.rnnkernels.rnn_layer(*args[:2], changed, *args[3:9], False)
+
     with torch.no_grad():
         with pytest.raises(RuntimeError, match=r"ln_hh_weight\[1\] of shape \[16\], got \[15\]"):
-            torch.ops.rnnkernels.layer_norm_lstm_forward(
-                x_side, w_hh, [ln_hh[0], ln_hh[1][:15]], ln_c, ln_c_bias, h0, c0, None, False)
-        with pytest.raises(RuntimeError, match="ln_c_bias must be empty or hold one bias"):
-            torch.ops.rnnkernels.layer_norm_lstm_forward(
-                x_side, w_hh, ln_hh, ln_c, ln_c_bias[:1], h0, c0, None, False)
+            run(weights[:13] + [weights[13][:15]] + weights[14:])
+        with pytest.raises(RuntimeError, match=r"expected 8 or 16 weights .*got 15"):
+            run(weights[:15])
         with pytest.raises(RuntimeError, match="ln_c_weight has dtype Float"):
-            torch.ops.rnnkernels.layer_norm_lstm_forward(
-                x_side, w_hh, ln_hh, [ln_c[0].float(), ln_c[1]], ln_c_bias, h0, c0, None, False)
+            run(weights[:6] + [weights[6].float()] + weights[7:])
 
 
 def test_deterministic_run_to_run():

@@ -1,23 +1,28 @@
-"""rnnkernels::lstm_forward_fused: the LSTM forward that runs the input projection inside
-the time loop (CPU float32/float64 from a batch of 8; smaller batches, one-step sequences
-and other dtypes go through input_projection + lstm_forward).
+"""The CPU LSTM's input projection inside the time loop: rnn_layer in mode lstm projects x
+inside the loop for float32/float64 from a batch of 8; smaller batches, one-step sequences
+and other dtypes project first (one GEMM) and run the x_proj recurrence.
 
-Checked against that two-op composition, values and gradients; gradcheck in float64;
-opcheck. Batches 8 and 9 take the fused kernel, batch 2 the composition inside the op.
+Checked against that two-step composition through the CPU test hooks
+(rnnkernels._C._cpu_recurrence), values and workspace; against the float64 reference,
+every gradient; gradcheck in float64. Batches 8 and 9 take the in-loop projection, batch 2
+the composition inside the op.
 """
 
 import pytest
 import torch
 
-import rnnkernels  # noqa: F401
+import rnnkernels
+from rnnkernels import _C, reference
 
 _ops = torch.ops.rnnkernels
+_cpu = _C._cpu_recurrence
 F64 = torch.float64
 HIDDEN, PROJ = 5, 3
 
 
-def fused_args(batch, directions, bias, proj, packed, input_size=7, dtype=F64, grad=True,
+def layer_args(batch, directions, bias, proj, packed, input_size=7, dtype=F64, grad=True,
                need_workspace=True, steps=4):
+    """rnn_layer's arguments (mode lstm) and the per-direction weights."""
     def rand(*shape):
         return (0.5 * torch.randn(*shape, dtype=dtype)).requires_grad_(grad)
 
@@ -30,29 +35,35 @@ def fused_args(batch, directions, bias, proj, packed, input_size=7, dtype=F64, g
         batch_sizes, rows = None, steps * batch
     P = PROJ if proj else HIDDEN
     x = rand(rows, input_size)
-    w_ih = [rand(4 * HIDDEN, input_size) for _ in range(directions)]
-    b_ih = [rand(4 * HIDDEN) for _ in range(directions)] if bias else []
-    w_hh = [rand(4 * HIDDEN, P) for _ in range(directions)]
-    b_hh = [rand(4 * HIDDEN) for _ in range(directions)] if bias else []
-    w_hr = [rand(P, HIDDEN) for _ in range(directions)] if proj else []
+    dirs = [dict(w_ih=rand(4 * HIDDEN, input_size), w_hh=rand(4 * HIDDEN, P),
+                 b_ih=rand(4 * HIDDEN) if bias else None, b_hh=rand(4 * HIDDEN) if bias else None,
+                 w_hr=rand(P, HIDDEN) if proj else None) for _ in range(directions)]
+    weights = [w[k] for w in dirs for k in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+               if w[k] is not None]
     h0 = rand(directions, batch, P)
     c0 = rand(directions, batch, HIDDEN)
-    return (x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace)
+    args = ("lstm", x, weights, bias, proj, h0, c0, batch_sizes, None, need_workspace)
+    return args, dirs
 
 
-def composed(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace):
-    x_proj = _ops.input_projection(x, w_ih, b_ih)
-    return _ops.lstm_forward(x_proj, w_hh, b_hh, w_hr, h0, c0, batch_sizes, need_workspace)
+def composed(args, dirs):
+    """The two steps the op fuses: one GEMM for x_proj, then the x_proj recurrence."""
+    _, x, _, bias, _, h0, c0, batch_sizes, _, need_workspace = args
+    keys = lambda k: [w[k] for w in dirs] if dirs[0][k] is not None else []  # noqa: E731
+    x_proj = _cpu.input_projection(x, keys("w_ih"), keys("b_ih"))
+    return _cpu.lstm_forward(x_proj, keys("w_hh"), keys("b_hh"), keys("w_hr"), h0, c0,
+                             batch_sizes, need_workspace)
+
+
+def _sizes(args):
+    x, h0, batch_sizes = args[1], args[5], args[7]
+    if batch_sizes is None:
+        return [h0.shape[1]] * (x.shape[0] // h0.shape[1])
+    return [int(b) for b in batch_sizes]
 
 
 def _leaves(args):
-    out = []
-    for a in args:
-        if isinstance(a, torch.Tensor) and a.requires_grad:
-            out.append(a)
-        elif isinstance(a, list):
-            out.extend(a)
-    return out
+    return [args[1], *args[2], args[5], args[6]]
 
 
 CASES = [
@@ -69,98 +80,77 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=str)
 @pytest.mark.parametrize("batch,directions,bias,proj,packed", CASES)
-def test_matches_composition(batch, directions, bias, proj, packed, dtype):
-    args = fused_args(batch, directions, bias, proj, packed, dtype=dtype)
-    ours = _ops.lstm_forward_fused(*args)[:3]
-    want = composed(*args)[:3]
-    upstream = [torch.randn_like(t) for t in want]
-    leaves = _leaves(args)
-    got_grads = torch.autograd.grad(ours, leaves, upstream)
-    want_grads = torch.autograd.grad(want, leaves, upstream)
-    # The fused tile sums x W_ih^T and h W_hh^T in one accumulator, the composition in two:
-    # equal up to float rounding, not bitwise.
+def test_matches_composition_and_reference(batch, directions, bias, proj, packed, dtype):
+    args, dirs = layer_args(batch, directions, bias, proj, packed, dtype=dtype)
+    ours = _ops.rnn_layer(*args)
+    with torch.no_grad():
+        two_steps = composed(args, dirs)
+    # The in-loop tile sums x W_ih^T and h W_hh^T in one accumulator, the composition in
+    # two: equal up to float rounding, not bitwise. The workspace (gates, c) too.
     tol = {} if dtype == F64 else dict(rtol=1e-5, atol=1e-5)
-    for g, w in zip(ours, want):
+    for g, w in zip(ours, two_steps):
         torch.testing.assert_close(g, w, **tol)
+    # Every gradient against the float64 reference on the same (rounded) values.
+    leaves64 = [t.detach().double().requires_grad_(True) for t in _leaves(args)]
+    weights64 = iter(leaves64[1:-2])
+    dirs64 = [{k: None if v is None else next(weights64) for k, v in w.items()} for w in dirs]
+    expected = reference.run_layer("lstm", leaves64[0], dirs64, leaves64[-2], leaves64[-1],
+                                   _sizes(args))
+    upstream = [torch.randn_like(t, dtype=F64) for t in expected]
+    got_grads = torch.autograd.grad(ours[:3], _leaves(args), [u.to(dtype) for u in upstream])
+    want_grads = torch.autograd.grad(expected, leaves64, upstream)
+    for g, w in zip(ours[:3], expected):
+        torch.testing.assert_close(g.double(), w, **tol)
     for g, w in zip(got_grads, want_grads):
-        torch.testing.assert_close(g, w, **tol)
+        torch.testing.assert_close(g.double(), w, **tol)
 
 
 @pytest.mark.parametrize("input_size", [7, 260], ids=["I7", "I260"])
 @pytest.mark.parametrize("directions,proj,packed", [(1, False, False), (2, True, True)])
 def test_gradcheck(directions, proj, packed, input_size):
-    args = fused_args(8, directions, True, proj, packed, input_size=input_size, steps=3)
-    tensors = _leaves(args)
-    structure = [len(a) if isinstance(a, list) else None for a in args]
+    args, _ = layer_args(8, directions, True, proj, packed, input_size=input_size, steps=3)
+    n = len(args[2])
 
-    def fn(*flat):
-        it = iter(flat)
-        rebuilt = []
-        for a, n in zip(args, structure):
-            if n is not None:
-                rebuilt.append([next(it) for _ in range(n)])
-            elif isinstance(a, torch.Tensor) and a.requires_grad:
-                rebuilt.append(next(it))
-            else:
-                rebuilt.append(a)
-        return _ops.lstm_forward_fused(*rebuilt)[:3]
+    def fn(x, h0, c0, *weights):
+        return _ops.rnn_layer("lstm", x, list(weights), True, proj, h0, c0, args[7], None,
+                              True)[:3]
 
-    assert torch.autograd.gradcheck(fn, tuple(tensors))
-
-
-OPCHECK_CASES = [
-    pytest.param(batch, directions, bias, proj, packed, need_workspace,
-                 id=f"B{batch}-D{directions}-{'bias' if bias else 'nobias'}"
-                    f"{'-proj' if proj else ''}-{'packed' if packed else 'dense'}-"
-                    f"{'workspace' if need_workspace else 'noworkspace'}")
-    for batch in (2, 8)
-    for directions, bias, proj, packed in [(1, True, False, False), (2, False, True, True),
-                                           (2, True, True, False)]
-    for need_workspace in (True, False)
-]
-
-
-@pytest.mark.parametrize("test_util",
-                         ["test_schema", "test_autograd_registration", "test_faketensor"])
-@pytest.mark.parametrize("batch,directions,bias,proj,packed,need_workspace", OPCHECK_CASES)
-def test_opcheck(batch, directions, bias, proj, packed, need_workspace, test_util):
-    args = fused_args(batch, directions, bias, proj, packed, grad=need_workspace,
-                      need_workspace=need_workspace)
-    torch.library.opcheck(_ops.lstm_forward_fused.default, args, test_utils=test_util)
+    assert torch.autograd.gradcheck(fn, (args[1], args[5], args[6], *args[2]))
+    assert n == directions * (5 if proj else 4)
 
 
 @pytest.mark.parametrize("batch", [2, 8])
-def test_opcheck_aot_dispatch(batch):
-    args = fused_args(batch, 2, True, True, True)
-    torch.library.opcheck(_ops.lstm_forward_fused.default, args,
-                          test_utils="test_aot_dispatch_dynamic")
+def test_opcheck(batch):
+    args, _ = layer_args(batch, 2, True, True, True)
+    torch.library.opcheck(_ops.rnn_layer.default, args)
 
 
 def test_forward_without_workspace_cannot_be_differentiated():
-    args = fused_args(8, 1, True, False, False, need_workspace=False)
-    out = _ops.lstm_forward_fused(*args)[0]
+    args, _ = layer_args(8, 1, True, False, False, need_workspace=False)
+    out = _ops.rnn_layer(*args)[0]
     with pytest.raises(RuntimeError, match="workspace"):
         out.sum().backward()
 
 
 @pytest.mark.parametrize("bad,match", [
     ("w_ih_shape", r"w_ih\[0\]"),
-    ("w_ih_count", "w_ih has 1 weights but w_hh has 2"),
+    ("weight_count", "expected 4 or 8 weights"),
     ("b_ih_shape", r"b_ih\[0\]"),
     ("x_rank", "expected x of shape"),
 ])
 def test_bad_arguments_raise(bad, match):
-    args = list(fused_args(8, 2, True, False, False, grad=False))
+    args, _ = layer_args(8, 2, True, False, False, grad=False)
+    args = list(args)
     if bad == "w_ih_shape":
-        args[1] = [torch.randn(4 * HIDDEN, 6, dtype=F64), args[1][1]]
-    elif bad == "w_ih_count":
-        args[1] = args[1][:1]
+        args[2] = [torch.randn(4 * HIDDEN, 6, dtype=F64)] + args[2][1:]
+    elif bad == "weight_count":
+        args[2] = args[2][:7]
     elif bad == "b_ih_shape":
-        args[2] = [torch.randn(4 * HIDDEN + 1, dtype=F64), args[2][1]]
+        args[2] = args[2][:2] + [torch.randn(4 * HIDDEN + 1, dtype=F64)] + args[2][3:]
     else:
-        args[0] = args[0][None]
+        args[1] = args[1][None]
     with pytest.raises(RuntimeError, match=match):
-        _ops.lstm_forward_fused(*args)
+        _ops.rnn_layer(*args)
 
 
 def test_bias_gradients_are_equal_but_never_share_storage():

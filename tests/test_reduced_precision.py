@@ -59,8 +59,9 @@ def test_error_at_most_twice_torch_nn(cls, kwargs, dtype):
 
 
 def test_workspace_is_float32():
-    x_proj = torch.randn(6, 4 * 5, dtype=torch.bfloat16)
-    w = [torch.randn(4 * 5, 5, dtype=torch.bfloat16)]
+    x = torch.randn(6, 3, dtype=torch.bfloat16)
+    w = [torch.randn(4 * 5, 3, dtype=torch.bfloat16), torch.randn(4 * 5, 5, dtype=torch.bfloat16)]
     h0 = torch.zeros(1, 2, 5, dtype=torch.bfloat16)
-    out, h_n, c_n, ws = torch.ops.rnnkernels.lstm_forward(x_proj, w, [], [], h0, h0, None, True)
+    out, h_n, c_n, ws = torch.ops.rnnkernels.rnn_layer("lstm", x, w, False, False, h0, h0, None,
+                                                       None, True)
     assert (out.dtype, h_n.dtype, c_n.dtype, ws.dtype) == (torch.bfloat16,) * 3 + (torch.float32,)

@@ -212,39 +212,39 @@ def test_gradcheck(kind):
     torch.autograd.gradcheck(run, (x, *leaves, *params))
 
 
-def _op_samples(cell):
+def _op_samples(mode, batch=3, broadcast=False):
+    """rnn_layer's arguments with zoneout weights: two directions, biases, the LSTM with a
+    projection (output size 4)."""
     torch.manual_seed(0)
-    d, n, b = 2, 12, 3
-    out_size = 4 if cell == "lstm" else H
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    d, steps = 2, 4
+    n = steps * batch
+    lstm = mode == "lstm"
+    out_size = 4 if lstm else H
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[mode]
     t = lambda *s: torch.randn(*s, dtype=F64, requires_grad=True)  # noqa: E731
-    width = out_size + (H if cell == "lstm" else 0)
-    keep = torch.empty(d, n, width, dtype=F64).bernoulli_(0.5)
-    common = dict(x_proj=t(n, d * gates * H), w_hh=[t(gates * H, out_size) for _ in range(d)],
-                  b_hh=[t(gates * H) for _ in range(d)], h0=t(d, b, out_size))
-    if cell == "lstm":
-        return (common["x_proj"], common["w_hh"], common["b_hh"],
-                [t(out_size, H) for _ in range(d)], common["h0"], t(d, b, H), None, True, keep)
-    if cell == "gru":
-        return (common["x_proj"], common["w_hh"], common["b_hh"], common["h0"], None, True, keep)
-    return (common["x_proj"], common["w_hh"], common["b_hh"], common["h0"], None, "tanh", True,
-            keep)
+    width = out_size + (H if lstm else 0)
+    if broadcast:  # evaluation: one row of probabilities, row stride 0
+        keep = torch.full((1, 1, width), 0.25, dtype=F64).expand(d, n, width)
+    else:
+        keep = torch.empty(d, n, width, dtype=F64).bernoulli_(0.5)
+    weights = []
+    for _ in range(d):
+        weights += [t(gates * H, I), t(gates * H, out_size), t(gates * H), t(gates * H)]
+        if lstm:
+            weights.append(t(out_size, H))
+    c0 = t(d, batch, H) if lstm else None
+    return (mode, t(n, I), weights, True, lstm, t(d, batch, out_size), c0, None, keep, True)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_opcheck_with_zoneout(cell):
-    op = getattr(torch.ops.rnnkernels, f"{cell}_forward")
-    torch.library.opcheck(op, _op_samples(cell))
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_opcheck_with_zoneout(mode):
+    torch.library.opcheck(torch.ops.rnnkernels.rnn_layer, _op_samples(mode))
 
 
-def test_opcheck_fused_lstm_with_zoneout():
-    torch.manual_seed(0)
-    d, b, steps = 1, 8, 3
-    t = lambda *s: torch.randn(*s, dtype=F64, requires_grad=True)  # noqa: E731
-    keep = torch.full((1, 1, 2 * H), 0.25, dtype=F64).expand(d, steps * b, 2 * H)
-    args = (t(steps * b, I), [t(4 * H, I)], [t(4 * H)], [t(4 * H, H)], [t(4 * H)], [],
-            t(d, b, H), t(d, b, H), None, True, keep)
-    torch.library.opcheck(torch.ops.rnnkernels.lstm_forward_fused, args)
+def test_opcheck_lstm_in_loop_projection_with_broadcast_zoneout():
+    # A batch of 8: the CPU LSTM's input projection inside the time loop.
+    torch.library.opcheck(torch.ops.rnnkernels.rnn_layer,
+                          _op_samples("lstm", batch=8, broadcast=True))
 
 
 def test_eval_is_the_expectation_and_deterministic():
@@ -324,10 +324,10 @@ def test_zoneout_c_is_lstm_only():
 @pytest.mark.parametrize("shape", [(1, 9, 2 * H), (2, 12, 2 * H), (1, 12, H)])
 def test_op_rejects_zoneout_of_the_wrong_shape(shape):
     n, d = 12, 1
-    x_proj = torch.randn(n, 4 * H, dtype=F64)
-    args = (x_proj, [torch.randn(4 * H, H, dtype=F64)], [], [], torch.zeros(d, 3, H, dtype=F64),
-            torch.zeros(d, 3, H, dtype=F64), None, True)
+    weights = [torch.randn(4 * H, I, dtype=F64), torch.randn(4 * H, H, dtype=F64)]
+    args = ("lstm", torch.randn(n, I, dtype=F64), weights, False, False,
+            torch.zeros(d, 3, H, dtype=F64), torch.zeros(d, 3, H, dtype=F64), None)
     with pytest.raises(RuntimeError, match=r"zoneout of shape \[1, 12, 12\]"):
-        torch.ops.rnnkernels.lstm_forward(*args, torch.zeros(shape, dtype=F64))
+        torch.ops.rnnkernels.rnn_layer(*args, torch.zeros(shape, dtype=F64), True)
     with pytest.raises(RuntimeError, match="zoneout has dtype"):
-        torch.ops.rnnkernels.lstm_forward(*args, torch.zeros(1, n, 2 * H))
+        torch.ops.rnnkernels.rnn_layer(*args, torch.zeros(1, n, 2 * H), True)

@@ -13,7 +13,6 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -115,7 +114,7 @@ void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
 
 namespace {
 
-// ---------------------------------------------------------------- input projection ops
+// ---------------------------------------------------------------- input projection
 
 void check_projection_args(const char* op, const at::Tensor& x, at::TensorList w_ih,
                            at::TensorList b_ih) {
@@ -143,8 +142,9 @@ void check_projection_args(const char* op, const at::Tensor& x, at::TensorList w
   }
 }
 
-// x [N, I] -> [N, D*G*H]: direction d's columns are x @ w_ih[d]^T + b_ih[d].
-at::Tensor input_projection_cpu(const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih) {
+}  // namespace
+
+at::Tensor input_projection(const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih) {
   check_projection_args("rnnkernels::input_projection", x, w_ih, b_ih);
   const int64_t D = static_cast<int64_t>(w_ih.size()), GH = w_ih[0].size(0);
   at::Tensor out = empty_large({x.size(0), D * GH}, x.options());
@@ -159,7 +159,7 @@ at::Tensor input_projection_cpu(const at::Tensor& x, at::TensorList w_ih, at::Te
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-input_projection_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+input_projection_backward(const at::Tensor& grad_in, const at::Tensor& x_in,
                               at::TensorList w_ih, bool need_input_grad, bool has_bias) {
   constexpr const char* op = "rnnkernels::input_projection_backward";
   check_projection_args(op, x_in, w_ih, {});
@@ -180,13 +180,6 @@ input_projection_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
     if (has_bias) grad_b.push_back(g.sum(0));
   }
   return {grad_x, grad_w, grad_b};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
-  m.impl("input_projection", &input_projection_cpu);
-  m.impl("input_projection_backward", &input_projection_backward_cpu);
 }
 
 }  // namespace rnnkernels::cpu

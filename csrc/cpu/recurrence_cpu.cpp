@@ -38,7 +38,8 @@
 #include "cpu/kernels.h"
 #include "cpu/memory.h"
 #include "host/arguments.h"
-#include "input_projection.h"
+#include "cpu/recurrence_cpu.h"
+#include "host/layer.h"
 #include "rnnkernels/cell_math.h"
 
 namespace rnnkernels::cpu {
@@ -408,6 +409,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
 // and reduced precision go through input_projection and lstm_forward.
 constexpr int64_t kMinFusedBatch = 8;
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_entry(
+    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
+    bool need_workspace, const std::optional<at::Tensor>& zoneout);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cpu(
     const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
     at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
@@ -435,8 +441,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cp
   in.seq = make_sequence(op, in.d.rows, in.d.batch, batch_sizes);
   if (!has_native_kernels(x.scalar_type()) || is_single_step(in.seq, !w_hr.empty()) || x.size(1) == 0 ||
       in.d.batch < kMinFusedBatch) {
-    return lstm_forward_unfused(x, w_ih, b_ih, w_hh, b_hh, w_hr, h0, c0, batch_sizes,
-                                need_workspace, zoneout);
+    return lstm_forward_entry(input_projection(x, w_ih, b_ih), w_hh, b_hh, w_hr, h0, c0,
+                              batch_sizes, need_workspace, zoneout);
   }
   in.h0 = h0.contiguous();
   in.w_hh = contiguous_all(w_hh);
@@ -1148,18 +1154,42 @@ layer_norm_lstm_backward_entry(const std::optional<at::Tensor>& grad_out,
           narrow_to(g_ln_c_bias, dtype)};
 }
 
+// ---------------------------------------------------------------- the op pair
+
+const host::Recurrence kCpuRecurrence{
+    &lstm_forward_entry,      &lstm_backward_entry,           &gru_forward_entry,
+    &gru_backward_entry,      &rnn_forward_entry,             &rnn_backward_entry,
+    &layer_norm_lstm_forward_entry, &layer_norm_lstm_backward_entry,
+    &input_projection,        &input_projection_backward,     &lstm_forward_fused_cpu};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_cpu(
+    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
+    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
+    bool need_workspace) {
+  return host::rnn_layer(kCpuRecurrence, mode, x, weights, has_biases, has_projection, h0, c0,
+                         batch_sizes, zoneout, need_workspace);
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> rnn_layer_backward_cpu(
+    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
+    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
+    const at::Tensor& output, const at::Tensor& workspace,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const std::optional<at::Tensor>& grad_c_n, bool need_input_grad) {
+  return host::rnn_layer_backward(kCpuRecurrence, mode, x, weights, has_biases, has_projection,
+                                  h0, c0, output, workspace, batch_sizes, zoneout, grad_output,
+                                  grad_h_n, grad_c_n, need_input_grad);
+}
+
 }  // namespace
 
+const host::Recurrence& cpu_recurrence() { return kCpuRecurrence; }
+
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
-  m.impl("lstm_forward", &lstm_forward_entry);
-  m.impl("lstm_forward_fused", &lstm_forward_fused_cpu);
-  m.impl("lstm_backward", &lstm_backward_entry);
-  m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward_entry);
-  m.impl("layer_norm_lstm_backward", &layer_norm_lstm_backward_entry);
-  m.impl("gru_forward", &gru_forward_entry);
-  m.impl("gru_backward", &gru_backward_entry);
-  m.impl("rnn_forward", &rnn_forward_entry);
-  m.impl("rnn_backward", &rnn_backward_entry);
+  m.impl("rnn_layer", &rnn_layer_cpu);
+  m.impl("rnn_layer_backward", &rnn_layer_backward_cpu);
 }
 
 }  // namespace rnnkernels::cpu

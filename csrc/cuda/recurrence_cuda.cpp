@@ -1,6 +1,6 @@
-// CUDA implementations of the rnnkernels recurrence ops: argument checks, allocation, the
-// time loop on the current stream, and the weight gradients as GEMMs after the reverse
-// sweep; TORCH_LIBRARY_IMPL(rnnkernels, CUDA). The pointwise kernels sit behind
+// The CUDA backend of the op pair (csrc/host/layer.h): its recurrences on x_proj (argument
+// checks, allocation, the time loop on the current stream, the weight gradients as GEMMs
+// after the reverse sweep) and its input projection; TORCH_LIBRARY_IMPL(rnnkernels, CUDA). The pointwise kernels sit behind
 // cuda/kernels.h (sizes, raw pointers, a stream); this file holds all the torch glue and
 // includes no cuBLAS header (GEMMs go through ATen), so it compiles against a CPU wheel's
 // headers too (tests/test_cuda_compile.py).
@@ -42,14 +42,8 @@
 // new fp32_precision API was used. Users who want TF32 speed set the matmul flag; tests
 // compare float32 with both flags off.
 //
-// Note [cuda autocast]
-// Under torch.autocast("cuda"), torch.nn's recurrent modules run cuDNN in the autocast
-// dtype: _cudnn_rnn is a lower-precision autocast op, so every floating input is cast.
-// The forward ops get the same AutocastCUDA kernels: x_proj (already in the autocast dtype
-// when the caller's input projection ran under autocast), the weights, biases and initial
-// states are cast with at::autocast::cached_cast (differentiable, and cached for leaf
-// weights like every autocast cast), then the op is redispatched below autocast, where
-// autograd and the CUDA kernel run in that dtype. float64 stays float64, as in autocast.
+// Autocast is decided once, in rnnkernels/functional.py (Note [autocast] there): the
+// ops run with autocast off, in the dtype they are given.
 
 // Note [cuda torch floor]
 // The GEMMs write 16-bit products in fp32 through at::mm_out / at::bmm_out with an out
@@ -63,7 +57,6 @@
 #endif
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/irange.h>
 #include <pybind11/pybind11.h>
@@ -79,6 +72,7 @@
 
 #include "cuda/kernels.h"
 #include "host/arguments.h"
+#include "host/layer.h"
 #include "rnnkernels/cell_math.h"
 
 #ifdef RNNKERNELS_CUDA_EMULATION
@@ -1321,68 +1315,82 @@ layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
           grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias};
 }
 
-// ---------------------------------------------------------------- autocast
 
-#ifndef RNNKERNELS_CUDA_EMULATION
+// ---------------------------------------------------------------- the op pair
 
-// Note [cuda autocast]. Each forward op, cast and redispatched below AutocastCUDA.
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> forward_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+at::Tensor directions_stacked(at::TensorList ts) { return ts.size() == 1 ? ts[0] : at::cat(ts, 0); }
+
+// a @ b with float32 sums and a float32 result for 16-bit a and b (the CPU emulation: the
+// product of the widened operands, the same values).
+at::Tensor mm_float32(const at::Tensor& a, const at::Tensor& b) {
+  if (!kEmulation && products_in_float(a)) return at::mm(a, b, at::kFloat);
+  return at::mm(a.to(at::kFloat), b.to(at::kFloat));
 }
 
-at::ScalarType autocast_dtype() { return at::autocast::get_autocast_dtype(at::kCUDA); }
-
-template <typename T>
-auto cast_for_autocast(const T& arg) {
-  return at::autocast::cached_cast(autocast_dtype(), arg, c10::DeviceType::CUDA);
+// x [N, I] -> x_proj [N, D*G*H] in one GEMM (cuBLAS); float32 for 16-bit x (Note [cuda
+// x_proj in float32]), x's dtype otherwise.
+at::Tensor input_projection_cuda(const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih) {
+  const at::Tensor w = directions_stacked(w_ih);
+  if (is_16bit(x.scalar_type())) {
+    at::Tensor out = mm_float32(x, w.t());
+    return b_ih.empty() ? out : out.add_(directions_stacked(b_ih));
+  }
+  return b_ih.empty() ? at::mm(x, w.t()) : at::addmm(directions_stacked(b_ih), x, w.t());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autocast(
-    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
-    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static const auto op = forward_op<decltype(lstm_forward_cuda)>("rnnkernels::lstm_forward");
-  return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
-                 cast_for_autocast(w_hr), cast_for_autocast(h0), cast_for_autocast(c0),
-                 batch_sizes, need_workspace, cast_for_autocast(zoneout));
+// grad_x from the gradient in x's dtype (what the recurrence returns for 16-bit weights),
+// as torch's own 16-bit addmm computes it; for 16-bit x, grad_W summed over all N rows in
+// float32 and rounded once (as Note [cuda weight gradients] does for W_hh), grad_b the
+// float32 column sums rounded once.
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+input_projection_backward_cuda(const at::Tensor& grad_x_proj, const at::Tensor& x,
+                               at::TensorList w_ih, bool need_input_grad, bool has_bias) {
+  const bool half = is_16bit(x.scalar_type());
+  const at::Tensor grad = to_dtype(grad_x_proj, x.scalar_type());
+  const int64_t GH = w_ih[0].size(0);
+  at::Tensor grad_x = need_input_grad ? at::mm(grad, directions_stacked(w_ih))
+                                      : at::empty({0}, x.options());
+  std::vector<at::Tensor> grad_w, grad_b;
+  for (const auto d : c10::irange(static_cast<int64_t>(w_ih.size()))) {
+    const at::Tensor g = grad.narrow(1, d * GH, GH);
+    grad_w.push_back(half ? mm_float32(g.t(), x).to(w_ih[d].scalar_type()) : at::mm(g.t(), x));
+    if (has_bias) {
+      grad_b.push_back(half ? grad_x_proj.narrow(1, d * GH, GH).to(at::kFloat).sum(0).to(
+                                  x.scalar_type())
+                            : g.sum(0));
+    }
+  }
+  return {grad_x, grad_w, grad_b};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward_autocast(
-    const at::Tensor& x_side, at::TensorList w_hh, at::TensorList ln_hh_weight,
-    at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
-    const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes, bool need_workspace) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static const auto op = forward_op<decltype(layer_norm_lstm_forward_cuda)>(
-      "rnnkernels::layer_norm_lstm_forward");
-  return op.call(cast_for_autocast(x_side), cast_for_autocast(w_hh),
-                 cast_for_autocast(ln_hh_weight), cast_for_autocast(ln_c_weight),
-                 cast_for_autocast(ln_c_bias), cast_for_autocast(h0), cast_for_autocast(c0),
-                 batch_sizes, need_workspace);
+const host::Recurrence kCudaRecurrence{
+    &lstm_forward_cuda,      &lstm_backward_cuda,     &gru_forward_cuda,
+    &gru_backward_cuda,      &rnn_forward_cuda,       &rnn_backward_cuda,
+    &layer_norm_lstm_forward_cuda, &layer_norm_lstm_backward_cuda,
+    &input_projection_cuda,  &input_projection_backward_cuda};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_cuda(
+    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
+    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
+    bool need_workspace) {
+  const DeviceGuard guard(x.device());
+  return host::rnn_layer(kCudaRecurrence, mode, x, weights, has_biases, has_projection, h0, c0,
+                         batch_sizes, zoneout, need_workspace);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_autocast(
-    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
-    const std::optional<at::Tensor>& zoneout) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static const auto op = forward_op<decltype(gru_forward_cuda)>("rnnkernels::gru_forward");
-  return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
-                 cast_for_autocast(h0), batch_sizes, need_workspace, cast_for_autocast(zoneout));
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> rnn_layer_backward_cuda(
+    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
+    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
+    const at::Tensor& output, const at::Tensor& workspace,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const std::optional<at::Tensor>& grad_c_n, bool need_input_grad) {
+  const DeviceGuard guard(x.device());
+  return host::rnn_layer_backward(kCudaRecurrence, mode, x, weights, has_biases, has_projection,
+                                  h0, c0, output, workspace, batch_sizes, zoneout, grad_output,
+                                  grad_h_n, grad_c_n, need_input_grad);
 }
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_autocast(
-    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
-    bool need_workspace, const std::optional<at::Tensor>& zoneout) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  static const auto op = forward_op<decltype(rnn_forward_cuda)>("rnnkernels::rnn_forward");
-  return op.call(cast_for_autocast(x_proj), cast_for_autocast(w_hh), cast_for_autocast(b_hh),
-                 cast_for_autocast(h0), batch_sizes, nonlinearity, need_workspace,
-                 cast_for_autocast(zoneout));
-}
-#endif  // RNNKERNELS_CUDA_EMULATION
 
 // "800,900" -> ["sm_80", "sm_90"]
 pybind11::list arch_names(const std::string& list) {
@@ -1407,24 +1415,9 @@ pybind11::list arch_names(const std::string& list) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(RNNKERNELS_CUDA_LIBRARY, RNNKERNELS_CUDA_KEY, m) {
-  m.impl("lstm_forward", &lstm_forward_cuda);
-  m.impl("lstm_backward", &lstm_backward_cuda);
-  m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward_cuda);
-  m.impl("layer_norm_lstm_backward", &layer_norm_lstm_backward_cuda);
-  m.impl("gru_forward", &gru_forward_cuda);
-  m.impl("gru_backward", &gru_backward_cuda);
-  m.impl("rnn_forward", &rnn_forward_cuda);
-  m.impl("rnn_backward", &rnn_backward_cuda);
+  m.impl("rnn_layer", &rnn_layer_cuda);
+  m.impl("rnn_layer_backward", &rnn_layer_backward_cuda);
 }
-
-#ifndef RNNKERNELS_CUDA_EMULATION
-TORCH_LIBRARY_IMPL(rnnkernels, AutocastCUDA, m) {
-  m.impl("lstm_forward", &lstm_forward_autocast);
-  m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward_autocast);
-  m.impl("gru_forward", &gru_forward_autocast);
-  m.impl("rnn_forward", &rnn_forward_autocast);
-}
-#endif
 
 }  // namespace rnnkernels::cuda
 

@@ -14,7 +14,9 @@ TORCH_LIBRARY(rnnkernels_cuda_emulation, m) {
 }
 
 #include "host/arguments.cpp"
+#include "host/layer.cpp"
 #include "cuda/recurrence_cuda.cpp"
+#include "host/recurrence_bindings.h"
 
 namespace rnnkernels::cuda {
 RNNKERNELS_INSTANTIATE_CELLS(float, float)
@@ -37,5 +39,6 @@ int compiled_cuda_version() { return 0; }
 }  // namespace rnnkernels::cuda
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  rnnkernels::host::bind_recurrence(m, "recurrence", rnnkernels::cuda::kCudaRecurrence);
   m.def("cuda_build_info", &rnnkernels::cuda_build_info);
 }
