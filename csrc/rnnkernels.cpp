@@ -19,7 +19,6 @@
 #include "cpu/memory.h"
 #include "cpu/recurrence_cpu.h"
 #include "host/recurrence_bindings.h"
-#include "double_backward.h"
 #include "rnnkernels/build_info.h"
 #include "rnnkernels/cell_math.h"
 
@@ -60,24 +59,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Returns the cached CPU buffers to the system.");
   m.def("set_cpu_cache_limit", &rnnkernels::cpu::set_buffer_cache_limit, pybind11::arg("bytes"),
         "Caps the bytes of freed CPU buffers kept for reuse (0: keep none).");
-  m.def("_set_recompute_backward", [](pybind11::function fn) {
-        // Kept for the life of the process: a Python object must not be released after
-        // the interpreter has gone (static destruction at exit).
-        auto* keep = new pybind11::function(std::move(fn));
-        rnnkernels::set_recompute_backward([keep](const rnnkernels::RecomputeRequest& r) {
-          pybind11::gil_scoped_acquire gil;
-          try {
-            std::vector<bool> needs(r.needs.begin(), r.needs.end());
-            return (*keep)(r.op, r.inputs, r.counts, r.batch_sizes, r.zoneout, r.mode,
-                           r.grads, needs)
-                .cast<std::vector<std::optional<at::Tensor>>>();
-          } catch (pybind11::error_already_set& e) {
-            // The autograd engine reports C++ exceptions; keep Python's message.
-            throw std::runtime_error(e.what());
-          }
-        });
-      }, "Registers the reference that fused ops recompute through for create_graph=True "
-         "(Note [double backward] in csrc/double_backward.h).");
   m.def("_workspace_widths", [] {
         namespace math = rnnkernels::math;
         pybind11::dict slots;  // H-wide slots per row: (without zoneout, with zoneout)

@@ -12,7 +12,7 @@ parameters, state_dict, forward signature, outputs and exceptions.
 
 from ._ext import _C
 from . import ops  # noqa: F401  (fake kernels and autograd for torch.ops.rnnkernels)
-from . import _double_backward  # noqa: F401  (create_graph=True through the fused ops)
+from . import _double_backward  # noqa: F401  (create_graph=True: the backward op's derivative)
 from . import backends  # noqa: F401  (rnnkernels.backends.cpu: the engine choice)
 from . import functional  # noqa: F401
 from . import reference  # noqa: F401  (pure-PyTorch reference of the functional API)

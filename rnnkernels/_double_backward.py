@@ -1,10 +1,19 @@
-"""Gradients with a graph for the op pair (Note [double backward] in csrc/double_backward.h).
+"""The derivative of rnnkernels::rnn_layer_backward: gradients of gradients (a backward with
+create_graph=True: gradient penalties, Hessian-vector products), on every device and mode.
 
-rnn_layer's backward, when it runs with create_graph=True, calls ``recompute_backward``
-with its saved inputs: the layer is rerun through rnnkernels.reference (plain tensor ops,
-differentiable to any order) and differentiated with create_graph=True. Each input slot
-is first given its own alias (``view_as``), so that a tensor passed in two slots (tied
-weights) gets each slot's own gradient, not their sum twice.
+Note [double backward]
+rnn_layer's autograd Function (csrc/autograd.cpp) calls rnn_layer_backward below autograd
+for an ordinary backward, and through autograd when the backward builds a graph; then the
+kernels still compute the first-order gradients, and this registration differentiates
+them. The backward op computes J(x, W, h0, c0)^T g, with the forward's output and workspace
+as inputs that only save recomputation. Its derivative reruns the layer through
+rnnkernels.reference (plain tensor ops, differentiable to any order) from x, the weights
+and the states, takes the first-order gradients with create_graph=True and differentiates
+those: d/d(x, W, h0, c0, g) of <J^T g, gg>. output and workspace get no gradient (their
+dependence on x and W is inside the recompute). Each saved tensor first gets its own alias
+(view_as), so that a tensor passed in two slots (tied weights) gets each slot's gradient,
+and the recompute stays connected to the caller's graph (third and higher orders). The
+cost is the reference's per-step speed, about torch.nn's own on CPU.
 """
 
 from __future__ import annotations
@@ -12,20 +21,19 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._ext import _C
 
-def _rnn_layer_inputs(slots, mode, has_biases, has_projection):
-    """rnn_layer's x, weights (csrc/host/layer.h's order), h0 (, c0) -> the reference's
-    (cell, x, dirs, h0, c0, ln_dirs, nonlinearity)."""
-    cell = "lstm" if mode in ("lstm", "ln_lstm") else mode[:3]
+_LSTM_MODES = ("lstm", "ln_lstm")
+
+
+def _directions(mode, x, weights, has_biases, has_projection, h0, c0):
+    """rnn_layer's weights (csrc/host/layer.h's order) -> the reference's cell, per-direction
+    dicts, LN dicts (or None) and nonlinearity."""
+    cell = "lstm" if mode in _LSTM_MODES else mode[:3]
     layer_norm = mode == "ln_lstm"
     per = 2 + 2 * has_biases + (3 + has_biases if layer_norm else has_projection)
-    x, rest = slots[0], slots[1:]
-    c0 = rest.pop() if cell == "lstm" else None
-    h0 = rest.pop()
     dirs, ln_dirs = [], []
-    for d in range(len(rest) // per):
-        taken = iter(rest[d * per:(d + 1) * per])
+    for d in range(len(weights) // per):
+        taken = iter(weights[d * per:(d + 1) * per])
         w = dict(w_ih=next(taken), w_hh=next(taken))
         w["b_ih"], w["b_hh"] = (next(taken), next(taken)) if has_biases else (None, None)
         w["w_hr"] = next(taken) if has_projection else None
@@ -34,29 +42,7 @@ def _rnn_layer_inputs(slots, mode, has_biases, has_projection):
             ln_dirs.append(dict(ih=next(taken), hh=next(taken), c_weight=next(taken),
                                 c_bias=next(taken) if has_biases else None))
     nonlinearity = "relu" if mode == "rnn_relu" else "tanh"
-    return cell, x, dirs, h0, c0, ln_dirs if layer_norm else None, nonlinearity
-
-
-def recompute_backward(op, inputs, counts, batch_sizes, zoneout, mode, grads, needs):
-    """Gradients of the op's outputs (weighted by ``grads``) w.r.t. ``inputs``, with a graph.
-
-    op: rnnkernels::rnn_layer; inputs: x, weights, h0 (, c0); counts: (has_biases,
-    has_projection); mode: rnn_layer's mode. grads: of output, h_n (, c_n), None where
-    absent. Returns one gradient (or None) per input.
-    """
-    result = [None] * len(inputs)
-    wanted = [i for i, need in enumerate(needs) if need]
-    if not wanted or all(g is None for g in grads):
-        return result
-    with torch.enable_grad():
-        slots = [t.view_as(t) if need else t for t, need in zip(inputs, needs)]
-        if op != "rnnkernels::rnn_layer":
-            raise RuntimeError(f"recompute_backward: unknown op {op}")
-        cell, x, dirs, h0, c0, ln_dirs, nonlinearity = _rnn_layer_inputs(
-            list(slots), mode, bool(counts[0]), bool(counts[1]))
-        outputs = reference.run_layer(cell, x, dirs, h0, c0, _batch_sizes(x, h0, batch_sizes),
-                                      zoneout, nonlinearity, ln_dirs=ln_dirs)
-        return _gradients(outputs, grads, slots, wanted, result)
+    return cell, dirs, ln_dirs if layer_norm else None, nonlinearity
 
 
 def _batch_sizes(x, h0, batch_sizes) -> list[int]:
@@ -66,14 +52,57 @@ def _batch_sizes(x, h0, batch_sizes) -> list[int]:
     return [int(b) for b in batch_sizes]
 
 
-def _gradients(outputs, grads, slots, wanted, result):
-    """autograd.grad of the outputs weighted by grads, with a graph, into result's slots."""
-    pairs = [(out, g) for out, g in zip(outputs, grads) if g is not None and out is not None]
-    got = torch.autograd.grad([out for out, _ in pairs], [slots[i] for i in wanted],
-                              [g for _, g in pairs], create_graph=True, allow_unused=True)
-    for i, g in zip(wanted, got):
-        result[i] = g
-    return result
+def _setup_context(ctx, inputs, output):
+    (mode, x, weights, has_biases, has_projection, h0, c0, _output, _workspace, batch_sizes,
+     zoneout, grad_output, grad_h_n, grad_c_n, need_input_grad) = inputs
+    ctx.save_for_backward(x, h0, c0, grad_output, grad_h_n, grad_c_n, *weights)
+    ctx.args = (mode, has_biases, has_projection, batch_sizes, zoneout, need_input_grad)
 
 
-_C._set_recompute_backward(recompute_backward)
+def _backward(ctx, gg_x, gg_weights, gg_h0, gg_c0):
+    mode, has_biases, has_projection, batch_sizes, zoneout, need_input_grad = ctx.args
+    x, h0, c0, grad_output, grad_h_n, grad_c_n, *weights = ctx.saved_tensors
+    higher_order = torch.is_grad_enabled()  # this backward itself builds a graph
+    with torch.enable_grad():
+        alias = lambda t: None if t is None else t.view_as(t)  # noqa: E731
+        x_, h0_, c0_ = alias(x), alias(h0), alias(c0)
+        weights_ = [alias(w) for w in weights]
+        upstream_ = [alias(g) for g in (grad_output, grad_h_n, grad_c_n)]
+        for t in (x_, h0_, c0_, *weights_, *upstream_):
+            if t is not None and not t.requires_grad:
+                t.requires_grad_(True)
+        cell, dirs, ln_dirs, nonlinearity = _directions(mode, x_, weights_, has_biases,
+                                                        has_projection, h0_, c0_)
+        outputs = reference.run_layer(cell, x_, dirs, h0_, c0_, _batch_sizes(x, h0, batch_sizes),
+                                      zoneout, nonlinearity, ln_dirs=ln_dirs)
+        pairs = [(o, g) for o, g in zip(outputs, upstream_) if o is not None and g is not None]
+        primals = [x_, *weights_, h0_] + ([c0_] if c0_ is not None else [])
+        first = torch.autograd.grad([o for o, _ in pairs], primals, [g for _, g in pairs],
+                                    create_graph=True, allow_unused=True)
+        # first: the backward op's results (grad_x, grad_weights, grad_h0, grad_c0).
+        gg = [gg_x if need_input_grad else None, *gg_weights, gg_h0]
+        if c0_ is not None:
+            gg.append(gg_c0)
+        terms = [(f, g) for f, g in zip(first, gg)
+                 if f is not None and g is not None and f.requires_grad]
+        targets = primals + [g for g in upstream_ if g is not None]
+        if terms:
+            got = torch.autograd.grad([f for f, _ in terms], targets, [g for _, g in terms],
+                                      create_graph=higher_order, allow_unused=True)
+        else:
+            got = [None] * len(targets)
+    got = iter(got)
+    grad_x = next(got)
+    grad_weights = [next(got) for _ in weights_]
+    grad_h0 = next(got)
+    grad_c0 = next(got) if c0_ is not None else None
+    grad_upstream = [next(got) if g is not None else None for g in upstream_]
+    # One gradient per input of rnn_layer_backward: mode, x, weights, has_biases,
+    # has_projection, h0, c0, output, workspace, batch_sizes, zoneout, grad_output, grad_h_n,
+    # grad_c_n, need_input_grad.
+    return (None, grad_x, grad_weights, None, None, grad_h0, grad_c0, None, None, None, None,
+            *grad_upstream, None)
+
+
+torch.library.register_autograd("rnnkernels::rnn_layer_backward", _backward,
+                                setup_context=_setup_context)

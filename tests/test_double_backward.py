@@ -2,7 +2,7 @@
 
 torch.nn's CPU recurrent modules support double backward (gradient penalties,
 Hessian-vector products); ours recompute through the reference for it (Note [double
-backward] in csrc/double_backward.h). Checked here: a gradient penalty's gradients with
+backward] in rnnkernels/_double_backward.py). Checked here: a gradient penalty's gradients with
 respect to the input, the initial state and every parameter against a float64 torch.nn
 module over cells and options; a Hessian-vector product; gradgradcheck of rnn_layer in
 four modes (dense, packed, two directions, zoneout); a tensor passed in two argument
@@ -187,14 +187,37 @@ def test_op_gradgradcheck(mode, directions, packed, zoneout):
                                              batch_sizes, keep, True)
         return out[:3] if lstm else out[:2]
 
-    # gradgradcheck differentiates the create_graph=True gradients, which come from the
-    # recompute; they must also equal the kernels' own (create_graph=False) gradients.
+    # The create_graph=True gradients (the kernels, through the backward op's autograd) equal
+    # the plain ones; gradgradcheck differentiates them (the reference recompute).
     outputs = run(*flat)
     upstream = [torch.randn_like(o) for o in outputs]
     kernels = torch.autograd.grad(outputs, flat, upstream, retain_graph=True)
     recomputed = torch.autograd.grad(outputs, flat, upstream, create_graph=True)
     _compare(kernels, recomputed, TOL64)
     assert torch.autograd.gradgradcheck(run, tuple(flat))
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_third_order_matches_the_reference(mode):
+    # The backward op's derivative keeps its graph when asked: d/dx of a function of the
+    # second-order gradient, against the same chain through rnnkernels.reference.
+    torch.manual_seed(11)
+    G, lstm = {"lstm": 4, "gru": 3}[mode], mode == "lstm"
+    x = _rand(6, 2)
+    w = [_rand(G * 3, 2), _rand(G * 3, 3), _rand(G * 3), _rand(G * 3)]
+    h0, c0 = _rand(1, 2, 3), (_rand(1, 2, 3) if lstm else None)
+
+    def third(run):
+        out = run()[0]
+        (g1,) = torch.autograd.grad(out.pow(3).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(g2.sin().sum(), [x, *w, h0])
+
+    ours = third(lambda: torch.ops.rnnkernels.rnn_layer(mode, x, w, True, False, h0, c0, None,
+                                                        None, True))
+    dirs = [dict(w_ih=w[0], w_hh=w[1], b_ih=w[2], b_hh=w[3], w_hr=None)]
+    expected = third(lambda: rnnkernels.reference.run_layer(mode, x, dirs, h0, c0, [2] * 3))
+    _compare(expected, ours, TOL64)
 
 
 def test_tensor_in_two_slots_gets_each_slots_gradient():
