@@ -16,6 +16,8 @@ TORCH_LIBRARY(rnnkernels_cuda_emulation, m) {
 #include "host/arguments.cpp"
 #include "host/layer.cpp"
 #include "cuda/recurrence_cuda.cpp"
+#include "cuda/backward_cuda.cpp"
+#include "cuda/layer_norm_lstm_cuda.cpp"
 #include "host/recurrence_bindings.h"
 
 namespace rnnkernels::cuda {
@@ -39,6 +41,6 @@ int compiled_cuda_version() { return 0; }
 }  // namespace rnnkernels::cuda
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  rnnkernels::host::bind_recurrence(m, "recurrence", rnnkernels::cuda::kCudaRecurrence);
+  rnnkernels::host::bind_recurrence(m, "recurrence", rnnkernels::cuda::detail::recurrence_table());
   m.def("cuda_build_info", &rnnkernels::cuda_build_info);
 }
