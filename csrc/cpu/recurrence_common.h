@@ -314,59 +314,17 @@ void recurrent_param_grads(const BackwardInputs& in, int64_t dir, const at::Tens
 // ---------------------------------------------------------------- the backend's functions
 
 // On x_proj, in the kernels' storage dtypes (recurrence_cpu.cpp, backward_cpu.cpp,
-// layer_norm_lstm_cpu.cpp).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
-    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
-    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace, const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
-    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
-    const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
-    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, const at::Tensor& h0,
-    const std::optional<at::Tensor>& batch_sizes, c10::string_view nonlinearity,
-    bool need_workspace, const std::optional<at::Tensor>& zoneout);
-// The LSTM from x, its input projection inside the time loop where that pays.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cpu(
-    const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih, at::TensorList w_hh,
-    at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
-    const std::optional<at::Tensor>& batch_sizes, bool need_workspace,
-    const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>>
-lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
-                  const std::optional<at::Tensor>& grad_h_n,
-                  const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
-                  at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
-                  const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
-                  const std::optional<at::Tensor>& batch_sizes,
-                  const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-gru_backward_cpu(const std::optional<at::Tensor>& grad_out,
-                 const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
-                 at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
-                 const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
-                 const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-rnn_backward_cpu(const std::optional<at::Tensor>& grad_out,
-                 const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
-                 at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
-                 const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
-                 c10::string_view nonlinearity, const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward_cpu(
-    const at::Tensor& x_side, at::TensorList w_hh, at::TensorList ln_hh_weight,
-    at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
-    const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes, bool need_workspace);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>, std::vector<at::Tensor>>
-layer_norm_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
-                             const std::optional<at::Tensor>& grad_h_n,
-                             const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
-                             at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
-                             at::TensorList ln_c_bias, const at::Tensor& h0,
-                             const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
-                             const std::optional<at::Tensor>& batch_sizes);
+// layer_norm_lstm_cpu.cpp); the LSTM from x, its input projection inside the time loop
+// where that pays.
+host::LstmForward lstm_forward_cpu;
+host::GruForward gru_forward_cpu;
+host::RnnForward rnn_forward_cpu;
+host::LstmForwardFromInput lstm_forward_fused_cpu;
+host::LstmBackward lstm_backward_cpu;
+host::GruBackward gru_backward_cpu;
+host::RnnBackward rnn_backward_cpu;
+host::LayerNormLstmForward layer_norm_lstm_forward_cpu;
+host::LayerNormLstmBackward layer_norm_lstm_backward_cpu;
 
 // The LayerNorm parameters of the recurrent product and the cell state, one per direction
 // (Note [layer-normalised LSTM] in cell_math.h), checked and made contiguous.
@@ -380,10 +338,8 @@ LayerNormParams check_layer_norm_params(const char* op, const Dims& d,
                                         const char* like_name);
 
 // x_proj in any storage dtype (precision_cpu.cpp).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_entry(
-    const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
-    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
-    bool need_workspace, const std::optional<at::Tensor>& zoneout);
+host::LstmForward lstm_forward_entry;
+
 
 // The table of the backend's recurrences: any storage dtype, the rest widened to float32
 // (precision_cpu.cpp, Note [reduced precision on CPU]).

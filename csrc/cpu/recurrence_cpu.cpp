@@ -269,38 +269,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
 
 }  // namespace detail
 
-namespace {
-
-// ---------------------------------------------------------------- the op pair
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_cpu(
-    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
-    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
-    bool need_workspace) {
-  return host::rnn_layer(detail::recurrence_table(), mode, x, weights, has_biases,
-                         has_projection, h0, c0, batch_sizes, zoneout, need_workspace);
-}
-
-std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> rnn_layer_backward_cpu(
-    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
-    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-    const at::Tensor& output, const at::Tensor& workspace,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
-    const std::optional<at::Tensor>& grad_c_n, bool need_input_grad) {
-  return host::rnn_layer_backward(detail::recurrence_table(), mode, x, weights, has_biases,
-                                  has_projection, h0, c0, output, workspace, batch_sizes,
-                                  zoneout, grad_output, grad_h_n, grad_c_n, need_input_grad);
-}
-
-}  // namespace
-
 const host::Recurrence& cpu_recurrence() { return detail::recurrence_table(); }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
-  m.impl("rnn_layer", &rnn_layer_cpu);
-  m.impl("rnn_layer_backward", &rnn_layer_backward_cpu);
+  using Kernels = host::LayerKernels<&detail::recurrence_table, host::NoDeviceGuard>;
+  m.impl("rnn_layer", &Kernels::forward);
+  m.impl("rnn_layer_backward", &Kernels::backward);
 }
 
 }  // namespace rnnkernels::cpu

@@ -455,40 +455,13 @@ void param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_p
 
 // ---------------------------------------------------------------- the backend's functions
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>>
-lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
-                   const std::optional<at::Tensor>& grad_h_n,
-                   const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
-                   at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
-                   const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
-                   const std::optional<at::Tensor>& batch_sizes,
-                   const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-gru_backward_cuda(const std::optional<at::Tensor>& grad_out,
-                  const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
-                  at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
-                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
-                  const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-rnn_backward_cuda(const std::optional<at::Tensor>& grad_out,
-                  const std::optional<at::Tensor>& grad_h_n, at::TensorList w_hh,
-                  at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out,
-                  const at::Tensor& ws, const std::optional<at::Tensor>& batch_sizes,
-                  c10::string_view nonlinearity, const std::optional<at::Tensor>& zoneout);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward_cuda(
-    const at::Tensor& x_side, at::TensorList w_hh, at::TensorList ln_hh_weight,
-    at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
-    const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes, bool need_workspace);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>, std::vector<at::Tensor>>
-layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
-                              const std::optional<at::Tensor>& grad_h_n,
-                              const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
-                              at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
-                              at::TensorList ln_c_bias, const at::Tensor& h0,
-                              const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
-                              const std::optional<at::Tensor>& batch_sizes);
+// recurrence_cuda.cpp, backward_cuda.cpp, layer_norm_lstm_cuda.cpp.
+host::LstmBackward lstm_backward_cuda;
+host::GruBackward gru_backward_cuda;
+host::RnnBackward rnn_backward_cuda;
+host::LayerNormLstmForward layer_norm_lstm_forward_cuda;
+host::LayerNormLstmBackward layer_norm_lstm_backward_cuda;
+
 
 // The table of the backend's recurrences (recurrence_cuda.cpp).
 const host::Recurrence& recurrence_table();

@@ -358,29 +358,6 @@ const host::Recurrence& recurrence_table() {
   return table;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_cuda(
-    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
-    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
-    bool need_workspace) {
-  const DeviceGuard guard(x.device());
-  return host::rnn_layer(recurrence_table(), mode, x, weights, has_biases, has_projection, h0, c0,
-                         batch_sizes, zoneout, need_workspace);
-}
-
-std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor, at::Tensor> rnn_layer_backward_cuda(
-    c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
-    bool has_projection, const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-    const at::Tensor& output, const at::Tensor& workspace,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& zoneout,
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
-    const std::optional<at::Tensor>& grad_c_n, bool need_input_grad) {
-  const DeviceGuard guard(x.device());
-  return host::rnn_layer_backward(recurrence_table(), mode, x, weights, has_biases, has_projection,
-                                  h0, c0, output, workspace, batch_sizes, zoneout, grad_output,
-                                  grad_h_n, grad_c_n, need_input_grad);
-}
-
 // "800,900" -> ["sm_80", "sm_90"]
 pybind11::list arch_names(const std::string& list) {
   pybind11::list names;
@@ -404,8 +381,9 @@ pybind11::list arch_names(const std::string& list) {
 }  // namespace detail
 
 TORCH_LIBRARY_IMPL(RNNKERNELS_CUDA_LIBRARY, RNNKERNELS_CUDA_KEY, m) {
-  m.impl("rnn_layer", &detail::rnn_layer_cuda);
-  m.impl("rnn_layer_backward", &detail::rnn_layer_backward_cuda);
+  using Kernels = host::LayerKernels<&detail::recurrence_table, detail::DeviceGuard>;
+  m.impl("rnn_layer", &Kernels::forward);
+  m.impl("rnn_layer_backward", &Kernels::backward);
 }
 
 }  // namespace rnnkernels::cuda

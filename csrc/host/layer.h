@@ -42,63 +42,74 @@ LayerWeights split_weights(const char* op, Mode mode, at::TensorList weights, bo
 // The inverse of split_weights: one gradient per weight, in the weights' order.
 TensorVec join_weights(const LayerWeights& w);
 
-// One backend's kernels: the recurrence ops of the old per-cell schemas on the projected
-// input (x_proj, or x_side for the layer-normalised LSTM), and the input projection.
-struct Recurrence {
-  using Forward4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-  using Forward3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
-  Forward4 (*lstm_forward)(const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh,
-                           at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
-                           const OptTensor& batch_sizes, bool need_workspace,
+// One backend's recurrences on the projected input (x_proj, or x_side for the
+// layer-normalised LSTM) and its input projection; the function types let each backend
+// declare its own (`host::LstmForward lstm_forward_cpu;`).
+using Forward4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Forward3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using LstmForward = Forward4(const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh,
+                            at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
+                            const OptTensor& batch_sizes, bool need_workspace,
+                            const OptTensor& zoneout);
+using LstmBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor, TensorVec, TensorVec,
+                                TensorVec>(
+    const OptTensor& grad_out, const OptTensor& grad_h_n, const OptTensor& grad_c_n,
+    at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& out, const at::Tensor& ws,
+    const OptTensor& batch_sizes, const OptTensor& zoneout);
+using GruForward = Forward3(const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh,
+                           const at::Tensor& h0, const OptTensor& batch_sizes,
+                           bool need_workspace, const OptTensor& zoneout);
+using GruBackward = std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec>(
+    const OptTensor& grad_out, const OptTensor& grad_h_n, at::TensorList w_hh,
+    at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out, const at::Tensor& ws,
+    const OptTensor& batch_sizes, const OptTensor& zoneout);
+using RnnForward = Forward3(const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh,
+                           const at::Tensor& h0, const OptTensor& batch_sizes,
+                           c10::string_view nonlinearity, bool need_workspace,
                            const OptTensor& zoneout);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, TensorVec, TensorVec, TensorVec> (
-      *lstm_backward)(const OptTensor& grad_out, const OptTensor& grad_h_n,
-                      const OptTensor& grad_c_n, at::TensorList w_hh, at::TensorList b_hh,
-                      at::TensorList w_hr, const at::Tensor& h0, const at::Tensor& c0,
-                      const at::Tensor& out, const at::Tensor& ws, const OptTensor& batch_sizes,
-                      const OptTensor& zoneout);
-  Forward3 (*gru_forward)(const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh,
-                          const at::Tensor& h0, const OptTensor& batch_sizes,
-                          bool need_workspace, const OptTensor& zoneout);
-  std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec> (*gru_backward)(
-      const OptTensor& grad_out, const OptTensor& grad_h_n, at::TensorList w_hh,
-      at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out, const at::Tensor& ws,
-      const OptTensor& batch_sizes, const OptTensor& zoneout);
-  Forward3 (*rnn_forward)(const at::Tensor& x_proj, at::TensorList w_hh, at::TensorList b_hh,
-                          const at::Tensor& h0, const OptTensor& batch_sizes,
-                          c10::string_view nonlinearity, bool need_workspace,
-                          const OptTensor& zoneout);
-  std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec> (*rnn_backward)(
-      const OptTensor& grad_out, const OptTensor& grad_h_n, at::TensorList w_hh,
-      at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out, const at::Tensor& ws,
-      const OptTensor& batch_sizes, c10::string_view nonlinearity, const OptTensor& zoneout);
-  Forward4 (*layer_norm_lstm_forward)(const at::Tensor& x_side, at::TensorList w_hh,
+using RnnBackward = std::tuple<at::Tensor, at::Tensor, TensorVec, TensorVec>(
+    const OptTensor& grad_out, const OptTensor& grad_h_n, at::TensorList w_hh,
+    at::TensorList b_hh, const at::Tensor& h0, const at::Tensor& out, const at::Tensor& ws,
+    const OptTensor& batch_sizes, c10::string_view nonlinearity, const OptTensor& zoneout);
+using LayerNormLstmForward = Forward4(const at::Tensor& x_side, at::TensorList w_hh,
                                       at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
                                       at::TensorList ln_c_bias, const at::Tensor& h0,
                                       const at::Tensor& c0, const OptTensor& batch_sizes,
                                       bool need_workspace);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, TensorVec, TensorVec, TensorVec, TensorVec> (
-      *layer_norm_lstm_backward)(const OptTensor& grad_out, const OptTensor& grad_h_n,
-                                 const OptTensor& grad_c_n, at::TensorList w_hh,
-                                 at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
-                                 at::TensorList ln_c_bias, const at::Tensor& h0,
-                                 const at::Tensor& c0, const at::Tensor& out,
-                                 const at::Tensor& ws, const OptTensor& batch_sizes);
-  // x [N, I] -> [N, D*G*H]: direction d's columns x @ w_ih[d]^T + b_ih[d].
-  at::Tensor (*project)(const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih);
-  // -> grad_x (empty unless need_input_grad), grad_w_ih[], grad_b_ih[] (empty unless has_bias).
-  std::tuple<at::Tensor, TensorVec, TensorVec> (*project_backward)(
-      const at::Tensor& grad_x_proj, const at::Tensor& x, at::TensorList w_ih,
-      bool need_input_grad, bool has_bias);
-  // Optional: the LSTM with its input projection inside the time loop (same results as
-  // project then lstm_forward, which it may fall back to).
-  Forward4 (*lstm_forward_from_input)(const at::Tensor& x, at::TensorList w_ih,
+using LayerNormLstmBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor, TensorVec,
+                                         TensorVec, TensorVec, TensorVec>(
+    const OptTensor& grad_out, const OptTensor& grad_h_n, const OptTensor& grad_c_n,
+    at::TensorList w_hh, at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
+    at::TensorList ln_c_bias, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& out, const at::Tensor& ws, const OptTensor& batch_sizes);
+// x [N, I] -> [N, D*G*H]: direction d's columns x @ w_ih[d]^T + b_ih[d].
+using Project = at::Tensor(const at::Tensor& x, at::TensorList w_ih, at::TensorList b_ih);
+// -> grad_x (empty unless need_input_grad), grad_w_ih[], grad_b_ih[] (empty unless has_bias).
+using ProjectBackward = std::tuple<at::Tensor, TensorVec, TensorVec>(
+    const at::Tensor& grad_x_proj, const at::Tensor& x, at::TensorList w_ih,
+    bool need_input_grad, bool has_bias);
+// The LSTM from x with its input projection inside the time loop (same results as project
+// then lstm_forward, which it may fall back to).
+using LstmForwardFromInput = Forward4(const at::Tensor& x, at::TensorList w_ih,
                                       at::TensorList b_ih, at::TensorList w_hh,
                                       at::TensorList b_hh, at::TensorList w_hr,
                                       const at::Tensor& h0, const at::Tensor& c0,
                                       const OptTensor& batch_sizes, bool need_workspace,
-                                      const OptTensor& zoneout) = nullptr;
+                                      const OptTensor& zoneout);
+
+struct Recurrence {
+  LstmForward* lstm_forward;
+  LstmBackward* lstm_backward;
+  GruForward* gru_forward;
+  GruBackward* gru_backward;
+  RnnForward* rnn_forward;
+  RnnBackward* rnn_backward;
+  LayerNormLstmForward* layer_norm_lstm_forward;
+  LayerNormLstmBackward* layer_norm_lstm_backward;
+  Project* project;
+  ProjectBackward* project_backward;
+  LstmForwardFromInput* lstm_forward_from_input = nullptr;  // optional
 };
 
 // -> output, h_n, c_n, workspace.
@@ -116,5 +127,36 @@ std::tuple<at::Tensor, TensorVec, at::Tensor, at::Tensor> rnn_layer_backward(
     const OptTensor& c0, const at::Tensor& output, const at::Tensor& workspace,
     const OptTensor& batch_sizes, const OptTensor& zoneout, const OptTensor& grad_output,
     const OptTensor& grad_h_n, const OptTensor& grad_c_n, bool need_input_grad);
+
+// The op pair's kernels of one backend, for TORCH_LIBRARY_IMPL: table() gives its
+// recurrences, Guard(x.device()) makes x's device current for the call.
+template <const Recurrence& (*table)(), typename Guard>
+struct LayerKernels {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+      c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
+      bool has_projection, const at::Tensor& h0, const OptTensor& c0,
+      const OptTensor& batch_sizes, const OptTensor& zoneout, bool need_workspace) {
+    const Guard guard(x.device());
+    return rnn_layer(table(), mode, x, weights, has_biases, has_projection, h0, c0, batch_sizes,
+                     zoneout, need_workspace);
+  }
+
+  static std::tuple<at::Tensor, TensorVec, at::Tensor, at::Tensor> backward(
+      c10::string_view mode, const at::Tensor& x, at::TensorList weights, bool has_biases,
+      bool has_projection, const at::Tensor& h0, const OptTensor& c0, const at::Tensor& output,
+      const at::Tensor& workspace, const OptTensor& batch_sizes, const OptTensor& zoneout,
+      const OptTensor& grad_output, const OptTensor& grad_h_n, const OptTensor& grad_c_n,
+      bool need_input_grad) {
+    const Guard guard(x.device());
+    return rnn_layer_backward(table(), mode, x, weights, has_biases, has_projection, h0, c0,
+                              output, workspace, batch_sizes, zoneout, grad_output, grad_h_n,
+                              grad_c_n, need_input_grad);
+  }
+};
+
+// The CPU needs no device guard.
+struct NoDeviceGuard {
+  explicit NoDeviceGuard(const c10::Device&) {}
+};
 
 }  // namespace rnnkernels::host
