@@ -224,7 +224,7 @@ def test_layers_without_grad_and_with_dropout(cuda_path):
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("name", ["lstm_2l_bi", "lstm_proj", "gru_2l_bi_bf", "rnn_relu_bi_nobias"])
 def test_zoneout_matches_the_reference(cuda_path, name, packed):
-    # Zoneout weights drawn per layer (reference.zoneout_weights) reach the x_proj ops in
+    # Zoneout weights drawn per layer (reference.zoneout_weights) reach the op pair in
     # the CUDA branch: values and every gradient against rnnkernels.reference in float64,
     # under the same seed.
     from rnnkernels import reference as R
