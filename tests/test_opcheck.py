@@ -185,6 +185,14 @@ def test_unknown_mode_is_refused():
         _ops.rnn_layer(*args)
 
 
+@pytest.mark.parametrize("mode", ["gru", "rnn_tanh", "rnn_relu"])
+def test_c0_outside_the_lstm_modes_is_refused(mode):
+    args = list(layer_args(mode, 1, True, False, False))
+    args[6] = _rand(*args[5].shape)
+    with pytest.raises(RuntimeError, match="c0 is for the LSTM modes"):
+        _ops.rnn_layer(*args)
+
+
 def test_backward_after_a_forward_without_workspace_is_refused():
     args = layer_args("lstm", 1, True, False, need_workspace=True)
     args = args[:-1] + (False,)

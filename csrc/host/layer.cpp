@@ -70,6 +70,12 @@ namespace {
 constexpr const char* kForwardOp = "rnnkernels::rnn_layer";
 constexpr const char* kBackwardOp = "rnnkernels::rnn_layer_backward";
 
+// c0 belongs to the LSTM modes only: given to another, it would be silently unused.
+void check_c0_for(const char* op, Mode mode, const OptTensor& c0) {
+  TORCH_CHECK(is_lstm(mode) || !(c0.has_value() && c0->defined()), op,
+              ": c0 is for the LSTM modes (lstm, ln_lstm); this mode takes none");
+}
+
 const at::Tensor& require_c0(const char* op, const OptTensor& c0) {
   TORCH_CHECK(c0.has_value() && c0->defined(), op, ": the LSTM modes need c0");
   return *c0;
@@ -125,6 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer(
   const char* op = kForwardOp;
   const Mode mode = parse_mode(op, mode_name);
   const LayerWeights w = split_weights(op, mode, weights, has_biases, has_projection);
+  check_c0_for(op, mode, c0);
   TORCH_CHECK(x.dim() == 2, op, ": expected x of shape [rows, input_size], got ", x.sizes());
   const at::Tensor no_cell_state = at::empty({0}, h0.options());
   switch (mode) {
@@ -168,6 +175,7 @@ std::tuple<at::Tensor, TensorVec, at::Tensor, at::Tensor> rnn_layer_backward(
   const char* op = kBackwardOp;
   const Mode mode = parse_mode(op, mode_name);
   const LayerWeights w = split_weights(op, mode, weights, has_biases, has_projection);
+  check_c0_for(op, mode, c0);
   TORCH_CHECK(x.dim() == 2, op, ": expected x of shape [rows, input_size], got ", x.sizes());
   TORCH_CHECK(workspace.dim() == 3 && workspace.size(1) == output.size(0), op,
               ": the forward ran with need_workspace=False, so its backward cannot run; call "
