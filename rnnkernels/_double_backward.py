@@ -21,16 +21,14 @@ from __future__ import annotations
 import torch
 
 from . import reference
-
-_LSTM_MODES = ("lstm", "ln_lstm")
+from .ops import cell_of, weights_per_direction
 
 
 def _directions(mode, x, weights, has_biases, has_projection, h0, c0):
     """rnn_layer's weights (csrc/host/layer.h's order) -> the reference's cell, per-direction
     dicts, LN dicts (or None) and nonlinearity."""
-    cell = "lstm" if mode in _LSTM_MODES else mode[:3]
-    layer_norm = mode == "ln_lstm"
-    per = 2 + 2 * has_biases + (3 + has_biases if layer_norm else has_projection)
+    cell, layer_norm = cell_of(mode), mode == "ln_lstm"
+    per = weights_per_direction(mode, has_biases, has_projection)
     dirs, ln_dirs = [], []
     for d in range(len(weights) // per):
         taken = iter(weights[d * per:(d + 1) * per])

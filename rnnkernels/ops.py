@@ -43,11 +43,16 @@ def _workspace_dtype(h0: Tensor) -> torch.dtype:
 
 # The results have h0's dtype (the weights'): on CUDA the host's x_proj may be float32 for
 # 16-bit weights (Note [cuda x_proj in float32] in csrc/cuda/recurrence_cuda.cpp).
-_LSTM_MODES = ("lstm", "ln_lstm")
+LSTM_MODES = ("lstm", "ln_lstm")
 _GATES = {"lstm": 4, "ln_lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
-def _per_direction(mode: str, has_biases: bool, has_projection: bool) -> int:
+def cell_of(mode: str) -> str:
+    """The cell of rnn_layer's mode: lstm, gru or rnn."""
+    return "lstm" if mode in LSTM_MODES else mode[:3]
+
+
+def weights_per_direction(mode: str, has_biases: bool, has_projection: bool) -> int:
     """Weights per direction of rnn_layer (csrc/host/layer.h: weights_per_direction)."""
     biases = 2 if has_biases else 0
     if mode == "ln_lstm":
@@ -58,19 +63,19 @@ def _per_direction(mode: str, has_biases: bool, has_projection: bool) -> int:
 def _rnn_layer_workspace_width(mode: str, hidden: int, zoneout) -> int:
     if mode == "ln_lstm":
         return layer_norm_lstm_workspace_width(hidden)
-    return _workspace_width("lstm" if mode == "lstm" else mode[:3], hidden, zoneout)
+    return _workspace_width(cell_of(mode), hidden, zoneout)
 
 
 @torch.library.register_fake("rnnkernels::rnn_layer")
 def _rnn_layer_fake(mode, x, weights, has_biases, has_projection, h0, c0, batch_sizes, zoneout,
                     need_workspace):
     n, b, p = x.shape[0], h0.shape[1], h0.shape[2]
-    d = len(weights) // _per_direction(mode, has_biases, has_projection)
+    d = len(weights) // weights_per_direction(mode, has_biases, has_projection)
     h = weights[1].shape[0] // _GATES[mode]
     return (
         h0.new_empty((n, d * p)),
         h0.new_empty((d, b, p)),
-        h0.new_empty((d, b, h)) if mode in _LSTM_MODES else h0.new_empty((0,)),
+        h0.new_empty((d, b, h)) if mode in LSTM_MODES else h0.new_empty((0,)),
         h0.new_empty((d, n if need_workspace else 0, _rnn_layer_workspace_width(mode, h, zoneout)),
                      dtype=_workspace_dtype(h0)),
     )
@@ -87,7 +92,7 @@ def _rnn_layer_backward_fake(mode, x, weights, has_biases, has_projection, h0, c
         like(x) if need_input_grad else x.new_empty((0,)),
         [like(w) for w in weights],
         like(h0),
-        like(c0) if mode in _LSTM_MODES else h0.new_empty((0,)),
+        like(c0) if mode in LSTM_MODES else h0.new_empty((0,)),
     )
 
 
