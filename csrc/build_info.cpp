@@ -28,7 +28,7 @@ pybind11::dict build_info_dict() {
   info["cpu_isas"] = isas;
   info["cpu_capability"] = active_cpu_capability();
   // Storage dtypes the CPU kernels run natively, and those they widen to float32 first
-  // (Note [reduced precision on CPU] in cpu/recurrence_common.h).
+  // (Note [precision policy] in host/precision.h).
   const bool native_bf16 = cpu::active_bf16_kernels() != nullptr;
   info["cpu_bf16_kernels"] = cpu::active_bf16_kernels_name();
   pybind11::list native, widened;

@@ -59,7 +59,7 @@ def test_cell_matches_torch(kind, dtype):
 @pytest.mark.parametrize("kind", list(SEQUENCE_KINDS))
 def test_bfloat16_within_twice_torch_nn_error(kind):
     """bfloat16: the native kernels under avx512 on CPUs with AVX512-BF16, else the float32
-    kernels of this variant after widening (Note [reduced precision on CPU])."""
+    kernels of this variant after widening (Note [precision policy] in csrc/host/precision.h)."""
     case = SequenceCase(kind, batch=9, steps=7, bidirectional=True, layout="packed_unsorted",
                         given_hx=True)
     check_low_precision_sequence_case(case, torch.bfloat16)

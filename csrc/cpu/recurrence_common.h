@@ -1,8 +1,8 @@
 // The CPU backend's shared host code: sequence layout for the kernels, the thread plan of
 // the fused time loops (Note [time loop threads], Note [row-split teams]), the helpers of
 // the forward and backward recurrences, and the backend's functions, defined in
-// recurrence_cpu.cpp (forward, the op pair's entry), backward_cpu.cpp,
-// layer_norm_lstm_cpu.cpp and precision_cpu.cpp.
+// recurrence_cpu.cpp (forward, the table, the op pair's entry), backward_cpu.cpp and
+// layer_norm_lstm_cpu.cpp.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,6 +25,7 @@
 #include "cpu/memory.h"
 #include "host/arguments.h"
 #include "host/layer.h"
+#include "host/precision.h"
 #include "rnnkernels/cell_math.h"
 
 namespace rnnkernels::cpu::detail {
@@ -42,13 +43,10 @@ inline SequenceLayout layout_of(const Sequence& seq, bool reverse) {
   return s;
 }
 
-// Note [reduced precision on CPU]
-// bfloat16 runs its own kernels where the CPU has AVX512-BF16 dot products (Note
-// [storage and compute types] in kernels.h): the op reads and writes bfloat16 tensors
-// and keeps the workspace, gates and cell state in float32. Elsewhere, and for float16
-// (no x86 CPU we target has float16 dot products with float32 sums short of AMX-FP16),
-// the op widens its inputs to float32, runs the float32 kernels and rounds its results
-// back (the *_entry functions below).
+// The dtypes the CPU kernels store (Note [precision policy] in host/precision.h): bfloat16
+// where the CPU has AVX512-BF16 dot products (Note [storage and compute types] in
+// kernels.h); float16 never (no x86 CPU we target has float16 dot products with float32
+// sums short of AMX-FP16), so it runs widened.
 inline bool has_native_kernels(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble ||
          (t == at::kBFloat16 && active_bf16_kernels() != nullptr);
@@ -281,8 +279,8 @@ void recurrent_weight_grad(const Sequence& seq, bool reverse, const at::Tensor& 
 }
 
 
-// Note [reduced precision on CPU]: the kernels see float32, float64, and bfloat16 where
-// the CPU has AVX512-BF16; the *_entry functions widen the rest.
+// The kernels see float32, float64, and bfloat16 where the CPU has AVX512-BF16; the
+// precision policy widens the rest before they get here.
 inline const host::Backend kCpu{"CPU", [](const at::Tensor& t) { return t.device().is_cpu(); },
                          has_native_kernels, "float32, float64, bfloat16 and float16",
                          compute_dtype};
@@ -337,12 +335,7 @@ LayerNormParams check_layer_norm_params(const char* op, const Dims& d,
                                         at::TensorList ln_c_bias, const at::Tensor& like,
                                         const char* like_name);
 
-// x_proj in any storage dtype (precision_cpu.cpp).
-host::LstmForward lstm_forward_entry;
-
-
-// The table of the backend's recurrences: any storage dtype, the rest widened to float32
-// (precision_cpu.cpp, Note [reduced precision on CPU]).
+// The table of the backend's recurrences under the precision policy (recurrence_cpu.cpp).
 const host::Recurrence& recurrence_table();
 
 }  // namespace rnnkernels::cpu::detail

@@ -1,8 +1,8 @@
 // The CPU backend of the op pair: its forward recurrences (argument checks, output
 // allocation, the fused time loops of kernels_isa.h on the thread plan of
 // recurrence_common.h) and TORCH_LIBRARY_IMPL(rnnkernels, CPU). The backward recurrences
-// are in backward_cpu.cpp, the layer-normalised LSTM in layer_norm_lstm_cpu.cpp, the
-// dtype entries and the table in precision_cpu.cpp.
+// are in backward_cpu.cpp, the layer-normalised LSTM in layer_norm_lstm_cpu.cpp; the
+// table of all of them under the precision policy (host/precision.h) closes this file.
 //
 // Note [weight packing]
 // The time loops read W_hh (and W_hr) from panels packed at the start of every call.
@@ -149,8 +149,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_fused_cp
   in.seq = make_sequence(op, in.d.rows, in.d.batch, batch_sizes);
   if (!has_native_kernels(x.scalar_type()) || is_single_step(in.seq, !w_hr.empty()) || x.size(1) == 0 ||
       in.d.batch < kMinFusedBatch) {
-    return lstm_forward_entry(input_projection(x, w_ih, b_ih), w_hh, b_hh, w_hr, h0, c0,
-                              batch_sizes, need_workspace, zoneout);
+    return recurrence_table().lstm_forward(input_projection(x, w_ih, b_ih), w_hh, b_hh, w_hr,
+                                           h0, c0, batch_sizes, need_workspace, zoneout);
   }
   in.h0 = h0.contiguous();
   in.w_hh = contiguous_all(w_hh);
@@ -265,6 +265,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     }, RowSplit{B, static_cast<int64_t>(sizeof(scalar_t))});
   });
   return {out, h_n, ws};
+}
+
+// The layer-normalised LSTM has no bfloat16 kernels of its own.
+bool stores_only_float32_and_64(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+
+const host::Recurrence& recurrence_table() {
+  using host::with_precision;
+  static const host::Recurrence table{
+      with_precision<&lstm_forward_cpu, has_native_kernels>,
+      with_precision<&lstm_backward_cpu, has_native_kernels>,
+      with_precision<&gru_forward_cpu, has_native_kernels>,
+      with_precision<&gru_backward_cpu, has_native_kernels>,
+      with_precision<&rnn_forward_cpu, has_native_kernels>,
+      with_precision<&rnn_backward_cpu, has_native_kernels>,
+      with_precision<&layer_norm_lstm_forward_cpu, stores_only_float32_and_64>,
+      with_precision<&layer_norm_lstm_backward_cpu, stores_only_float32_and_64>,
+      &input_projection,
+      &input_projection_backward,
+      &lstm_forward_fused_cpu};
+  return table;
 }
 
 }  // namespace detail

@@ -33,6 +33,7 @@
 #include "cuda/kernels.h"
 #include "host/arguments.h"
 #include "host/layer.h"
+#include "host/precision.h"
 #include "rnnkernels/cell_math.h"
 
 #ifdef RNNKERNELS_CUDA_EMULATION
@@ -315,8 +316,8 @@ struct ForwardInputs : host::ForwardInputs {
 };
 
 // Note [cuda x_proj in float32]
-// With 16-bit weights the forward ops take x_proj in the weights' dtype or in float32,
-// which the layers and cells pass (rnnkernels/functional.py, _projection.py): the input
+// With 16-bit weights the forward recurrences take x_proj in the weights' dtype or in
+// float32, which the op pair's input projection passes (input_projection_cuda): the input
 // projection's fp32 sums then join the fp32 gate math without a rounding to 16 bits.
 // Measured in the CPU emulation of these kernels (tests/test_cuda_compile.py::
 // test_emulated_float32_x_proj_error_gain: T=24, B=8, I=48, H=32, 4 seeds), against

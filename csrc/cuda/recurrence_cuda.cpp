@@ -350,11 +350,19 @@ input_projection_backward_cuda(const at::Tensor& grad_x_proj, const at::Tensor& 
 }
 
 const host::Recurrence& recurrence_table() {
+  // Note [precision policy]: the CUDA kernels store every floating dtype they take.
+  using host::with_precision;
   static const host::Recurrence table{
-      &lstm_forward_cuda,     &lstm_backward_cuda,     &gru_forward_cuda,
-      &gru_backward_cuda,     &rnn_forward_cuda,       &rnn_backward_cuda,
-      &layer_norm_lstm_forward_cuda, &layer_norm_lstm_backward_cuda,
-      &input_projection_cuda, &input_projection_backward_cuda};
+      with_precision<&lstm_forward_cuda, cuda_supports>,
+      with_precision<&lstm_backward_cuda, cuda_supports>,
+      with_precision<&gru_forward_cuda, cuda_supports>,
+      with_precision<&gru_backward_cuda, cuda_supports>,
+      with_precision<&rnn_forward_cuda, cuda_supports>,
+      with_precision<&rnn_backward_cuda, cuda_supports>,
+      with_precision<&layer_norm_lstm_forward_cuda, cuda_supports>,
+      with_precision<&layer_norm_lstm_backward_cuda, cuda_supports>,
+      &input_projection_cuda,
+      &input_projection_backward_cuda};
   return table;
 }
 

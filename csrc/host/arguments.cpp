@@ -137,27 +137,46 @@ void check_device_and_dtype(const Backend& backend, const char* op, const at::Te
               backend.supported, ", got ", name, " of dtype ", t.scalar_type());
 }
 
+namespace {
+
+// The recurrence's arguments of a call whose rows are `rows` [N, width] (x_proj in a
+// forward: width D*G*H; the output in a backward: D*P); the weights and h0 share ref's
+// device and dtype.
+void prepare_recurrence(RecurrenceInputs& in, const Backend& backend, const char* op, Cell cell,
+                        const at::Tensor& rows, const char* rows_name, bool rows_are_gates,
+                        at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
+                        const at::Tensor& h0, const std::optional<at::Tensor>& batch_sizes,
+                        const at::Tensor& ref, const char* ref_name) {
+  check_device_and_dtype(backend, op, rows, rows_name);
+  in.d = check_weights(op, cell, ref, ref_name, w_hh, b_hh, w_hr, h0);
+  TORCH_CHECK(rows.device() == ref.device(), op, ": ", rows_name, " is on ", rows.device(),
+              " but ", ref_name, " is on ", ref.device());
+  const Dims& d = in.d;
+  const int64_t width = rows_are_gates ? d.directions * d.gates * d.hidden
+                                       : d.directions * d.output;
+  TORCH_CHECK(rows.dim() == 2 && rows.size(1) == width, op, ": expected ", rows_name,
+              " of shape [rows, ", width, "] (",
+              rows_are_gates ? "directions * gates * hidden_size" : "directions * output_size",
+              "), got ", rows.sizes());
+  in.d.rows = rows.size(0);
+  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
+  in.h0 = h0.contiguous();
+  in.w_hh = contiguous_all(w_hh);
+  in.b_hh = contiguous_all(b_hh);
+  in.w_hr = contiguous_all(w_hr);
+}
+
+}  // namespace
+
 ForwardInputs prepare_forward(const Backend& backend, const char* op, Cell cell,
                               const at::Tensor& x_proj, const char* x_name, at::TensorList w_hh,
                               at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
                               const std::optional<at::Tensor>& batch_sizes,
                               const at::Tensor& ref, const char* ref_name) {
   ForwardInputs in;
-  check_device_and_dtype(backend, op, x_proj, x_name);
-  in.d = check_weights(op, cell, ref, ref_name, w_hh, b_hh, w_hr, h0);
-  TORCH_CHECK(x_proj.device() == ref.device(), op, ": ", x_name, " is on ", x_proj.device(),
-              " but ", ref_name, " is on ", ref.device());
-  const Dims& d = in.d;
-  TORCH_CHECK(x_proj.dim() == 2 && x_proj.size(1) == d.directions * d.gates * d.hidden, op,
-              ": expected ", x_name, " of shape [rows, ", d.directions * d.gates * d.hidden,
-              "] (directions * gates * hidden_size), got ", x_proj.sizes());
-  in.d.rows = x_proj.size(0);
-  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
+  prepare_recurrence(in, backend, op, cell, x_proj, x_name, /*rows_are_gates=*/true, w_hh, b_hh,
+                     w_hr, h0, batch_sizes, ref, ref_name);
   in.x_proj = x_proj.contiguous();
-  in.h0 = h0.contiguous();
-  in.w_hh = contiguous_all(w_hh);
-  in.b_hh = contiguous_all(b_hh);
-  in.w_hr = contiguous_all(w_hr);
   return in;
 }
 
@@ -169,22 +188,16 @@ BackwardInputs prepare_backward(const Backend& backend, const char* op, Cell cel
                                 const std::optional<at::Tensor>& batch_sizes,
                                 int64_t ws_per_hidden, int64_t ws_extra) {
   BackwardInputs in;
-  check_device_and_dtype(backend, op, out, "output");
-  in.d = check_weights(op, cell, out, "output", w_hh, b_hh, w_hr, h0);
+  prepare_recurrence(in, backend, op, cell, out, "output", /*rows_are_gates=*/false, w_hh, b_hh,
+                     w_hr, h0, batch_sizes, out, "output");
   const Dims& d = in.d;
-  TORCH_CHECK(out.dim() == 2 && out.size(1) == d.directions * d.output, op,
-              ": expected output of shape [rows, ", d.directions * d.output, "], got ",
-              out.sizes());
-  in.d.rows = out.size(0);
-  in.seq = make_sequence(op, in.d.rows, d.batch, batch_sizes);
   TORCH_CHECK(ws.device() == out.device(), op, ": workspace is on ", ws.device(),
               " but output is on ", out.device());
   const at::ScalarType ws_dtype = backend.workspace_dtype(out.scalar_type());
   TORCH_CHECK(ws.scalar_type() == ws_dtype, op, ": workspace has dtype ", ws.scalar_type(),
               " but output of dtype ", out.scalar_type(), " needs a ", ws_dtype,
               " workspace (float32 for float16/bfloat16, else the output's dtype)");
-  check_shape(op, "workspace", ws,
-              {d.directions, in.d.rows, ws_per_hidden * d.hidden + ws_extra});
+  check_shape(op, "workspace", ws, {d.directions, d.rows, ws_per_hidden * d.hidden + ws_extra});
   if (grad_out.has_value() && grad_out->defined()) {
     check_same(op, "grad_output", *grad_out, out, "output");
     check_shape(op, "grad_output", *grad_out, out.sizes());
@@ -193,14 +206,10 @@ BackwardInputs prepare_backward(const Backend& backend, const char* op, Cell cel
     check_same(op, "grad_h_n", *grad_h_n, out, "output");
     check_shape(op, "grad_h_n", *grad_h_n, h0.sizes());
   }
-  in.h0 = h0.contiguous();
   in.out = out.contiguous();
   in.ws = ws.contiguous();
   in.grad_out = contiguous_opt(grad_out);
   in.grad_h_n = contiguous_opt(grad_h_n);
-  in.w_hh = contiguous_all(w_hh);
-  in.b_hh = contiguous_all(b_hh);
-  in.w_hr = contiguous_all(w_hr);
   return in;
 }
 

@@ -94,12 +94,17 @@ void check_device_and_dtype(const Backend& backend, const char* op, const at::Te
 
 // ---------------------------------------------------------------- op arguments
 
-// Arguments common to every forward op, checked and made contiguous.
-struct ForwardInputs {
+// What every recurrence of a cell takes, forward or backward, checked and made contiguous.
+struct RecurrenceInputs {
   Dims d;
   Sequence seq;
-  at::Tensor x_proj, h0;
+  at::Tensor h0;
   std::vector<at::Tensor> w_hh, b_hh, w_hr;
+};
+
+// The forward's arguments: the recurrence's and x_proj.
+struct ForwardInputs : RecurrenceInputs {
+  at::Tensor x_proj;
 };
 
 // x_proj [N, D*G*H]: the input side of the gates, x_name in messages (x_proj, or x_side for
@@ -111,13 +116,11 @@ ForwardInputs prepare_forward(const Backend& backend, const char* op, Cell cell,
                               const std::optional<at::Tensor>& batch_sizes,
                               const at::Tensor& ref, const char* ref_name);
 
-// Arguments common to every backward op, checked and made contiguous.
-struct BackwardInputs {
-  Dims d;
-  Sequence seq;
-  at::Tensor h0, out, ws;
+// The backward's arguments: the recurrence's, the forward's output and workspace, and the
+// upstream gradients.
+struct BackwardInputs : RecurrenceInputs {
+  at::Tensor out, ws;
   std::optional<at::Tensor> grad_out, grad_h_n;
-  std::vector<at::Tensor> w_hh, b_hh, w_hr;
 };
 
 // ws [D, N, ws_per_hidden * H + ws_extra]: the forward's workspace.
