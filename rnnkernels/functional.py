@@ -102,16 +102,26 @@ def _layer_range(cell: str, layer: int):
     return contextlib.nullcontext()
 
 
-# Device types this build has the recurrence kernels for (fixed once _C is loaded; read at
-# import so that torch.compile traces a constant).
-_LAYER_NORM_DEVICES = {device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-                       if torch._C._dispatch_has_kernel_for_dispatch_key(
-                           "rnnkernels::rnn_layer", key)}
+# Note [routing]
+# Who runs a functional call, decided in two places of this module and nowhere else:
+#  1. _routed (the entry points' wrapper): under torch.jit.trace, torch's own
+#     implementation (Note [tracing]); on CPU, the engine choice (Note [engine choice] in
+#     backends.py), which may pick torch's implementation; then autocast (Note [autocast]).
+#  2. _route (the entry points' bodies, after autocast's casts): our kernels where they
+#     run the call (device, dtype, autograd mode: _kernels_run) and it fits them, else
+#     torch's implementation, else the reference for options torch lacks (zoneout, the
+#     layer-normalised LSTM; the reference is production code only as this fallback).
+def _route(input: Tensor, tensors, *, fits_kernels: bool = True, torch_runs: bool = True) -> str:
+    """"kernels", "torch" or "reference" (Note [routing])."""
+    if fits_kernels and _kernels_run(input, *tensors):
+        return "kernels"
+    return "torch" if torch_runs else "reference"
 
 
-def _layer_norm_kernels(x: Tensor) -> bool:
-    """Whether this build has the layer-normalised LSTM's kernels for x's device."""
-    return x.device.type in _LAYER_NORM_DEVICES
+def _torch_has_options(zoneout_h: float = 0.0, zoneout_c: float = 0.0, layer_norm=None,
+                       **_) -> bool:
+    """Whether torch's implementation has every option of a call: no zoneout, no layer norm."""
+    return not (zoneout_h or zoneout_c or layer_norm is not None)
 
 
 def _mode(cell: str, nonlinearity: str, layer_norm: bool) -> str:
@@ -340,8 +350,7 @@ def _routed(cell: str):
         @functools.wraps(fn)
         def run(input, *args, **kwargs):
             # Options torch's implementation lacks keep our path whatever the engine.
-            torch_can_run = not (kwargs.get("zoneout_h") or kwargs.get("zoneout_c")
-                                 or kwargs.get("layer_norm") is not None)
+            torch_can_run = _torch_has_options(**kwargs)
             if torch_can_run and torch.jit.is_tracing():
                 # Note [tracing]: a trace records torch's own RNN ops, as torch.nn's does.
                 return torch_engine(input, *args, **kwargs)
@@ -414,16 +423,15 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
     """
     if layer_norm is not None:
         _layers.check_layer_norm_options(_layers.projection_size(hx), zoneout_h, zoneout_c)
-        if not _kernels_run(input, *hx, *params, *layer_norm) or not _layer_norm_kernels(input):
-            return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
-                                  bidirectional, batch_first, batch_sizes, layer_norm=layer_norm)
-    elif not _kernels_run(input, *hx, *params):
-        if zoneout_h or zoneout_c:  # torch has no zoneout: the reference runs it
-            return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
-                                  bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
-                                  zoneout_c=zoneout_c)
+    route = _route(input, (*hx, *params, *(layer_norm or ())),
+                   torch_runs=_torch_has_options(zoneout_h, zoneout_c, layer_norm))
+    if route == "torch":
         return _torch_lstm(input, hx, params, has_biases, num_layers, dropout, train,
                            bidirectional, batch_first, batch_sizes)
+    if route == "reference":
+        return reference.lstm(input, hx, params, has_biases, num_layers, dropout, train,
+                              bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
+                              zoneout_c=zoneout_c, layer_norm=layer_norm)
     return _run_layers("lstm", input, hx[0], hx[1], params, has_biases, num_layers, dropout,
                        train, bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h,
                        zoneout_c=zoneout_c, layer_norm=layer_norm)
@@ -434,12 +442,13 @@ def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0):
     """Multi-layer GRU. Returns (output, h_n) like torch._VF.gru; zoneout_h as in lstm."""
-    if not _kernels_run(input, hx, *params):
-        if zoneout_h:
-            return reference.gru(input, hx, params, has_biases, num_layers, dropout, train,
-                                 bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
+    route = _route(input, (hx, *params), torch_runs=_torch_has_options(zoneout_h))
+    if route == "torch":
         return _torch_gru(input, hx, params, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first, batch_sizes)
+    if route == "reference":
+        return reference.gru(input, hx, params, has_biases, num_layers, dropout, train,
+                             bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
     return _run_layers("gru", input, hx, None, params, has_biases, num_layers, dropout, train,
                        bidirectional, batch_first, batch_sizes, zoneout_h=zoneout_h)
 
@@ -453,13 +462,14 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
     zoneout_h as in lstm."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    if not _kernels_run(input, hx, *params):
-        if zoneout_h:
-            return reference.rnn(input, hx, params, has_biases, num_layers, dropout, train,
-                                 bidirectional, batch_first, batch_sizes, nonlinearity,
-                                 zoneout_h=zoneout_h)
+    route = _route(input, (hx, *params), torch_runs=_torch_has_options(zoneout_h))
+    if route == "torch":
         return _torch_rnn(input, hx, params, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first, batch_sizes, nonlinearity)
+    if route == "reference":
+        return reference.rnn(input, hx, params, has_biases, num_layers, dropout, train,
+                             bidirectional, batch_first, batch_sizes, nonlinearity,
+                             zoneout_h=zoneout_h)
     return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout, train,
                        bidirectional, batch_first, batch_sizes, nonlinearity,
                        zoneout_h=zoneout_h)
@@ -520,7 +530,8 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
     h, c = hx
-    if not _kernels_run(input, h, c, w_ih, w_hh, b_ih, b_hh) or not _kernel_cell(w_hh, b_ih, b_hh):
+    if _route(input, (h, c, w_ih, w_hh, b_ih, b_hh),
+              fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     return lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh)
 
@@ -529,7 +540,8 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
-    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _kernel_cell(w_hh, b_ih, b_hh):
+    if _route(input, (hx, w_ih, w_hh, b_ih, b_hh),
+              fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     return gru_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh)
 
@@ -540,6 +552,7 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    if not _kernels_run(input, hx, w_ih, w_hh, b_ih, b_hh) or not _kernel_cell(w_hh, b_ih, b_hh):
+    if _route(input, (hx, w_ih, w_hh, b_ih, b_hh),
+              fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     return rnn_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)

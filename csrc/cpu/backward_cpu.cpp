@@ -28,14 +28,8 @@ lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
   const std::optional<at::Tensor> zoneout =
       check_zoneout(op, zoneout_in, out, "output", d, d.output + d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
-  check_same(op, "c0", c0_in, out, "output");
-  check_shape(op, "c0", c0_in, {D, B, H});
-  if (grad_c_n_in.has_value() && grad_c_n_in->defined()) {
-    check_same(op, "grad_c_n", *grad_c_n_in, out, "output");
-    check_shape(op, "grad_c_n", *grad_c_n_in, {D, B, H});
-  }
-  const at::Tensor c0 = c0_in.contiguous();
-  const std::optional<at::Tensor> grad_c_n = contiguous_opt(grad_c_n_in);
+  const at::Tensor c0 = check_c0(op, d, c0_in, out, "output");
+  const std::optional<at::Tensor> grad_c_n = check_grad_c_n(op, d, grad_c_n_in, out);
   const bool proj = !in.w_hr.empty();
   const auto opts = out.options();
   at::Tensor grad_x_proj = empty_large({N, D * 4 * H}, opts);

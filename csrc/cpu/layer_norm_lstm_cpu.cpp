@@ -44,9 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
   const LayerNormParams ln =
       check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side, "x_side");
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
-  check_same(op, "c0", c0_in, x_side, "x_side");
-  check_shape(op, "c0", c0_in, {D, B, H});
-  const at::Tensor c0 = c0_in.contiguous();
+  const at::Tensor c0 = check_c0(op, d, c0_in, x_side, "x_side");
   const auto opts = x_side.options();
   const int64_t ws_width = math::ln_lstm_workspace_width(H);
   at::Tensor out = empty_large({N, D * H}, opts);
@@ -103,14 +101,8 @@ layer_norm_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
       check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out, "output");
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const int64_t ws_width = math::ln_lstm_workspace_width(H);
-  check_same(op, "c0", c0_in, out, "output");
-  check_shape(op, "c0", c0_in, {D, B, H});
-  if (grad_c_n_in.has_value() && grad_c_n_in->defined()) {
-    check_same(op, "grad_c_n", *grad_c_n_in, out, "output");
-    check_shape(op, "grad_c_n", *grad_c_n_in, {D, B, H});
-  }
-  const at::Tensor c0 = c0_in.contiguous();
-  const std::optional<at::Tensor> grad_c_n = contiguous_opt(grad_c_n_in);
+  const at::Tensor c0 = check_c0(op, d, c0_in, out, "output");
+  const std::optional<at::Tensor> grad_c_n = check_grad_c_n(op, d, grad_c_n_in, out);
   const auto opts = out.options();
   at::Tensor grad_x_side = empty_large({N, D * 4 * H}, opts);
   at::Tensor grad_h0 = empty_large({D, B, H}, opts);

@@ -41,9 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_run(
   const Dims& d = in.d;
   const at::Tensor& like = fused != nullptr ? fused->x : in.x_proj;
   const char* like_name = fused != nullptr ? "x" : "x_proj";
-  check_same(op, "c0", c0_in, like, like_name);
-  check_shape(op, "c0", c0_in, {d.directions, d.batch, d.hidden});
-  const at::Tensor c0 = c0_in.contiguous();
+  const at::Tensor c0 = check_c0(op, d, c0_in, like, like_name);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
   const auto opts = like.options();
   at::Tensor out = empty_large({N, D * P}, opts);

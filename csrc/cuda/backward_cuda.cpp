@@ -210,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vec
            std::vector<at::Tensor>>
 lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
                    const std::optional<at::Tensor>& grad_h_n,
-                   const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
+                   const std::optional<at::Tensor>& grad_c_n_in, at::TensorList w_hh,
                    at::TensorList b_hh, at::TensorList w_hr, const at::Tensor& h0,
                    const at::Tensor& c0_in, const at::Tensor& out, const at::Tensor& ws,
                    const std::optional<at::Tensor>& batch_sizes,
@@ -224,13 +224,8 @@ lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   const Dims& d = in.d;
   const Zoneout zoneout(op, zoneout_in, out, "output", d, d.output + d.hidden);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
-  check_same(op, "c0", c0_in, out, "output");
-  check_shape(op, "c0", c0_in, {D, B, H});
-  if (grad_c_n.has_value() && grad_c_n->defined()) {
-    check_same(op, "grad_c_n", *grad_c_n, out, "output");
-    check_shape(op, "grad_c_n", *grad_c_n, {D, B, H});
-  }
-  const at::Tensor c0 = c0_in.contiguous();
+  const at::Tensor c0 = check_c0(op, d, c0_in, out, "output");
+  const std::optional<at::Tensor> grad_c_n = check_grad_c_n(op, d, grad_c_n_in, out);
   const bool proj = !in.w_hr.empty();
   const auto opts = out.options();
   const auto acc_opts = opts.dtype(workspace_dtype(out.scalar_type()));

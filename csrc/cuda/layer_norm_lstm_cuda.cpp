@@ -112,8 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
   const Dims& d = in.d;
   const LayerNormParams ln =
       check_layer_norm_params(op, d, x_side, "x_side", ln_hh_weight, ln_c_weight, ln_c_bias);
-  check_same(op, "c0", c0, x_side, "x_side");
-  check_shape(op, "c0", c0, {d.directions, d.batch, d.hidden});
+  check_c0(op, d, c0, x_side, "x_side");
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const auto opts = in.x_proj.options();
   const auto acc_opts = opts.dtype(workspace_dtype(x_side.scalar_type()));
@@ -206,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vec
            std::vector<at::Tensor>, std::vector<at::Tensor>>
 layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
                               const std::optional<at::Tensor>& grad_h_n,
-                              const std::optional<at::Tensor>& grad_c_n, at::TensorList w_hh,
+                              const std::optional<at::Tensor>& grad_c_n_in, at::TensorList w_hh,
                               at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
                               at::TensorList ln_c_bias, const at::Tensor& h0,
                               const at::Tensor& c0_in, const at::Tensor& out,
@@ -221,13 +220,8 @@ layer_norm_lstm_backward_cuda(const std::optional<at::Tensor>& grad_out,
   const LayerNormParams ln =
       check_layer_norm_params(op, d, out, "output", ln_hh_weight, ln_c_weight, ln_c_bias);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
-  check_same(op, "c0", c0_in, out, "output");
-  check_shape(op, "c0", c0_in, {D, B, H});
-  if (grad_c_n.has_value() && grad_c_n->defined()) {
-    check_same(op, "grad_c_n", *grad_c_n, out, "output");
-    check_shape(op, "grad_c_n", *grad_c_n, {D, B, H});
-  }
-  const at::Tensor c0 = c0_in.contiguous();
+  const at::Tensor c0 = check_c0(op, d, c0_in, out, "output");
+  const std::optional<at::Tensor> grad_c_n = check_grad_c_n(op, d, grad_c_n_in, out);
   const at::ScalarType dtype = out.scalar_type();
   const auto opts = out.options();
   const auto acc_opts = opts.dtype(workspace_dtype(dtype));

@@ -227,8 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cuda(
   const ForwardInputs in =
       prepare_forward(op, Cell::kLstm, x_proj, w_hh, b_hh, w_hr, h0, batch_sizes);
   const Dims& d = in.d;
-  check_same(op, "c0", c0, in.h0, "h0");
-  check_shape(op, "c0", c0, {d.directions, d.batch, d.hidden});
+  check_c0(op, d, c0, in.h0, "h0");
   const int64_t N = d.rows, D = d.directions, H = d.hidden, P = d.output, B = d.batch;
   const auto opts = in.options;
   const auto acc_opts = opts.dtype(workspace_dtype(opts.dtype().toScalarType()));

@@ -104,6 +104,22 @@ Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, const char*
   return d;
 }
 
+at::Tensor check_c0(const char* op, const Dims& d, const at::Tensor& c0, const at::Tensor& ref,
+                    const char* ref_name) {
+  check_same(op, "c0", c0, ref, ref_name);
+  check_shape(op, "c0", c0, {d.directions, d.batch, d.hidden});
+  return c0.contiguous();
+}
+
+std::optional<at::Tensor> check_grad_c_n(const char* op, const Dims& d,
+                                         const std::optional<at::Tensor>& grad_c_n,
+                                         const at::Tensor& out) {
+  if (!grad_c_n.has_value() || !grad_c_n->defined()) return std::nullopt;
+  check_same(op, "grad_c_n", *grad_c_n, out, "output");
+  check_shape(op, "grad_c_n", *grad_c_n, {d.directions, d.batch, d.hidden});
+  return grad_c_n->contiguous();
+}
+
 bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
   TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", op,
               ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");

@@ -73,6 +73,14 @@ Dims check_weights(const char* op, Cell cell, const at::Tensor& ref, const char*
                    at::TensorList w_hh, at::TensorList b_hh, at::TensorList w_hr,
                    const at::Tensor& h0);
 
+// The LSTM's cell state c0 [D, B, H] on ref's device in its dtype, made contiguous.
+at::Tensor check_c0(const char* op, const Dims& d, const at::Tensor& c0, const at::Tensor& ref,
+                    const char* ref_name);
+// A backward's grad_c_n [D, B, H] (optional) like its output, made contiguous.
+std::optional<at::Tensor> check_grad_c_n(const char* op, const Dims& d,
+                                         const std::optional<at::Tensor>& grad_c_n,
+                                         const at::Tensor& out);
+
 bool parse_nonlinearity(const char* op, c10::string_view nonlinearity);  // true for relu
 
 std::vector<at::Tensor> contiguous_all(at::TensorList ts);
