@@ -7,6 +7,8 @@
 #include <torch/headeronly/version.h>
 
 #include "cpu/kernels.h"
+#include "cpu/recurrence_cpu.h"
+#include "host/precision.h"
 
 #ifndef RNNKERNELS_SOURCE_HASH
 #define RNNKERNELS_SOURCE_HASH "unknown"
@@ -27,15 +29,14 @@ pybind11::dict build_info_dict() {
   for (const auto& name : cpu::built_isa_names()) isas.append(name);
   info["cpu_isas"] = isas;
   info["cpu_capability"] = active_cpu_capability();
-  // Storage dtypes the CPU kernels run natively, and those they widen to float32 first
-  // (Note [precision policy] in host/precision.h).
-  const bool native_bf16 = cpu::active_bf16_kernels() != nullptr;
+  // Storage dtypes the CPU kernels run natively, and those they widen to float32 first:
+  // the predicate the CPU's recurrence table is built with (Note [precision policy] in
+  // host/precision.h).
   info["cpu_bf16_kernels"] = cpu::active_bf16_kernels_name();
   pybind11::list native, widened;
-  native.append("float32");
-  native.append("float64");
-  (native_bf16 ? native : widened).append("bfloat16");
-  widened.append("float16");
+  for (const auto& [dtype, name] : host::kFloatingDtypes) {
+    (cpu::stores(dtype) ? native : widened).append(name);
+  }
   info["cpu_dtypes"] = pybind11::tuple(native);
   info["cpu_widened_dtypes"] = pybind11::tuple(widened);
   info["torch_version"] = TORCH_VERSION;

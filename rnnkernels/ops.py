@@ -42,7 +42,7 @@ def _workspace_dtype(h0: Tensor) -> torch.dtype:
 # ---------------------------------------------------------------- fakes
 
 # The results have h0's dtype (the weights'): on CUDA the host's x_proj may be float32 for
-# 16-bit weights (Note [cuda x_proj in float32] in csrc/cuda/recurrence_cuda.cpp).
+# 16-bit weights (Note [cuda x_proj in float32] in csrc/cuda/recurrence_common.h).
 LSTM_MODES = ("lstm", "ln_lstm")
 _GATES = {"lstm": 4, "ln_lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 

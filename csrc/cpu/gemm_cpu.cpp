@@ -3,11 +3,10 @@
 //
 // Note [own GEMM]
 // The recurrence's register tile is a complete GEMM microkernel: packed column panels of
-// B, MR broadcast rows of A, NV*V accumulators. On the machine the project is measured
-// on (2-core Zen 4), MKL's sgemm reaches 150-180 GFLOP/s on two threads for the input
-// projection and weight-gradient shapes, while this kernel reaches about 200, like
-// oneDNN's own GEMM that torch.nn's LSTM uses; so those products with K >= 256 run
-// here too (below that MKL's small-K kernels measured faster).
+// B, MR broadcast rows of A, NV*V accumulators. For the input projection and
+// weight-gradient shapes it outruns MKL's sgemm where K >= 256 (as oneDNN's own GEMM under
+// torch.nn's LSTM does), so those products run here; below that MKL's small-K kernels win
+// (bench/results/design-notes-measurements.md; bench/gemm_policies.py re-measures).
 
 #include "cpu/gemm_cpu.h"
 
@@ -74,11 +73,10 @@ void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
   const auto dtype = out.scalar_type();
   // Below K = 256 the tile's fixed costs (bias/C loads, stores) are not amortised and MKL's
   // small-K kernels measured faster. Packing b costs about one pass over it, paid back
-  // over the M rows of a: against at::addmm on 2-core Zen 4 (same process, medians) the
-  // panel kernel won from M = 256 where b is row-major (dW = g^T x: 1.16x at M = 512)
-  // but only from M ~ 1024 where b is a transposed weight (x W^T: 0.23-0.44x at M = 1-8,
-  // 0.8-0.9x at M = 100-160, 0.95-1.13x at M = 512-800, 1.1-1.4x at M >= 1600), which is
-  // where a cell step or a short batch-1 sequence lands (Note [own GEMM]).
+  // over the M rows of a: against at::addmm the panel kernel wins from M = 256 where b is
+  // row-major (dW = g^T x) but only from M ~ 1024 where b is a transposed weight (x W^T),
+  // which is where a cell step or a short batch-1 sequence lands (Note [own GEMM]; the
+  // figures: bench/results/design-notes-measurements.md).
   constexpr int64_t kMinDepth = 256;
   const int64_t min_rows = b.stride(1) == 1 ? 256 : 1024;
   if ((dtype != at::kFloat && dtype != at::kDouble) || out.stride(1) != 1 ||

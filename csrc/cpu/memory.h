@@ -3,16 +3,15 @@
 //
 // Note [buffer cache]
 // Every call allocates its outputs (output, workspace, x_proj, gradients) and scratch.
-// Fresh memory costs a page fault per page on first touch: on the 2-vCPU VM we measure
-// on, filling a fresh 131 MB tensor took 30-40 ms against 5 ms for a reused one, and at
-// (T, B, H) = (50, 128, 1024) the fresh workspace made an LSTM training forward swing
-// between 535 and 750 ms (the kernel alone: ~510 ms). Buffers of kCachedMinBytes and
+// Fresh memory costs a page fault per page on first touch, several times the cost of
+// filling a reused buffer, and makes large training steps swing in time
+// (bench/results/design-notes-measurements.md). Buffers of kCachedMinBytes and
 // more therefore come from a cache: a freed block is kept and handed to the next request
 // it fits (at most 25% larger), so a training loop's second iteration reuses the first
 // one's pages. Blocks are 2 MB aligned multiples of 2 MB with MADV_HUGEPAGE (Linux,
 // transparent_hugepage "madvise" or "always"), which cuts the faults of a block's first
-// use ~500-fold. The cache keeps at most `limit` bytes of freed blocks (default 1 GiB;
-// RNNKERNELS_CPU_CACHE_MB, set_limit, 0 turns it off), dropping the least recently
+// use by orders of magnitude. The cache keeps at most `limit` bytes of freed blocks
+// (default 1 GiB; RNNKERNELS_CPU_CACHE_MB, set_limit, 0 turns it off), dropping the least recently
 // freed first; empty() returns them all to the system. Tensors stay ordinary: resizable
 // storages whose allocator is the cache. RNNKERNELS_CPU_CACHE_POISON=1 (tests) fills
 // every buffer with NaN bytes when it is handed out.

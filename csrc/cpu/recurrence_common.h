@@ -96,9 +96,9 @@ inline int64_t zoneout_ld(const std::optional<at::Tensor>& z) { return z ? z->st
 
 // A slice gets at least this many multiply-adds per step; smaller steps use fewer
 // slices. RNNKERNELS_SLICE_MACS overrides it (read once; for tuning on a new machine).
-// 2^15 (about 0.5 us of one core) measured best on 2-core Zen 4: the spin barrier costs
-// about 20 ns a step there, so splitting pays down to small steps, while 2^13-2^14 lost
-// to cache-line traffic on the shared state. Splitting also keeps the worker thread warm.
+// 2^15 (about 0.5 us of one core): the spin barrier is cheap enough that splitting pays
+// down to small steps, while smaller slices lose to cache-line traffic on the shared state
+// (bench/results/design-notes-measurements.md). Splitting also keeps the worker thread warm.
 inline int64_t min_step_macs_per_slice() {
   static const int64_t value = [] {
     const char* env = std::getenv("RNNKERNELS_SLICE_MACS");
@@ -126,18 +126,11 @@ struct DirectionNames {
 // of them, and meets nobody between steps. Splitting the columns instead shares every
 // row's state across cores each step (h, c, or the backward's dG rows move from one
 // core's cache to the other's), while each core reads only its part of the weights.
-// Rows win once each slice has a few rows and every core can keep reading all of the
-// step's weights: A/B in one process on 2-core Zen 4 (bit-identical results), LSTM
-// training / inference time, columns -> rows: (200,16,128,128) 21.6 -> 19.4 / 6.56 ->
-// 6.11 ms; (100,32,256,256) 65.5 -> 59.0 / 19.4 -> 17.7 ms; (1000,8,64,64) 14.2 -> 13.7
-// / 4.41 -> 3.99 ms; (100,64,512,512) 400 -> 396 / 125 -> 123 ms; but B = 2 or 4 (one or
-// two rows a slice) lost 5-20%, and (50,16,1024,1024), 32 MB of weights a step, lost 6%
-// in training and 17% in inference. The RNN kernels take it too (A/B, columns -> rows,
-// training / inference: (200,16,128,128) 5.19 -> 4.53 / 1.47 -> 1.24 ms; (100,8,256,256)
-// 3.96 -> 3.77 / 1.22 -> 1.18 ms; (100,64,512,512) 117.8 -> 115.5 / 34.0 -> 33.2 ms;
-// (100,32,256,256) and (1000,8,64,64) within +-3% in one run, 1.0-1.3x in another). The
-// GRU kernels can (same loop shape) but do not: their forward lost 4% at (200,16,128,128)
-// in two runs and the backward alone gained nothing beyond the +-3% noise.
+// Rows win once each slice has a few rows (kMinRowsPerSlice) and every core can keep
+// reading all of the step's weights (kMaxWeightBytesPerStep); with one or two rows a slice,
+// or tens of MB of weights a step, columns win. The LSTM and RNN kernels split rows; the
+// GRU kernels could (same loop shape) but measured no gain. The A/B figures behind these
+// thresholds: bench/results/design-notes-measurements.md.
 struct RowSplit {
   int64_t batch = 0;          // 0: never split rows
   int64_t element_bytes = 0;  // of the weights

@@ -114,8 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
 
 // x [N, I] and W_ih instead of x_proj: the input projection runs inside the time loop.
 // Below a batch of kMinFusedBatch a step is a matrix-vector product bound by reading the
-// weights, and fusing would read W_ih once per step instead of once per call (measured
-// 0.79x of torch.nn at B=1, H=256 against 1.2-1.4x unfused); those, one-step sequences
+// weights, and fusing would read W_ih once per step instead of once per call (slower than
+// unfused at B=1: bench/results/design-notes-measurements.md); those, one-step sequences
 // and reduced precision go through input_projection and lstm_forward.
 constexpr int64_t kMinFusedBatch = 8;
 
@@ -288,6 +288,8 @@ const host::Recurrence& recurrence_table() {
 }  // namespace detail
 
 const host::Recurrence& cpu_recurrence() { return detail::recurrence_table(); }
+
+bool stores(at::ScalarType t) { return detail::has_native_kernels(t); }
 
 TORCH_LIBRARY_IMPL(rnnkernels, CPU, m) {
   using Kernels = host::LayerKernels<&detail::recurrence_table, host::NoDeviceGuard>;

@@ -8,4 +8,8 @@ namespace rnnkernels::cpu {
 
 const host::Recurrence& cpu_recurrence();
 
+// Whether the CPU kernels store dtype t themselves (else the precision policy widens it;
+// Note [precision policy]): the predicate the table above is built with.
+bool stores(at::ScalarType t);
+
 }  // namespace rnnkernels::cpu

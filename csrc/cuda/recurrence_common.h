@@ -318,12 +318,10 @@ struct ForwardInputs : host::ForwardInputs {
 // Note [cuda x_proj in float32]
 // With 16-bit weights the forward recurrences take x_proj in the weights' dtype or in
 // float32, which the op pair's input projection passes (input_projection_cuda): the input
-// projection's fp32 sums then join the fp32 gate math without a rounding to 16 bits.
-// Measured in the CPU emulation of these kernels (tests/test_cuda_compile.py::
-// test_emulated_float32_x_proj_error_gain: T=24, B=8, I=48, H=32, 4 seeds), against
-// float64 on the same 16-bit inputs, rounding x_proj to 16 bits first added to the output
-// error 17% / 19% (LSTM, float16 / bfloat16), 16% / 16% (GRU), 36% / 40% (RNN), and to the
-// gradients' 27% / 30%, 23% / 24%, 13% / 18%. Outputs, h, c and every gradient keep the
+// projection's fp32 sums then join the fp32 gate math without a rounding to 16 bits,
+// which would add 13-40% to the error against float64 (tests/test_cuda_compile.py::
+// test_emulated_float32_x_proj_error_gain; bench/results/design-notes-measurements.md).
+// Outputs, h, c and every gradient keep the
 // weights' dtype; grad_x_proj too, which autograd casts to x_proj's float32.
 
 // x_proj: the input side of the gates (x_name names it in messages: x_proj, or x_side for

@@ -401,7 +401,9 @@ namespace rnnkernels {
 pybind11::dict cuda_build_info() {
   pybind11::dict info;
   pybind11::list dtypes;
-  for (const char* name : {"float32", "float64", "float16", "bfloat16"}) dtypes.append(name);
+  for (const auto& [dtype, name] : host::kFloatingDtypes) {
+    if (cuda::detail::cuda_supports(dtype)) dtypes.append(name);  // the table's predicate
+  }
   info["dtypes"] = dtypes;
   info["arch_list"] = cuda::detail::arch_names(cuda::compiled_arch_list());
   const int version = cuda::compiled_cuda_version();

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "host/layer.h"
@@ -30,6 +31,14 @@ namespace rnnkernels::host {
 // wraps the recurrence with it, so no backend repeats the rule per cell. Before widening,
 // every tensor of the call is checked to share one dtype (the workspace: float32), since
 // widening would otherwise hide a mismatch the kernels refuse.
+
+// The floating dtypes the op pair takes, as build_info names them.
+inline constexpr std::array<std::pair<at::ScalarType, const char*>, 4> kFloatingDtypes{{
+    {at::kFloat, "float32"},
+    {at::kDouble, "float64"},
+    {at::kBFloat16, "bfloat16"},
+    {at::kHalf, "float16"},
+}};
 
 // The op name and argument names of a recurrence's function type, for messages.
 template <typename Fn>
