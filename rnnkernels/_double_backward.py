@@ -50,6 +50,15 @@ def _batch_sizes(x, h0, batch_sizes) -> list[int]:
     return [int(b) for b in batch_sizes]
 
 
+def reference_layer(mode, x, weights, has_biases, has_projection, h0, c0, batch_sizes, zoneout):
+    """rnn_layer's (output, h_n, c_n or None) through rnnkernels.reference: differentiable
+    to any order, in either mode of AD."""
+    cell, dirs, ln_dirs, nonlinearity = _directions(mode, x, weights, has_biases,
+                                                    has_projection, h0, c0)
+    return reference.run_layer(cell, x, dirs, h0, c0, _batch_sizes(x, h0, batch_sizes),
+                               zoneout, nonlinearity, ln_dirs=ln_dirs)
+
+
 def _setup_context(ctx, inputs, output):
     (mode, x, weights, has_biases, has_projection, h0, c0, _output, _workspace, batch_sizes,
      zoneout, grad_output, grad_h_n, grad_c_n, need_input_grad) = inputs
@@ -57,9 +66,13 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (mode, has_biases, has_projection, batch_sizes, zoneout, need_input_grad)
 
 
-def _backward(ctx, gg_x, gg_weights, gg_h0, gg_c0):
-    mode, has_biases, has_projection, batch_sizes, zoneout, need_input_grad = ctx.args
-    x, h0, c0, grad_output, grad_h_n, grad_c_n, *weights = ctx.saved_tensors
+def backward_of_backward(mode, has_biases, has_projection, batch_sizes, zoneout,
+                         need_input_grad, x, h0, c0, grad_output, grad_h_n, grad_c_n, weights,
+                         gg_x, gg_weights, gg_h0, gg_c0):
+    """The gradients of <rnn_layer_backward's results, gg> (Note [double backward]) with
+    respect to x, the weights, h0, c0 and the three upstream gradients, each None where it
+    has none: (grad_x, grad_weights, grad_h0, grad_c0, [grad_output's, grad_h_n's,
+    grad_c_n's])."""
     higher_order = torch.is_grad_enabled()  # this backward itself builds a graph
     with torch.enable_grad():
         alias = lambda t: None if t is None else t.view_as(t)  # noqa: E731
@@ -69,10 +82,8 @@ def _backward(ctx, gg_x, gg_weights, gg_h0, gg_c0):
         for t in (x_, h0_, c0_, *weights_, *upstream_):
             if t is not None and not t.requires_grad:
                 t.requires_grad_(True)
-        cell, dirs, ln_dirs, nonlinearity = _directions(mode, x_, weights_, has_biases,
-                                                        has_projection, h0_, c0_)
-        outputs = reference.run_layer(cell, x_, dirs, h0_, c0_, _batch_sizes(x, h0, batch_sizes),
-                                      zoneout, nonlinearity, ln_dirs=ln_dirs)
+        outputs = reference_layer(mode, x_, weights_, has_biases, has_projection, h0_, c0_,
+                                  batch_sizes, zoneout)
         pairs = [(o, g) for o, g in zip(outputs, upstream_) if o is not None and g is not None]
         primals = [x_, *weights_, h0_] + ([c0_] if c0_ is not None else [])
         first = torch.autograd.grad([o for o, _ in pairs], primals, [g for _, g in pairs],
@@ -95,6 +106,15 @@ def _backward(ctx, gg_x, gg_weights, gg_h0, gg_c0):
     grad_h0 = next(got)
     grad_c0 = next(got) if c0_ is not None else None
     grad_upstream = [next(got) if g is not None else None for g in upstream_]
+    return grad_x, grad_weights, grad_h0, grad_c0, grad_upstream
+
+
+def _backward(ctx, gg_x, gg_weights, gg_h0, gg_c0):
+    mode, has_biases, has_projection, batch_sizes, zoneout, need_input_grad = ctx.args
+    x, h0, c0, grad_output, grad_h_n, grad_c_n, *weights = ctx.saved_tensors
+    grad_x, grad_weights, grad_h0, grad_c0, grad_upstream = backward_of_backward(
+        mode, has_biases, has_projection, batch_sizes, zoneout, need_input_grad, x, h0, c0,
+        grad_output, grad_h_n, grad_c_n, weights, gg_x, gg_weights, gg_h0, gg_c0)
     # One gradient per input of rnn_layer_backward: mode, x, weights, has_biases,
     # has_projection, h0, c0, output, workspace, batch_sizes, zoneout, grad_output, grad_h_n,
     # grad_c_n, need_input_grad.

@@ -23,7 +23,7 @@ import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor, _VF
 
-from . import _layers, ops
+from . import _layers, _transforms, ops
 from . import reference  # the fallback for what neither the kernels nor torch run
 from .backends import cpu as _cpu_backend
 from ._ext import _C
@@ -55,21 +55,26 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 
 
 def _kernels_run(input: Tensor, *tensors) -> bool:
-    """Whether the rnnkernels ops run this call: kernels for input's device and dtype, and
-    no autograd mode that C++ autograd Functions cannot serve: torch.func transforms
-    (grad, vjp, jacrev, vmap) and forward-mode AD (a tangent on input or any of
-    `tensors`). Those calls run torch's implementation (the reference for options torch
-    lacks), so they behave as with torch.nn, at its speed."""
-    if not kernels_support(input):
-        return False
+    """Whether the rnnkernels ops run this call: kernels for input's device and dtype.
+    Under torch.func transforms and forward-mode AD they run too, through
+    _transforms (Note [transforms]); `tensors` is kept for the callers' symmetry."""
+    return kernels_support(input)
+
+
+def _transformed(*tensors) -> bool:
+    """A torch.func transform is active, or a forward-AD tangent rides on one of `tensors`:
+    the C++ autograd Function cannot serve the call (Note [transforms])."""
     if torch.compiler.is_compiling():
-        return True
-    if _functorch_active():
         return False
-    if _dual_level_active():
-        return all(t is None or forward_ad.unpack_dual(t).tangent is None
-                   for t in (input, *tensors))
-    return True
+    if _functorch_active():
+        return True
+    return _dual_level_active() and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _layer_op(*tensors):
+    """rnn_layer, or its transformable form while a transform or tangent needs it."""
+    return _transforms.rnn_layer if _transformed(*tensors) else _rnn_layer
 
 
 def _dual_level_active() -> bool:
@@ -157,10 +162,10 @@ def _run_layer(cell, x, dirs, has_biases, h0, c0, batch_sizes, nonlinearity, nee
     zoneout: the layer's zoneout weights [D, N, P(+H)] (_layers.zoneout_weights) or None.
     ln_dirs: the layer-normalised LSTM's parameters per direction (_layers.split_layer_norm).
     """
-    out, h_n, c_n, _ = ops.rnn_layer(_mode(cell, nonlinearity, ln_dirs is not None), x,
-                                     _layer_weights(dirs, has_biases, ln_dirs), has_biases,
-                                     dirs[0].w_hr is not None, h0, c0, batch_sizes, zoneout,
-                                     need_workspace)
+    weights = _layer_weights(dirs, has_biases, ln_dirs)
+    out, h_n, c_n, _ = _layer_op(x, h0, c0, *weights)(
+        _mode(cell, nonlinearity, ln_dirs is not None), x, weights, has_biases,
+        dirs[0].w_hr is not None, h0, c0, batch_sizes, zoneout, need_workspace)
     return out, h_n, c_n if cell == "lstm" else None
 
 
@@ -495,23 +500,23 @@ def _cell_weights(w_ih, w_hh, b_ih, b_hh) -> list[Tensor]:
     return [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
 
 
-def lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh):
+def lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh, layer=_rnn_layer):
     need = _needs_grad(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    _, h_n, c_n, _ = _rnn_layer("lstm", input, _cell_weights(w_ih, w_hh, b_ih, b_hh),
+    _, h_n, c_n, _ = layer("lstm", input, _cell_weights(w_ih, w_hh, b_ih, b_hh),
                                 b_ih is not None, False, h.unsqueeze(0), c.unsqueeze(0), None,
                                 None, need)
     return h_n[0], c_n[0]
 
 
-def gru_cell_kernel(input, h, w_ih, w_hh, b_ih, b_hh):
+def gru_cell_kernel(input, h, w_ih, w_hh, b_ih, b_hh, layer=_rnn_layer):
     need = _needs_grad(input, h, w_ih, w_hh, b_ih, b_hh)
-    return _rnn_layer("gru", input, _cell_weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None,
+    return layer("gru", input, _cell_weights(w_ih, w_hh, b_ih, b_hh), b_ih is not None,
                       False, h.unsqueeze(0), None, None, None, need)[1][0]
 
 
-def rnn_cell_kernel(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+def rnn_cell_kernel(input, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, layer=_rnn_layer):
     need = _needs_grad(input, h, w_ih, w_hh, b_ih, b_hh)
-    return _rnn_layer("rnn_" + nonlinearity, input, _cell_weights(w_ih, w_hh, b_ih, b_hh),
+    return layer("rnn_" + nonlinearity, input, _cell_weights(w_ih, w_hh, b_ih, b_hh),
                       b_ih is not None, False, h.unsqueeze(0), None, None, None, need)[1][0]
 
 
@@ -533,7 +538,8 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     if _route(input, (h, c, w_ih, w_hh, b_ih, b_hh),
               fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    return lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    return lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh,
+                            layer=_layer_op(input, h, c, w_ih, w_hh, b_ih, b_hh))
 
 
 @_routed("gru_cell")
@@ -543,7 +549,8 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     if _route(input, (hx, w_ih, w_hh, b_ih, b_hh),
               fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
-    return gru_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return gru_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh,
+                           layer=_layer_op(input, hx, w_ih, w_hh, b_ih, b_hh))
 
 
 @_routed("rnn_cell")
@@ -555,4 +562,5 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     if _route(input, (hx, w_ih, w_hh, b_ih, b_hh),
               fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-    return rnn_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    return rnn_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity,
+                           layer=_layer_op(input, hx, w_ih, w_hh, b_ih, b_hh))
