@@ -54,13 +54,6 @@ def kernels_support(x: Tensor) -> bool:
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
-def _kernels_run(input: Tensor, *tensors) -> bool:
-    """Whether the rnnkernels ops run this call: kernels for input's device and dtype.
-    Under torch.func transforms and forward-mode AD they run too, through
-    _transforms (Note [transforms]); `tensors` is kept for the callers' symmetry."""
-    return kernels_support(input)
-
-
 def _transformed(*tensors) -> bool:
     """A torch.func transform is active, or a forward-AD tangent rides on one of `tensors`:
     the C++ autograd Function cannot serve the call (Note [transforms])."""
@@ -113,12 +106,13 @@ def _layer_range(cell: str, layer: int):
 #     implementation (Note [tracing]); on CPU, the engine choice (Note [engine choice] in
 #     backends.py), which may pick torch's implementation; then autocast (Note [autocast]).
 #  2. _route (the entry points' bodies, after autocast's casts): our kernels where they
-#     run the call (device, dtype, autograd mode: _kernels_run) and it fits them, else
-#     torch's implementation, else the reference for options torch lacks (zoneout, the
+#     take input's device and dtype (kernels_support; under torch.func transforms and
+#     forward-mode AD too, Note [transforms]) and the call fits them, else torch's
+#     implementation, else the reference for options torch lacks (zoneout, the
 #     layer-normalised LSTM; the reference is production code only as this fallback).
-def _route(input: Tensor, tensors, *, fits_kernels: bool = True, torch_runs: bool = True) -> str:
+def _route(input: Tensor, *, fits_kernels: bool = True, torch_runs: bool = True) -> str:
     """"kernels", "torch" or "reference" (Note [routing])."""
-    if fits_kernels and _kernels_run(input, *tensors):
+    if fits_kernels and kernels_support(input):
         return "kernels"
     return "torch" if torch_runs else "reference"
 
@@ -428,8 +422,7 @@ def lstm(input: Tensor, hx: tuple[Tensor, Tensor], params: list[Tensor], has_bia
     """
     if layer_norm is not None:
         _layers.check_layer_norm_options(_layers.projection_size(hx), zoneout_h, zoneout_c)
-    route = _route(input, (*hx, *params, *(layer_norm or ())),
-                   torch_runs=_torch_has_options(zoneout_h, zoneout_c, layer_norm))
+    route = _route(input, torch_runs=_torch_has_options(zoneout_h, zoneout_c, layer_norm))
     if route == "torch":
         return _torch_lstm(input, hx, params, has_biases, num_layers, dropout, train,
                            bidirectional, batch_first, batch_sizes)
@@ -447,7 +440,7 @@ def gru(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
         dropout: float, train: bool, bidirectional: bool, batch_first: bool = False,
         batch_sizes: Tensor | None = None, *, zoneout_h: float = 0.0):
     """Multi-layer GRU. Returns (output, h_n) like torch._VF.gru; zoneout_h as in lstm."""
-    route = _route(input, (hx, *params), torch_runs=_torch_has_options(zoneout_h))
+    route = _route(input, torch_runs=_torch_has_options(zoneout_h))
     if route == "torch":
         return _torch_gru(input, hx, params, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first, batch_sizes)
@@ -467,7 +460,7 @@ def rnn(input: Tensor, hx: Tensor, params: list[Tensor], has_biases: bool, num_l
     zoneout_h as in lstm."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    route = _route(input, (hx, *params), torch_runs=_torch_has_options(zoneout_h))
+    route = _route(input, torch_runs=_torch_has_options(zoneout_h))
     if route == "torch":
         return _torch_rnn(input, hx, params, has_biases, num_layers, dropout, train,
                           bidirectional, batch_first, batch_sizes, nonlinearity)
@@ -535,8 +528,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_ih: Tensor | None = None, b_hh: Tensor | None = None):
     """One LSTM step on batched input [B, I] with hx = (h [B, H], c [B, H]). Returns (h', c')."""
     h, c = hx
-    if _route(input, (h, c, w_ih, w_hh, b_ih, b_hh),
-              fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
+    if _route(input, fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _VF.lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     return lstm_cell_kernel(input, h, c, w_ih, w_hh, b_ih, b_hh,
                             layer=_layer_op(input, h, c, w_ih, w_hh, b_ih, b_hh))
@@ -546,8 +538,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step on batched input [B, I] and hx [B, H]. Returns h'."""
-    if _route(input, (hx, w_ih, w_hh, b_ih, b_hh),
-              fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
+    if _route(input, fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _VF.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     return gru_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh,
                            layer=_layer_op(input, hx, w_ih, w_hh, b_ih, b_hh))
@@ -559,8 +550,7 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One Elman RNN step on batched input [B, I] and hx [B, H]. Returns h'."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    if _route(input, (hx, w_ih, w_hh, b_ih, b_hh),
-              fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
+    if _route(input, fits_kernels=_kernel_cell(w_hh, b_ih, b_hh)) == "torch":
         return _torch_rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     return rnn_cell_kernel(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity,
                            layer=_layer_op(input, hx, w_ih, w_hh, b_ih, b_hh))
