@@ -9,10 +9,13 @@ rnn_layer through RnnLayerTransformable below instead: the same kernels forward 
 backward (rnn_layer, rnn_layer_backward), a Python autograd.Function that torch.func
 accepts. Its vmap rule is generated from the op pair's batching rules (rnnkernels/_vmap.py,
 Note [vmap rules]): vmap over the forward folds the vmapped dimension into the batch, and
-per-sample gradients (vmap(grad(loss))) run the backward once per sample. Its jvp (forward
-mode, so jacfwd and hessian) pushes the tangents through rnnkernels.reference's layer with
-torch.func.jvp: a recompute at the reference's speed, like double backward (Note [double
-backward] in _double_backward.py). Ordinary calls keep the C++ Function.
+per-sample gradients (vmap(grad(loss))) run the backward once per sample. Its backward is
+RnnLayerBackwardTransformable: the BPTT kernels, whose own derivatives (second and higher
+orders) recompute through rnnkernels.reference as double backward does (Note [double
+backward] in _double_backward.py). Forward mode (jvp, jacfwd, hessian, a forward-AD
+tangent) pushes the tangents through the reference's layer too: torch.func.jvp under a
+transform, reverse mode twice inside a plain dual level (which cannot nest a level of its
+own). Those recomputes run at the reference's speed. Ordinary calls keep the C++ Function.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class RnnLayerTransformable(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         mode, x, has_biases, has_projection, h0, c0, batch_sizes, zoneout, *weights = inputs
-        out, _h_n, c_n, workspace = output
+        out, _h_n, _c_n, workspace = output
         ctx.mark_non_differentiable(workspace)
         ctx.set_materialize_grads(False)
         ctx.args = (mode, has_biases, has_projection)

@@ -21,10 +21,6 @@ from torch import Tensor
 
 from . import ops
 
-LAYER_ARGS = ("mode", "x", "weights", "has_biases", "has_projection", "h0", "c0", "batch_sizes",
-              "zoneout", "need_workspace")
-
-
 def _moved(t: Tensor | None, dim: int | None, size: int) -> Tensor | None:
     """t with its vmapped dimension first (expanded when t is not vmapped)."""
     if t is None:

@@ -20,7 +20,6 @@ import inspect
 
 import torch
 import torch.autograd.forward_ad as forward_ad
-import torch.nn.functional as F
 from torch import Tensor, _VF
 
 from . import _layers, _transforms, ops
