@@ -112,6 +112,10 @@ def _check_state_tensor(name: str, value, input: Tensor, promote: bool = False,
     return value
 
 
+# A private torch API (torch 2.x); without it, .tolist() below fails on a vmapped tensor.
+_is_vmapped = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", lambda t: False)
+
+
 def _check_packed_sequence(data, batch_sizes, sorted_indices, unsorted_indices) -> None:
     """Checks the invariants of a PackedSequence before any work: torch.nn checks some of them
     deep in its kernels, and silently computes wrong results (or crashes) on the others."""
@@ -128,6 +132,12 @@ def _check_packed_sequence(data, batch_sizes, sorted_indices, unsorted_indices) 
         raise InvalidPackedSequenceError(
             "Expected sequence length to be larger than 0 in RNN: PackedSequence.batch_sizes "
             "is empty")
+    if _is_vmapped(batch_sizes):
+        # Note [vmap rules]: the samples of a vmap share one step structure.
+        raise InvalidPackedSequenceError(
+            "PackedSequence.batch_sizes cannot be vmapped: the samples under torch.func.vmap "
+            "must share one PackedSequence step structure (pack each sample with the same "
+            "lengths and vmap over .data only)")
     sizes = batch_sizes.tolist()
     if min(sizes) <= 0:
         raise InvalidPackedSequenceError(

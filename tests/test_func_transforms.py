@@ -259,3 +259,13 @@ def test_ordinary_calls_still_run_the_cpp_function(name):
     names = {event.name for event in prof.function_events}
     assert "rnnkernels::rnn_layer" in names, names
     assert "rnnkernels::rnn_layer_backward" in names, names
+
+
+def test_vmapped_batch_sizes_are_refused_with_a_message():
+    # Packing inside vmap makes batch_sizes itself vmapped: the samples must share one step
+    # structure (Note [vmap rules]), so ours says so instead of failing deep inside.
+    _, ours = _pair("GRU", F64)
+    xs = torch.randn(2, 4, 3, 5, dtype=F64)
+    run = lambda x: ours(nn.utils.rnn.pack_padded_sequence(x, [4, 2, 1]))[1]  # noqa: E731
+    with pytest.raises(ValueError, match="batch_sizes cannot be vmapped"):
+        vmap(run)(xs)
