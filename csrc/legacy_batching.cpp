@@ -91,6 +91,7 @@ void loop_over_samples(const c10::OperatorHandle& op, torch::jit::Stack* stack) 
       if (size == 0 && innermost_level(t) == level) size = batch_size_at(t, level);
     });
   }
+  TORCH_CHECK_VALUE(size > 0, schema.name(), ": cannot run a vmapped batch of size 0");
   // results[r][v]: return r of sample v.
   const size_t num_returns = schema.returns().size();
   std::vector<std::vector<c10::IValue>> results(num_returns);

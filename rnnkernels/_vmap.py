@@ -41,6 +41,8 @@ def _select(value, dim, v: int):
 
 def _per_sample(op, info, in_dims, args):
     """op once per v, each result stacked along a new first dimension."""
+    if info.batch_size == 0:
+        raise ValueError(f"{op}: cannot run a vmapped batch of size 0")
     results = [op(*(_select(a, d, v) for a, d in zip(args, in_dims)))
                for v in range(info.batch_size)]
     stacked = []
@@ -95,6 +97,8 @@ def _rnn_layer_vmap(info, in_dims, mode, x, weights, has_biases, has_projection,
     if any(d is not None for d in (w_dims or [])):
         return _per_sample(ops.rnn_layer, info, in_dims, args)
     size = info.batch_size
+    if size == 0:
+        raise ValueError("rnnkernels.rnn_layer: cannot run a vmapped batch of size 0")
     output, h_n, c_n, workspace = ops.rnn_layer(
         mode, _fold_rows(x, x_dim, size, 0), weights, has_biases, has_projection,
         _fold_state(h0, h0_dim, size), _fold_state(c0, c0_dim, size),

@@ -269,3 +269,13 @@ def test_vmapped_batch_sizes_are_refused_with_a_message():
     run = lambda x: ours(nn.utils.rnn.pack_padded_sequence(x, [4, 2, 1]))[1]  # noqa: E731
     with pytest.raises(ValueError, match="batch_sizes cannot be vmapped"):
         vmap(run)(xs)
+
+
+def test_vmap_over_an_empty_batch_is_refused_with_a_message():
+    _, ours = _pair("LSTM", F64)
+    with pytest.raises(ValueError, match="vmapped batch of size 0"):  # folded into the batch
+        vmap(lambda x: ours(x)[0])(torch.randn(0, 4, 3, 5, dtype=F64))
+    empty = {k: v.unsqueeze(0)[:0] for k, v in _params(ours).items()}
+    x = _input("LSTM", F64)
+    with pytest.raises(ValueError, match="vmapped batch of size 0"):  # one call per model
+        vmap(lambda p: functional_call(ours, p, (x,))[0])(empty)
