@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 import rnnkernels
-from equivalence import module_pair, tolerance
+from equivalence import assert_matches, module_pair
 
 NAMES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 LAYER_OPTIONS = {"LSTM": dict(num_layers=2, bidirectional=True), "GRU": dict(bidirectional=True),
@@ -38,12 +38,6 @@ def _input(name, dtype, batch=3):
 
 def _first(result):
     return result[0] if isinstance(result, tuple) else result
-
-
-def _close(actual, expected, dtype, what=""):
-    tol = tolerance(dtype)
-    torch.testing.assert_close(actual.detach().double(), expected.detach().double(), **tol,
-                               msg=lambda m: f"{what}: {m}")
 
 
 def _ran_kernels(fn):
@@ -74,7 +68,7 @@ def test_func_grad_runs_our_kernels(name, dtype):
     assert expected.keys() == actual.keys()
     for key in expected:
         assert actual[key].dtype == dtype
-        _close(actual[key], expected[key], dtype, key)
+        assert_matches(key, actual[key], expected[key], dtype)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -88,7 +82,7 @@ def test_func_vjp_and_jvp_match_torch_nn(name):
         results[label] = (pullback(torch.ones_like(out))[0],
                           jvp(lambda v: _first(module(v)), (x,), (tangent,))[1])
     for got, want in zip(results["ours"], results["golden"]):
-        _close(got, want, F64, name)
+        assert_matches(name, got, want, F64)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["float64", "float32"])
@@ -106,7 +100,7 @@ def test_forward_ad_runs_our_kernels(name, dtype):
                 return forward_ad.unpack_dual(out).tangent
         tangents[label] = _ran_kernels(run)[0] if label == "ours" else run()
     assert tangents["ours"].dtype == dtype
-    _close(tangents["ours"], tangents["golden"], dtype, name)
+    assert_matches(name, tangents["ours"], tangents["golden"], dtype)
 
 
 def test_tangent_on_a_parameter_only():
@@ -119,7 +113,7 @@ def test_tangent_on_a_parameter_only():
             dual = forward_ad.make_dual(weight.detach(), torch.ones_like(weight))
             out = functional_call(module, {"weight_hh_l0": dual}, (x,))[0]
             tangents.append(forward_ad.unpack_dual(out).tangent)
-    _close(tangents[1], tangents[0], F64)
+    assert_matches("tangent", tangents[1], tangents[0], F64)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -129,11 +123,11 @@ def test_jacfwd_jacrev_and_hessian_match_torch_nn(name):
     for transform in (jacfwd, jacrev):
         expected = torch.autograd.functional.jacobian(lambda v: _first(golden(v)), x)
         actual = _ran_kernels(lambda: transform(lambda v: _first(ours(v)))(x))[0]
-        _close(actual, expected, F64, transform.__name__)
+        assert_matches(transform.__name__, actual, expected, F64)
     square = lambda module: (lambda v: _first(module(v)).pow(2).sum())  # noqa: E731
     expected = torch.autograd.functional.hessian(square(golden), x)
     actual = _ran_kernels(lambda: hessian(square(ours))(x))[0]
-    _close(actual, expected, F64, "hessian")
+    assert_matches("hessian", actual, expected, F64)
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell"])
@@ -231,7 +225,7 @@ def test_is_grads_batched_and_vectorized_jacobian(name):
     xd = x.detach()
     expected = torch.autograd.functional.jacobian(lambda v: _first(golden(v)), xd)
     actual = torch.autograd.functional.jacobian(lambda v: _first(ours(v)), xd, vectorize=True)
-    _close(actual, expected, F64, "jacobian(vectorize=True)")
+    assert_matches("jacobian(vectorize=True)", actual, expected, F64)
 
 
 def test_zoneout_and_layer_norm_under_func_grad_match_ordinary_backward():
@@ -279,3 +273,23 @@ def test_vmap_over_an_empty_batch_is_refused_with_a_message():
     x = _input("LSTM", F64)
     with pytest.raises(ValueError, match="vmapped batch of size 0"):  # one call per model
         vmap(lambda p: functional_call(ours, p, (x,))[0])(empty)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_legacy_vmap_over_the_forward_op_equals_a_loop(mode):
+    # torch's legacy vmap (the Batched key) runs the op once per sample
+    # (csrc/legacy_batching.cpp), as it does the backward for batched gradients.
+    from torch._vmap_internals import _vmap
+
+    torch.manual_seed(5)
+    gates = 4 if mode == "lstm" else 3
+    weights = [torch.randn(gates * 5, 4, dtype=F64), torch.randn(gates * 5, 5, dtype=F64)]
+    h0 = torch.randn(1, 2, 5, dtype=F64)
+    c0 = torch.randn(1, 2, 5, dtype=F64) if mode == "lstm" else None
+    xs = torch.randn(3, 6, 4, dtype=F64)
+    layer = lambda x: torch.ops.rnnkernels.rnn_layer(  # noqa: E731
+        mode, x, weights, False, False, h0, c0, None, None, True)
+    batched = _vmap(layer)(xs)
+    for v in range(xs.shape[0]):
+        for got, want in zip(batched, layer(xs[v])):
+            torch.testing.assert_close(got[v], want, rtol=0, atol=0)
