@@ -138,26 +138,21 @@ class RnnLayerBackwardTransformable(torch.autograd.Function):
         upstream_t = [grad_output_t, grad_h_n_t] + ([grad_c_n_t] if lstm else [])
         count = len(primals)
 
-        def gradients(*args):
-            # The backward op's results from the primals and the upstream gradients.
-            _, pullback = torch.func.vjp(layer, *args[:count])
-            results = layer(*args[:count])
-            cotangents = tuple(torch.zeros_like(r) if g is None else g
-                               for r, g in zip(results, args[count:]))
-            return pullback(cotangents)
-
         present = [g is not None for g in upstream]
         inputs = (*primals, *[g for g in upstream if g is not None])
         tangents = _tangents(primals, [x_t, h0_t, *weights_t] + ([c0_t] if lstm else []))
         tangents += tuple(torch.zeros_like(g) if t is None else t
                           for g, t in zip(upstream, upstream_t) if g is not None)
 
-        def with_upstream(*args):
+        def gradients(*args):
+            # The backward op's results from the primals and the given upstream gradients.
+            results, pullback = torch.func.vjp(layer, *args[:count])
             given = iter(args[count:])
-            filled = [next(given) if p else None for p in present]
-            return gradients(*args[:count], *filled)
+            cotangents = tuple(next(given) if p else torch.zeros_like(r)
+                               for r, p in zip(results, present))
+            return pullback(cotangents)
 
-        grads_t = _jvp(with_upstream, inputs, tangents)
+        grads_t = _jvp(gradients, inputs, tangents)
         # grads_t follows primals: x, h0, *weights, (c0).
         placeholder = h0.new_zeros((0,))  # grad_x without need_input_grad; GRU/RNN grad_c0
         grad_x_t = grads_t[0] if need_input_grad else placeholder
