@@ -7,32 +7,6 @@ namespace rnnkernels::cpu::detail {
 
 // ---------------------------------------------------------------- layer-normalised LSTM
 
-LayerNormParams check_layer_norm_params(const char* op, const Dims& d,
-                                        at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
-                                        at::TensorList ln_c_bias, const at::Tensor& like,
-                                        const char* like_name) {
-  const int64_t D = d.directions, H = d.hidden;
-  TORCH_CHECK(static_cast<int64_t>(ln_hh_weight.size()) == D &&
-                  static_cast<int64_t>(ln_c_weight.size()) == D,
-              op, ": ln_hh_weight and ln_c_weight must hold one weight per direction (", D,
-              "), got ", ln_hh_weight.size(), " and ", ln_c_weight.size());
-  TORCH_CHECK(ln_c_bias.empty() || static_cast<int64_t>(ln_c_bias.size()) == D, op,
-              ": ln_c_bias must be empty or hold one bias per direction (", D, "), got ",
-              ln_c_bias.size());
-  for (const auto i : c10::irange(D)) {
-    const std::string idx = "[" + std::to_string(i) + "]";
-    check_same(op, "ln_hh_weight", ln_hh_weight[i], like, like_name);
-    check_shape(op, "ln_hh_weight" + idx, ln_hh_weight[i], {4 * H});
-    check_same(op, "ln_c_weight", ln_c_weight[i], like, like_name);
-    check_shape(op, "ln_c_weight" + idx, ln_c_weight[i], {H});
-    if (!ln_c_bias.empty()) {
-      check_same(op, "ln_c_bias", ln_c_bias[i], like, like_name);
-      check_shape(op, "ln_c_bias" + idx, ln_c_bias[i], {H});
-    }
-  }
-  return {contiguous_all(ln_hh_weight), contiguous_all(ln_c_weight), contiguous_all(ln_c_bias)};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward_cpu(
     const at::Tensor& x_side, at::TensorList w_hh, at::TensorList ln_hh_weight,
     at::TensorList ln_c_weight, at::TensorList ln_c_bias, const at::Tensor& h0,
@@ -42,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
       prepare_forward(op, Cell::kLstm, x_side, w_hh, {}, {}, h0, batch_sizes, "x_side");
   const Dims& d = in.d;
   const LayerNormParams ln =
-      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, x_side, "x_side");
+      check_layer_norm_params(op, d, x_side, "x_side", ln_hh_weight, ln_c_weight, ln_c_bias);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const at::Tensor c0 = check_c0(op, d, c0_in, x_side, "x_side");
   const auto opts = x_side.options();
@@ -98,7 +72,7 @@ layer_norm_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
                                                    math::kLnRstdValues);
   const Dims& d = in.d;
   const LayerNormParams ln =
-      check_layer_norm_params(op, d, ln_hh_weight, ln_c_weight, ln_c_bias, out, "output");
+      check_layer_norm_params(op, d, out, "output", ln_hh_weight, ln_c_weight, ln_c_bias);
   const int64_t N = d.rows, D = d.directions, H = d.hidden, B = d.batch;
   const int64_t ws_width = math::ln_lstm_workspace_width(H);
   const at::Tensor c0 = check_c0(op, d, c0_in, out, "output");

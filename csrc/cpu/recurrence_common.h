@@ -317,17 +317,6 @@ host::RnnBackward rnn_backward_cpu;
 host::LayerNormLstmForward layer_norm_lstm_forward_cpu;
 host::LayerNormLstmBackward layer_norm_lstm_backward_cpu;
 
-// The LayerNorm parameters of the recurrent product and the cell state, one per direction
-// (Note [layer-normalised LSTM] in cell_math.h), checked and made contiguous.
-struct LayerNormParams {
-  std::vector<at::Tensor> hh_weight, c_weight, c_bias;
-};
-
-LayerNormParams check_layer_norm_params(const char* op, const Dims& d,
-                                        at::TensorList ln_hh_weight, at::TensorList ln_c_weight,
-                                        at::TensorList ln_c_bias, const at::Tensor& like,
-                                        const char* like_name);
-
 // The table of the backend's recurrences under the precision policy (recurrence_cpu.cpp).
 const host::Recurrence& recurrence_table();
 

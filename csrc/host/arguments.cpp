@@ -120,6 +120,24 @@ std::optional<at::Tensor> check_grad_c_n(const char* op, const Dims& d,
   return grad_c_n->contiguous();
 }
 
+LayerNormParams check_layer_norm_params(const char* op, const Dims& d, const at::Tensor& ref,
+                                        const char* ref_name, at::TensorList ln_hh_weight,
+                                        at::TensorList ln_c_weight, at::TensorList ln_c_bias) {
+  const auto check_list = [&](const char* name, at::TensorList ts, int64_t size, bool optional) {
+    TORCH_CHECK(static_cast<int64_t>(ts.size()) == d.directions || (optional && ts.empty()), op,
+                ": ", name, " must hold one tensor per direction (", d.directions, ")",
+                optional ? " or be empty" : "", ", got ", ts.size());
+    for (const auto i : c10::irange(ts.size())) {
+      check_same(op, name, ts[i], ref, ref_name);
+      check_shape(op, std::string(name) + "[" + std::to_string(i) + "]", ts[i], {size});
+    }
+  };
+  check_list("ln_hh_weight", ln_hh_weight, 4 * d.hidden, false);
+  check_list("ln_c_weight", ln_c_weight, d.hidden, false);
+  check_list("ln_c_bias", ln_c_bias, d.hidden, true);
+  return {contiguous_all(ln_hh_weight), contiguous_all(ln_c_weight), contiguous_all(ln_c_bias)};
+}
+
 bool parse_nonlinearity(const char* op, c10::string_view nonlinearity) {
   TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", op,
               ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");

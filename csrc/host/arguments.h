@@ -81,6 +81,16 @@ std::optional<at::Tensor> check_grad_c_n(const char* op, const Dims& d,
                                          const std::optional<at::Tensor>& grad_c_n,
                                          const at::Tensor& out);
 
+// The layer-normalised LSTM's LayerNorm parameters, one per direction (Note
+// [layer-normalised LSTM] in cell_math.h): ln_hh_weight [4H], ln_c_weight [H], ln_c_bias [H]
+// (or none), on ref's device in its dtype; checked and made contiguous.
+struct LayerNormParams {
+  std::vector<at::Tensor> hh_weight, c_weight, c_bias;
+};
+LayerNormParams check_layer_norm_params(const char* op, const Dims& d, const at::Tensor& ref,
+                                        const char* ref_name, at::TensorList ln_hh_weight,
+                                        at::TensorList ln_c_weight, at::TensorList ln_c_bias);
+
 bool parse_nonlinearity(const char* op, c10::string_view nonlinearity);  // true for relu
 
 std::vector<at::Tensor> contiguous_all(at::TensorList ts);
