@@ -5,6 +5,8 @@
 
 namespace rnnkernels::cuda::detail {
 
+// dh_carry [D, B, P] (A): grad_h_n in, grad_h0 out; dc_carry [D, B, H] (A): grad_c_n in,
+// grad_c0 out; grad_h [D, N, P] with projection.
 template <typename S, typename G>
 void run_lstm_backward(const BackwardInputs& in, const at::Tensor& c0,
                        const at::Tensor& dh_carry, const at::Tensor& dc_carry,

@@ -449,9 +449,6 @@ void param_grads(const BackwardInputs& in, int64_t dir, const at::Tensor& grad_p
   if (!grad_b_hh.empty()) at::sum_out(grad_b_hh[dir], grad_pre, {0});
 }
 
-// dh_carry [D, B, P] (A): grad_h_n in, grad_h0 out; dc_carry [D, B, H] (A): grad_c_n in,
-// grad_c0 out; grad_h [D, N, P] with projection.
-
 // ---------------------------------------------------------------- the backend's functions
 
 // recurrence_cuda.cpp, backward_cuda.cpp, layer_norm_lstm_cuda.cpp.
