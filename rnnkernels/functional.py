@@ -22,7 +22,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, _VF
 
-from . import _layers, _transforms, ops
+from . import _layers, _onnx_graphs, _transforms, ops
 from . import reference  # the fallback for what neither the kernels nor torch run
 from .backends import cpu as _cpu_backend
 from ._ext import _C
@@ -349,6 +349,13 @@ def _routed(cell: str):
         def run(input, *args, **kwargs):
             # Options torch's implementation lacks keep our path whatever the engine.
             torch_can_run = _torch_has_options(**kwargs)
+            if _onnx_graphs.in_onnx_export():
+                # Note [ONNX export] in _onnx_graphs.py.
+                if not is_step and _onnx_graphs.needs_loop(
+                        cell, _has_projection(cell, args, kwargs), **kwargs):
+                    return _onnx_graphs.export_layers(cell, input, *args, **kwargs)
+                if torch_can_run:
+                    return torch_engine(input, *args, **kwargs)
             if torch_can_run and torch.jit.is_tracing():
                 # Note [tracing]: a trace records torch's own RNN ops, as torch.nn's does.
                 return torch_engine(input, *args, **kwargs)
@@ -387,6 +394,14 @@ def _routed(cell: str):
             return _autocast(cell, fn, input, args, kwargs)
         return run
     return wrap
+
+
+def _has_projection(cell: str, args, kwargs) -> bool:
+    """An LSTM layer call's h0 and c0 differ in width (proj_size)."""
+    if cell != "lstm":
+        return False
+    hx = args[0] if args else kwargs["hx"]
+    return _layers.projection_size(tuple(hx)) > 0
 
 
 def _autocast(cell: str, fn, input, args, kwargs):

@@ -62,14 +62,25 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     """One Elman RNN step: input [B, I], hx [B, H] -> h' [B, H]."""
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")
-    pre = F.linear(input, w_ih, b_ih) + F.linear(hx, w_hh, b_hh)
-    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
+    return rnn_recurrence(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh, nonlinearity == "relu")
 
 
-def _lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
-               b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None):
-    """input [B, I], h [B, P], c [B, H] -> (h' [B, P], c' [B, H])."""
-    gates = F.linear(input, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+# The recurrences below take the step's input product (x W_ih^T + b_ih; the layer-normalised
+# LSTM's LN(x W_ih^T)) and do the rest of the step, so that a caller can compute the input
+# products of a whole sequence in one product (rnnkernels/_onnx_graphs.py). TorchScript
+# compiles them (plain tensor ops, Optional arguments): the ONNX exporters' loops call them.
+
+def rnn_recurrence(x_part: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+                   relu: bool) -> Tensor:
+    """x_part [B, H], h [B, H] -> h' [B, H]."""
+    pre = x_part + F.linear(h, w_hh, b_hh)
+    return torch.relu(pre) if relu else torch.tanh(pre)
+
+
+def lstm_recurrence(x_part: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+                    w_hr: Tensor | None) -> tuple[Tensor, Tensor]:
+    """x_part [B, 4H], h [B, P], c [B, H] -> (h' [B, P], c' [B, H])."""
+    gates = x_part + F.linear(h, w_hh, b_hh)
     i, f, g, o = gates.chunk(4, dim=1)
     c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h_next = torch.sigmoid(o) * torch.tanh(c_next)
@@ -78,18 +89,48 @@ def _lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
     return h_next, c_next
 
 
-def _layer_norm_lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
-                          b_ih: Tensor | None, b_hh: Tensor | None, ln: dict):
-    """input [B, I], h [B, H], c [B, H] -> (h', c') of the layer-normalised LSTM."""
-    four_h = w_hh.shape[0]
-    gates = (F.layer_norm(F.linear(input, w_ih), (four_h,), ln["ih"], None, LAYER_NORM_EPS)
-             + F.layer_norm(F.linear(h, w_hh), (four_h,), ln["hh"], None, LAYER_NORM_EPS))
-    if b_ih is not None:
+def layer_norm_lstm_recurrence(x_part: Tensor, h: Tensor, c: Tensor, w_hh: Tensor,
+                               ln_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+                               c_weight: Tensor, c_bias: Tensor | None, hidden_size: int,
+                               eps: float = LAYER_NORM_EPS) -> tuple[Tensor, Tensor]:
+    """x_part = LN(x W_ih^T; w_ln_ih) [B, 4H], h, c [B, H] -> (h', c'). hidden_size (H)
+    is an argument: TorchScript's ONNX export needs LayerNorm's shape as a constant."""
+    gates = x_part + F.layer_norm(F.linear(h, w_hh), (4 * hidden_size,), ln_hh, None, eps)
+    if b_ih is not None and b_hh is not None:
         gates = gates + b_ih + b_hh
     i, f, g, o = gates.chunk(4, dim=1)
     c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    c_norm = F.layer_norm(c_next, (c.shape[1],), ln["c_weight"], ln["c_bias"], LAYER_NORM_EPS)
+    c_norm = F.layer_norm(c_next, (hidden_size,), c_weight, c_bias, eps)
     return torch.sigmoid(o) * torch.tanh(c_norm), c_next
+
+
+def gru_recurrence(x_part: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    """x_part [B, 3H] (r, z, n of x W_ih^T + b_ih), h [B, H] -> h' [B, H]."""
+    r_x, z_x, n_x = x_part.chunk(3, dim=1)
+    r_h, z_h, n_h = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+    r = torch.sigmoid(r_x + r_h)
+    z = torch.sigmoid(z_x + z_h)
+    n = torch.tanh(n_x + r * n_h)
+    return (1 - z) * n + z * h
+
+
+def layer_norm_input(input: Tensor, w_ih: Tensor, ln_ih: Tensor) -> Tensor:
+    """The layer-normalised LSTM's input part LN(x W_ih^T; w_ln_ih), over the last dim."""
+    return F.layer_norm(F.linear(input, w_ih), (w_ih.shape[0],), ln_ih, None, LAYER_NORM_EPS)
+
+
+def _lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Tensor | None, b_hh: Tensor | None, w_hr: Tensor | None):
+    """input [B, I], h [B, P], c [B, H] -> (h' [B, P], c' [B, H])."""
+    return lstm_recurrence(F.linear(input, w_ih, b_ih), h, c, w_hh, b_hh, w_hr)
+
+
+def _layer_norm_lstm_step(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                          b_ih: Tensor | None, b_hh: Tensor | None, ln: dict):
+    """input [B, I], h [B, H], c [B, H] -> (h', c') of the layer-normalised LSTM."""
+    return layer_norm_lstm_recurrence(layer_norm_input(input, w_ih, ln["ih"]), h, c, w_hh,
+                                      ln["hh"], b_ih, b_hh, ln["c_weight"], ln["c_bias"],
+                                      c.shape[1])
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -102,12 +143,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step: input [B, I], hx [B, H] -> h' [B, H]."""
-    r_x, z_x, n_x = F.linear(input, w_ih, b_ih).chunk(3, dim=1)
-    r_h, z_h, n_h = F.linear(hx, w_hh, b_hh).chunk(3, dim=1)
-    r = torch.sigmoid(r_x + r_h)
-    z = torch.sigmoid(z_x + z_h)
-    n = torch.tanh(n_x + r * n_h)
-    return (1 - z) * n + z * hx
+    return gru_recurrence(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh)
 
 
 # ---------------------------------------------------------------- sequences
