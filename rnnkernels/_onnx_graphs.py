@@ -36,8 +36,14 @@ from . import _layers, reference
 def in_onnx_export() -> bool:
     """Inside torch.onnx.export: its tracing (dynamo=False) or torch.export (dynamo=True).
     Cheap outside both, so the functional entry points may ask on every call."""
-    return ((torch.jit.is_tracing() or torch.compiler.is_compiling())
-            and torch.onnx.is_in_onnx_export())
+    if torch.jit.is_tracing():
+        return torch.onnx.is_in_onnx_export()
+    if torch.compiler.is_compiling():
+        # dynamo folds torch.onnx.is_in_onnx_export() to False, so the dynamo exporter's
+        # strict capture (its fallback) would record our ops: read the flag it reads.
+        from torch.onnx._internal.exporter import _flags
+        return getattr(_flags, "_is_onnx_exporting", False) or torch.onnx.is_in_onnx_export()
+    return False
 
 
 def needs_loop(cell: str, proj: bool, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
