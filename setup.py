@@ -132,12 +132,24 @@ def _sanitize_flags():
 SANITIZE_CFLAGS, SANITIZE_LDFLAGS = _sanitize_flags()
 
 
+# The Python bindings of rnnkernels._C; every other host file is the op library's.
+BINDING_SOURCES = ["csrc/rnnkernels.cpp", "csrc/build_info.cpp"]
+# The op schemas (TORCH_LIBRARY): compiled into each of the two modules, _C and _ops.
+SCHEMA_SOURCE = "csrc/op_library.cpp"
+
+
 def _host_sources():
     """Every csrc/*.cpp, csrc/host/*.cpp and csrc/cpu/*.cpp but the per-ISA kernels_*.cpp,
     which BuildExt compiles with their own flags; relative to the repository root."""
     return [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp"))
             + sorted((CSRC / "host").glob("*.cpp"))
             + sorted(p for p in (CSRC / "cpu").glob("*.cpp") if not p.name.startswith("kernels_"))]
+
+
+def _op_sources():
+    """The op library's host files but its schemas: kernels, dispatch, autograd; compiled
+    once (BuildExt) and linked into both _C and the Python-free op library _ops."""
+    return [s for s in _host_sources() if s not in BINDING_SOURCES and s != SCHEMA_SOURCE]
 
 
 def _bench_sources():
@@ -165,7 +177,9 @@ def _cmake_config():
     lines += [f"set(RNNKERNELS_ISA_FLAGS_{isa} {values(flags)})" for isa, flags in ISA_FLAGS.items()]
     lines += [f"set(RNNKERNELS_SANITIZE_COMPILE_FLAGS {values(SANITIZE_CFLAGS)})",
               f"set(RNNKERNELS_SANITIZE_LINK_FLAGS {values(SANITIZE_LDFLAGS)})",
-              f"set(RNNKERNELS_HOST_SOURCES {values(ROOT / s for s in _host_sources())})",
+              f"set(RNNKERNELS_OP_SOURCES {values(ROOT / s for s in _op_sources())})",
+              f"set(RNNKERNELS_SCHEMA_SOURCE \"{ROOT / SCHEMA_SOURCE}\")",
+              f"set(RNNKERNELS_BINDING_SOURCES {values(ROOT / s for s in BINDING_SOURCES)})",
               f"set(RNNKERNELS_BENCH_SOURCES {values(ROOT / s for s in _bench_sources())})",
               f"set(RNNKERNELS_CUDA_SOURCES {values(ROOT / s for s in _cuda_sources())})",
               f"set(RNNKERNELS_DEFAULT_CUDA_ARCH_LIST \"{DEFAULT_CUDA_ARCH_LIST}\")",
@@ -270,15 +284,16 @@ NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
 
 
 class BuildExt(BuildExtension):
-    """BuildExtension plus the per-ISA kernel objects, which need their own flags."""
+    """BuildExtension plus the objects both _C and _ops link: the op library's host files
+    and the per-ISA kernels (with their own flags), compiled once by one ninja file."""
 
     def build_extension(self, ext):
-        if ext.name == "rnnkernels._C":
-            ext.extra_objects = list(ext.extra_objects or []) + self._compile_isa_kernels(ext)
+        if ext.name in ("rnnkernels._C", "rnnkernels._ops"):
+            ext.extra_objects = list(ext.extra_objects or []) + self._compile_op_library()
         super().build_extension(ext)
 
-    def _compile_isa_kernels(self, ext):
-        out_dir = Path(self.build_temp).resolve() / "isa_kernels"
+    def _compile_op_library(self):
+        out_dir = Path(self.build_temp).resolve() / "op_library"
         out_dir.mkdir(parents=True, exist_ok=True)
         cxx = os.environ.get("CXX") or shutil.which("c++") or "g++"
         abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
@@ -291,10 +306,11 @@ class BuildExt(BuildExtension):
                  "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out",
                  "  depfile = $out.d", "  deps = gcc", ""]
         objects = []
-        for isa in _isas():
-            src = CSRC / "cpu" / f"kernels_{isa}.cpp"
-            obj = out_dir / f"kernels_{isa}.o"
-            flags = " ".join(common + ISA_FLAGS[isa]).replace("$", "$$")
+        sources = [(ROOT / s, common + CXX_FLAGS) for s in _op_sources()]
+        sources += [(CSRC / "cpu" / f"kernels_{isa}.cpp", common + ISA_FLAGS[isa]) for isa in _isas()]
+        for src, cflags in sources:
+            obj = out_dir / src.relative_to(CSRC).with_suffix(".o")
+            flags = " ".join(cflags).replace("$", "$$")
             lines += [f"build {obj}: compile {src}", f"  cflags = {flags}", ""]
             objects.append(str(obj))
         (out_dir / "build.ninja").write_text("\n".join(lines))
@@ -302,16 +318,20 @@ class BuildExt(BuildExtension):
         return objects
 
 
+def _depends(sources):
+    """Every other file under csrc/ (headers, the op library's objects' sources): setuptools
+    relinks a module only when one of sources + depends is newer than it, so without these
+    an edit of a header or of a file BuildExt compiles left the old module in place."""
+    return sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*")
+                  if p.is_file() and p.suffix in (".h", ".cuh", ".cpp", ".cu")
+                  and str(p.relative_to(ROOT)) not in sources
+                  and not p.is_relative_to(CSRC / "bench"))
+
+
 def _extension():
-    sources = _host_sources()
+    sources = BINDING_SOURCES + [SCHEMA_SOURCE]
     include_dirs = [str(CSRC), str(CSRC / "include")]
-    # Every other file under csrc/ (headers, the per-ISA kernels): setuptools relinks the
-    # module only when one of sources + depends is newer than it, so without these an
-    # edit of a header or a kernels_<isa>.cpp alone left the old module in place.
-    depends = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*")
-                     if p.is_file() and p.suffix in (".h", ".cuh", ".cpp", ".cu")
-                     and str(p.relative_to(ROOT)) not in sources
-                     and not p.is_relative_to(CSRC / "bench"))
+    depends = _depends(sources)
     if WITH_CUDA:
         sources += _cuda_sources()
         return CUDAExtension(
@@ -321,6 +341,15 @@ def _extension():
             extra_link_args=LINK_FLAGS, depends=depends)
     return CppExtension("rnnkernels._C", sources, include_dirs=include_dirs, depends=depends,
                         extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LINK_FLAGS)
+
+
+def _op_library_extension():
+    # The op library without Python (no libtorch_python, no pybind11): the schemas plus the
+    # objects _C links too (BuildExt). Python never imports it; a C++ program linked against
+    # LibTorch loads it to run models that call our ops (examples/cpp_inference).
+    return CppExtension("rnnkernels._ops", [SCHEMA_SOURCE], py_limited_api=True,
+                        depends=_depends([SCHEMA_SOURCE]), extra_compile_args={"cxx": CXX_FLAGS},
+                        extra_link_args=LINK_FLAGS)
 
 
 def _bench_extension():
@@ -339,6 +368,6 @@ print(f"rnnkernels: CPU kernels for {', '.join(_isas())}; CUDA: {'yes' if WITH_C
 
 setup(
     packages=find_packages(include=["rnnkernels", "rnnkernels.*"]),
-    ext_modules=[_extension(), _bench_extension()],
+    ext_modules=[_extension(), _op_library_extension(), _bench_extension()],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "ops",
            "reference", "backends", "build_info", "convert", "revert", "cpu_cache_stats", "empty_cpu_cache",
-           "set_cpu_cache_limit"]
+           "set_cpu_cache_limit", "op_library_path"]
 
 
 def build_info():
@@ -36,6 +36,20 @@ def build_info():
     info = _C.build_info()
     info["cpu_engine"] = backends.cpu.state()
     return info
+
+
+def op_library_path() -> str:
+    """The path of rnnkernels' op library: the ops, their kernels (CPU) and autograd without
+    Python, for a C++ program linked against LibTorch that runs a saved model calling
+    torch.ops.rnnkernels.* (dlopen it before torch::jit::load; examples/cpp_inference).
+    Not for this process: importing rnnkernels already registered the same ops."""
+    from pathlib import Path
+
+    found = sorted(Path(__file__).resolve().parent.glob("_ops*.so"))
+    if not found:
+        raise FileNotFoundError("rnnkernels: the op library rnnkernels/_ops*.so is missing; "
+                                "rebuild with `pip install --no-build-isolation -e .`")
+    return str(found[0])
 
 
 def cpu_cache_stats() -> dict:

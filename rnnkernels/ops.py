@@ -1,6 +1,6 @@
 """The fake (meta) kernels of the op pair torch.ops.rnnkernels.rnn_layer / rnn_layer_backward.
 
-The schemas live in csrc/rnnkernels.cpp, the weights' layout and the shapes in
+The schemas live in csrc/op_library.cpp, the weights' layout and the shapes in
 csrc/host/layer.h, the autograd Function in csrc/autograd.cpp. rnn_layer runs one layer
 (one or two directions) of any mode over the whole sequence from its input x;
 rnn_layer_backward returns the gradients of x, of every weight, of h0 (and c0).

@@ -29,8 +29,8 @@ _built = None
 
 
 def schemas_inc() -> str:
-    """The m.def(...) calls of TORCH_LIBRARY(rnnkernels, m) in csrc/rnnkernels.cpp."""
-    source = (CSRC / "rnnkernels.cpp").read_text()
+    """The m.def(...) calls of TORCH_LIBRARY(rnnkernels, m) in csrc/op_library.cpp."""
+    source = (CSRC / "op_library.cpp").read_text()
     block = source[source.index("TORCH_LIBRARY(rnnkernels, m)"):]
     block = block[:block.index("\n}\n")]
     defs = re.findall(r'm\.def\(\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\);', block)

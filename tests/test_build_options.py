@@ -32,7 +32,7 @@ TESTS = ROOT / "tests"
 
 # Runs setup.py once per environment of a JSON list (argv[1]; torch imported once) and prints
 # for each what it decided: its extension, flags, ISA list, MAX_JOBS, and the ninja file and
-# command of BuildExt._compile_isa_kernels (argv[2]: a scratch directory), or the error.
+# command of BuildExt._compile_op_library (argv[2]: a scratch directory), or the error.
 _PROBE = r"""
 import json, os, runpy, subprocess, sys, types
 import setuptools
@@ -52,12 +52,12 @@ for i, env in enumerate(json.loads(sys.argv[1])):
         continue
     ext = captured["ext_modules"][0]
     temp = os.path.join(sys.argv[2], str(i))
-    objects = g["BuildExt"]._compile_isa_kernels(types.SimpleNamespace(build_temp=temp), ext)
+    objects = g["BuildExt"]._compile_op_library(types.SimpleNamespace(build_temp=temp))
     results.append({
         "sources": ext.sources, "depends": ext.depends, "cxx": ext.extra_compile_args["cxx"],
         "link": ext.extra_link_args, "isas": g["_isas"](), "objects": objects,
         "max_jobs": os.environ["MAX_JOBS"], "ninja_argv": calls[-1],
-        "ninja_file": open(os.path.join(temp, "isa_kernels", "build.ninja")).read(),
+        "ninja_file": open(os.path.join(temp, "op_library", "build.ninja")).read(),
         "with_cuda": g["WITH_CUDA"], "reason": g["CUDA_REASON"]})
 print(json.dumps(results))
 """
@@ -137,6 +137,19 @@ def test_headers_and_isa_kernels_are_dependencies(probe):
     assert not depends & set(probe()["sources"])
 
 
+def test_op_library_objects_are_every_host_file_but_the_bindings(probe):
+    """BuildExt compiles the op library once (_C and _ops link the same objects): every
+    host file but the Python bindings and the schemas, which each module compiles."""
+    result = probe()
+    hosts = {p.relative_to(ROOT).with_suffix(".o").name for p in
+             [*(ROOT / "csrc").glob("*.cpp"), *(ROOT / "csrc" / "host").glob("*.cpp"),
+              *(ROOT / "csrc" / "cpu").glob("*.cpp")] if not p.name.startswith("kernels_")}
+    objects = {Path(o).name for o in result["objects"] if not Path(o).name.startswith("kernels_")}
+    assert objects == hosts - {"rnnkernels.o", "build_info.o", "op_library.o"}
+    assert sorted(result["sources"]) == ["csrc/build_info.cpp", "csrc/op_library.cpp",
+                                         "csrc/rnnkernels.cpp"]
+
+
 def test_skip_cuda_build_gives_a_cpu_only_extension(probe):
     result = probe(RNNKERNELS_SKIP_CUDA_BUILD="1")
     assert result["with_cuda"] is False and result["reason"] == "RNNKERNELS_SKIP_CUDA_BUILD=1"
@@ -154,7 +167,8 @@ def test_skip_cuda_build_gives_a_cpu_only_extension(probe):
 def test_isas_selects_the_kernel_objects(probe, isas, expected):
     result = probe(RNNKERNELS_ISAS=isas)
     assert result["isas"] == expected
-    assert [Path(o).name for o in result["objects"]] == [f"kernels_{i}.o" for i in expected]
+    kernels = [Path(o).name for o in result["objects"] if Path(o).name.startswith("kernels_")]
+    assert kernels == [f"kernels_{i}.o" for i in expected]
     assert list(_isa_compile_lines(result["ninja_file"])) == expected
 
 

@@ -86,7 +86,9 @@ def _setup_py_extension(**env):
         "g = runpy.run_path('setup.py')\n"
         "ext = captured['ext_modules'][0]\n"
         "print(json.dumps({'sources': ext.sources, 'isas': g['_isas'](),\n"
-        "                  'bench_sources': captured['ext_modules'][1].sources,\n"
+        "                  'op_sources': g['_op_sources'](),\n"
+        "                  'op_library_sources': captured['ext_modules'][1].sources,\n"
+        "                  'bench_sources': captured['ext_modules'][2].sources,\n"
         "                  'isa_flags': g['ISA_FLAGS'], 'hash': g['_load_source_hash'](),\n"
         "                  'sanitize': g['_sanitize_flags']()}))\n")
     out = _run([sys.executable, "-c", probe], timeout=120, cwd=ROOT, env=_env(**env))
@@ -104,8 +106,18 @@ def test_cmake_compiles_setup_py_sources(configured):
     isa_sources = {(ROOT / "csrc" / "cpu" / f"kernels_{isa}.cpp").resolve(): isa
                    for isa in setup["isas"]}
     module_sources = {(ROOT / s).resolve() for s in setup["sources"]}
+    op_sources = {(ROOT / s).resolve() for s in setup["op_sources"]}
     bench_sources = {(ROOT / s).resolve() for s in setup["bench_sources"]}
-    assert set(commands) == module_sources | set(isa_sources) | bench_sources
+    # The op library (_ops): the schemas of _C's sources plus the objects _C links too.
+    assert {(ROOT / s).resolve() for s in setup["op_library_sources"]} < module_sources
+    assert set(commands) == module_sources | op_sources | set(isa_sources) | bench_sources
+    for source in op_sources:  # no Python, no extension defines, as BuildExt compiles them
+        argv = commands[source]
+        for flag in ("-std=c++20", "-fvisibility=hidden", "-O3"):
+            assert flag in argv, f"{source.name}: {flag} missing from {argv}"
+        assert any(a.startswith("-fopenmp") for a in argv), argv
+        assert not any("TORCH_EXTENSION_NAME" in a or "include/python3" in a for a in argv), argv
+    module_sources -= {(ROOT / s).resolve() for s in setup["op_library_sources"]}
 
     for source, isa in isa_sources.items():
         argv = commands[source]
@@ -232,12 +244,18 @@ def test_cmake_extension_matches_setuptools(configured, setuptools_build, tmp_pa
     """Build _C through CMake, import it from a copy of the package, and compare a forward
     and backward of every cell with the setuptools build in rnnkernels/ (the same code,
     compiled with the same flags, so the results must agree to the last bit)."""
-    _build(configured, 1800, "_C")
+    _build(configured, 1800, "_C", "_ops")
     (module,) = configured.glob("_C*.so")
     package_root = _package_with(module, tmp_path / "root")
     cmake, _ = _run_cells(package_root, tmp_path / "cmake.pt", tmp_path)
     setuptools, _ = _run_cells(ROOT, tmp_path / "setuptools.pt", tmp_path)
     _assert_bit_identical(cmake, setuptools)
+    # The op library: the same objects without Python, loadable where rnnkernels is not.
+    (op_library,) = configured.glob("_ops*.so")
+    assert "torch_python" not in _run(["ldd", str(op_library)], timeout=60)
+    _run([sys.executable, "-c", f"import sys, torch; torch.ops.load_library({str(op_library)!r}); "
+          "torch.ops.rnnkernels.rnn_layer.default; assert 'rnnkernels' not in sys.modules"],
+         timeout=300, cwd=tmp_path)
 
 
 _RANK = {"default": 0, "avx2": 1, "avx512": 2}

@@ -331,33 +331,90 @@ def test_jit_script_refuses_options_torch_nn_lacks(option):
         torch.jit.script(rnnkernels.LSTM(I, H, **option))
 
 
-def test_scripted_model_runs_in_a_cpp_program(tmp_path):
-    """examples/cpp_inference: LibTorch from the installed wheel, no rnnkernels library."""
+@pytest.fixture(scope="module")
+def run_model(tmp_path_factory):
+    """examples/cpp_inference built against the LibTorch of the installed wheel."""
     cmake, ninja = shutil.which("cmake"), shutil.which("ninja")
     if cmake is None or ninja is None:
         pytest.skip("cmake or ninja not found on PATH (pip install cmake ninja)")
     source = Path(__file__).resolve().parent.parent / "examples" / "cpp_inference"
-    build = tmp_path / "build"
+    build = tmp_path_factory.mktemp("cpp_inference")
     subprocess.run([cmake, "-S", str(source), "-B", str(build), "-G", "Ninja",
                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
                    check=True, capture_output=True, text=True, timeout=600)
     subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True,
                    text=True, timeout=900)
-    torch.manual_seed(5)
-    model = _ScriptedModel().eval()
-    path = tmp_path / "model.pt"
-    torch.jit.save(torch.jit.script(model), str(path))
+    return build / "run_model"
+
+
+def _run_in_cpp(run_model, model, path, *extra):
     steps, batch = 7, 4
     x = torch.randn(steps, batch, I)
-    out = subprocess.run([str(build / "run_model"), str(path), str(steps), str(batch), str(I)],
+    out = subprocess.run([str(run_model), str(path), str(steps), str(batch), str(I), *extra],
                          input="\n".join(f"{v:.9g}" for v in x.flatten().tolist()),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     with torch.no_grad():
         want = model(x)
+    want = want[0] if isinstance(want, tuple) else want
     assert lines[0] == str(list(want.shape)), lines[0]
     torch.testing.assert_close(torch.tensor([float(v) for v in lines[1:]]).view(want.shape), want)
+
+
+def test_scripted_model_runs_in_a_cpp_program(run_model, tmp_path):
+    """examples/cpp_inference: LibTorch from the installed wheel, no rnnkernels library."""
+    torch.manual_seed(5)
+    model = _ScriptedModel().eval()
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    _run_in_cpp(run_model, model, path)
+
+
+@pytest.mark.parametrize("kwargs", [dict(layer_norm=True, num_layers=2),
+                                    dict(zoneout_h=0.2, zoneout_c=0.1, bidirectional=True)],
+                         ids=["layer_norm", "zoneout"])
+def test_model_with_our_ops_runs_in_a_cpp_program_with_the_op_library(run_model, kwargs,
+                                                                       tmp_path):
+    """A trace of what torch has no op for holds ours (torch.ops.rnnkernels.rnn_layer): the
+    C++ program runs it with our op library loaded, and refuses it without."""
+    torch.manual_seed(7)
+    model = rnnkernels.LSTM(I, H, **kwargs).eval()
+    path = tmp_path / "model.pt"
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (torch.randn(5, 3, I),))
+    assert any(op.startswith("rnnkernels::") for op in _graph_ops(traced))
+    torch.jit.save(traced, str(path))
+    _run_in_cpp(run_model, model, path, rnnkernels.op_library_path())
+    out = subprocess.run([str(run_model), str(path), "1", "1", str(I)],
+                         input=" ".join(["0"] * I), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "rnnkernels::rnn_layer" in out.stderr, out.stderr[-2000:]
+
+
+def test_op_library_runs_our_ops_without_python_bindings(tmp_path):
+    """rnnkernels/_ops*.so in a process that never imports rnnkernels: it registers the op
+    pair with CPU kernels and autograd, linked without libtorch_python."""
+    library = rnnkernels.op_library_path()
+    script = (
+        "import sys, torch\n"
+        f"torch.ops.load_library({library!r})\n"
+        "assert 'rnnkernels' not in sys.modules\n"
+        "torch.manual_seed(0)\n"
+        "x = torch.randn(15, 6, dtype=torch.float64, requires_grad=True)\n"
+        "w = [torch.randn(40, 6, dtype=torch.float64, requires_grad=True),\n"
+        "     torch.randn(40, 10, dtype=torch.float64, requires_grad=True)]\n"
+        "h0 = torch.zeros(1, 3, 10, dtype=torch.float64)\n"
+        "c0 = torch.zeros(1, 3, 10, dtype=torch.float64)\n"
+        "def f(x, *w):\n"
+        "    return torch.ops.rnnkernels.rnn_layer('lstm', x, list(w), False, False, h0, c0,\n"
+        "                                          None, None, True)[0]\n"
+        "assert torch.autograd.gradcheck(f, (x, *w))\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    linked = subprocess.run(["ldd", library], capture_output=True, text=True).stdout
+    assert "torch_python" not in linked and "libpython" not in linked, linked
 
 
 # ---------------------------------------------------------------- AOTInductor

@@ -2,8 +2,13 @@
 // and runs it on an input [T, B, I] read from stdin (T*B*I numbers, time-major), printing
 // the first output's shape and then its values, one per line.
 //
-//   run_model MODEL T B I < input.txt
+//   run_model MODEL T B I [OP_LIBRARY] < input.txt
+//
+// OP_LIBRARY: rnnkernels' op library (python -c "import rnnkernels; print(rnnkernels.op_library_path())"),
+// loaded before the model, for a model that calls our ops (torch.ops.rnnkernels.*: a trace
+// of the layer-normalised LSTM or of zoneout); a model holding torch's RNN ops needs none.
 
+#include <dlfcn.h>
 #include <torch/script.h>
 
 #include <cstdlib>
@@ -11,8 +16,13 @@
 #include <vector>
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::cerr << "usage: run_model MODEL T B I < input.txt\n";
+  if (argc != 5 && argc != 6) {
+    std::cerr << "usage: run_model MODEL T B I [OP_LIBRARY] < input.txt\n";
+    return 2;
+  }
+  // The op library registers its ops with the dispatcher when loaded (static initializers).
+  if (argc == 6 && dlopen(argv[5], RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    std::cerr << "run_model: cannot load the op library " << argv[5] << ": " << dlerror() << "\n";
     return 2;
   }
   const int64_t steps = std::atoll(argv[2]), batch = std::atoll(argv[3]),
