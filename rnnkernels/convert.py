@@ -27,10 +27,25 @@ _TO_TORCH: dict[type, type] = {ours: theirs for theirs, ours in _TO_OURS.items()
 _rebuilt: dict[tuple[type, type], type] = {}
 
 
+def _scripted_kind(module: nn.Module) -> type | None:
+    """torch.nn's class of a layer's scriptable form (Note [scripting] in _scripted.py),
+    which torch.jit.script leaves in the model it scripted; None for other modules."""
+    from ._scripted import ScriptableLSTM, ScriptableRNN
+
+    if type(module) is ScriptableLSTM:
+        return nn.LSTM
+    if type(module) is ScriptableRNN:
+        return nn.GRU if module.mode == "GRU" else nn.RNN
+    return None
+
+
 def _target_class(module: nn.Module, mapping: dict[type, type]) -> type | None:
     cls = type(module)
     if cls in mapping:
         return mapping[cls]
+    kind = _scripted_kind(module)
+    if kind is not None:
+        return _TO_OURS[kind] if mapping is _TO_OURS else kind
     if parametrize.is_parametrized(module) and len(cls.__bases__) == 1 \
             and cls.__bases__[0] in mapping:
         # torch.nn's parametrize: class Parametrized<Name>(<original class>) whose dict

@@ -205,23 +205,23 @@ _LAYER_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "bias", "batch_fi
                     "bidirectional", "proj_size", "device", "dtype")
 
 
-def _scriptable_twin(module):
-    """torch.jit.script compiles this instead of `module` (__prepare_scriptable__): the
-    torch.nn module of the same kind, sharing `module`'s parameters and state, whose
-    forward TorchScript compiles. A scripted model so runs torch's own RNN kernels and
-    loads in LibTorch without rnnkernels, like a trace (Note [tracing] in functional.py).
-    Refused (RuntimeError) for options torch.nn lacks, which it would silently drop."""
+def _scriptable_twin(module, scriptable_class=None):
+    """torch.jit.script compiles this instead of `module` (__prepare_scriptable__): a
+    shallow copy sharing `module`'s parameters and state, of a class whose forward
+    TorchScript compiles: for the layers, rnnkernels/_scripted.py's, which runs our ops
+    (Note [scripting]); for the cells, torch.nn's cell, whose step is torch's cell op.
+    Refused (RuntimeError) for options that forward lacks, which it would silently drop."""
     from .convert import _TO_TORCH, _TORCH_EQUIVALENT_OPTIONS
 
     used = {k: getattr(module, k) for k, off in _TORCH_EQUIVALENT_OPTIONS.items()
             if getattr(module, k, off) != off}
     if used:
         raise RuntimeError(
-            f"torch.jit.script: {type(module).__name__} uses {used}, which torch.nn's "
-            f"forward (what a scripted rnnkernels module runs) does not have; use "
-            f"torch.export for such a module")
+            f"torch.jit.script: {type(module).__name__} uses {used}, which the forward a "
+            f"scripted rnnkernels module runs does not have; use torch.export (or "
+            f"torch.jit.trace) for such a module")
     twin = copy.copy(module)
-    twin.__class__ = _TO_TORCH[type(module)]
+    twin.__class__ = scriptable_class or _TO_TORCH[type(module)]
     return twin
 
 
@@ -257,7 +257,10 @@ class _RecurrentForward(_ConstructorMessages):
         self.zoneout_h = float(zoneout_h)
 
     def __prepare_scriptable__(self):
-        return _scriptable_twin(self)
+        from . import _scripted
+
+        return _scriptable_twin(self, _scripted.ScriptableLSTM if isinstance(self, nn.LSTM)
+                                else _scripted.ScriptableRNN)
 
     def _forward_weights(self) -> list[Tensor]:
         """_flat_weights, with this forward's DropConnect masks applied to W_hh in training."""

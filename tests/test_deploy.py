@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -301,6 +302,15 @@ class _ScriptedModel(nn.Module):
         return h + c
 
 
+class _LayerOnly(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)[0]
+
+
 def test_jit_script_compiles_a_model_with_our_modules(tmp_path):
     torch.manual_seed(4)
     model = _ScriptedModel()
@@ -311,13 +321,30 @@ def test_jit_script_compiles_a_model_with_our_modules(tmp_path):
     scripted = torch.jit.script(model)
     for k, x in eager.items():
         torch.testing.assert_close(scripted(x), expected[k])
+    # Our layers script to their scriptable form (Note [scripting]), which runs our op;
+    # the cells to torch.nn's cell (torch's cell op).
+    graph = str(scripted.inlined_graph)  # nodes inside loops too
+    assert "rnnkernels::rnn_layer" in graph
+    assert not any(f"aten::{op}(" in graph for op in ("lstm", "gru", "rnn_relu")), graph
     # TorchScript's __prepare_scriptable__ protocol swaps, inside `model`, each of our
-    # modules for its torch.nn twin; the twin holds the very same parameters, and
-    # rnnkernels.convert(model) brings our kernels back for eager use.
-    assert type(model.lstm) is nn.LSTM
+    # modules for the form it scripted; that form holds the very same parameters, and
+    # rnnkernels.convert(model) brings our modules back for eager use.
+    assert isinstance(model.lstm, nn.LSTM) and type(model.cell) is nn.LSTMCell
     assert model.lstm.weight_ih_l0 is ours.weight_ih_l0
+    for k, x in eager.items():  # the eager scriptable forms compute the same
+        torch.testing.assert_close(model(x), expected[k])
     scripted(torch.randn(4, 2, I)).sum().backward()
     assert ours.weight_hh_l1_reverse.grad is not None
+    # Training through the scripted model: our op's backward, checked against torch.nn.
+    ref = nn.LSTM(I, H, num_layers=2, bidirectional=True).double()
+    ref.load_state_dict(ours.state_dict())
+    for p in ours.parameters():
+        p.grad = None
+    x = torch.randn(4, 2, I)
+    torch.jit.script(_LayerOnly(ours))(x).pow(2).sum().backward()
+    ref(x.double())[0].pow(2).sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad.float(), rtol=1e-4, atol=1e-5, msg=name)
     rnnkernels.convert(model)
     assert type(model.lstm) is rnnkernels.LSTM and type(model.cell) is rnnkernels.LSTMCell
     for k, x in eager.items():
@@ -363,12 +390,54 @@ def _run_in_cpp(run_model, model, path, *extra):
 
 
 def test_scripted_model_runs_in_a_cpp_program(run_model, tmp_path):
-    """examples/cpp_inference: LibTorch from the installed wheel, no rnnkernels library."""
+    """examples/cpp_inference: LibTorch from the installed wheel with our op library (a
+    scripted model calls our op)."""
     torch.manual_seed(5)
     model = _ScriptedModel().eval()
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(model), str(path))
-    _run_in_cpp(run_model, model, path)
+    _run_in_cpp(run_model, model, path, rnnkernels.op_library_path())
+
+
+def test_scripted_model_loads_in_a_fresh_process(tmp_path):
+    """jit.save, then jit.load in a new Python process after `import rnnkernels`, with
+    PackedSequence and unbatched inputs through the scripted forms."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = rnnkernels.LSTM(I, H, proj_size=4, bidirectional=True)
+            self.gru = rnnkernels.GRU(I, H, num_layers=2)
+
+        def forward(self, x, lengths, single):
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            y, (h, c) = self.lstm(packed)
+            z, g = self.gru(single)
+            return pad_packed_sequence(y)[0], h, c, z, g
+
+    torch.manual_seed(8)
+    model = Model().eval()
+    args = (torch.randn(6, 3, I), torch.tensor([6, 2, 4]), torch.randn(5, I))
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "model.pt"))
+    torch.save(args, tmp_path / "args.pt")
+    script = ("import json, torch, rnnkernels\n"
+              f"m = torch.jit.load({str(tmp_path / 'model.pt')!r})\n"
+              f"out = m(*torch.load({str(tmp_path / 'args.pt')!r}))\n"
+              "print(json.dumps([t.tolist() for t in out]))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    ref = nn.ModuleDict({"lstm": nn.LSTM(I, H, proj_size=4, bidirectional=True),
+                         "gru": nn.GRU(I, H, num_layers=2)}).eval()
+    ref.lstm.load_state_dict(model.lstm.state_dict())
+    ref.gru.load_state_dict(model.gru.state_dict())
+    with torch.no_grad():
+        y, (h, c) = ref.lstm(pack_padded_sequence(args[0], args[1], enforce_sorted=False))
+        z, g = ref.gru(args[2])
+        want = (pad_packed_sequence(y)[0], h, c, z, g)
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(torch.tensor(g_), w, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs", [dict(layer_norm=True, num_layers=2),

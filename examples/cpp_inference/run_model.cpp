@@ -5,8 +5,9 @@
 //   run_model MODEL T B I [OP_LIBRARY] < input.txt
 //
 // OP_LIBRARY: rnnkernels' op library (python -c "import rnnkernels; print(rnnkernels.op_library_path())"),
-// loaded before the model, for a model that calls our ops (torch.ops.rnnkernels.*: a trace
-// of the layer-normalised LSTM or of zoneout); a model holding torch's RNN ops needs none.
+// loaded before the model, for a model that calls our ops (torch.ops.rnnkernels.*: a
+// scripted model, a trace of the layer-normalised LSTM or of zoneout); a model holding
+// torch's RNN ops needs none.
 
 #include <dlfcn.h>
 #include <torch/script.h>
