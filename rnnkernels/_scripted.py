@@ -60,10 +60,19 @@ def _run_layers(mode: str, rows: Tensor, h0: Tensor, c0: Optional[Tensor],
     return x, h_last, (torch.cat(c_n, 0) if c0 is not None else h_last)
 
 
-def _rows(input: Tensor, batch_first: bool) -> Tuple[Tensor, int, int]:
-    """A batched [T, B, I] (or [B, T, I]) input as time-major rows [T*B, I], T, B."""
+def _dense_rows(input: Tensor, batch_first: bool,
+                name: str) -> Tuple[Tensor, Tensor, int, int, bool]:
+    """A dense input, batched [T, B, I] ([B, T, I]) or unbatched [T, I], as (the batched
+    input, its time-major rows [T*B, I], T, B, whether it was batched)."""
+    if input.dim() not in (2, 3):
+        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor "
+                         f"instead")
+    batched = input.dim() == 3
+    if not batched:
+        input = input.unsqueeze(0 if batch_first else 1)
     seq = input.transpose(0, 1) if batch_first else input
-    return seq.reshape(seq.size(0) * seq.size(1), seq.size(2)), seq.size(0), seq.size(1)
+    rows = seq.reshape(seq.size(0) * seq.size(1), seq.size(2))
+    return input, rows, seq.size(0), seq.size(1), batched
 
 
 def _sequence(output: Tensor, steps: int, batch: int, batch_first: bool) -> Tensor:
@@ -92,12 +101,7 @@ class ScriptableLSTM(nn.LSTM):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
             rows, batch = input, int(batch_sizes[0])
         else:
-            batched = input.dim() == 3
-            if input.dim() not in (2, 3):
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            if not batched:
-                input = input.unsqueeze(0 if self.batch_first else 1)
-            rows, steps, batch = _rows(input, self.batch_first)
+            input, rows, steps, batch, batched = _dense_rows(input, self.batch_first, "LSTM")
         directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         if hx is None:
@@ -154,13 +158,7 @@ class ScriptableRNN(nn.RNNBase):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
             rows, batch = input, int(batch_sizes[0])
         else:
-            batched = input.dim() == 3
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got "
-                                 f"{input.dim()}D tensor instead")
-            if not batched:
-                input = input.unsqueeze(0 if self.batch_first else 1)
-            rows, steps, batch = _rows(input, self.batch_first)
+            input, rows, steps, batch, batched = _dense_rows(input, self.batch_first, self.mode)
         directions = 2 if self.bidirectional else 1
         if hx is None:
             h0 = torch.zeros(self.num_layers * directions, batch, self.hidden_size,
