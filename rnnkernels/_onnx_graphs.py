@@ -3,7 +3,7 @@
 Note [ONNX export]
 Inside torch.onnx.export (either exporter) a layer or cell that torch's own implementation
 can run records torch's RNN op (Note [tracing] in functional.py), which the exporters
-translate to ONNX's native LSTM/GRU/RNN operators, the graph torch.nn exports. Three kinds
+translate to ONNX's native LSTM/GRU/RNN operators, the graph torch.nn exports. These kinds
 of layer have no such op, and export here as an explicit loop over time instead:
   - an LSTM with proj_size (ONNX's LSTM has no projection; torch's TorchScript exporter
     refuses it, and its dynamo exporter emits an LSTM node with the wrong hidden size
