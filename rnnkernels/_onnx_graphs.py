@@ -3,16 +3,17 @@
 Note [ONNX export]
 Inside torch.onnx.export (either exporter) a layer or cell that torch's own implementation
 can run records torch's RNN op (Note [tracing] in functional.py), which the exporters
-translate to ONNX's native LSTM/GRU/RNN operators, the graph torch.nn exports. These kinds
+translate to ONNX's native LSTM/GRU/RNN operators, the graph torch.nn exports. Three kinds
 of layer have no such op, and export here as an explicit loop over time instead:
   - an LSTM with proj_size (ONNX's LSTM has no projection; torch's TorchScript exporter
     refuses it, and its dynamo exporter emits an LSTM node with the wrong hidden size
     that ONNX Runtime rejects);
   - zoneout in evaluation (each state is p * previous + (1 - p) * update: a recurrence
     of its own, not the plain cell);
-  - the layer-normalised LSTM;
-  - the Elman RNN under the dynamo exporter, which has no translation of torch's RNN op
-    to ONNX's (torch.nn's export unrolls the loop for the example's sequence length).
+  - the layer-normalised LSTM.
+The Elman RNN keeps torch's op under the dynamo exporter too, which unrolls it for the
+example's sequence length, as torch.nn's export does: a Scan would keep the length
+dynamic, but torch 2.13 fails to decompose it when the initial state is a graph input.
 The loop body is the reference's recurrence (rnnkernels/reference.py, the executable
 specification), after one product of the whole sequence with W_ih. torch.onnx.export
 (dynamo=False) traces: the loop is a TorchScript function, which the exporter turns into
@@ -46,14 +47,10 @@ def in_onnx_export() -> bool:
     return False
 
 
-def needs_loop(cell: str, proj: bool, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
-               layer_norm=None, **_) -> bool:
+def needs_loop(proj: bool, zoneout_h: float = 0.0, zoneout_c: float = 0.0, layer_norm=None,
+               **_) -> bool:
     """Whether a layer call exports here rather than as torch's RNN op (Note [ONNX export])."""
-    if proj or zoneout_h or zoneout_c or layer_norm is not None:
-        return True
-    # The dynamo exporter has no ONNX RNN for aten::rnn_tanh / rnn_relu: it unrolls
-    # torch's decomposition over a fixed sequence length; a Scan keeps it dynamic.
-    return cell == "rnn" and not torch.jit.is_tracing()
+    return proj or bool(zoneout_h) or bool(zoneout_c) or layer_norm is not None
 
 
 # ---------------------------------------------------------------- loops over time

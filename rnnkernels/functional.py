@@ -351,8 +351,8 @@ def _routed(cell: str):
             torch_can_run = _torch_has_options(**kwargs)
             if _onnx_graphs.in_onnx_export():
                 # Note [ONNX export] in _onnx_graphs.py.
-                if not is_step and _onnx_graphs.needs_loop(
-                        cell, _has_projection(cell, args, kwargs), **kwargs):
+                if not is_step and _onnx_graphs.needs_loop(_has_projection(cell, args, kwargs),
+                                                           **kwargs):
                     return _onnx_graphs.export_layers(cell, input, *args, **kwargs)
                 if torch_can_run:
                     return torch_engine(input, *args, **kwargs)

@@ -3,7 +3,7 @@
 torch.onnx.export(dynamo=True) records torch's own RNN ops for the layers and cells torch
 has, as torch.onnx.export(dynamo=False) does (tests/test_deploy.py): native ONNX LSTM and
 GRU nodes, the cells as their products. What torch's ops cannot express (an LSTM with
-proj_size, zoneout, the layer-normalised LSTM; under the dynamo exporter the Elman RNN)
+proj_size, zoneout, the layer-normalised LSTM)
 exports as a loop over time (Note [ONNX export] in rnnkernels/_onnx_graphs.py): an ONNX
 Loop (dynamo=False) or Scan (dynamo=True). Every exported graph is run on shapes other
 than the example's and compared with our eager module (float32, within 1e-5).
@@ -11,6 +11,7 @@ than the example's and compared with our eager module (float32, within 1e-5).
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -42,7 +43,6 @@ LOOPS = {  # exported as a loop over time
     "lstm_layer_norm_2layers": ("LSTM", dict(layer_norm=True, num_layers=2)),
     "lstm_layer_norm_bidir_no_bias": ("LSTM", dict(layer_norm=True, bidirectional=True,
                                                    bias=False)),
-    "rnn_tanh_2layers_bidir": ("RNN", dict(num_layers=2, bidirectional=True)),  # dynamo: Scan
 }
 CELLS = ("LSTMCell", "GRUCell", "RNNCell")
 
@@ -111,16 +111,25 @@ def _count(path, op_type):
     return sum(n.op_type == op_type for n in onnx.load(str(path)).graph.node)
 
 
-def _run(path, names, args, runtime):
-    feeds = {n: a.numpy() for n, a in zip(names, args)}
+@functools.lru_cache(maxsize=4)
+def _load(path: str, runtime: str):
+    """The graph at `path` loaded in `runtime` (once per graph: OpenVINO's compile is most
+    of a run's time), as a function of the feeds."""
     if runtime == "onnxruntime":
         ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return [torch.from_numpy(r) for r in session.run(None, feeds)]
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda feeds: [torch.from_numpy(r) for r in session.run(None, feeds)]
     ov = pytest.importorskip("openvino", reason="openvino is not installed")
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    result = compiled(list(feeds.values()))
-    return [torch.from_numpy(result[output]) for output in compiled.outputs]
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(feeds):
+        result = compiled(list(feeds.values()))
+        return [torch.from_numpy(result[output]) for output in compiled.outputs]
+    return run
+
+
+def _run(path, names, args, runtime):
+    return _load(str(path), runtime)({n: a.numpy() for n, a in zip(names, args)})
 
 
 def _check_runs(path, names, model, kind, kwargs, with_state, shapes=((8, 2), (1, 5))):
@@ -175,7 +184,7 @@ def test_dynamo_export_of_a_layer_is_torch_nn_graph(name, with_state, tmp_path):
 # torch 2.13's scan fails to decompose (its body returns a SymInt) in these layouts when
 # the initial state is a graph input sharing the dynamic batch dimension (README, Deploying).
 _SCAN_STATE_FAILS = {"lstm_proj_2layers_bidir_batch_first", "gru_zoneout_bidir",
-                     "rnn_relu_zoneout", "rnn_tanh_2layers_bidir"}
+                     "rnn_relu_zoneout"}
 
 
 # The TorchScript exporter's Loop takes its states as loop-carried values either way: with
@@ -192,17 +201,35 @@ def test_export_as_a_loop_runs_in_both_runtimes(name, dynamo, with_state, tmp_pa
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ops, names = _export(model, _inputs(kind, kwargs, 5, 3, with_state, 0),
                          tmp_path / "m.onnx", dynamo, kwargs)
-    native = "Scan" not in ops and "Loop" not in ops
-    if name == "rnn_tanh_2layers_bidir" and not dynamo:
-        assert native and "RNN" in ops, ops  # torch's RNN op, as torch.nn's export
-    else:
-        assert ("Scan" if dynamo else "Loop") in ops and kind not in ops, ops
+    assert ("Scan" if dynamo else "Loop") in ops and kind not in ops, ops
     if kwargs.get("layer_norm"):
         assert "LayerNormalization" in ops
     _check_runs(tmp_path / "m.onnx", names, model, kind, kwargs, with_state)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert not model.training
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["no_state", "state"])
+def test_dynamo_export_of_the_rnn_is_torch_nn_graph(with_state, tmp_path):
+    """The Elman RNN: torch's op, which the dynamo exporter unrolls for the example's
+    length, as for torch.nn's RNN (Note [ONNX export])."""
+    kwargs = dict(num_layers=2, bidirectional=True, nonlinearity="relu")
+    ours = _layer(rnnkernels, "RNN", kwargs)
+    ref = _layer(nn, "RNN", kwargs)
+    ref.load_state_dict(ours.state_dict())
+    example = _inputs("RNN", kwargs, 5, 3, with_state, 0)
+    ops, names = _export(ours, example, tmp_path / "ours.onnx", True, kwargs)
+    ref_ops, _ = _export(ref, example, tmp_path / "ref.onnx", True, kwargs)
+    assert ops == ref_ops and "Relu" in ops and not ops & {"Scan", "Loop", "RNN"}, ops
+    args = _inputs("RNN", kwargs, 5, 3, with_state, 4)
+    with torch.no_grad():
+        eager = ours(*args)
+    for runtime in ("onnxruntime", "openvino"):
+        got = _run(tmp_path / "ours.onnx", names, args, runtime)
+        for g, r, e in zip(got, _run(tmp_path / "ref.onnx", names, args, runtime), eager):
+            torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
