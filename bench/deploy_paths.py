@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,16 +23,7 @@ import torch
 from torch import nn
 
 import rnnkernels
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from rnnkernels.bench.env import cpu_info
 
 
 class _Output(nn.Module):
@@ -139,7 +129,7 @@ def main():
             median = statistics.median(values)
             rows.append(dict(case=label, engine=name, ms=median * 1e3, ours_over=base / median))
             print(f"{label:24s} {name:38s} {median * 1e3:9.2f} ms   ours/this {base / median:5.2f}x")
-    meta = dict(cpu=_cpu_name(), threads=threads, torch=torch.__version__, size=args.size,
+    meta = dict(cpu=cpu_info(), threads=threads, torch=torch.__version__, size=args.size,
                 repeats=args.repeats)
     print(json.dumps(meta))
     if args.out:
