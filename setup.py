@@ -134,7 +134,9 @@ SANITIZE_CFLAGS, SANITIZE_LDFLAGS = _sanitize_flags()
 
 # The Python bindings of rnnkernels._C; every other host file is the op library's.
 BINDING_SOURCES = ["csrc/rnnkernels.cpp", "csrc/build_info.cpp"]
-# The op schemas (TORCH_LIBRARY): compiled into each of the two modules, _C and _ops.
+# The op schemas (TORCH_LIBRARY): the op library's own source. _ops holds them and every
+# other host file but the bindings; _C holds the bindings and links _ops (one copy of the
+# ops and their state per process, whichever of the two a program loads first).
 SCHEMA_SOURCE = "csrc/op_library.cpp"
 
 
@@ -148,7 +150,7 @@ def _host_sources():
 
 def _op_sources():
     """The op library's host files but its schemas: kernels, dispatch, autograd; compiled
-    once (BuildExt) and linked into both _C and the Python-free op library _ops."""
+    by BuildExt and linked into the Python-free op library _ops, which _C links."""
     return [s for s in _host_sources() if s not in BINDING_SOURCES and s != SCHEMA_SOURCE]
 
 
@@ -284,12 +286,20 @@ NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
 
 
 class BuildExt(BuildExtension):
-    """BuildExtension plus the objects both _C and _ops link: the op library's host files
-    and the per-ISA kernels (with their own flags), compiled once by one ninja file."""
+    """BuildExtension plus the op library: _ops links its host files and the per-ISA kernels
+    (with their own flags, compiled by one ninja file) and exports their C++ symbols under
+    the soname of its file; _C links _ops and finds it beside itself ($ORIGIN)."""
 
     def build_extension(self, ext):
-        if ext.name in ("rnnkernels._C", "rnnkernels._ops"):
+        op_library = self.get_ext_fullpath("rnnkernels._ops")
+        if ext.name == "rnnkernels._ops":
             ext.extra_objects = list(ext.extra_objects or []) + self._compile_op_library()
+            ext.extra_link_args = list(ext.extra_link_args or []) + [
+                f"-Wl,-soname,{os.path.basename(op_library)}"]
+        elif ext.name == "rnnkernels._C":
+            # ext_modules builds _ops first. No shell runs the link, so $ORIGIN stays literal.
+            ext.extra_link_args = list(ext.extra_link_args or []) + [
+                op_library, "-Wl,-rpath,$ORIGIN"]
         super().build_extension(ext)
 
     def _compile_op_library(self):
@@ -298,7 +308,7 @@ class BuildExt(BuildExtension):
         cxx = os.environ.get("CXX") or shutil.which("c++") or "g++"
         abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
         includes = [str(CSRC), str(CSRC / "include")] + include_paths() + [sysconfig.get_paths()["include"]]
-        common = ["-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden", "-DNDEBUG", abi,
+        common = ["-O3", "-std=c++20", "-fPIC", "-DNDEBUG", abi,
                   "-Wno-unused-variable", "-Wno-unknown-pragmas"] + SANITIZE_CFLAGS \
             + [f"-I{p}" for p in includes]
         lines = ["ninja_required_version = 1.3", f"cxx = {cxx}", "",
@@ -306,8 +316,13 @@ class BuildExt(BuildExtension):
                  "  command = $cxx -MMD -MF $out.d $cflags -c $in -o $out",
                  "  depfile = $out.d", "  deps = gcc", ""]
         objects = []
-        sources = [(ROOT / s, common + CXX_FLAGS) for s in _op_sources()]
-        sources += [(CSRC / "cpu" / f"kernels_{isa}.cpp", common + ISA_FLAGS[isa]) for isa in _isas()]
+        # The host files with default visibility: _C calls into them through _ops' exports.
+        # No interposition of those symbols: calls inside _ops stay direct and inlinable.
+        host_flags = [f for f in CXX_FLAGS if f != "-fvisibility=hidden"] \
+            + ["-fno-semantic-interposition"]
+        sources = [(ROOT / s, common + host_flags) for s in _op_sources()]
+        sources += [(CSRC / "cpu" / f"kernels_{isa}.cpp", common + ["-fvisibility=hidden"]
+                     + ISA_FLAGS[isa]) for isa in _isas()]
         for src, cflags in sources:
             obj = out_dir / src.relative_to(CSRC).with_suffix(".o")
             flags = " ".join(cflags).replace("$", "$$")
@@ -329,7 +344,7 @@ def _depends(sources):
 
 
 def _extension():
-    sources = BINDING_SOURCES + [SCHEMA_SOURCE]
+    sources = list(BINDING_SOURCES)
     include_dirs = [str(CSRC), str(CSRC / "include")]
     depends = _depends(sources)
     if WITH_CUDA:
@@ -344,9 +359,9 @@ def _extension():
 
 
 def _op_library_extension():
-    # The op library without Python (no libtorch_python, no pybind11): the schemas plus the
-    # objects _C links too (BuildExt). Python never imports it; a C++ program linked against
-    # LibTorch loads it to run models that call our ops (examples/cpp_inference).
+    # The op library without Python (no libtorch_python, no pybind11): the schemas, kernels,
+    # dispatch and autograd (BuildExt). _C links it; a C++ program linked against LibTorch
+    # loads it to run models that call our ops (examples/cpp_inference).
     return CppExtension("rnnkernels._ops", [SCHEMA_SOURCE], py_limited_api=True,
                         depends=_depends([SCHEMA_SOURCE]), extra_compile_args={"cxx": CXX_FLAGS},
                         extra_link_args=LINK_FLAGS)
@@ -368,6 +383,6 @@ print(f"rnnkernels: CPU kernels for {', '.join(_isas())}; CUDA: {'yes' if WITH_C
 
 setup(
     packages=find_packages(include=["rnnkernels", "rnnkernels.*"]),
-    ext_modules=[_extension(), _op_library_extension(), _bench_extension()],
+    ext_modules=[_op_library_extension(), _extension(), _bench_extension()],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

@@ -1,7 +1,7 @@
-// The op schemas of the rnnkernels namespace, in the op library: the objects every build
-// links into rnnkernels._C and, without Python, into the op library rnnkernels/_ops*.so,
-// which a C++ program linked against LibTorch loads (examples/cpp_inference). A process
-// loads one of the two, never both: each registers these schemas (TORCH_LIBRARY).
+// The op schemas of the rnnkernels namespace, in the op library rnnkernels/_ops*.so: the
+// kernels, dispatch and autograd without Python, which a C++ program linked against
+// LibTorch loads (examples/cpp_inference) and the Python bindings rnnkernels._C link. So a
+// process registers these schemas (TORCH_LIBRARY) once, however many of the two it loads.
 //
 // One op pair, after ATen's _cudnn_rnn: rnn_layer runs one layer of any mode, one or both
 // directions, over the whole sequence, from its input x; rnn_layer_backward returns the

@@ -41,8 +41,9 @@ def build_info():
 def op_library_path() -> str:
     """The path of rnnkernels' op library: the ops, their kernels (CPU) and autograd without
     Python, for a C++ program linked against LibTorch that runs a saved model calling
-    torch.ops.rnnkernels.* (dlopen it before torch::jit::load; examples/cpp_inference).
-    Not for this process: importing rnnkernels already registered the same ops."""
+    torch.ops.rnnkernels.* (dlopen it before torch::jit::load; examples/cpp_inference), or
+    for a Python process without rnnkernels (torch.ops.load_library). rnnkernels._C links
+    this library, so loading it where rnnkernels is imported changes nothing."""
     from pathlib import Path
 
     found = sorted(Path(__file__).resolve().parent.glob("_ops*.so"))

@@ -50,7 +50,7 @@ for i, env in enumerate(json.loads(sys.argv[1])):
     except Exception as err:
         results.append(f"{type(err).__name__}: {err}")
         continue
-    ext = captured["ext_modules"][0]
+    ext = next(e for e in captured["ext_modules"] if e.name == "rnnkernels._C")
     temp = os.path.join(sys.argv[2], str(i))
     objects = g["BuildExt"]._compile_op_library(types.SimpleNamespace(build_temp=temp))
     results.append({
@@ -138,16 +138,20 @@ def test_headers_and_isa_kernels_are_dependencies(probe):
 
 
 def test_op_library_objects_are_every_host_file_but_the_bindings(probe):
-    """BuildExt compiles the op library once (_C and _ops link the same objects): every
-    host file but the Python bindings and the schemas, which each module compiles."""
+    """BuildExt compiles the op library's objects once, for _ops (which _C links): every
+    host file but the Python bindings (_C's sources) and the schemas (_ops' source); the
+    host files export their symbols (_C calls them), the ISA kernels do not."""
     result = probe()
     hosts = {p.relative_to(ROOT).with_suffix(".o").name for p in
              [*(ROOT / "csrc").glob("*.cpp"), *(ROOT / "csrc" / "host").glob("*.cpp"),
               *(ROOT / "csrc" / "cpu").glob("*.cpp")] if not p.name.startswith("kernels_")}
     objects = {Path(o).name for o in result["objects"] if not Path(o).name.startswith("kernels_")}
     assert objects == hosts - {"rnnkernels.o", "build_info.o", "op_library.o"}
-    assert sorted(result["sources"]) == ["csrc/build_info.cpp", "csrc/op_library.cpp",
-                                         "csrc/rnnkernels.cpp"]
+    assert sorted(result["sources"]) == ["csrc/build_info.cpp", "csrc/rnnkernels.cpp"]
+    for line in re.findall(r"build \S+\.o: compile (\S+)\n  cflags = (.*)", result["ninja_file"]):
+        source, flags = line
+        hidden = "-fvisibility=hidden" in flags.split()
+        assert hidden == Path(source).name.startswith("kernels_"), (source, flags)
 
 
 def test_skip_cuda_build_gives_a_cpu_only_extension(probe):

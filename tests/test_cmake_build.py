@@ -84,10 +84,10 @@ def _setup_py_extension(**env):
         "captured = {}\n"
         "setuptools.setup = lambda **kwargs: captured.update(kwargs)\n"
         "g = runpy.run_path('setup.py')\n"
-        "ext = captured['ext_modules'][0]\n"
+        "ext = captured['ext_modules'][1]\n"
         "print(json.dumps({'sources': ext.sources, 'isas': g['_isas'](),\n"
         "                  'op_sources': g['_op_sources'](),\n"
-        "                  'op_library_sources': captured['ext_modules'][1].sources,\n"
+        "                  'op_library_sources': captured['ext_modules'][0].sources,\n"
         "                  'bench_sources': captured['ext_modules'][2].sources,\n"
         "                  'isa_flags': g['ISA_FLAGS'], 'hash': g['_load_source_hash'](),\n"
         "                  'sanitize': g['_sanitize_flags']()}))\n")
@@ -108,16 +108,19 @@ def test_cmake_compiles_setup_py_sources(configured):
     module_sources = {(ROOT / s).resolve() for s in setup["sources"]}
     op_sources = {(ROOT / s).resolve() for s in setup["op_sources"]}
     bench_sources = {(ROOT / s).resolve() for s in setup["bench_sources"]}
-    # The op library (_ops): the schemas of _C's sources plus the objects _C links too.
-    assert {(ROOT / s).resolve() for s in setup["op_library_sources"]} < module_sources
-    assert set(commands) == module_sources | op_sources | set(isa_sources) | bench_sources
-    for source in op_sources:  # no Python, no extension defines, as BuildExt compiles them
+    # The op library (_ops): the schemas and the objects of op_sources; _C links it.
+    library_sources = {(ROOT / s).resolve() for s in setup["op_library_sources"]}
+    assert not library_sources & module_sources
+    assert set(commands) == (module_sources | library_sources | op_sources | set(isa_sources)
+                             | bench_sources)
+    for source in op_sources | library_sources:  # no Python, no extension defines
         argv = commands[source]
-        for flag in ("-std=c++20", "-fvisibility=hidden", "-O3"):
+        for flag in ("-std=c++20", "-O3"):
             assert flag in argv, f"{source.name}: {flag} missing from {argv}"
+        # The objects export their symbols, as BuildExt compiles them: _C calls into _ops.
+        assert ("-fvisibility=hidden" in argv) == (source in library_sources), argv
         assert any(a.startswith("-fopenmp") for a in argv), argv
         assert not any("TORCH_EXTENSION_NAME" in a or "include/python3" in a for a in argv), argv
-    module_sources -= {(ROOT / s).resolve() for s in setup["op_library_sources"]}
 
     for source, isa in isa_sources.items():
         argv = commands[source]
@@ -207,7 +210,8 @@ def setuptools_build(tmp_path_factory):
 
 
 def _package_with(module, package_root):
-    """A copy of the package at package_root/rnnkernels holding `module` as its _C."""
+    """A copy of the package at package_root/rnnkernels holding `module` as its _C, with
+    the op library built beside it (_C links it)."""
     if (package_root / "rnnkernels").exists():
         shutil.rmtree(package_root / "rnnkernels")
     shutil.copytree(ROOT / "rnnkernels", package_root / "rnnkernels",
@@ -215,6 +219,8 @@ def _package_with(module, package_root):
     if not (package_root / "csrc").exists():
         (package_root / "csrc").symlink_to(ROOT / "csrc")  # keeps _ext.py's stale-source check
     shutil.copy2(module, package_root / "rnnkernels" / module.name)
+    for op_library in module.parent.glob("_ops*.so"):
+        shutil.copy2(op_library, package_root / "rnnkernels" / op_library.name)
     return package_root
 
 

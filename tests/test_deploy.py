@@ -486,6 +486,33 @@ def test_op_library_runs_our_ops_without_python_bindings(tmp_path):
     assert "torch_python" not in linked and "libpython" not in linked, linked
 
 
+@pytest.mark.parametrize("library_first", [True, False], ids=["library_first", "package_first"])
+def test_op_library_and_the_package_share_one_copy_of_the_ops(tmp_path, library_first):
+    """rnnkernels._C links the op library, so a process may load both, in either order: the
+    ops are registered once (a second TORCH_LIBRARY would abort the process) and run."""
+    library = rnnkernels.op_library_path()
+    load = f"torch.ops.load_library({library!r})\n"
+    script = (
+        "import torch\n" + (load if library_first else "") + "import rnnkernels\n"
+        + ("" if library_first else load)
+        + "torch.manual_seed(0)\n"
+        "ours = rnnkernels.LSTM(6, 10, num_layers=2)\n"
+        "ref = torch.nn.LSTM(6, 10, num_layers=2)\n"
+        "ref.load_state_dict(ours.state_dict())\n"
+        "x = torch.randn(7, 3, 6)\n"
+        "torch.testing.assert_close(ours(x)[0], ref(x)[0])\n"
+        "maps = {line.split()[-1] for line in open('/proc/self/maps') if '_ops' in line}\n"
+        "print(sorted(maps))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(rnnkernels.__file__).resolve().parent.parent))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == str([library]), out.stdout
+    (module,) = Path(rnnkernels.__file__).parent.glob("_C*.so")
+    linked = subprocess.run(["ldd", str(module)], capture_output=True, text=True).stdout
+    assert f"{Path(library).name} => {library}" in linked, linked
+
+
 # ---------------------------------------------------------------- AOTInductor
 
 
