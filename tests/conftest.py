@@ -19,3 +19,17 @@ def _seed_per_test(request):
     reproduces when the test is run alone."""
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+# The files that build the extension again (with sanitizers, through CMake) run longest:
+# collected first, so that with the README's `-n 2 --dist loadfile` one worker starts them
+# while the other runs the rest, instead of one of them running alone at the end.
+_LONGEST_FIRST = ("test_sanitizers.py", "test_cmake_build.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each file and among the rest is kept
