@@ -22,8 +22,9 @@ def _seed_per_test(request):
 
 
 # The files that build the extension again (with sanitizers, through CMake) run longest:
-# collected first, so that with the README's `-n 2 --dist loadfile` one worker starts them
-# while the other runs the rest, instead of one of them running alone at the end.
+# collected first, so that with the README's `-n 2 --dist loadfile --no-loadscope-reorder`
+# (xdist hands out files in collection order, not largest test count first) one worker
+# starts them while the other runs the rest, instead of one running alone at the end.
 _LONGEST_FIRST = ("test_sanitizers.py", "test_cmake_build.py")
 
 
