@@ -41,26 +41,35 @@ def build(case: Case, model: torch.nn.Module, x: torch.Tensor,
           wanted: tuple[str, ...]) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
     """({peer name: a pass running the exported graph on x}, {peer name: why it has none}).
     Names: onnxruntime, openvino, openvino_bf16."""
-    passes, errors = {}, {}
     if not wanted or not applies(case):
-        return passes, errors
+        return {}, {}
     try:
         graph = _onnx_model(model, x)
     except Exception as err:  # noqa: BLE001  (the export's failure is the result)
-        return passes, {name: f"ONNX export failed: {err}" for name in wanted}
-    feed = x.numpy()
+        return {}, {name: f"ONNX export failed: {err}" for name in wanted}
+    return runtime_passes(graph, x.numpy(), case.threads, wanted)
+
+
+def runtime_passes(graph: bytes, feed, threads: int, wanted: tuple[str, ...],
+                   bf16: bool = True) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
+    """An ONNX graph (serialized) loaded in each wanted runtime with `threads` threads:
+    ({name: a pass running it on feed (one array, the graph's first input) and returning its
+    first output}, {name: why it has none}). Names: onnxruntime, openvino and, with bf16 on
+    a CPU with AVX512-BF16 or AMX, openvino_bf16 (OpenVINO's bfloat16 precision hint)."""
+    passes, errors = {}, {}
     if "onnxruntime" in wanted:
         try:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = case.threads
+            options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             # Its workers otherwise spin after each run and take the cores from the passes
             # timed next (ours and torch.nn's times then doubled, with a 40-90% spread).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-            passes["onnxruntime"] = lambda: session.run(None, {"x": feed})
+            feeds = {session.get_inputs()[0].name: feed}
+            passes["onnxruntime"] = lambda: session.run(None, feeds)[0]
         except Exception as err:  # noqa: BLE001
             errors["onnxruntime"] = f"{type(err).__name__}: {err}"
     if "openvino" in wanted:
@@ -73,14 +82,14 @@ def build(case: Case, model: torch.nn.Module, x: torch.Tensor,
                 path.write_bytes(graph)
                 read = core.read_model(str(path))
             hints = {"f32": "openvino"}
-            if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
+            if bf16 and {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
                 hints["bf16"] = "openvino_bf16"
             for precision, name in hints.items():
                 compiled = core.compile_model(read, "CPU", {
-                    "INFERENCE_NUM_THREADS": case.threads,
+                    "INFERENCE_NUM_THREADS": threads,
                     "INFERENCE_PRECISION_HINT": precision})
                 request = compiled.create_infer_request()
-                passes[name] = (lambda r: lambda: r.infer({0: feed}))(request)
+                passes[name] = (lambda r: lambda: r.infer({0: feed})[0])(request)
         except Exception as err:  # noqa: BLE001
             errors["openvino"] = f"{type(err).__name__}: {err}"
     return passes, errors
