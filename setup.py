@@ -11,8 +11,9 @@ Environment:
     FORCE_CUDA=1                 build the CUDA part even if torch reports no CUDA device
                                  support detectable here (needs nvcc and a CUDA torch)
     RNNKERNELS_ISAS              comma list of CPU kernel variants: default, avx2, avx512,
-                                 avx512_bf16 (default: all for this arch; x86 only beyond
-                                 "default"; avx512_bf16 needs avx512)
+                                 avx512_bf16, avx512_vnni (default: all for this arch; x86
+                                 only beyond "default"; avx512_bf16 and avx512_vnni need
+                                 avx512)
     RNNKERNELS_SANITIZE          comma list of sanitizers, "address", "undefined" or both:
                                  -fsanitize=... -fno-omit-frame-pointer -g1 -O1 (UB aborts:
                                  -fno-sanitize-recover). Build into a copy of the tree, not
@@ -76,11 +77,14 @@ ISA_FLAGS = {
     # bfloat16 kernels only, beside avx512 (kernels_avx512_bf16.cpp explains the namespace).
     "avx512_bf16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
                     "-mavx512bf16", "-DCPU_CAPABILITY=AVX512_BF16", "-DCPU_CAPABILITY_AVX512"],
+    # int8 kernels only, beside avx512 (kernels_avx512_vnni.cpp).
+    "avx512_vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                    "-mavx512vnni", "-DCPU_CAPABILITY=AVX512_VNNI", "-DCPU_CAPABILITY_AVX512"],
 }
 
 
 def _available_isas():
-    return ["default", "avx2", "avx512", "avx512_bf16"] if IS_X86 else ["default"]
+    return ["default", "avx2", "avx512", "avx512_bf16", "avx512_vnni"] if IS_X86 else ["default"]
 
 
 def _env_list(name):
@@ -90,7 +94,8 @@ def _env_list(name):
 
 def _isas():
     """The kernel variants to build: RNNKERNELS_ISAS, or all for this architecture. A name
-    that is not a variant, or avx512_bf16 without avx512 (it only extends that table), is
+    that is not a variant, or avx512_bf16 or avx512_vnni without avx512 (they only extend
+    that table), is
     refused; a variant this architecture has no flags for (x86 ones elsewhere) is left out."""
     available = _available_isas()
     wanted = _env_list("RNNKERNELS_ISAS")
@@ -100,9 +105,10 @@ def _isas():
     if unknown:
         raise RuntimeError(f"RNNKERNELS_ISAS: unknown kernel variant(s) {unknown}; "
                            f"choose among {list(ISA_FLAGS)}")
-    if "avx512_bf16" in wanted and "avx512" not in wanted:
-        raise RuntimeError("RNNKERNELS_ISAS: avx512_bf16 extends the avx512 kernels; "
-                           "list avx512 too")
+    for extension in ("avx512_bf16", "avx512_vnni"):
+        if extension in wanted and "avx512" not in wanted:
+            raise RuntimeError(f"RNNKERNELS_ISAS: {extension} extends the avx512 kernels; "
+                               "list avx512 too")
     return [i for i in available if i in wanted] or ["default"]
 
 

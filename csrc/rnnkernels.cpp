@@ -4,15 +4,64 @@
 
 #include <torch/python.h>
 
+#include "cpu/int8_cpu.h"
 #include "cpu/memory.h"
 #include "cpu/recurrence_cpu.h"
 #include "host/recurrence_bindings.h"
 #include "rnnkernels/build_info.h"
 #include "rnnkernels/cell_math.h"
 
+namespace {
+
+// A packed int8 weight from Python: (panels, scale, sum, units, gates, k, vector_width).
+rnnkernels::cpu::PackedInt8 packed_int8(const pybind11::tuple& t) {
+  TORCH_CHECK(t.size() == 7, "rnnkernels int8: a packed weight is a 7-tuple, got ", t.size());
+  rnnkernels::cpu::PackedInt8 w;
+  w.panels = t[0].cast<at::Tensor>();
+  w.scale = t[1].cast<at::Tensor>();
+  w.sum = t[2].cast<at::Tensor>();
+  w.units = t[3].cast<int64_t>();
+  w.gates = t[4].cast<int64_t>();
+  w.k = t[5].cast<int64_t>();
+  w.vector_width = t[6].cast<int64_t>();
+  return w;
+}
+
+void bind_int8(pybind11::module_& m) {
+  namespace cpu = rnnkernels::cpu;
+  using pybind11::arg;
+  m.def("int8_kernels", &cpu::int8_kernels_name,
+        "The int8 kernel variant chosen for this CPU (Note [int8 inference]).");
+  m.def("int8_vector_width", &cpu::int8_vector_width,
+        "The vector width the active int8 kernels pack weights for.");
+  m.def("int8_pack", &cpu::int8_pack, arg("w_q"), arg("scale"), arg("gates"),
+        "Packs an int8 weight [gates*units, K] and its row scales for the int8 kernels.");
+  m.def("int8_linear", [](const at::Tensor& x, const pybind11::tuple& w,
+                          const std::optional<at::Tensor>& bias) {
+          return cpu::int8_linear(x, packed_int8(w), bias);
+        }, arg("x"), arg("w"), arg("bias"),
+        "x float32 [N, K] quantized per row, times the packed weight's transpose, + bias.");
+  m.def("int8_recurrence", [](const std::string& cell, const at::Tensor& x_proj,
+                              const pybind11::tuple& w_hh, const std::optional<pybind11::tuple>& w_hr,
+                              const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                              const std::optional<at::Tensor>& c0,
+                              const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+          std::optional<cpu::PackedInt8> hr;
+          if (w_hr.has_value()) hr = packed_int8(*w_hr);
+          const cpu::PackedInt8 hh = packed_int8(w_hh);
+          pybind11::gil_scoped_release no_gil;
+          return cpu::int8_recurrence(cell, x_proj, hh, hr, b_hh, h0, c0, batch_sizes, reverse);
+        }, arg("cell"), arg("x_proj"), arg("w_hh"), arg("w_hr"), arg("b_hh"), arg("h0"),
+        arg("c0"), arg("batch_sizes"), arg("reverse"),
+        "One direction of an int8 LSTM/GRU/RNN layer over x_proj (Note [int8 inference]).");
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnkernels: fused RNN, LSTM and GRU kernels (ops live in torch.ops.rnnkernels)";
   rnnkernels::host::bind_recurrence(m, "_cpu_recurrence", rnnkernels::cpu::cpu_recurrence());
+  bind_int8(m);
   m.def("build_info", &rnnkernels::build_info_dict,
         "Which backends, CPU ISAs and dtypes this build contains, and what it was built with.");
   m.def("cpu_capability", &rnnkernels::active_cpu_capability,

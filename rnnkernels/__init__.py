@@ -18,6 +18,8 @@ from . import functional  # noqa: F401
 from . import reference  # noqa: F401  (pure-PyTorch reference of the functional API)
 from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .convert import convert, revert
+from . import quantized  # noqa: F401  (int8 inference modules)
+from .quantized import dequantize, quantize_dynamic
 from . import _dynamo_support
 
 _dynamo_support.install()  # torch.compile without allow_rnn (Note [compile without allow_rnn])
@@ -25,7 +27,8 @@ _dynamo_support.install()  # torch.compile without allow_rnn (Note [compile with
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "ops",
-           "reference", "backends", "build_info", "convert", "revert", "cpu_cache_stats", "empty_cpu_cache",
+           "reference", "backends", "build_info", "convert", "revert", "quantized",
+           "quantize_dynamic", "dequantize", "cpu_cache_stats", "empty_cpu_cache",
            "set_cpu_cache_limit", "op_library_path"]
 
 

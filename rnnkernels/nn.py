@@ -580,9 +580,9 @@ class _CellForward(_ConstructorMessages):
                 raise RuntimeError(
                     f"{label} has inconsistent hidden_size: got {value.size(1)}, expected "
                     f"{self.hidden_size}")
-        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
+        if input.dtype != self._input_dtype() and not torch._C._is_any_autocast_enabled():
             raise DtypeMismatchError(
-                f"{name}: expected input of dtype {self.weight_ih.dtype} (the weights' dtype), "
+                f"{name}: expected input of dtype {self._input_dtype()} (the weights' dtype), "
                 f"got {input.dtype}")
         if input.device != self.weight_ih.device:
             raise RuntimeError(
@@ -621,6 +621,10 @@ class _CellForward(_ConstructorMessages):
         if not RF.plain_cpu_call():
             return None
         return w_ih, w_hh, params.get("bias_ih"), params.get("bias_hh")
+
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype forward takes: the weights' (int8 modules: float32)."""
+        return self.weight_ih.dtype
 
     def _zeros_state(self, input: Tensor) -> Tensor:
         """The default state for batched input [B, I]: zeros [B, hidden_size]."""

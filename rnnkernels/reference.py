@@ -80,13 +80,18 @@ def rnn_recurrence(x_part: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
 def lstm_recurrence(x_part: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor | None,
                     w_hr: Tensor | None) -> tuple[Tensor, Tensor]:
     """x_part [B, 4H], h [B, P], c [B, H] -> (h' [B, P], c' [B, H])."""
-    gates = x_part + F.linear(h, w_hh, b_hh)
-    i, f, g, o = gates.chunk(4, dim=1)
-    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h_next = torch.sigmoid(o) * torch.tanh(c_next)
+    h_next, c_next = lstm_gates(x_part + F.linear(h, w_hh, b_hh), c)
     if w_hr is not None:
         h_next = F.linear(h_next, w_hr, None)
     return h_next, c_next
+
+
+def lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Pre-activations [B, 4H] (i, f, g, o, both biases in), c [B, H] -> (h', c') before
+    the projection."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c_next), c_next
 
 
 def layer_norm_lstm_recurrence(x_part: Tensor, h: Tensor, c: Tensor, w_hh: Tensor,
@@ -106,8 +111,13 @@ def layer_norm_lstm_recurrence(x_part: Tensor, h: Tensor, c: Tensor, w_hh: Tenso
 
 def gru_recurrence(x_part: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
     """x_part [B, 3H] (r, z, n of x W_ih^T + b_ih), h [B, H] -> h' [B, H]."""
+    return gru_gates(x_part, F.linear(h, w_hh, b_hh), h)
+
+
+def gru_gates(x_part: Tensor, h_part: Tensor, h: Tensor) -> Tensor:
+    """x_part [B, 3H] (x W_ih^T + b_ih), h_part [B, 3H] (h W_hh^T + b_hh), h -> h'."""
     r_x, z_x, n_x = x_part.chunk(3, dim=1)
-    r_h, z_h, n_h = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+    r_h, z_h, n_h = h_part.chunk(3, dim=1)
     r = torch.sigmoid(r_x + r_h)
     z = torch.sigmoid(z_x + z_h)
     n = torch.tanh(n_x + r * n_h)
@@ -269,3 +279,68 @@ def rnn(input: Tensor, hx: Tensor, params, has_biases: bool, num_layers: int, dr
     return _run_layers("rnn", input, hx, None, params, has_biases, num_layers, dropout, train,
                        bidirectional, batch_first, batch_sizes, nonlinearity,
                        zoneout_h=zoneout_h)
+
+
+# ---------------------------------------------------------------- int8 inference
+
+
+def quantize_rows(a: Tensor) -> tuple[Tensor, Tensor]:
+    """The run-time activation quantization of Note [int8 inference] (csrc/cpu/int8_isa.h),
+    per row of a [M, K]: (a_q, integer values in a's dtype, and scale [M, 1]):
+    scale = max|a| / 127, a_q = round_half_even(a * 127 / max|a|); a zero row gives a_q = 0,
+    scale 0; a row with NaN or inf gives scale NaN."""
+    peak = a.abs().amax(dim=1, keepdim=True)
+    finite = torch.isfinite(peak)
+    usable = finite & (peak > 0)
+    divisor = torch.where(usable, peak, torch.ones_like(peak))
+    a_q = torch.where(usable, torch.round(a * (127 / divisor)).clamp(-127, 127),
+                      torch.zeros_like(a))
+    scale = torch.where(finite, peak / 127, torch.full_like(peak, float("nan")))
+    return a_q, scale
+
+
+def quantized_linear(a: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None = None):
+    """a [M, K] -> quantize_rows(a) times the int8 weight W_q [N, K] (row scales w_scale
+    [N]), in a's dtype (float64: the integer sums are exact), + bias."""
+    a_q, a_scale = quantize_rows(a)
+    out = (a_q @ w_q.to(a.dtype).T) * a_scale * w_scale.to(a.dtype)
+    return out if bias is None else out + bias.to(a.dtype)
+
+
+def quantized_run_layer(cell: str, x: Tensor, dirs, h0: Tensor, c0: Tensor | None,
+                        batch_sizes: list[int], nonlinearity: str = "tanh"):
+    """run_layer with every product in int8 as rnnkernels' int8 modules compute it.
+
+    dirs: per direction a dict of w_ih, w_hh, w_hr ((int8 weight, scale) pairs; w_hr None
+    without projection) and b_ih, b_hh (None without biases). Returns what run_layer does.
+    """
+    outputs, h_n, c_n = [], [], []
+    for d, w in enumerate(dirs):
+        def product(a, key, bias, w=w):
+            return quantized_linear(a, *w[key], bias)
+
+        if cell == "lstm":
+            def step(x_t, h, c, w=w, product=product):
+                gates = product(x_t, "w_ih", w["b_ih"]) + product(h, "w_hh", w["b_hh"])
+                h_next, c_next = lstm_gates(gates, c)
+                if w["w_hr"] is not None:
+                    h_next = product(h_next, "w_hr", None)
+                return h_next, c_next
+            states = [h0[d], c0[d]]
+        elif cell == "gru":
+            def step(x_t, h, product=product, w=w):
+                return (gru_gates(product(x_t, "w_ih", w["b_ih"]), product(h, "w_hh", w["b_hh"]),
+                                  h),)
+            states = [h0[d]]
+        else:
+            def step(x_t, h, product=product, w=w):
+                pre = product(x_t, "w_ih", w["b_ih"]) + product(h, "w_hh", w["b_hh"])
+                return (torch.relu(pre) if nonlinearity == "relu" else torch.tanh(pre),)
+            states = [h0[d]]
+        out, final = _run_direction(step, x, batch_sizes, states, reverse=d == 1)
+        outputs.append(out)
+        h_n.append(final[0])
+        if cell == "lstm":
+            c_n.append(final[1])
+    return (torch.cat(outputs, 1), torch.stack(h_n, 0),
+            torch.stack(c_n, 0) if cell == "lstm" else None)

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -24,9 +25,16 @@ struct Bf16Entry {
   bool (*cpu_supports)() = nullptr;
 };
 
+struct Int8Entry {
+  const Int8Kernels* kernels = nullptr;
+  bool (*cpu_supports)() = nullptr;
+};
+
 struct Registry {
   std::array<const IsaKernels*, kLevels> isa{};
   std::array<Bf16Entry, kLevels> bf16{};
+  std::array<Int8Entry, kLevels> int8{};
+  std::array<Int8Entry, kLevels> int8_dot{};
 };
 
 Registry& registry() {
@@ -79,11 +87,35 @@ const char* active_bf16_kernels_name() {
   return active_bf16_kernels() != nullptr ? registry().bf16[active_level()].name : "";
 }
 
+void register_int8_kernels(IsaLevel level, const Int8Kernels& kernels, bool dot_product,
+                           bool (*cpu_supports)()) {
+  auto& slots = dot_product ? registry().int8_dot : registry().int8;
+  slots[static_cast<int>(level)] = Int8Entry{&kernels, cpu_supports};
+}
+
+const Int8Kernels& active_int8_kernels() {
+  static const Int8Kernels* kernels = [] {
+    const int level = active_level();
+    const Int8Entry& dot = registry().int8_dot[level];
+    const char* no_dot = std::getenv("RNNKERNELS_INT8_NO_VNNI");
+    const bool dot_allowed = no_dot == nullptr || std::string(no_dot).empty() ||
+                             std::string(no_dot) == "0";
+    if (dot.kernels != nullptr && dot_allowed && dot.cpu_supports()) return dot.kernels;
+    TORCH_CHECK(registry().int8[level].kernels != nullptr,
+                "rnnkernels: no int8 kernels were built for the CPU variant ",
+                registry().isa[level]->name);
+    return registry().int8[level].kernels;
+  }();
+  return *kernels;
+}
+
 std::vector<std::string> built_isa_names() {
   std::vector<std::string> names;
   for (int l = 0; l < kLevels; ++l) {
     if (registry().isa[l] != nullptr) names.emplace_back(registry().isa[l]->name);
     if (registry().bf16[l].kernels != nullptr) names.emplace_back(registry().bf16[l].name);
+    if (registry().int8_dot[l].kernels != nullptr)
+      names.emplace_back(registry().int8_dot[l].kernels->name);
   }
   return names;
 }

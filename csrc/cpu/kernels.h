@@ -288,6 +288,73 @@ struct CellKernels {
   void (*gemm_compute)(const GemmArgs<T>&, const T* panels, int64_t item_begin, int64_t item_end);
 };
 
+// ---------------------------------------------------------------- int8 inference
+// Note [int8 inference] in int8_isa.h has the scheme. A weight W [gates*units, K] is
+// quantized per row (int8, scale[n] = max|W[n, :]| / 127) and packed by one int8 table
+// into blocks of NV vectors of V columns (NV = gates, or 4 unit vectors for one gate, as
+// the float gate panels): [blocks][ceil(K/4)][NV*V][4] bytes, k in quads for the dot
+// product instructions; scale and column sum in the same column order.
+struct Int8Panels {
+  const int8_t* panels = nullptr;
+  const float* scale = nullptr;   // [blocks * NV * V], 0 in the padding
+  const int32_t* sum = nullptr;   // [blocks * NV * V]: sum over k of the column's int8s
+  int64_t k = 0;                  // K
+};
+
+// Vectors per block and blocks of a packed [gates*units, K] weight for vector width V.
+inline int64_t int8_panel_vectors(int64_t gates) { return gates > 1 ? gates : 4; }
+inline int64_t int8_panel_blocks(int64_t units, int64_t gates, int64_t V) {
+  const int64_t per_block = V * (gates > 1 ? 1 : 4);
+  return (units + per_block - 1) / per_block;
+}
+// Row stride of a quantized activation matrix [rows, K] (u8, K padded to whole quads).
+inline int64_t int8_row_stride(int64_t K) { return (K + 3) / 4 * 4; }
+
+// out [rows, gates*units] = dequantized (xq @ W^T) + bias, in W's natural column order.
+struct Int8LinearArgs {
+  int64_t rows = 0, units = 0, gates = 0;
+  const uint8_t* xq = nullptr;  int64_t ld_xq = 0;  // [rows, K]: q + 128
+  const float* x_scale = nullptr;                     // [rows]
+  Int8Panels w;
+  const float* bias = nullptr;                        // [gates*units] or null
+  float* out = nullptr;  int64_t ld_out = 0;
+};
+
+// One direction of one layer over a sequence, float32 states and outputs.
+struct Int8RecurrenceArgs {
+  SequenceLayout seq;
+  int64_t hidden = 0;   // H
+  int64_t output = 0;   // P (LSTM with projection), else H
+  const float* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, G*H], with b_ih
+  Int8Panels w_hh;                                         // [G*H, P]
+  Int8Panels w_hr;                                         // [P, H] (LSTM projection) or null
+  const float* b_hh = nullptr;                             // [G*H] or null
+  bool relu = false;                                       // RNN nonlinearity
+  const float* h0 = nullptr;                               // [B, P]
+  const float* c0 = nullptr;                               // [B, H] (LSTM)
+  float* out = nullptr;  int64_t ld_out = 0;               // [N, P]
+  float* h_n = nullptr;                                    // [B, P]
+  float* c_n = nullptr;                                    // [B, H] (LSTM)
+  void* scratch = nullptr;
+};
+
+struct Int8Kernels {
+  const char* name;      // "avx512_vnni", "avx512", "avx2", "default"
+  int64_t vector_width;  // V
+  void (*pack)(const int8_t* w, const float* scale, int64_t units, int64_t gates, int64_t k,
+               int8_t* panels, float* panel_scale, int32_t* panel_sum);
+  // Quantizes rows [row_begin, row_end) of x [rows, K] (row stride ld_x) into xq (row
+  // stride int8_row_stride(K)) and their scales.
+  void (*quantize_rows)(const float* x, int64_t ld_x, int64_t k, int64_t row_begin,
+                        int64_t row_end, uint8_t* xq, float* scale);
+  int64_t (*linear_items)(const Int8LinearArgs&);
+  void (*linear)(const Int8LinearArgs&, int64_t item_begin, int64_t item_end);
+  int64_t (*recurrence_scratch)(const Int8RecurrenceArgs&, int64_t team_size);
+  void (*lstm_forward)(const Int8RecurrenceArgs&, Team&, SliceRange);
+  void (*gru_forward)(const Int8RecurrenceArgs&, Team&, SliceRange);
+  void (*rnn_forward)(const Int8RecurrenceArgs&, Team&, SliceRange);
+};
+
 // Note [kernel registry]
 // Each kernels_<isa>.cpp that was built registers its table at load time (a static
 // registrar, as ATen's REGISTER_DISPATCH does), so the host names no ISA symbol and a
@@ -315,6 +382,12 @@ const IsaKernels& active_isa_kernels();
 const CellKernels<c10::BFloat16>* active_bf16_kernels();
 // "avx512_bf16" or "" (none).
 const char* active_bf16_kernels_name();
+// int8 kernels: every variant registers a table for its level; a dot-product variant
+// (avx512_vnni) replaces it where `cpu_supports` says yes and RNNKERNELS_INT8_NO_VNNI is
+// unset (which forces the level's own table, for tests).
+void register_int8_kernels(IsaLevel level, const Int8Kernels& kernels, bool dot_product,
+                           bool (*cpu_supports)());
+const Int8Kernels& active_int8_kernels();
 // The variants this build holds, e.g. "default", "avx2", "avx512", "avx512_bf16".
 std::vector<std::string> built_isa_names();
 
