@@ -53,7 +53,7 @@ Int8Panels panels_of(const PackedInt8& w) {
 std::pair<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x) {
   const Int8Kernels& kern = active_int8_kernels();
   const int64_t N = x.size(0), K = x.size(1);
-  at::Tensor xq = at::empty({N, int8_row_stride(K)}, x.options().dtype(at::kByte));
+  at::Tensor xq = empty_large({N, int8_row_stride(K)}, x.options().dtype(at::kByte));
   at::Tensor scale = at::empty({N}, x.options());
   const float* src = x.data_ptr<float>();
   uint8_t* q = xq.data_ptr<uint8_t>();
@@ -108,7 +108,7 @@ at::Tensor int8_linear(const at::Tensor& x_in, const PackedInt8& w,
                 bias->scalar_type(), " ", bias->sizes());
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t N = x.size(0);
-  at::Tensor out = at::empty({N, cols}, x.options());
+  at::Tensor out = empty_large({N, cols}, x.options());
   if (N == 0) return out;
   const auto [xq, x_scale] = quantize_rows(x);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
@@ -180,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
   const at::Tensor h0 = h0_in.contiguous();
   const at::Tensor bias = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
   const auto opts = x_proj.options();
-  at::Tensor out = at::empty({N, P}, opts);
+  at::Tensor out = empty_large({N, P}, opts);
   at::Tensor h_n = at::empty({B, P}, opts);
   at::Tensor c_n = lstm ? at::empty({B, H}, opts) : at::empty({0}, opts);
 
