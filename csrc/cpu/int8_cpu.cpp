@@ -210,8 +210,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
   }
   const auto run = lstm ? kern.lstm_forward : cell == "gru" ? kern.gru_forward : kern.rnn_forward;
   const int64_t step_macs = B * gates * H * P + (proj ? B * H * P : 0);
+  const char* split = std::getenv("RNNKERNELS_INT8_ROW_SPLIT");  // A/B measurements only
+  const bool row_split = split == nullptr || std::string(split) != "0";
   detail::run_directions(kOp, 1, step_macs,
-                         [&](int64_t, Team& team, SliceRange mine) { run(a, team, mine); });
+                         [&](int64_t, Team& team, SliceRange mine) { run(a, team, mine); },
+                         detail::RowSplit{row_split ? B : 0, 1});
   return {out, h_n, c_n};
 }
 

@@ -439,14 +439,23 @@ void int8_forward(const Int8RecurrenceArgs& a, Team& team, SliceRange mine) {
   const bool proj = a.w_hr.panels != nullptr;
   const int64_t gate_blocks = int8_panel_blocks(H, gates, int8::V);
   const int64_t proj_blocks = proj ? int8_panel_blocks(P, 1, int8::V) : 0;
-  {
-    const auto [b0, b1] = worker.share(B);
-    for (int buf = 0; buf < 2; ++buf) {
-      init_state_rows(a.h0, P, w.ld_h, b0, b1, w.h_state + buf * B * w.ld_h);
-      if (lstm) init_state_rows(a.c0, H, w.ld_c, b0, b1, w.c_state + buf * B * w.ld_c);
-    }
-    worker.sync();
+  // Note [row-split teams] in recurrence_common.h: a row-split team's threads own their
+  // rows (states, quantized rows, scales) for the whole sequence and never meet.
+  const auto own = worker.own_rows(B);
+  const auto rows_to_init = team.split_rows ? own : worker.share(B);
+  for (int buf = 0; buf < 2; ++buf) {
+    init_state_rows(a.h0, P, w.ld_h, rows_to_init.first, rows_to_init.second,
+                    w.h_state + buf * B * w.ld_h);
+    if (lstm)
+      init_state_rows(a.c0, H, w.ld_c, rows_to_init.first, rows_to_init.second,
+                      w.c_state + buf * B * w.ld_c);
   }
+  worker.step_done();
+  // The rows of [0, active) this thread quantizes.
+  auto quantized_rows = [&](int64_t active) -> std::pair<int64_t, int64_t> {
+    if (!team.split_rows) return worker.share(active);
+    return {std::min(own.first, active), std::min(own.second, active)};
+  };
   for (int64_t s = 0; s < a.seq.steps; ++s) {
     const int64_t row_off = a.seq.offset_at(s), active = a.seq.rows_at(s);
     const int cur = s & 1;
@@ -455,15 +464,15 @@ void int8_forward(const Int8RecurrenceArgs& a, Team& team, SliceRange mine) {
     const float* c_prev = lstm ? w.c_state + cur * B * w.ld_c : nullptr;
     float* c_next = lstm ? w.c_state + (1 - cur) * B * w.ld_c : nullptr;
     {
-      const auto [r0, r1] = worker.share(active);
+      const auto [r0, r1] = quantized_rows(active);
       int8_quantize_rows(h_prev, w.ld_h, P, r0, r1, w.hq, w.h_scale);
-      worker.sync();
+      worker.step_done();
     }
-    StepRows rows(MR);
+    StepRows rows(MR, own);
     rows.forward(active);
     const int64_t nch = rows.chunks();
     {
-      const auto [i0, i1] = worker.share(gate_blocks * nch);
+      const auto [i0, i1] = worker.step_items(gate_blocks * nch);
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = rows.chunk(i % nch);
         with_tile_rows<MR>(ch.rows, [&](auto mr) {
@@ -471,29 +480,30 @@ void int8_forward(const Int8RecurrenceArgs& a, Team& team, SliceRange mine) {
                                                      h_prev, c_prev, h_next, c_next);
         });
       }
-      worker.sync();
+      worker.step_done();
     }
     if (proj) {
       {
-        const auto [r0, r1] = worker.share(active);
+        const auto [r0, r1] = quantized_rows(active);
         int8_quantize_rows(w.m, w.ld_c, H, r0, r1, w.mq, w.m_scale);
-        worker.sync();
+        worker.step_done();
       }
-      StepRows prows(int8::rows_per_tile<4>());
+      constexpr int PR = int8::rows_per_tile<4>();
+      StepRows prows(PR, own);
       prows.forward(active);
       const int64_t pch = prows.chunks();
-      const auto [i0, i1] = worker.share(proj_blocks * pch);
+      const auto [i0, i1] = worker.step_items(proj_blocks * pch);
       for (int64_t i = i0; i < i1; ++i) {
         const RowChunk ch = prows.chunk(i % pch);
-        with_tile_rows<int8::rows_per_tile<4>()>(ch.rows, [&](auto mr) {
+        with_tile_rows<PR>(ch.rows, [&](auto mr) {
           int8_projection_tile<decltype(mr)::value>(a, w, i / pch, ch.row, row_off + ch.row,
                                                     h_next);
         });
       }
-      worker.sync();
+      worker.step_done();
     }
   }
-  const auto [b0, b1] = worker.share(B);
+  const auto [b0, b1] = team.split_rows ? own : worker.share(B);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t buf = final_state_buffer(a.seq, b);
     copy_row(a.h_n + b * P, w.h_state + (buf * B + b) * w.ld_h, P);
