@@ -9,7 +9,7 @@ namespace {
 
 using detail::scratch_bytes;
 
-constexpr const char* kOp = "rnnkernels int8";
+constexpr const char* kOp = "rnnkernels::int8";
 // Note [int8 inference]: sum_k (a_q + 128) W_q stays within int32 up to this K.
 constexpr int64_t kMaxInt8K = 65536;
 

@@ -30,7 +30,9 @@ CELLS = LAYER_CELLS + STEP_CELLS
 MODES = ("inference", "training")
 AUTOCAST_PREFIX = "autocast_"
 CONVERTED_DTYPES = ("float32", "float64", "bfloat16", "float16")
-DTYPES = CONVERTED_DTYPES + ("autocast_bfloat16", "autocast_float16")
+# int8: rnnkernels.quantize_dynamic of the float32 module (CPU inference), beside torch.nn
+# float32 and, as peers, torch.nn bfloat16, torch's dynamic int8 and the `--peers` runtimes.
+DTYPES = CONVERTED_DTYPES + ("autocast_bfloat16", "autocast_float16", "int8")
 DEVICES = ("cpu", "cuda")
 
 # Gates per cell: LSTM i, f, g, o; GRU r, z, n; Elman RNN one.
@@ -42,7 +44,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1, "rnn_relu": 1, "lstm_cell": 4, "gru_cell
 WORKSPACE_PER_HIDDEN = {"lstm": 5, "gru": 4, "rnn": 0, "rnn_relu": 0,
                         "lstm_cell": 5, "gru_cell": 4, "rnn_cell": 0}
 # Bytes per element of a case's compute dtype (autocast cases: the autocast dtype).
-ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class Case:
                 1, 1, False, 0, False):
             problems.append(f"{self.cell} is one call of one step: T and layers must be 1, "
                             "unidirectional, dense, no proj")
+        if self.dtype == "int8" and (self.device != "cpu" or self.mode != "inference"):
+            problems.append("int8 cases are CPU inference (the int8 modules have no backward "
+                            f"and no CUDA kernels); got {self.device} {self.mode}")
         if problems:
             raise ValueError("invalid benchmark case: " + "; ".join(problems))
 
@@ -101,8 +106,8 @@ class Case:
 
     @property
     def module_dtype(self) -> str:
-        """The dtype of the modules and the input: float32 under autocast."""
-        return "float32" if self.autocast_dtype else self.dtype
+        """The dtype of the modules and the input: float32 under autocast and for int8."""
+        return "float32" if self.autocast_dtype or self.dtype == "int8" else self.dtype
 
     @property
     def compute_dtype(self) -> str:

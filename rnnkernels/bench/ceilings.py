@@ -77,10 +77,16 @@ def measure(device: str, dtype: str, repeats: int = 5) -> dict:
     load_before = env_mod.load_average()
     torch_dtype = getattr(torch, dtype)
     n = CUDA_MATMUL_N if device == "cuda" else CPU_MATMUL_N
-    a = torch.randn(n, n, device=device).to(torch_dtype)
-    b = torch.randn(n, n, device=device).to(torch_dtype)
-    c = torch.empty(n, n, device=device, dtype=torch_dtype)
-    matmul_s = _median_seconds(lambda: torch.mm(a, b, out=c), device, repeats)
+    if dtype == "int8":  # int8 x int8 -> int32 (torch._int_mm: oneDNN's VNNI/AMX kernels)
+        a = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device)
+        c = torch.empty(n, n, device=device, dtype=torch.int32)
+        matmul_s = _median_seconds(lambda: torch._int_mm(a, b, out=c), device, repeats)
+    else:
+        a = torch.randn(n, n, device=device).to(torch_dtype)
+        b = torch.randn(n, n, device=device).to(torch_dtype)
+        c = torch.empty(n, n, device=device, dtype=torch_dtype)
+        matmul_s = _median_seconds(lambda: torch.mm(a, b, out=c), device, repeats)
     del a, b, c
     copy_bytes = CUDA_COPY_BYTES if device == "cuda" else CPU_COPY_BYTES
     src = torch.empty(copy_bytes, dtype=torch.uint8, device=device).view(torch.float32).normal_()
@@ -91,7 +97,7 @@ def measure(device: str, dtype: str, repeats: int = 5) -> dict:
     loads = [x for x in (load_before, load_after) if x is not None]
     loadavg = max(loads) if loads else None
     record = {
-        "matmul_gflops": 2 * n**3 / matmul_s / 1e9,
+        "matmul_gflops": 2 * n**3 / matmul_s / 1e9,  # int8: GOP/s
         "copy_gbs": 2 * copy_bytes / copy_s / 1e9,  # read + write
         "matmul_n": n,
         "copy_bytes": copy_bytes,

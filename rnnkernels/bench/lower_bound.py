@@ -36,11 +36,19 @@ def _buffers(shapes: list[list[int]], dtype: torch.dtype, device: str):
 
 
 def _torch_cpu_seconds(shapes, repeats, dtype) -> list[float]:
-    products = _buffers(shapes, getattr(torch, dtype), "cpu")
+    if dtype == "int8":  # int8 x int8 -> int32 products (torch._int_mm)
+        products = [(a.mul(1000).clamp(-127, 127).to(torch.int8),
+                     b.mul(1000).clamp(-127, 127).to(torch.int8),
+                     torch.empty(c.shape, dtype=torch.int32))
+                    for a, b, c in _buffers(shapes, torch.float32, "cpu")]
+        mm = torch._int_mm
+    else:
+        products = _buffers(shapes, getattr(torch, dtype), "cpu")
+        mm = torch.mm
 
     def run():
         for a, b, c in products:
-            torch.mm(a, b, out=c)
+            mm(a, b, out=c)
 
     run()
     times = []

@@ -181,7 +181,7 @@ def _mb_pair(a, b):
 
 
 DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64",
-                "autocast_bfloat16": "ac-bf16", "autocast_float16": "ac-fp16"}
+                "autocast_bfloat16": "ac-bf16", "autocast_float16": "ac-fp16", "int8": "int8"}
 
 
 def _case_label(r: dict) -> str:
@@ -353,8 +353,10 @@ def peer_lines(records: list[dict]) -> list[str]:
             else:
                 parts.append(f"{name} {peer['speedup_vs_nn']:.2f}x" if peer.get("speedup_vs_nn")
                              else f"{name} -")
+        vs_other = r.get("speedup_vs_fastest_other")
         lines.append(f"peers {_case_label(r).strip()}: nn/x {', '.join(parts)}; "
-                     f"fastest: {r.get('fastest')}")
+                     f"fastest: {r.get('fastest')}"
+                     + (f"; ours vs the fastest other {vs_other:.2f}x" if vs_other else ""))
     return lines
 
 

@@ -25,8 +25,50 @@ PEERS = ("onnxruntime", "openvino")
 
 
 def applies(case: Case) -> bool:
-    return (case.device == "cpu" and case.mode == "inference" and case.dtype == "float32"
-            and not case.packed and not case.is_step_cell)
+    return (case.device == "cpu" and case.mode == "inference"
+            and case.dtype in ("float32", "int8") and not case.packed and not case.is_step_cell)
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+def torch_passes(case: Case, reference: torch.nn.Module, inputs, make_pass):
+    """An int8 case's torch peers: torch.nn in bfloat16 (module and input converted) and
+    torch's dynamic int8 (torch.ao.quantization.quantize_dynamic of the float32 module;
+    torch has none for RNN or proj_size, which the error says). {name: pass}, {name: why}."""
+    import copy
+    from dataclasses import replace
+
+    if case.dtype != "int8":
+        return {}, {}
+    passes, errors = {}, {}
+    bf16 = copy.deepcopy(reference).to(torch.bfloat16)
+    bf16_inputs = replace(inputs, x=inputs.x.to(torch.bfloat16), state=None if inputs.state is None
+                          else (inputs.state.to(torch.bfloat16) if isinstance(inputs.state, torch.Tensor)
+                                else tuple(s.to(torch.bfloat16) for s in inputs.state)))
+    passes["nn_bf16"] = make_pass(replace(case, dtype="bfloat16"), bf16, bf16_inputs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+            from torch.ao.quantization import quantize_dynamic
+
+            # torch.ao swaps children, never the model itself: hold the module in one.
+            dynamic = quantize_dynamic(_Holder(copy.deepcopy(reference)), {type(reference)},
+                                       dtype=torch.qint8)
+        if type(dynamic.inner) is type(reference):
+            raise RuntimeError(f"torch has no dynamic int8 {type(reference).__name__}")
+        run = make_pass(replace(case, dtype="float32"), dynamic, inputs)
+        run()
+        passes["torch_int8"] = run
+    except Exception as err:  # noqa: BLE001  (its failure is the result)
+        errors["torch_int8"] = f"{type(err).__name__}: {err}"
+    return passes, errors
 
 
 def _onnx_model(model: torch.nn.Module, x: torch.Tensor) -> bytes:

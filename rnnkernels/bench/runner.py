@@ -77,7 +77,12 @@ def run_case(case: Case, options: RunOptions, env: dict, ceilings: dict | None =
     passes = {name: run_pass for name, run_pass in passes.items() if name not in errors}
     engines = {name: profile_engine(run_pass) for name, run_pass in passes.items()}
     saved = {name: saved_activation_bytes(case, models[name], inputs) for name in passes}
-    peer_passes, peer_errors = peers.build(case, models["ours"], inputs.x, options.peers)
+    # An int8 case exports the float32 module (the int8 one has no ONNX form).
+    peer_passes, peer_errors = peers.build(case, models["nn" if case.dtype == "int8" else "ours"],
+                                           inputs.x, options.peers)
+    torch_peers, torch_peer_errors = peers.torch_passes(case, models["nn"], inputs, make_pass)
+    peer_passes.update(torch_peers)
+    peer_errors.update(torch_peer_errors)
 
     timings = time_interleaved({**passes, **peer_passes}, options.repeats, device=case.device,
                                min_block_s=options.min_block_s, warmup_s=options.warmup_s)
@@ -145,7 +150,7 @@ def run_case(case: Case, options: RunOptions, env: dict, ceilings: dict | None =
         },
         "env": env,
     }
-    if options.peers and peers.applies(case):
+    if (options.peers and peers.applies(case)) or case.dtype == "int8":
         record["peers"] = {name: {"median_s": timings[name].median,
                                   "speedup_vs_nn": _ratio(nn_t, timings[name].median)}
                            for name in timings if name not in ("ours", "nn")}
@@ -156,6 +161,8 @@ def run_case(case: Case, options: RunOptions, env: dict, ceilings: dict | None =
                                                      *record["peers"].items())
                  if v.get("median_s")}
         record["fastest"] = min(timed, key=timed.get)
+        others = [t for name, t in timed.items() if name != "ours"]
+        record["speedup_vs_fastest_other"] = _ratio(min(others), ours) if others else None
     return record
 
 

@@ -50,6 +50,8 @@ def build_models(case: Case, seed: int = 0) -> dict[str, nn.Module]:
     for model in models.values():
         model.to(device=case.device, dtype=dtype)
         model.train(case.mode == "training")
+    if case.dtype == "int8":
+        models["ours"] = rnnkernels.quantize_dynamic(ours)
     return models
 
 
