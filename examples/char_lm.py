@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+import rnnkernels
+
 from _common import (
     Progress, add_common_arguments, make_rnn, parameter_count, pyplot, save_figure, write_results)
 
@@ -47,6 +49,7 @@ def detach(state):
 
 @torch.no_grad()
 def validation_bpc(model, data: torch.Tensor, device, streams=64, window=100) -> float:
+    was_training = model.training
     model.eval()
     n = data.numel() // streams
     grid = data[: n * streams].view(streams, n).to(device)
@@ -57,7 +60,7 @@ def validation_bpc(model, data: torch.Tensor, device, streams=64, window=100) ->
         logits, state = model(x, state)
         total += nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
-    model.train()
+    model.train(was_training)
     return total / count / math.log(2)
 
 
@@ -120,7 +123,14 @@ def main():
             if step % args.eval_every == 0 or step == args.steps:
                 curve.append((step, validation_bpc(model, val, device)))
             progress.update(1, f"{cell} train bpc {loss.item() / math.log(2):.3f}")
+        # int8 inference of the trained model (rnnkernels.quantize_dynamic: the recurrent
+        # layer in int8; the embedding and the head stay float32), on the CPU.
+        int8_model = rnnkernels.quantize_dynamic(model.to("cpu").eval())
+        int8_bpc = validation_bpc(int8_model, val, torch.device("cpu"))
+        model.to(device).train()
         records.append({"cell": cell, "val_bpc": curve[-1][1], "curve": curve,
+                        "val_bpc_int8": int8_bpc,
+                        "int8_change": int8_bpc / curve[-1][1] - 1,
                         "parameters": parameter_count(model.rnn),
                         "sample": sample(model, stoi, itos, "The ", 300 if not args.smoke else 20,
                                          0.8, device, args.seed),
@@ -133,8 +143,10 @@ def main():
           f"characters, {len(chars)} symbols; a unigram model scores {unigram_bpc:.3f}); "
           f"hidden {args.hidden}, {args.layers} layer(s), {args.steps} Adam steps of "
           f"{args.batch} windows of {args.window} characters:\n",
-          "| cell | validation bits/char | recurrent parameters |", "| --- | --- | --- |"]
-    md += [f"| {r['cell'].upper()} | {r['val_bpc']:.3f} | {r['parameters']} |" for r in records]
+          "| cell | validation bits/char | int8 (rnnkernels.quantize_dynamic) | recurrent parameters |",
+          "| --- | --- | --- | --- |"]
+    md += [f"| {r['cell'].upper()} | {r['val_bpc']:.3f} | {r['val_bpc_int8']:.3f} "
+           f"({100 * r['int8_change']:+.2f}%) | {r['parameters']} |" for r in records]
     md += ["", "Samples (temperature 0.8, prompt \"The \"):", ""]
     for r in records:
         md += [f"{r['cell'].upper()}:", "", "```", r["sample"], "```", ""]

@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+import rnnkernels
+
 from _common import (
     Progress, add_common_arguments, make_rnn, parameter_count, pyplot, save_figure, write_results)
 
@@ -55,6 +57,19 @@ def seasonal_naive(history: torch.Tensor, horizon: int, drift: bool) -> torch.Te
     yearly_rise = (history[-1] - history[0]) / (len(history) - 1) * SEASON
     years_ahead = torch.arange(horizon) // SEASON + 1
     return reps + yearly_rise * years_ahead
+
+
+@torch.no_grad()
+def forecast_holdout(model, scaled, scale: float, level: float, device) -> torch.Tensor:
+    """The HOLDOUT months after the training series, each step's prediction fed back."""
+    window = scaled[-WINDOW:].clone().to(device)
+    forecast = []
+    for _ in range(HOLDOUT):
+        step = model(window[None])[0]
+        level += float(step) * scale
+        forecast.append(level)
+        window = torch.cat([window[1:], step.view(1)])
+    return torch.tensor(forecast)
 
 
 def rmse(a, b) -> float:
@@ -97,21 +112,21 @@ def main():
             optimizer.step()
             progress.update(1, f"{cell} loss {loss.item():.4f}")
         model.eval()
-        with torch.no_grad():
-            window = scaled[-WINDOW:].clone().to(device)
-            level, forecast = float(train[-1]), []
-            for _ in range(HOLDOUT):
-                step = model(window[None])[0]
-                level += float(step) * scale
-                forecast.append(level)
-                window = torch.cat([window[1:], step.view(1)])
-        forecast = torch.tensor(forecast)
+        forecast = forecast_holdout(model, scaled, scale, float(train[-1]), device)
+        # int8 inference of the trained model (rnnkernels.quantize_dynamic), on the CPU.
+        int8_model = rnnkernels.quantize_dynamic(model.to("cpu"))
+        int8_forecast = forecast_holdout(int8_model, scaled, scale, float(train[-1]),
+                                         torch.device("cpu"))
         records.append({"model": cell.upper(), "rmse": rmse(forecast, test),
-                        "forecast": forecast.tolist(), "parameters": parameter_count(model.rnn)})
+                        "forecast": forecast.tolist(), "parameters": parameter_count(model.rnn),
+                        "rmse_int8": rmse(int8_forecast, test),
+                        "int8_change": rmse(int8_forecast, test) / rmse(forecast, test) - 1})
     md = [f"Monthly CO2 at Mauna Loa ({months[0]} to {months[-1]}), forecast of the last "
           f"{HOLDOUT} months ({months[-HOLDOUT]} on) from the months before; RMSE in ppm:\n",
-          "| model | RMSE (ppm) |", "| --- | --- |"]
-    md += [f"| {r['model']} | {r['rmse']:.3f} |" for r in records]
+          "| model | RMSE (ppm) | int8 (rnnkernels.quantize_dynamic) |", "| --- | --- | --- |"]
+    md += [f"| {r['model']} | {r['rmse']:.3f} | "
+           + (f"{r['rmse_int8']:.3f} ({100 * r['int8_change']:+.2f}%) |" if "rmse_int8" in r
+              else "- |") for r in records]
     md.append(f"\n(cells: hidden {args.hidden}, window {WINDOW} months, {args.steps} Adam steps of "
               f"batch {args.batch}, seed {args.seed})\n")
     write_results(args.out, "results", records, "\n".join(md))
