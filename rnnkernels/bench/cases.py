@@ -236,6 +236,12 @@ PORTABLE_STEP_GEOMETRIES = [_step(1, 256), _step(16, 128)]
 # The cells preset: bench/cell_step.py's sizes, (B, H = I).
 CELLS_STEP_GEOMETRIES = [_step(1, 256), _step(16, 128), _step(1, 32), _step(64, 512)]
 REDUCED_DTYPES = ("float32", "bfloat16")
+# The int8 preset (issue 21): LSTM and GRU inference at the issue's shapes and at B = 1,
+# the *Cells one step at B = 1 and 16; beside torch.nn float32 and the int8 peers.
+INT8_LAYER_GEOMETRIES = [(100, 64, 512, 512, 1, False), (100, 32, 256, 256, 1, False),
+                         (200, 16, 128, 128, 1, False), (100, 1, 256, 256, 1, False),
+                         (100, 1, 512, 512, 1, False)]
+INT8_STEP_GEOMETRIES = [_step(1, 256), _step(16, 256)]
 
 
 @dataclass(frozen=True)
@@ -283,6 +289,13 @@ def _presets() -> dict[str, Preset]:
              Grid(tuple(PORTABLE_LSTM_GEOMETRIES), cells=("lstm",), dtypes=PORTABLE_DTYPES),
              Grid(tuple(PORTABLE_STEP_GEOMETRIES), cells=STEP_CELLS, dtypes=REDUCED_DTYPES)),
             repeats=5),
+        "int8": Preset("int8", "int8 inference (rnnkernels.quantize_dynamic) of LSTM and GRU "
+                       "layers and cells against torch.nn float32, bfloat16 and dynamic int8 "
+                       "(add --peers onnxruntime openvino for the runtimes)",
+                       (Grid(tuple(INT8_LAYER_GEOMETRIES), cells=("lstm", "gru"),
+                             modes=("inference",), dtypes=("int8",)),
+                        Grid(tuple(INT8_STEP_GEOMETRIES), cells=("lstm_cell", "gru_cell"),
+                             modes=("inference",), dtypes=("int8",)))),
         "cells": Preset("cells", "one step of LSTMCell/GRUCell/RNNCell, float32 and bfloat16 "
                         "(bench/cell_step.py's sizes)",
                         (Grid(tuple(CELLS_STEP_GEOMETRIES), cells=STEP_CELLS, dtypes=REDUCED_DTYPES),)),
