@@ -71,7 +71,7 @@ _ENVS = [{}, {"MAX_JOBS": "3"}, {"RNNKERNELS_SKIP_CUDA_BUILD": "1"},
          {"RNNKERNELS_SANITIZE": "address,undefined"}, {"RNNKERNELS_SANITIZE": "undefined,address"},
          *({"RNNKERNELS_ISAS": v} for v in ("default", "default,avx512", "avx512, default", "avx2",
                                             "avx512,avx512_bf16", "", "default,avx-512",
-                                            "avx512_bf16"))]
+                                            "avx512_bf16", "avx512,avx512_vnni", "avx512_vnni"))]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,8 @@ def test_skip_cuda_build_gives_a_cpu_only_extension(probe):
     ("avx512, default", ["default", "avx512"]),  # build order, spaces ignored
     ("avx2", ["avx2"]),
     ("avx512,avx512_bf16", ["avx512", "avx512_bf16"]),
-    ("", ["default", "avx2", "avx512", "avx512_bf16"]),
+    ("avx512,avx512_vnni", ["avx512", "avx512_vnni"]),
+    ("", ["default", "avx2", "avx512", "avx512_bf16", "avx512_vnni"]),
 ])
 def test_isas_selects_the_kernel_objects(probe, isas, expected):
     result = probe(RNNKERNELS_ISAS=isas)
@@ -179,6 +180,7 @@ def test_isas_selects_the_kernel_objects(probe, isas, expected):
 @pytest.mark.parametrize("isas, message", [
     ("default,avx-512", r"unknown kernel variant\(s\) \['avx-512'\]"),
     ("avx512_bf16", r"avx512_bf16 extends the avx512 kernels"),
+    ("avx512_vnni", r"avx512_vnni extends the avx512 kernels"),
 ])
 def test_isas_refuses(probe, isas, message):
     result = probe(RNNKERNELS_ISAS=isas)
