@@ -41,19 +41,24 @@ void bind_int8(pybind11::module_& m) {
           return cpu::int8_linear(x, packed_int8(w), bias);
         }, arg("x"), arg("w"), arg("bias"),
         "x float32 [N, K] quantized per row, times the packed weight's transpose, + bias.");
-  m.def("int8_recurrence", [](const std::string& cell, const at::Tensor& x_proj,
+  m.def("int8_recurrence", [](const std::string& cell, const at::Tensor& input,
+                              const std::optional<pybind11::tuple>& w_ih,
+                              const std::optional<at::Tensor>& b_ih,
                               const pybind11::tuple& w_hh, const std::optional<pybind11::tuple>& w_hr,
                               const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
                               const std::optional<at::Tensor>& c0,
                               const std::optional<at::Tensor>& batch_sizes, bool reverse) {
-          std::optional<cpu::PackedInt8> hr;
+          std::optional<cpu::PackedInt8> ih, hr;
+          if (w_ih.has_value()) ih = packed_int8(*w_ih);
           if (w_hr.has_value()) hr = packed_int8(*w_hr);
           const cpu::PackedInt8 hh = packed_int8(w_hh);
           pybind11::gil_scoped_release no_gil;
-          return cpu::int8_recurrence(cell, x_proj, hh, hr, b_hh, h0, c0, batch_sizes, reverse);
-        }, arg("cell"), arg("x_proj"), arg("w_hh"), arg("w_hr"), arg("b_hh"), arg("h0"),
-        arg("c0"), arg("batch_sizes"), arg("reverse"),
-        "One direction of an int8 LSTM/GRU/RNN layer over x_proj (Note [int8 inference]).");
+          return cpu::int8_recurrence(cell, input, ih, b_ih, hh, hr, b_hh, h0, c0, batch_sizes,
+                                      reverse);
+        }, arg("cell"), arg("input"), arg("w_ih"), arg("b_ih"), arg("w_hh"), arg("w_hr"),
+        arg("b_hh"), arg("h0"), arg("c0"), arg("batch_sizes"), arg("reverse"),
+        "One direction of an int8 LSTM/GRU/RNN layer (Note [int8 inference]): over x_proj "
+        "[N, G*H] without w_ih, over x [N, I] with its projection fused in the steps with it.");
 }
 
 }  // namespace

@@ -19,6 +19,7 @@ name with a float32 `<name>_scale` beside it, and the float32 biases.
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +75,11 @@ def _refuse_backward(name: str, result, sources):
         return tuple(_refuse_backward(name, r, sources) for r in result)
     return _InferenceOnly.apply(name, result, *needs)
 
+
+# Batches from which a layer's input projection runs inside its steps (Note [int8 fused
+# input projection]); below, a step is a matrix-vector product bound by reading the
+# weights, and one product of all steps before the loop reads W_ih once.
+_MIN_FUSED_BATCH = int(os.environ.get("RNNKERNELS_INT8_MIN_FUSED_BATCH", "8"))
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
@@ -232,14 +238,20 @@ class _QuantizedLayers(_Int8Weights):
                     index = layer * directions + d
                     b_ih = getattr(self, "bias_ih" + suffix, None) if self.bias else None
                     b_hh = getattr(self, "bias_hh" + suffix, None) if self.bias else None
-                    # Both biases before the loop, but GRU's b_hn, which r multiplies.
+                    # Both biases on the input side, but GRU's b_hn, which r multiplies.
                     fold = b_ih is not None and self.mode != "GRU"
-                    x_proj = _C.int8_linear(layer_input, self._packed("weight_ih" + suffix, gates),
-                                            b_ih + b_hh if fold else b_ih)
+                    input_bias = b_ih + b_hh if fold else b_ih
+                    w_ih = self._packed("weight_ih" + suffix, gates)
                     w_hr = (self._packed("weight_hr" + suffix, 1)
                             if lstm and self.proj_size > 0 else None)
+                    if h0.shape[1] >= _MIN_FUSED_BATCH:  # Note [int8 fused input projection]
+                        step_input, fused_w_ih, fused_b_ih = layer_input, w_ih, input_bias
+                    else:
+                        step_input = _C.int8_linear(layer_input, w_ih, input_bias)
+                        fused_w_ih = fused_b_ih = None
                     out, h, c = _C.int8_recurrence(
-                        cell, x_proj, self._packed("weight_hh" + suffix, gates), w_hr,
+                        cell, step_input, fused_w_ih, fused_b_ih,
+                        self._packed("weight_hh" + suffix, gates), w_hr,
                         None if fold else b_hh, h0[index], c0[index] if lstm else None,
                         batch_sizes, d == 1)
                     outputs.append(out)
@@ -301,7 +313,8 @@ class _QuantizedCell(_Int8Weights):
             fold = self.bias and cell != "gru"
             b_ih = self.bias_ih + self.bias_hh if fold else (self.bias_ih if self.bias else None)
             x_proj = _C.int8_linear(x, self._packed("weight_ih", gates), b_ih)
-            _, h, c = _C.int8_recurrence(cell, x_proj, self._packed("weight_hh", gates), None,
+            _, h, c = _C.int8_recurrence(cell, x_proj, None, None,
+                                         self._packed("weight_hh", gates), None,
                                          None if fold or not self.bias else self.bias_hh,
                                          states[0], states[1] if is_lstm else None, None, False)
         result = (h, c) if is_lstm else h

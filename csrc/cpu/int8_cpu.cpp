@@ -130,7 +130,8 @@ at::Tensor int8_linear(const at::Tensor& x_in, const PackedInt8& w,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
-    const std::string& cell, const at::Tensor& x_proj_in, const PackedInt8& w_hh,
+    const std::string& cell, const at::Tensor& input, const std::optional<PackedInt8>& w_ih,
+    const std::optional<at::Tensor>& b_ih, const PackedInt8& w_hh,
     const std::optional<PackedInt8>& w_hr, const std::optional<at::Tensor>& b_hh,
     const at::Tensor& h0_in, const std::optional<at::Tensor>& c0,
     const std::optional<at::Tensor>& batch_sizes, bool reverse) {
@@ -150,9 +151,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
     TORCH_CHECK(w_hr->gates == 1 && w_hr->k == H, kOp, ": W_hr must be [P, ", H, "]");
   }
   TORCH_CHECK(w_hh.k == P, kOp, ": W_hh must be [", gates * H, ", ", P, "], got K = ", w_hh.k);
-  check_float_matrix(x_proj_in, "x_proj", -1, gates * H);
+  const bool fused = w_ih.has_value();
+  if (fused) {
+    check_packed(*w_ih, "W_ih");
+    TORCH_CHECK(w_ih->gates == gates && w_ih->units == H, kOp, ": W_ih must be [", gates * H,
+                ", I], packed as ", gates, " gates");
+    check_float_matrix(input, "x", -1, w_ih->k);
+    if (b_ih.has_value() && b_ih->defined())
+      TORCH_CHECK(b_ih->scalar_type() == at::kFloat && b_ih->numel() == gates * H, kOp,
+                  ": b_ih must be float32 with ", gates * H, " values, got ",
+                  b_ih->scalar_type(), " ", b_ih->sizes());
+  } else {
+    check_float_matrix(input, "x_proj", -1, gates * H);
+  }
   check_float_matrix(h0_in, "h0", -1, P);
-  const int64_t B = h0_in.size(0), N = x_proj_in.size(0);
+  const int64_t B = h0_in.size(0), N = input.size(0);
   const detail::Sequence seq = [&] {
     if (batch_sizes.has_value() && batch_sizes->defined())
       return host::make_sequence(kOp, N, B, batch_sizes);
@@ -176,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
     TORCH_CHECK(b_hh->scalar_type() == at::kFloat && b_hh->numel() == gates * H, kOp,
                 ": b_hh must be float32 with ", gates * H, " values, got ", b_hh->scalar_type(),
                 " ", b_hh->sizes());
-  const at::Tensor x_proj = x_proj_in.stride(1) == 1 ? x_proj_in : x_proj_in.contiguous();
+  const at::Tensor x_proj = input.stride(1) == 1 ? input : input.contiguous();
   const at::Tensor h0 = h0_in.contiguous();
   const at::Tensor bias = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
   const auto opts = x_proj.options();
@@ -188,8 +201,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
   a.seq = detail::layout_of(seq, reverse);
   a.hidden = H;
   a.output = P;
-  a.x_proj = x_proj.data_ptr<float>();
-  a.ld_x_proj = x_proj.stride(0);
+  at::Tensor xq, x_scale, b_ih_t;
+  if (fused) {
+    std::tie(xq, x_scale) = quantize_rows(x_proj);
+    a.xq = xq.data_ptr<uint8_t>();
+    a.ld_xq = xq.size(1);
+    a.x_scale = x_scale.data_ptr<float>();
+    a.w_ih = panels_of(*w_ih);
+    if (b_ih.has_value() && b_ih->defined()) {
+      b_ih_t = b_ih->contiguous();
+      a.b_ih = b_ih_t.data_ptr<float>();
+    }
+  } else {
+    a.x_proj = x_proj.data_ptr<float>();
+    a.ld_x_proj = x_proj.stride(0);
+  }
   a.w_hh = panels_of(w_hh);
   if (proj) a.w_hr = panels_of(*w_hr);
   a.b_hh = bias.defined() ? bias.data_ptr<float>() : nullptr;
@@ -209,7 +235,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
     return {out, h_n, c_n};
   }
   const auto run = lstm ? kern.lstm_forward : cell == "gru" ? kern.gru_forward : kern.rnn_forward;
-  const int64_t step_macs = B * gates * H * P + (proj ? B * H * P : 0);
+  const int64_t step_macs =
+      B * gates * H * (P + (fused ? w_ih->k : 0)) + (proj ? B * H * P : 0);
   const char* split = std::getenv("RNNKERNELS_INT8_ROW_SPLIT");  // A/B measurements only
   const bool row_split = split == nullptr || std::string(split) != "0";
   detail::run_directions(kOp, 1, step_macs,

@@ -32,11 +32,14 @@ at::Tensor int8_linear(const at::Tensor& x, const PackedInt8& w,
                        const std::optional<at::Tensor>& bias);
 
 // One direction of one layer. cell: "lstm", "gru", "rnn_tanh", "rnn_relu".
-// x_proj float32 [N, G*H] (input projection with b_ih), h0 [B, P], c0 [B, H] (LSTM),
-// batch_sizes: PackedSequence's, or none for [T, B] rows (N = T*B).
+// input: without w_ih, x_proj float32 [N, G*H] (the input projection with b_ih); with
+// w_ih, x float32 [N, I], whose projection (+ b_ih) runs inside the steps (Note [int8
+// fused input projection]). h0 [B, P], c0 [B, H] (LSTM), batch_sizes: PackedSequence's,
+// or none for [T, B] rows (N = T*B).
 // -> out [N, P], h_n [B, P], c_n [B, H] (LSTM; else empty).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
-    const std::string& cell, const at::Tensor& x_proj, const PackedInt8& w_hh,
+    const std::string& cell, const at::Tensor& input, const std::optional<PackedInt8>& w_ih,
+    const std::optional<at::Tensor>& b_ih, const PackedInt8& w_hh,
     const std::optional<PackedInt8>& w_hr, const std::optional<at::Tensor>& b_hh,
     const at::Tensor& h0, const std::optional<at::Tensor>& c0,
     const std::optional<at::Tensor>& batch_sizes, bool reverse);

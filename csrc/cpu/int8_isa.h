@@ -345,6 +345,37 @@ struct Int8Scratch {
 
 enum class Int8Cell { kLstm, kGru, kRnnTanh, kRnnRelu };
 
+// Note [int8 fused input projection]
+// With args.xq set (batches of kMinFusedBatch and more; the host decides), each step's
+// tile also computes its input side, the quantized rows of x_t times W_ih's block plus
+// b_ih, instead of reading it from an [N, G*H] float32 x_proj written by one large
+// product before the loop: that array (52 MB at T = 100, B = 64, H = 512) is never
+// written nor read back. The two products keep their own scales (x's and h's rows), so
+// they are dequantized one after the other.
+template <int MR, int NV>
+inline void int8_input_side(const Int8RecurrenceArgs& a, int64_t gates, int64_t blk,
+                            int64_t row0, int8::Vec (&xs)[MR][NV]) {
+  using int8::Vec;
+  constexpr int V = int8::V;
+  const int64_t H = a.hidden;
+  if (a.xq != nullptr)
+    int8::product<MR, NV>(a.w_ih, blk, a.xq + row0 * a.ld_xq, a.ld_xq, a.x_scale + row0, xs);
+  for (int q = 0; q < NV; ++q) {
+    const int64_t unit0 = gates > 1 ? blk * V : (blk * NV + q) * V;
+    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(V, H - unit0));
+    const int64_t col = gates > 1 ? q * H + unit0 : unit0;
+    if (a.xq != nullptr) {
+      if (a.b_ih != nullptr && n > 0) {
+        const Vec bias = Vec::loadu(a.b_ih + col, n);
+        for (int m = 0; m < MR; ++m) xs[m][q] = xs[m][q] + bias;
+      }
+    } else {
+      for (int m = 0; m < MR; ++m)
+        xs[m][q] = n > 0 ? Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + col, n) : Vec(0.f);
+    }
+  }
+}
+
 // Gate math of one tile: MR rows (batch rows r0.., sequence rows row0..) by block blk.
 template <Int8Cell kCell, int MR>
 inline void int8_step_tile(const Int8RecurrenceArgs& a, const Int8Scratch& w, int64_t blk,
@@ -354,6 +385,9 @@ inline void int8_step_tile(const Int8RecurrenceArgs& a, const Int8Scratch& w, in
   constexpr int V = int8::V;
   constexpr int NV = kCell == Int8Cell::kGru ? 3 : 4;
   const int64_t H = a.hidden;
+  constexpr int64_t gates = kCell == Int8Cell::kLstm ? 4 : kCell == Int8Cell::kGru ? 3 : 1;
+  Vec xs[MR][NV];
+  int8_input_side<MR, NV>(a, gates, blk, row0, xs);
   Vec acc[MR][NV];
   int8::product<MR, NV>(a.w_hh, blk, w.hq + r0 * w.ld_hq, w.ld_hq, w.h_scale + r0, acc);
   if constexpr (kCell == Int8Cell::kLstm || kCell == Int8Cell::kGru) {
@@ -365,12 +399,9 @@ inline void int8_step_tile(const Int8RecurrenceArgs& a, const Int8Scratch& w, in
     }
     for (int m = 0; m < MR; ++m) {
       const int64_t r = r0 + m, row = row0 + m;
-      const float* xp = a.x_proj + row * a.ld_x_proj + u0;
       if constexpr (kCell == Int8Cell::kLstm) {
-        const auto g = math::lstm_activate(acc[m][0] + Vec::loadu(xp, nu),
-                                           acc[m][1] + Vec::loadu(xp + H, nu),
-                                           acc[m][2] + Vec::loadu(xp + 2 * H, nu),
-                                           acc[m][3] + Vec::loadu(xp + 3 * H, nu));
+        const auto g = math::lstm_activate(acc[m][0] + xs[m][0], acc[m][1] + xs[m][1],
+                                           acc[m][2] + xs[m][2], acc[m][3] + xs[m][3]);
         const Vec c = math::lstm_cell_state(g, Vec::loadu(c_prev + r * w.ld_c + u0));
         const Vec h = math::lstm_hidden(g, c);
         c.store(c_next + r * w.ld_c + u0);
@@ -381,8 +412,7 @@ inline void int8_step_tile(const Int8RecurrenceArgs& a, const Int8Scratch& w, in
           h.store(a.out + row * a.ld_out + u0, nu);
         }
       } else {
-        const auto g = math::gru_activate(Vec::loadu(xp, nu), Vec::loadu(xp + H, nu),
-                                          Vec::loadu(xp + 2 * H, nu), acc[m][0], acc[m][1],
+        const auto g = math::gru_activate(xs[m][0], xs[m][1], xs[m][2], acc[m][0], acc[m][1],
                                           acc[m][2]);
         const Vec h = math::gru_hidden(g, Vec::loadu(h_prev + r * w.ld_h + u0));
         h.store(h_next + r * w.ld_h + u0);
@@ -398,7 +428,7 @@ inline void int8_step_tile(const Int8RecurrenceArgs& a, const Int8Scratch& w, in
       const int64_t nu = std::min<int64_t>(V, H - u0);
       const Vec bias = a.b_hh != nullptr ? Vec::loadu(a.b_hh + u0, nu) : Vec(0.f);
       for (int m = 0; m < MR; ++m) {
-        const Vec pre = acc[m][q] + bias + Vec::loadu(a.x_proj + (row0 + m) * a.ld_x_proj + u0, nu);
+        const Vec pre = acc[m][q] + bias + xs[m][q];
         const Vec h = math::rnn_activate<kAct>(pre);
         h.store(h_next + (r0 + m) * w.ld_h + u0);
         h.store(a.out + (row0 + m) * a.ld_out + u0, nu);

@@ -326,6 +326,12 @@ struct Int8RecurrenceArgs {
   int64_t hidden = 0;   // H
   int64_t output = 0;   // P (LSTM with projection), else H
   const float* x_proj = nullptr;  int64_t ld_x_proj = 0;  // [N, G*H], with b_ih
+  // Fused input projection instead (x_proj null): the rows of x quantized, times W_ih,
+  // + b_ih, computed in each step's tiles (Note [int8 fused input projection]).
+  const uint8_t* xq = nullptr;  int64_t ld_xq = 0;         // [N, I]: q + 128
+  const float* x_scale = nullptr;                          // [N]
+  Int8Panels w_ih;                                         // [G*H, I]
+  const float* b_ih = nullptr;                             // [G*H] or null
   Int8Panels w_hh;                                         // [G*H, P]
   Int8Panels w_hr;                                         // [P, H] (LSTM projection) or null
   const float* b_hh = nullptr;                             // [G*H] or null
