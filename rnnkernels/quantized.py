@@ -134,6 +134,12 @@ class _Int8Weights:
 
     def _check_inference(self, input) -> None:
         name = type(self).__name__
+        if torch.jit.is_tracing():
+            # The kernels are opaque to the tracer: the trace would hold this call's output
+            # as a constant.
+            raise RuntimeError(
+                f"{name} cannot be traced (torch.jit.trace, ONNX export): the int8 kernels are "
+                f"not operators a graph can hold; export the float model instead")
         if self.training:
             raise RuntimeError(
                 f"{name} is an int8 inference module: call .eval() before running it (it has "
@@ -141,6 +147,10 @@ class _Int8Weights:
 
     def _input_dtype(self) -> torch.dtype:
         return torch.float32
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(f"{type(self).__name__} cannot be scripted: the int8 kernels are not "
+                           f"TorchScript operators; script the float model instead")
 
     def reset_parameters(self) -> None:  # noqa: D102  (quantized weights are not re-drawn)
         pass

@@ -403,6 +403,17 @@ def test_non_finite_values():
         rnnkernels.quantize_dynamic(bad)
 
 
+def test_tracing_and_scripting_are_refused():
+    """The kernels are opaque to TorchScript and the tracer: a trace would hold constants."""
+    q = rnnkernels.quantize_dynamic(nn.LSTM(4, 5))
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        torch.jit.trace(q, (x,))
+    with pytest.raises(RuntimeError, match="cannot be scripted"):
+        torch.jit.script(q)
+    assert torch.isfinite(q(x)[0]).all()
+
+
 def test_features_without_int8_kernels_are_refused():
     for m in (rnnkernels.LSTM(4, 5, zoneout_h=0.1), rnnkernels.LSTM(4, 5, layer_norm=True),
               rnnkernels.GRU(4, 5, recurrent_dropconnect=0.2)):

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 #include "cpu/kernels_isa.h"
 
@@ -47,10 +48,11 @@ constexpr int64_t block_bytes(int64_t K) {
 template <int NV>
 constexpr int rows_per_tile() {
 #if defined(__AVX512VNNI__)
-  // 20 accumulators, not the 24-28 the register file holds: with more, GCC copies the
-  // accumulators of vpdpbusd (a tied operand) between registers in the inner loop, and
-  // the product ran at 320 GOP/s instead of 750 ([6400, 512] x [512, 2048], Zen 4).
-  return 20 / NV;
+  // 16 accumulators (NV = 4: 4 rows; 3: 5), not the 24-28 the register file holds: with
+  // more, GCC still copies some accumulators around their vpdpbusd (vnni_dot); measured,
+  // 16 / 20 / 24: 793 / 667 / 754 GOP/s at [6400, 2048] x [2048, 2048] and 36 / 51 / 40 ms
+  // for the LSTM (100, 64, 512) (Zen 4 VM, 2 threads, noisy).
+  return 16 / NV;
 #elif defined(CPU_CAPABILITY_AVX512)
   return 6;  // one gate vector at a time: 2 accumulators a row, 2 widened weight vectors
 #else
@@ -79,28 +81,40 @@ inline uint32_t load_quad(const uint8_t* p) {
 
 // acc[m][q*V + j] = sum_k a[m][k] * W[k][col q*V+j] over the packed block (u8 x s8 sums,
 // without the 128 * colsum correction).
+#if defined(__AVX512VNNI__)
+// c += u8 x s8 dot products of x and w, in place.
+inline void dot_accumulate(__m512i& c, __m512i x, __m512i w) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(c) : "v"(x), "v"(w));
+}
+
+// The VNNI tile, written with pack expansions so that every accumulator, broadcast and
+// weight vector is indexed by a constant from the start: GCC then keeps each in its own
+// register. With loops over arrays (unrolled only later) it kept the accumulators in
+// registers it copied around every vpdpbusd (a tied operand), about half the loop's
+// instructions (310-440 instead of 750 GOP/s on Zen 4, depending on the caller).
+template <int MR, int NV, size_t... I, size_t... M, size_t... Q>
+inline void vnni_dot(int64_t kq, const uint8_t* a, int64_t lda, const int8_t* panel,
+                     int32_t (&acc)[MR][NV * V], std::index_sequence<I...>,
+                     std::index_sequence<M...>, std::index_sequence<Q...>) {
+  __m512i c[MR * NV];
+  ((c[I] = _mm512_setzero_si512()), ...);
+  const int8_t* w = panel;
+  for (int64_t p = 0; p < kq; ++p, w += NV * 64) {
+    const __m512i wv[NV] = {_mm512_loadu_si512(w + Q * 64)...};
+    const __m512i x[MR] = {_mm512_set1_epi32(static_cast<int>(load_quad(a + M * lda + 4 * p)))...};
+    (dot_accumulate(c[I], x[I / NV], wv[I % NV]), ...);
+  }
+  (_mm512_storeu_si512(&acc[I / NV][(I % NV) * V], c[I]), ...);
+}
+#endif
+
 template <int MR, int NV>
 inline void block_dot(int64_t K, const uint8_t* a, int64_t lda, const int8_t* panel,
                       int32_t (&acc)[MR][NV * V]) {
   const int64_t kq = quads(K);
 #if defined(__AVX512VNNI__)
-  __m512i c[MR][NV];
-  for (int m = 0; m < MR; ++m)
-    for (int q = 0; q < NV; ++q) c[m][q] = _mm512_setzero_si512();
-  const int8_t* w = panel;
-  for (int64_t p = 0; p < kq; ++p, w += NV * 64) {
-    __m512i wv[NV];
-#pragma GCC unroll 8
-    for (int q = 0; q < NV; ++q) wv[q] = _mm512_loadu_si512(w + q * 64);
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) {
-      const __m512i x = _mm512_set1_epi32(static_cast<int>(load_quad(a + m * lda + 4 * p)));
-#pragma GCC unroll 8
-      for (int q = 0; q < NV; ++q) c[m][q] = _mm512_dpbusd_epi32(c[m][q], x, wv[q]);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int q = 0; q < NV; ++q) _mm512_storeu_si512(&acc[m][q * V], c[m][q]);
+  vnni_dot<MR, NV>(kq, a, lda, panel, acc, std::make_index_sequence<MR * NV>{},
+                   std::make_index_sequence<MR>{}, std::make_index_sequence<NV>{});
 #elif defined(CPU_CAPABILITY_AVX512)
   // A quad (a0..a3) as four 16-bit values repeated; the 64 weight bytes of a gate vector
   // (16 columns x 4 k) as two vectors of 16-bit values (columns 0-7, 8-15). vpmaddwd gives
