@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import rnnkernels
-from rnnkernels.bench import ceilings, cli, compare, env, model, output, runner, timing, workload
+from rnnkernels.bench import (ceilings, cli, compare, env, model, output, runner, table, timing,
+                              workload)
 from rnnkernels.bench.cases import (CORE_GEOMETRIES, PRESETS, STEP_CELLS, WORKSPACE_PER_HIDDEN, Case,
                                     batch_sizes, custom_cases, preset_cases, sequence_lengths)
 from rnnkernels.bench.progress import Progress
@@ -922,3 +923,35 @@ def test_peers_time_the_exported_graph_in_the_runtimes(tmp_path, monkeypatch, ca
                  **{n: p["median_s"] for n, p in r["peers"].items()}}
         assert r["fastest"] == min(times, key=times.get)
         assert f"fastest: {r['fastest']}" in printed
+
+
+def test_int8_cases_time_the_int8_module_beside_the_int8_peers(tmp_path, capsys):
+    """--dtype int8: ours is rnnkernels.quantize_dynamic of the float32 module, nn torch.nn
+    float32, and torch.nn bfloat16 and torch's dynamic int8 are peers (torch has no dynamic
+    int8 RNN: its entry says so); the table command renders them; training is refused."""
+    out = tmp_path / "int8.jsonl"
+    code = cli.main(["-T", "5", "-B", "3", "-H", "16", "--cells", "lstm", "rnn", "lstm_cell",
+                     "--modes", "inference", "--dtype", "int8", "--repeats", "1",
+                     "--min-block-ms", "0", "--warmup-ms", "0", "--no-ceilings", "--no-lb",
+                     "--threads", str(torch.get_num_threads()), "--out", str(out),
+                     "--no-progress"])
+    assert code == 0
+    records = output.read_results(out)
+    assert len(records) == 3
+    for r in records:
+        assert r["case"]["dtype"] == "int8" and r["ours"]["engine"] == "rnnk"
+        assert r["peers"]["nn_bf16"]["median_s"] > 0
+        times = {"ours": r["ours"]["median_s"], "nn": r["nn"]["median_s"],
+                 **{n: p["median_s"] for n, p in r["peers"].items() if p.get("median_s")}}
+        assert r["fastest"] == min(times, key=times.get)
+        others = [t for n, t in times.items() if n != "ours"]
+        assert math.isclose(r["speedup_vs_fastest_other"], min(others) / times["ours"])
+    by_cell = {r["case"]["cell"]: r for r in records}
+    assert by_cell["lstm"]["peers"]["torch_int8"]["median_s"] > 0
+    assert "no dynamic int8 RNN" in by_cell["rnn"]["peers"]["torch_int8"]["error"]
+    capsys.readouterr()
+    assert table.main(str(out)) == 0
+    rendered = capsys.readouterr().out
+    assert "ours vs the fastest other" in rendered and "torch_int8 ms" in rendered
+    with pytest.raises(ValueError, match="int8 cases are CPU inference"):
+        Case("lstm", T=2, B=1, I=4, H=4, mode="training", dtype="int8")

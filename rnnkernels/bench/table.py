@@ -74,6 +74,42 @@ def render(records: list[dict], out: TextIO = sys.stdout) -> None:
         out.write("| " + " | ".join(cells) + " |\n")
 
 
+PEER_ORDER = ("nn_bf16", "torch_int8", "onnxruntime", "openvino", "openvino_bf16")
+
+
+def render_peers(records: list[dict], out: TextIO = sys.stdout) -> None:
+    """The cases that have peers (int8 cases, `--peers` runs): ms of ours, torch.nn and
+    each peer, ours against the fastest other, our GFLOP/s (int8: GOP/s) and its fraction
+    of the case's ceiling."""
+    latest: dict[str, dict] = {}
+    for r in records:
+        if r.get("peers"):
+            latest[r["key"]] = r
+    if not latest:
+        return
+    names = [n for n in PEER_ORDER if any(n in r["peers"] for r in latest.values())]
+    names += sorted({n for r in latest.values() for n in r["peers"]} - set(names))
+    header = ["cell", "(T, B, I, H)", "ours ms", "nn ms"] + [f"{n} ms" for n in names] + [
+        "ours vs the fastest other", "GFLOP/s", "% of ceiling"]
+    out.write("| " + " | ".join(header) + " |\n")
+    out.write("|" + " --- |" * len(header) + "\n")
+    for r in latest.values():
+        c = r["case"]
+        peer_ms = [("error" if r["peers"].get(n, {}).get("error") else
+                    _ms(r["peers"].get(n, {}).get("median_s"))) for n in names]
+        vs = r.get("speedup_vs_fastest_other")
+        frac = r.get("frac_peak_flops_ours")
+        cells = [c["cell"], _shape(c), _ms(r["ours"]["median_s"]), _ms(r["nn"]["median_s"]),
+                 *peer_ms, f"**{vs:.2f}x**" if vs else "-",
+                 f"{r['gflops_ours']:.0f}" if r.get("gflops_ours") else "-",
+                 f"{100 * frac:.0f}%" if frac else "-"]
+        out.write("| " + " | ".join(cells) + " |\n")
+
+
 def main(path: str) -> int:
-    render(read_results(path))
+    records = read_results(path)
+    render(records, sys.stdout)
+    if any(r.get("peers") for r in records):
+        sys.stdout.write("\n")
+        render_peers(records, sys.stdout)
     return 0
