@@ -270,7 +270,7 @@ class _QuantizedLayers(_Int8Weights):
                 layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 1)
             output = layer_input
             if batch_sizes is None:
-                output = output.view(steps, batch, -1)
+                output = output.view(steps, batch, output.shape[-1])
                 if self.batch_first:
                     output = output.transpose(0, 1)
             hidden = torch.stack(h_n)

@@ -196,7 +196,7 @@ def run_layer(cell: str, x: Tensor, dirs, h0: Tensor, c0: Tensor | None, batch_s
     or None; ln_dirs: the layer-normalised LSTM's per-direction dicts or None. Returns
     (output [N, D*P], h_n [D, B, P], c_n [D, B, H] or None).
     """
-    outputs, h_n, c_n = [], [], []
+    directions = []
     for d, w in enumerate(dirs):
         if cell == "lstm" and ln_dirs is not None:
             def step(x_t, h, c, w=w, ln=ln_dirs[d]):
@@ -217,6 +217,15 @@ def run_layer(cell: str, x: Tensor, dirs, h0: Tensor, c0: Tensor | None, batch_s
                 return (rnn_cell(x_t, h, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
                                  nonlinearity),)
             states = [h0[d]]
+        directions.append((step, states))
+    return _run_directions(cell, x, directions, batch_sizes, keep)
+
+
+def _run_directions(cell: str, x: Tensor, directions, batch_sizes: list[int],
+                    keep: Tensor | None = None):
+    """run_layer's result from per-direction (step, initial states) pairs."""
+    outputs, h_n, c_n = [], [], []
+    for d, (step, states) in enumerate(directions):
         out, final = _run_direction(step, x, batch_sizes, states, reverse=d == 1,
                                     keep=None if keep is None else keep[d])
         outputs.append(out)
@@ -314,7 +323,7 @@ def quantized_run_layer(cell: str, x: Tensor, dirs, h0: Tensor, c0: Tensor | Non
     dirs: per direction a dict of w_ih, w_hh, w_hr ((int8 weight, scale) pairs; w_hr None
     without projection) and b_ih, b_hh (None without biases). Returns what run_layer does.
     """
-    outputs, h_n, c_n = [], [], []
+    directions = []
     for d, w in enumerate(dirs):
         def product(a, key, bias, w=w):
             return quantized_linear(a, *w[key], bias)
@@ -337,10 +346,5 @@ def quantized_run_layer(cell: str, x: Tensor, dirs, h0: Tensor, c0: Tensor | Non
                 pre = product(x_t, "w_ih", w["b_ih"]) + product(h, "w_hh", w["b_hh"])
                 return (torch.relu(pre) if nonlinearity == "relu" else torch.tanh(pre),)
             states = [h0[d]]
-        out, final = _run_direction(step, x, batch_sizes, states, reverse=d == 1)
-        outputs.append(out)
-        h_n.append(final[0])
-        if cell == "lstm":
-            c_n.append(final[1])
-    return (torch.cat(outputs, 1), torch.stack(h_n, 0),
-            torch.stack(c_n, 0) if cell == "lstm" else None)
+        directions.append((step, states))
+    return _run_directions(cell, x, directions, batch_sizes)

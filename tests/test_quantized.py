@@ -10,9 +10,6 @@ simulation tests run again in a child process per int8 kernel path this CPU can 
 import copy
 import io
 import os
-import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkernels
+from child_pytest import assert_child_passes, best_cpu_capability
 from rnnkernels import reference as R
 from rnnkernels.quantized import (QuantizedGRU, QuantizedGRUCell, QuantizedLSTM,
                                   QuantizedLSTMCell, QuantizedRNN, QuantizedRNNCell)
@@ -384,6 +382,18 @@ def test_bad_input_raises_like_torch_nn_and_leaves_the_module_usable():
     assert torch.equal(q(x)[0], good)
 
 
+def test_empty_batch_gives_empty_outputs_as_torch_nn():
+    for m, x in ((nn.LSTM(4, 5), torch.randn(3, 0, 4)), (nn.GRU(4, 5, bidirectional=True),
+                                                         torch.randn(3, 0, 4)),
+                 (nn.GRUCell(4, 5), torch.randn(0, 4)), (nn.LSTMCell(4, 5), torch.randn(0, 4))):
+        q = rnnkernels.quantize_dynamic(m)
+        expected, got = m(x), q(x)
+        for e, g in zip(expected if isinstance(expected, tuple) else (expected,),
+                        got if isinstance(got, tuple) else (got,)):
+            e, g = (e if isinstance(e, torch.Tensor) else e[0]), (g if isinstance(g, torch.Tensor) else g[0])
+            assert g.shape == e.shape and g.dtype == e.dtype, type(m).__name__
+
+
 def test_non_finite_values():
     """NaN or inf in a row of the input gives NaN in what depends on it (not a finite
     wrong number); a weight with NaN is refused when quantizing."""
@@ -448,30 +458,18 @@ def _cpu_flags() -> set[str]:
 def test_int8_kernel_paths(path):
     """The simulation tests in a child process per int8 kernel path, forced as the float32
     ISA tests force theirs (tests/test_isa_paths.py)."""
-    env_extra, expected, flags, isa = PATHS[path]
-    if isa not in rnnkernels.build_info()["cpu_isas"] or (
-            expected == "avx512_vnni" and expected not in rnnkernels.build_info()["cpu_isas"]):
-        pytest.skip(f"this build has no {expected} kernels")
-    base_env = {k: v for k, v in os.environ.items()
-                if k not in ("ATEN_CPU_CAPABILITY", "RNNKERNELS_INT8_NO_VNNI")}
-    best = subprocess.run([sys.executable, "-c", "import torch; "
-                           "print(torch.backends.cpu.get_cpu_capability())"], env=base_env,
-                          capture_output=True, text=True, check=True).stdout.strip().lower()
+    env, expected, flags, isa = PATHS[path]
+    built = rnnkernels.build_info()["cpu_isas"]
+    if isa not in built or (expected == "avx512_vnni" and expected not in built):
+        pytest.skip(f"this build has no {expected} kernels (built: {built})")
+    best = best_cpu_capability()
     if _RANK.get(best, 0) < _RANK[isa]:
         pytest.skip(f"this CPU runs at most {best}, not {isa}")
     missing = [f for f in flags if f not in _cpu_flags()]
     if missing:
         pytest.skip(f"this CPU lacks {missing}")
-    env = {**base_env, **env_extra, "RNNKERNELS_EXPECTED_INT8": expected}
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-         "simulation or expected_int8", str(TESTS / "test_quantized.py")],
-        cwd=TESTS.parent, env=env, capture_output=True, text=True)
-    report = child.stdout + child.stderr
-    summary = report.strip().splitlines()[-1] if report.strip() else ""
-    assert child.returncode == 0, f"{path}: failed:\n{report[-6000:]}"
-    assert re.fullmatch(r"\d+ passed, \d+ deselected(, \d+ warnings?)? in .*", summary), \
-        f"{path}: {summary}\n{report[-3000:]}"
+    assert_child_passes(TESTS / "test_quantized.py", {**env, "RNNKERNELS_EXPECTED_INT8": expected},
+                        path, select="simulation or expected_int8")
 
 
 def test_expected_int8_kernels_are_active():

@@ -166,6 +166,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
   }
   check_float_matrix(h0_in, "h0", -1, P);
   const int64_t B = h0_in.size(0), N = input.size(0);
+  if (B == 0) {  // an empty batch, as torch.nn allows: empty outputs
+    TORCH_CHECK(N == 0, kOp, ": ", N, " input rows for a batch of 0");
+    const auto opts = input.options();
+    return {at::empty({0, P}, opts), at::empty({0, P}, opts),
+            lstm ? at::empty({0, H}, opts) : at::empty({0}, opts)};
+  }
   const detail::Sequence seq = [&] {
     if (batch_sizes.has_value() && batch_sizes->defined())
       return host::make_sequence(kOp, N, B, batch_sizes);
