@@ -89,10 +89,7 @@ class _Int8Weights:
     """Weights as int8 buffers (torch.nn's names) with <name>_scale, biases as float32
     buffers, and the packed panels cached per kernel vector width and buffer version."""
 
-    _int8_source_names: tuple[str, ...] = ()
-
     def _install_int8(self, source: nn.Module, names) -> None:
-        self._int8_source_names = tuple(names)
         self._int8_cache = {}
         for name in names:
             value = getattr(source, name)
@@ -132,7 +129,7 @@ class _Int8Weights:
     def _float_weight(self, name: str) -> Tensor:
         return getattr(self, name).to(torch.float32) * getattr(self, name + "_scale")[:, None]
 
-    def _check_inference(self, input) -> None:
+    def _check_inference(self) -> None:
         name = type(self).__name__
         if torch.jit.is_tracing():
             # The kernels are opaque to the tracer: the trace would hold this call's output
@@ -216,7 +213,7 @@ class _QuantizedLayers(_Int8Weights):
         return rnn._RecurrentForward._check_state_dtypes(hx, is_lstm, input)
 
     def forward(self, input, hx=None):  # noqa: D102
-        self._check_inference(input)
+        self._check_inference()
         output, hidden = self._run(input, hx, is_lstm=self.mode == "LSTM")
         data = input.data if isinstance(input, nn.utils.rnn.PackedSequence) else input
         sources = [data] + list(hx if isinstance(hx, tuple) else [hx])
@@ -311,7 +308,7 @@ class _QuantizedCell(_Int8Weights):
                 "activations quantized per row at run time")
 
     def _step(self, cell: str, gates: int, input, hx, is_lstm: bool):
-        self._check_inference(input)
+        self._check_inference()
         if isinstance(input, Tensor):
             _check_input_dtype(self, input)
         x, states, is_batched = self._cell_inputs(input, hx, is_lstm=is_lstm)

@@ -424,6 +424,17 @@ def test_tracing_and_scripting_are_refused():
     assert torch.isfinite(q(x)[0]).all()
 
 
+def test_torch_compile_runs_the_int8_kernels():
+    """Dynamo cannot trace into the kernels (a graph break), so the compiled module runs
+    them eagerly: the same values, for new shapes too."""
+    torch.manual_seed(0)
+    q = rnnkernels.quantize_dynamic(nn.GRU(8, 16))
+    compiled = torch.compile(q)
+    for shape in ((5, 3, 8), (7, 2, 8)):
+        x = torch.randn(shape)
+        assert torch.equal(compiled(x)[0], q(x)[0])
+
+
 def test_features_without_int8_kernels_are_refused():
     for m in (rnnkernels.LSTM(4, 5, zoneout_h=0.1), rnnkernels.LSTM(4, 5, layer_norm=True),
               rnnkernels.GRU(4, 5, recurrent_dropconnect=0.2)):
