@@ -175,8 +175,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
   const detail::Sequence seq = [&] {
     if (batch_sizes.has_value() && batch_sizes->defined())
       return host::make_sequence(kOp, N, B, batch_sizes);
-    TORCH_CHECK(B >= 1 && N % B == 0, kOp, ": x_proj has ", N, " rows, not a multiple of the "
-                "batch size ", B);
+    TORCH_CHECK(N % B == 0, kOp, ": the input has ", N, " rows, not a multiple of the batch "
+                "size ", B);
     detail::Sequence s;
     s.batch = B;
     s.rows = N;
@@ -195,10 +195,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
     TORCH_CHECK(b_hh->scalar_type() == at::kFloat && b_hh->numel() == gates * H, kOp,
                 ": b_hh must be float32 with ", gates * H, " values, got ", b_hh->scalar_type(),
                 " ", b_hh->sizes());
-  const at::Tensor x_proj = input.stride(1) == 1 ? input : input.contiguous();
+  // x_proj [N, G*H], or x [N, I] when fused.
+  const at::Tensor rows = input.stride(1) == 1 ? input : input.contiguous();
   const at::Tensor h0 = h0_in.contiguous();
   const at::Tensor bias = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
-  const auto opts = x_proj.options();
+  const auto opts = rows.options();
   at::Tensor out = empty_large({N, P}, opts);
   at::Tensor h_n = at::empty({B, P}, opts);
   at::Tensor c_n = lstm ? at::empty({B, H}, opts) : at::empty({0}, opts);
@@ -209,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
   a.output = P;
   at::Tensor xq, x_scale, b_ih_t;
   if (fused) {
-    std::tie(xq, x_scale) = quantize_rows(x_proj);
+    std::tie(xq, x_scale) = quantize_rows(rows);
     a.xq = xq.data_ptr<uint8_t>();
     a.ld_xq = xq.size(1);
     a.x_scale = x_scale.data_ptr<float>();
@@ -219,8 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
       a.b_ih = b_ih_t.data_ptr<float>();
     }
   } else {
-    a.x_proj = x_proj.data_ptr<float>();
-    a.ld_x_proj = x_proj.stride(0);
+    a.x_proj = rows.data_ptr<float>();
+    a.ld_x_proj = rows.stride(0);
   }
   a.w_hh = panels_of(w_hh);
   if (proj) a.w_hr = panels_of(*w_hr);
@@ -233,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> int8_recurrence(
   a.h_n = h_n.data_ptr<float>();
   a.c_n = lstm ? c_n.data_ptr<float>() : nullptr;
   const Int8Kernels& kern = active_int8_kernels();
-  at::Tensor scratch = scratch_bytes(kern.recurrence_scratch(a, 1), x_proj);
+  at::Tensor scratch = scratch_bytes(kern.recurrence_scratch(a, 1), rows);
   a.scratch = scratch.data_ptr();
   if (seq.steps() == 0) {
     h_n.copy_(h0);
