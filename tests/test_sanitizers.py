@@ -3,7 +3,8 @@ builds the extension with RNNKERNELS_SANITIZE=address,undefined and RNNKERNELS_I
 default in a copy of the checkout, the normal build untouched (one variant, to keep CI
 under 20 minutes: with default,avx512 the fresh-clone CI run took 22 min; the full script
 runs every variant), and runs its CI
-suite under the sanitizers: tests/isa_subset.py and tests/test_bad_input.py with each built
+suite under the sanitizers: tests/isa_subset.py, tests/test_bad_input.py and the int8
+simulation and bad-input tests of tests/test_quantized.py with each built
 variant this CPU runs forced through ATEN_CPU_CAPABILITY, and a slice of the CUDA emulation
 tests with the emulation compiled with the same sanitizers. A report aborts the process it
 occurs in, which fails the script.
@@ -62,4 +63,5 @@ def test_sanitized_build_runs_the_ci_subset_clean(tmp_path):
     # The default variant and the CUDA emulation ran (avx512 too where the CPU has it).
     assert re.search(r"^== sanitize: default: .* took \d+ s$", report, re.M), report[-6000:]
     assert re.search(r"^== sanitize: CUDA emulation .* took \d+ s$", report, re.M), report[-6000:]
+    assert re.search(r"^== sanitize: default: int8 .* took \d+ s$", report, re.M), report[-6000:]
     print(phases)

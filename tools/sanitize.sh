@@ -8,10 +8,12 @@
 #                     [--build-only] [-- PYTEST_ARGS...]
 #
 #   --suite full  (default) per forced variant: tests/test_equivalence.py,
-#                 tests/test_bad_input.py, tests/isa_subset.py; then the CUDA emulation
+#                 tests/test_bad_input.py, tests/isa_subset.py, tests/test_quantized.py
+#                 (but its child-process tests); then the CUDA emulation
 #                 tests (tests/test_cuda_compile.py but its nvcc compile checks,
 #                 tests/test_cuda_paths_emulated.py)
-#   --suite ci    per forced variant: tests/isa_subset.py and tests/test_bad_input.py;
+#   --suite ci    per forced variant: tests/isa_subset.py and tests/test_bad_input.py,
+#                 the int8 simulation and bad-input tests of tests/test_quantized.py;
 #                 then a slice of the emulation tests (what tests/test_sanitizers.py runs in CI)
 #   --isas        RNNKERNELS_ISAS of the build (default: every variant for this machine)
 #   --sanitize    RNNKERNELS_SANITIZE of the build (default: address,undefined)
@@ -157,8 +159,9 @@ if [[ ${#PYTEST_ARGS[@]} -gt 0 ]]; then
   for isa in "${FORCED[@]}"; do run "$isa: pytest ${PYTEST_ARGS[*]}" "$isa" "${PYTEST_ARGS[@]}"; done
 elif [[ $SUITE == full ]]; then
   for isa in "${FORCED[@]}"; do
-    run "$isa: equivalence, bad input, ISA subset" "$isa" \
-      tests/test_equivalence.py tests/test_bad_input.py tests/isa_subset.py
+    run "$isa: equivalence, bad input, ISA subset, int8" "$isa" \
+      tests/test_equivalence.py tests/test_bad_input.py tests/isa_subset.py \
+      tests/test_quantized.py -k "not kernel_paths and not expected_int8"
   done
   # Not test_cuda_source_compiles: nvcc, run with the ASan runtime preloaded, segfaults.
   run "CUDA emulation" "" tests/test_cuda_compile.py tests/test_cuda_paths_emulated.py \
@@ -166,6 +169,8 @@ elif [[ $SUITE == full ]]; then
 else
   for isa in "${FORCED[@]}"; do
     run "$isa: ISA subset, bad input" "$isa" tests/isa_subset.py tests/test_bad_input.py
+    run "$isa: int8 (simulation, bad input)" "$isa" tests/test_quantized.py \
+      -k "simulation or bad_input or non_finite or empty_batch"
   done
   run "CUDA emulation (slice)" "" tests/test_cuda_paths_emulated.py -k "lstm or gru"
 fi
