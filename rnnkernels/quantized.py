@@ -168,6 +168,13 @@ def _check_input_dtype(module, input: Tensor) -> None:
                            f"input on {input.device}")
 
 
+def _check_state_dtypes(name: str, states) -> None:
+    for state in states:
+        if state.dtype != torch.float32:
+            raise rnn.DtypeMismatchError(f"{name}: int8 modules take float32 states, got "
+                                         f"{state.dtype}")
+
+
 class _QuantizedLayers(_Int8Weights):
     """LSTM, GRU and RNN: the float module's argument handling around int8 layers."""
 
@@ -206,10 +213,7 @@ class _QuantizedLayers(_Int8Weights):
 
     @staticmethod
     def _check_state_dtypes(hx, is_lstm: bool, input: Tensor):
-        for state in (hx if is_lstm else (hx,)):
-            if state.dtype != torch.float32:
-                raise rnn.DtypeMismatchError(
-                    f"int8 modules take float32 states, got {state.dtype}")
+        _check_state_dtypes("int8 module", hx if is_lstm else (hx,))
         return rnn._RecurrentForward._check_state_dtypes(hx, is_lstm, input)
 
     def forward(self, input, hx=None):  # noqa: D102
@@ -312,10 +316,7 @@ class _QuantizedCell(_Int8Weights):
         if isinstance(input, Tensor):
             _check_input_dtype(self, input)
         x, states, is_batched = self._cell_inputs(input, hx, is_lstm=is_lstm)
-        for s in states:
-            if s.dtype != torch.float32:
-                raise rnn.DtypeMismatchError(
-                    f"{type(self).__name__}: int8 modules take float32 states, got {s.dtype}")
+        _check_state_dtypes(type(self).__name__, states)
         with torch.no_grad():
             fold = self.bias and cell != "gru"
             b_ih = self.bias_ih + self.bias_hh if fold else (self.bias_ih if self.bias else None)

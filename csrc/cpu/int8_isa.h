@@ -44,6 +44,19 @@ constexpr int64_t block_bytes(int64_t K) {
   return quads(K) * NV * V * 4;
 }
 
+// Vector q of packed block blk of a [gates*units, K] weight (Int8Panels in kernels.h):
+// its first unit, how many of its V lanes are units (0 past the end), and the column of
+// its first lane in the weight's natural order (the row of W; gate q of the unit for
+// gate panels, unit vectors side by side for one gate).
+struct PanelVector {
+  int64_t unit, count, column;
+};
+inline PanelVector panel_vector(int64_t units, int64_t gates, int64_t blk, int64_t q) {
+  const int64_t unit = gates > 1 ? blk * V : (blk * int8_panel_vectors(gates) + q) * V;
+  const int64_t count = std::max<int64_t>(0, std::min<int64_t>(V, units - unit));
+  return {unit, count, gates > 1 ? q * units + unit : unit};
+}
+
 // Rows of one register tile (accumulators, weight vectors and a broadcast fit the file).
 template <int NV>
 constexpr int rows_per_tile() {
@@ -212,11 +225,11 @@ inline void int8_pack(const int8_t* w, const float* scale, int64_t units, int64_
   for (int64_t blk = 0; blk < blocks; ++blk) {
     int8_t* panel = panels + blk * kq * NV * V * 4;
     for (int64_t q = 0; q < NV; ++q) {
+      const int8::PanelVector pv = int8::panel_vector(units, gates, blk, q);
       for (int v = 0; v < V; ++v) {
-        const int64_t unit = gates > 1 ? blk * V + v : (blk * NV + q) * V + v;
-        const int64_t row = gates > 1 ? q * units + unit : unit;
+        const int64_t row = pv.column + v;
         const int64_t col = q * V + v;
-        const int8_t* src = unit < units ? w + row * K : nullptr;
+        const int8_t* src = v < pv.count ? w + row * K : nullptr;
         int32_t sum = 0;
         for (int64_t k = 0; k < kq * 4; ++k) {
           const int8_t value = src != nullptr && k < K ? src[k] : int8_t(0);
@@ -312,13 +325,12 @@ void int8_linear_nv(const Int8LinearArgs& a, int64_t item_begin, int64_t item_en
           Vec acc[R][NV];
           int8::product<R, NV>(a.w, blk, a.xq + r0 * ld_q, ld_q, a.x_scale + r0, acc);
           for (int q = 0; q < NV; ++q) {
-            const int64_t unit0 = a.gates > 1 ? blk * V : (blk * NV + q) * V;
-            if (unit0 >= a.units) break;
-            const int64_t n = std::min<int64_t>(V, a.units - unit0);
-            const int64_t col = a.gates > 1 ? q * a.units + unit0 : unit0;
-            const Vec bias = a.bias != nullptr ? Vec::loadu(a.bias + col, n) : Vec(0.f);
+            const int8::PanelVector pv = int8::panel_vector(a.units, a.gates, blk, q);
+            if (pv.count == 0) break;
+            const Vec bias =
+                a.bias != nullptr ? Vec::loadu(a.bias + pv.column, pv.count) : Vec(0.f);
             for (int m = 0; m < R; ++m)
-              (acc[m][q] + bias).store(a.out + (r0 + m) * a.ld_out + col, n);
+              (acc[m][q] + bias).store(a.out + (r0 + m) * a.ld_out + pv.column, pv.count);
           }
         });
       }
@@ -370,14 +382,11 @@ template <int MR, int NV>
 inline void int8_input_side(const Int8RecurrenceArgs& a, int64_t gates, int64_t blk,
                             int64_t row0, int8::Vec (&xs)[MR][NV]) {
   using int8::Vec;
-  constexpr int V = int8::V;
-  const int64_t H = a.hidden;
   if (a.xq != nullptr)
     int8::product<MR, NV>(a.w_ih, blk, a.xq + row0 * a.ld_xq, a.ld_xq, a.x_scale + row0, xs);
   for (int q = 0; q < NV; ++q) {
-    const int64_t unit0 = gates > 1 ? blk * V : (blk * NV + q) * V;
-    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(V, H - unit0));
-    const int64_t col = gates > 1 ? q * H + unit0 : unit0;
+    const int8::PanelVector pv = int8::panel_vector(a.hidden, gates, blk, q);
+    const int64_t n = pv.count, col = pv.column;
     if (a.xq != nullptr) {
       if (a.b_ih != nullptr && n > 0) {
         const Vec bias = Vec::loadu(a.b_ih + col, n);
@@ -405,8 +414,8 @@ inline void int8_step_tile(const Int8RecurrenceArgs& a, const Int8Scratch& w, in
   Vec acc[MR][NV];
   int8::product<MR, NV>(a.w_hh, blk, w.hq + r0 * w.ld_hq, w.ld_hq, w.h_scale + r0, acc);
   if constexpr (kCell == Int8Cell::kLstm || kCell == Int8Cell::kGru) {
-    const int64_t u0 = blk * V;
-    const int64_t nu = std::min<int64_t>(V, H - u0);
+    const int8::PanelVector pv = int8::panel_vector(H, gates, blk, 0);
+    const int64_t u0 = pv.unit, nu = pv.count;
     for (int q = 0; q < NV; ++q) {
       const Vec bias = a.b_hh != nullptr ? Vec::loadu(a.b_hh + q * H + u0, nu) : Vec(0.f);
       for (int m = 0; m < MR; ++m) acc[m][q] = acc[m][q] + bias;
@@ -437,9 +446,9 @@ inline void int8_step_tile(const Int8RecurrenceArgs& a, const Int8Scratch& w, in
     constexpr auto kAct =
         kCell == Int8Cell::kRnnRelu ? math::Nonlinearity::kRelu : math::Nonlinearity::kTanh;
     for (int q = 0; q < NV; ++q) {
-      const int64_t u0 = (blk * NV + q) * V;
-      if (u0 >= H) break;
-      const int64_t nu = std::min<int64_t>(V, H - u0);
+      const int8::PanelVector pv = int8::panel_vector(H, gates, blk, q);
+      if (pv.count == 0) break;
+      const int64_t u0 = pv.unit, nu = pv.count;
       const Vec bias = a.b_hh != nullptr ? Vec::loadu(a.b_hh + u0, nu) : Vec(0.f);
       for (int m = 0; m < MR; ++m) {
         const Vec pre = acc[m][q] + bias + xs[m][q];
